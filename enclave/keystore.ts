@@ -1,0 +1,163 @@
+// Tokens and their keys, in the enclave app's memory only. A token has a label, a
+// PIN (kept as a SHA-256 digest, compared in constant time) and one current key
+// with its certificate chain; after a renewal the previous key stays usable, but
+// unlisted for new lookups, for a grace period so old web-server workers finish.
+import crypto, { type KeyObject, X509Certificate } from 'node:crypto';
+import { CertCategory, KeyFlag, encodeTokenList, type WireToken } from '../src/shared/key-wire.ts';
+
+export interface KeyMaterial {
+  /** PEM private key (PKCS#1 or PKCS#8). */
+  privateKeyPem: string | Buffer;
+  /** PEM leaf certificate. */
+  certificatePem: string;
+  /** PEM chain, leaf's issuer first; may be empty. */
+  chainPem?: string;
+}
+
+export interface StoredKey {
+  keyId: number;
+  privateKey: KeyObject;
+  modulus: Buffer;
+  publicExponent: Buffer;
+  modulusBits: number;
+  ckaId: Buffer;
+  certificates: { category: number; der: Buffer }[];
+  leaf: X509Certificate;
+  retiredUntil?: number;
+}
+
+export interface Token { label: string; pinDigest: Buffer; serial: string; current: StoredKey; retired: StoredKey[] }
+
+export class KeyMaterialError extends Error {}
+
+export const MIN_RSA_BITS = 2048;
+export const MAX_RSA_BITS = 4096;
+
+function splitPem(pem: string): string[] {
+  return pem.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g) ?? [];
+}
+
+function pinDigest(pin: Uint8Array): Buffer {
+  return crypto.createHash('sha256').update(pin).digest();
+}
+
+export class KeyStore {
+  private tokens = new Map<string, Token>();
+  private keys = new Map<number, { token: Token; key: StoredKey }>();
+  private nextKeyId = 1;
+  /** Changes whenever anything listed changes; starts random so a restarted enclave never repeats one. */
+  generation = crypto.randomBytes(4).readUInt32BE(0);
+  private listCache?: { generation: number; body: Buffer };
+
+  constructor(private readonly graceMs = 10 * 60 * 1000) {}
+
+  /** Parses and checks key material; throws KeyMaterialError naming what is wrong. */
+  private load(m: KeyMaterial): StoredKey {
+    let privateKey: KeyObject, leaf: X509Certificate;
+    try { privateKey = crypto.createPrivateKey(m.privateKeyPem); } catch (e) { throw new KeyMaterialError(`private key: cannot parse (${(e as Error).message.split('\n')[0]})`); }
+    if (privateKey.asymmetricKeyType !== 'rsa') throw new KeyMaterialError(`private key: type ${privateKey.asymmetricKeyType} is not supported (RSA ${MIN_RSA_BITS}-${MAX_RSA_BITS})`);
+    try { leaf = new X509Certificate(m.certificatePem); } catch (e) { throw new KeyMaterialError(`certificate: cannot parse (${(e as Error).message})`); }
+    const chain = splitPem(m.chainPem ?? '').map((p, i) => {
+      try { return new X509Certificate(p); } catch (e) { throw new KeyMaterialError(`certificate chain entry ${i + 1}: cannot parse (${(e as Error).message})`); }
+    });
+    const pub = crypto.createPublicKey(privateKey);
+    if (!leaf.publicKey.export({ type: 'spki', format: 'der' }).equals(pub.export({ type: 'spki', format: 'der' }))) {
+      throw new KeyMaterialError('private key does not match the certificate\'s public key');
+    }
+    const jwk = pub.export({ format: 'jwk' });
+    const modulus = Buffer.from(jwk.n!, 'base64url');
+    const bits = privateKey.asymmetricKeyDetails!.modulusLength!;
+    if (bits < MIN_RSA_BITS || bits > MAX_RSA_BITS) throw new KeyMaterialError(`private key: RSA-${bits} is outside ${MIN_RSA_BITS}-${MAX_RSA_BITS}`);
+    return {
+      keyId: this.nextKeyId++,
+      privateKey,
+      modulus,
+      publicExponent: Buffer.from(jwk.e!, 'base64url'),
+      modulusBits: bits,
+      // CKA_ID = SHA-1 of the modulus, as OpenSC and p11tool derive it: stable for a key, new for a renewed one.
+      ckaId: crypto.createHash('sha1').update(modulus).digest(),
+      leaf,
+      certificates: [
+        { category: CertCategory.LEAF, der: leaf.raw },
+        ...chain.map((c) => ({ category: CertCategory.AUTHORITY, der: c.raw })),
+      ],
+    };
+  }
+
+  /** Adds a token or replaces its key (renewal). The PIN of an existing token must not change. */
+  put(label: string, pin: Uint8Array, material: KeyMaterial): Token {
+    const key = this.load(material);
+    const digest = pinDigest(pin);
+    const old = this.tokens.get(label);
+    let token: Token;
+    if (old) {
+      const retiredUntil = Date.now() + this.graceMs;
+      old.current.retiredUntil = retiredUntil;
+      old.retired.push(old.current);
+      old.current = key;
+      old.pinDigest = digest;
+      token = old;
+    } else {
+      const serial = crypto.createHash('sha256').update(label).digest('hex').slice(0, 16);
+      token = { label, pinDigest: digest, serial, current: key, retired: [] };
+      this.tokens.set(label, token);
+    }
+    this.keys.set(key.keyId, { token, key });
+    this.changed();
+    return token;
+  }
+
+  remove(label: string): boolean {
+    const t = this.tokens.get(label);
+    if (!t) return false;
+    for (const k of [t.current, ...t.retired]) this.keys.delete(k.keyId);
+    this.tokens.delete(label);
+    this.changed();
+    return true;
+  }
+
+  /** Drops retired keys whose grace period is over. */
+  expireRetired(now = Date.now()): void {
+    let any = false;
+    for (const t of this.tokens.values()) {
+      const keep = t.retired.filter((k) => (k.retiredUntil ?? 0) > now);
+      for (const k of t.retired) if (!keep.includes(k)) { this.keys.delete(k.keyId); any = true; }
+      t.retired = keep;
+    }
+    if (any) this.changed();
+  }
+
+  token(label: string): Token | undefined { return this.tokens.get(label); }
+  labels(): string[] { return [...this.tokens.keys()]; }
+  key(keyId: number): { token: Token; key: StoredKey } | undefined { return this.keys.get(keyId); }
+
+  checkPin(label: string, pin: Uint8Array): boolean {
+    const t = this.tokens.get(label);
+    const digest = pinDigest(pin);
+    // Compare against something even for an unknown label, so timing says nothing either way.
+    return crypto.timingSafeEqual(digest, t ? t.pinDigest : pinDigest(Buffer.from('\0unknown'))) && t !== undefined;
+  }
+
+  /** The encoded LIST body, rebuilt only when the generation moved. */
+  listBody(): Buffer {
+    if (this.listCache?.generation !== this.generation) {
+      const tokens: WireToken[] = [...this.tokens.values()].map((t) => ({
+        label: t.label,
+        serial: t.serial,
+        keys: [t.current, ...t.retired].map((k) => ({
+          keyId: k.keyId,
+          flags: k === t.current ? 0 : KeyFlag.RETIRED,
+          ckaId: k.ckaId,
+          label: t.label,
+          modulus: k.modulus,
+          publicExponent: k.publicExponent,
+          certificates: k.certificates,
+        })),
+      }));
+      this.listCache = { generation: this.generation, body: encodeTokenList(tokens) };
+    }
+    return this.listCache.body;
+  }
+
+  private changed(): void { this.generation = (this.generation + 1) >>> 0; }
+}

@@ -1,0 +1,147 @@
+// The key channel (PKCS#11 module <-> enclave app), version 1. docs/protocol.md is
+// the specification; p11-module/src/wire.h is the C side of the same format.
+import { Reader, Writer, DecodeError } from './bytes.ts';
+
+export const KEY_WIRE_VERSION = 1;
+/** Largest request the enclave accepts (a sign or decrypt input is at most 512 bytes). */
+export const MAX_REQUEST = 16 * 1024;
+/** Largest response the module accepts (the LIST of every token's public objects). */
+export const MAX_RESPONSE = 8 * 1024 * 1024;
+export const REQUEST_HEADER = 8; // version, op, flags, id
+export const RESPONSE_HEADER = 16; // version, op|0x80, flags, id, rv, generation
+
+export const Op = { LIST: 1, LOGIN: 2, LOGOUT: 3, SIGN: 4, DECRYPT: 5, PING: 6 } as const;
+export const REPLY_BIT = 0x80;
+
+export const Hash = { SHA1: 1, SHA224: 2, SHA256: 3, SHA384: 4, SHA512: 5 } as const;
+export const HASH_NAMES: Record<number, string> = { 1: 'sha1', 2: 'sha224', 3: 'sha256', 4: 'sha384', 5: 'sha512' };
+export const HASH_LEN: Record<number, number> = { 1: 20, 2: 28, 3: 32, 4: 48, 5: 64 };
+
+export const SignScheme = { PKCS1: 1, PSS: 2, RAW: 3 } as const;
+export const DecryptScheme = { PKCS1: 1, OAEP: 2, RAW: 3 } as const;
+
+export const KeyFlag = { RETIRED: 1 } as const;
+export const CertCategory = { LEAF: 0, AUTHORITY: 2 } as const; // CKA_CERTIFICATE_CATEGORY values
+
+export interface WireKey {
+  keyId: number;
+  flags: number;
+  ckaId: Buffer;
+  label: string;
+  modulus: Buffer;
+  publicExponent: Buffer;
+  certificates: { category: number; der: Buffer }[];
+}
+export interface WireToken { label: string; serial: string; keys: WireKey[] }
+
+export interface RequestHeader { version: number; op: number; id: number }
+
+export type Request =
+  | { op: typeof Op.LIST }
+  | { op: typeof Op.PING }
+  | { op: typeof Op.LOGIN; label: string; pin: Buffer }
+  | { op: typeof Op.LOGOUT; label: string }
+  | { op: typeof Op.SIGN; keyId: number; scheme: number; hash: number; mgfHash: number; saltLength: number; data: Buffer }
+  | { op: typeof Op.DECRYPT; keyId: number; scheme: number; hash: number; mgfHash: number; oaepLabel: Buffer; data: Buffer };
+
+export function readRequestHeader(msg: Buffer): RequestHeader {
+  if (msg.length < REQUEST_HEADER) throw new DecodeError(`request of ${msg.length} bytes is shorter than its ${REQUEST_HEADER}-byte header`);
+  return { version: msg[0], op: msg[1], id: msg.readUInt32BE(4) };
+}
+
+export function decodeRequest(msg: Buffer): Request {
+  const r = new Reader(msg.subarray(REQUEST_HEADER));
+  const op = msg[1];
+  let req: Request;
+  switch (op) {
+    case Op.LIST: req = { op }; break;
+    case Op.PING: req = { op }; break;
+    case Op.LOGIN: req = { op, label: r.str8('token label'), pin: r.bytes8('PIN') }; break;
+    case Op.LOGOUT: req = { op, label: r.str8('token label') }; break;
+    case Op.SIGN: {
+      const keyId = r.u32('key id'), scheme = r.u8('scheme'), hash = r.u8('hash'), mgfHash = r.u8('mgf hash');
+      r.u8('padding byte');
+      req = { op, keyId, scheme, hash, mgfHash, saltLength: r.u32('salt length'), data: r.bytes16('data') };
+      break;
+    }
+    case Op.DECRYPT: {
+      const keyId = r.u32('key id'), scheme = r.u8('scheme'), hash = r.u8('hash'), mgfHash = r.u8('mgf hash');
+      r.u8('padding byte');
+      req = { op, keyId, scheme, hash, mgfHash, oaepLabel: r.bytes16('OAEP label'), data: r.bytes16('data') };
+      break;
+    }
+    default: throw new DecodeError(`unknown operation ${op}`);
+  }
+  r.end(`operation ${op}`);
+  return req;
+}
+
+function header(w: Writer, op: number, id: number): Writer {
+  return w.u32(0).u8(KEY_WIRE_VERSION).u8(op).u16(0).u32(id);
+}
+function framed(w: Writer): Buffer {
+  return w.setU32(0, w.length - 4).finish();
+}
+
+/** A whole frame (length prefix included) for a request; used by tests and tools, the module has its own in C. */
+export function encodeRequest(id: number, req: Request): Buffer {
+  const w = header(new Writer(64), req.op, id);
+  switch (req.op) {
+    case Op.LIST: case Op.PING: break;
+    case Op.LOGIN: w.str8(req.label).bytes8(req.pin); break;
+    case Op.LOGOUT: w.str8(req.label); break;
+    case Op.SIGN: w.u32(req.keyId).u8(req.scheme).u8(req.hash).u8(req.mgfHash).u8(0).u32(req.saltLength).bytes16(req.data); break;
+    case Op.DECRYPT: w.u32(req.keyId).u8(req.scheme).u8(req.hash).u8(req.mgfHash).u8(0).bytes16(req.oaepLabel).bytes16(req.data); break;
+  }
+  return framed(w);
+}
+
+/** A whole response frame. `body` is the op's result on success, or a UTF-8 reason on failure. */
+export function encodeResponse(op: number, id: number, rv: number, generation: number, body?: Uint8Array): Buffer {
+  const w = new Writer(RESPONSE_HEADER + 4 + (body?.length ?? 0));
+  w.u32(0).u8(KEY_WIRE_VERSION).u8(op | REPLY_BIT).u16(0).u32(id).u32(rv).u32(generation);
+  if (body) w.raw(body);
+  return framed(w);
+}
+
+export interface Response { op: number; id: number; rv: number; generation: number; body: Buffer }
+export function decodeResponse(msg: Buffer): Response {
+  if (msg.length < RESPONSE_HEADER) throw new DecodeError(`response of ${msg.length} bytes is shorter than its header`);
+  if (msg[0] !== KEY_WIRE_VERSION) throw new DecodeError(`response version ${msg[0]}, expected ${KEY_WIRE_VERSION}`);
+  return { op: msg[1] & ~REPLY_BIT, id: msg.readUInt32BE(4), rv: msg.readUInt32BE(8), generation: msg.readUInt32BE(12), body: msg.subarray(RESPONSE_HEADER) };
+}
+
+export function encodeTokenList(tokens: WireToken[]): Buffer {
+  const w = new Writer(4096);
+  w.u16(tokens.length);
+  for (const t of tokens) {
+    w.str8(t.label).str8(t.serial).u16(t.keys.length);
+    for (const k of t.keys) {
+      w.u32(k.keyId).u8(k.flags).bytes8(k.ckaId).str8(k.label).u8(0 /* RSA */).bytes16(k.modulus).bytes16(k.publicExponent);
+      w.u16(k.certificates.length);
+      for (const c of k.certificates) w.u8(c.category).bytes32(c.der);
+    }
+  }
+  return w.finish();
+}
+
+export function decodeTokenList(body: Buffer): WireToken[] {
+  const r = new Reader(body);
+  const tokens: WireToken[] = [];
+  for (let n = r.u16('token count'); n > 0; n--) {
+    const label = r.str8('token label'), serial = r.str8('serial');
+    const keys: WireKey[] = [];
+    for (let m = r.u16('key count'); m > 0; m--) {
+      const keyId = r.u32('key id'), flags = r.u8('key flags'), ckaId = r.bytes8('CKA_ID'), klabel = r.str8('key label');
+      const type = r.u8('key type');
+      if (type !== 0) throw new DecodeError(`unknown key type ${type}`);
+      const modulus = r.bytes16('modulus'), publicExponent = r.bytes16('public exponent');
+      const certificates: WireKey['certificates'] = [];
+      for (let c = r.u16('certificate count'); c > 0; c--) certificates.push({ category: r.u8('category'), der: r.bytes32('certificate') });
+      keys.push({ keyId, flags, ckaId, label: klabel, modulus, publicExponent, certificates });
+    }
+    tokens.push({ label, serial, keys });
+  }
+  r.end('token list');
+  return tokens;
+}

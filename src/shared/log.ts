@@ -1,0 +1,38 @@
+// One line per event on stderr (journald adds its own timestamp under systemd):
+//   2026-11-23T18:00:00.000Z info  [token-label] message
+// Never pass a PIN, key or credential here.
+export type Level = 'debug' | 'info' | 'warn' | 'error';
+const ORDER: Record<Level, number> = { debug: 0, info: 1, warn: 2, error: 3 };
+
+let threshold: Level = (process.env.NITRO_ACM_LOG_LEVEL as Level) in ORDER ? (process.env.NITRO_ACM_LOG_LEVEL as Level) : 'info';
+let timestamps = true;
+
+export function configureLog(opts: { level?: Level; timestamps?: boolean }): void {
+  if (opts.level) threshold = opts.level;
+  if (opts.timestamps !== undefined) timestamps = opts.timestamps;
+}
+
+function emit(level: Level, token: string | undefined, msg: string): void {
+  if (ORDER[level] < ORDER[threshold]) return;
+  const parts = [];
+  if (timestamps) parts.push(new Date().toISOString());
+  parts.push(level.padEnd(5));
+  if (token !== undefined) parts.push(`[${token}]`);
+  parts.push(msg.replace(/\n/g, ' '));
+  process.stderr.write(parts.join(' ') + '\n');
+}
+
+export interface Logger {
+  debug(msg: string): void; info(msg: string): void; warn(msg: string): void; error(msg: string): void;
+  token(label: string): Logger;
+}
+export function logger(token?: string): Logger {
+  return {
+    debug: (m) => emit('debug', token, m),
+    info: (m) => emit('info', token, m),
+    warn: (m) => emit('warn', token, m),
+    error: (m) => emit('error', token, m),
+    token: (label) => logger(label),
+  };
+}
+export const log = logger();

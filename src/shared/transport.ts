@@ -1,0 +1,63 @@
+// Stream transports for both channels: AF_UNIX through Node's net module, AF_VSOCK
+// through the tiny native addon (enclave/native/vsock.c) whose file descriptors
+// are wrapped in Node's own stream handles, so everything above the socket is the
+// same code on both. libuv cannot guess the type of a vsock descriptor, hence the
+// explicit wrap classes below.
+import net from 'node:net';
+import fs from 'node:fs';
+import { createRequire } from 'node:module';
+import type { Address } from './address.ts';
+
+interface VsockAddon {
+  connect(cid: number, port: number, timeoutMs: number): number;
+  listen(cid: number, port: number, backlog: number): number;
+}
+let addon: VsockAddon | undefined;
+function vsock(): VsockAddon {
+  if (!addon) {
+    const require = createRequire(import.meta.url);
+    addon = require(new URL('../../enclave/native/build/Release/vsock.node', import.meta.url).pathname) as VsockAddon;
+  }
+  return addon;
+}
+
+interface StreamHandleClass { new (type: number): { open(fd: number): number } }
+// process.binding is deprecated for general use but these two wraps are on Node's
+// allow-list; they are the only way to give libuv a descriptor of a family it does not know.
+const binding = (process as unknown as { binding(name: string): Record<string, unknown> }).binding;
+
+export function connect(address: Address, timeoutMs = 5000): Promise<net.Socket> {
+  if (address.kind === 'unix') {
+    return new Promise((resolve, reject) => {
+      const s = net.connect({ path: address.path });
+      const timer = setTimeout(() => { s.destroy(); reject(new Error(`connect to unix:path=${address.path} timed out after ${timeoutMs} ms`)); }, timeoutMs);
+      s.once('connect', () => { clearTimeout(timer); s.removeAllListeners('error'); resolve(s); });
+      s.once('error', (e) => { clearTimeout(timer); reject(e); });
+    });
+  }
+  const fd = vsock().connect(address.cid, address.port, timeoutMs);
+  const { Pipe, constants } = binding('pipe_wrap') as { Pipe: StreamHandleClass; constants: { SOCKET: number } };
+  const handle = new Pipe(constants.SOCKET);
+  const err = handle.open(fd);
+  if (err) { fs.closeSync(fd); throw new Error(`cannot wrap vsock descriptor (uv error ${err})`); }
+  return Promise.resolve(new net.Socket({ handle } as unknown as net.SocketConstructorOpts));
+}
+
+/** Listens on the address; for unix, a stale socket file from an earlier run is replaced. */
+export function listen(server: net.Server, address: Address, backlog = 511): Promise<void> {
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    const done = () => { server.removeListener('error', reject); resolve(); };
+    if (address.kind === 'unix') {
+      try { if (fs.statSync(address.path).isSocket()) fs.unlinkSync(address.path); } catch { /* absent */ }
+      server.listen({ path: address.path, backlog }, done);
+      return;
+    }
+    const fd = vsock().listen(address.cid, address.port, backlog);
+    const { TCP, constants } = binding('tcp_wrap') as { TCP: StreamHandleClass; constants: { SERVER: number } };
+    const handle = new TCP(constants.SERVER);
+    const err = handle.open(fd);
+    if (err) { fs.closeSync(fd); reject(new Error(`cannot wrap vsock descriptor (uv error ${err})`)); return; }
+    server.listen(handle as unknown as net.ListenOptions, backlog, done);
+  });
+}
