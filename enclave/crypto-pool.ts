@@ -22,7 +22,12 @@ export class CryptoPool {
   get size(): number { return this.slots.length; }
 
   private spawn(url: URL): Slot {
-    const slot: Slot = { worker: new Worker(url), inFlight: 0 };
+    // Running from TypeScript sources (development, tests), a worker does not get the
+    // parent's tsx loader, so it registers tsx itself before loading the worker module.
+    const boot = url.pathname.endsWith('.ts')
+      ? `import('tsx/esm/api').then((m) => { m.register(); return import(${JSON.stringify(url.href)}); });`
+      : `import(${JSON.stringify(url.href)});`;
+    const slot: Slot = { worker: new Worker(boot, { eval: true }), inFlight: 0 };
     slot.worker.unref();
     slot.worker.on('message', (m: { seq: number; ok?: Uint8Array; rv?: number; message?: string }) => {
       slot.inFlight--;

@@ -1,0 +1,363 @@
+#define _GNU_SOURCE
+#include "conn.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+#include <linux/vm_sockets.h>
+
+#include "log.h"
+
+/* After a failed connect, calls fail fast for this long instead of each waiting on connect. */
+#define RECONNECT_BACKOFF_MS 200
+
+struct waiter {
+  uint32_t id;
+  int done;
+  conn_status status;
+  uint8_t *reply;
+  size_t reply_len;
+  struct waiter *next;
+};
+
+static struct {
+  pthread_mutex_t mu;       /* guards everything below except writes */
+  pthread_mutex_t write_mu; /* one writer at a time on fd */
+  pthread_cond_t cv;        /* broadcast when a reply lands or the reader role frees up */
+  conn_address addr;
+  int configured;
+  int timeout_ms;
+  int fd;
+  uint64_t epoch; /* bumps on every (re)connect, so a stale writer notices */
+  int reader_active;
+  struct waiter *waiters;
+  uint32_t next_id;
+  struct timespec last_failure;
+  int has_failed;
+} C = {
+  .mu = PTHREAD_MUTEX_INITIALIZER,
+  .write_mu = PTHREAD_MUTEX_INITIALIZER,
+  .cv = PTHREAD_COND_INITIALIZER,
+  .fd = -1,
+};
+
+int conn_parse_address(const char *text, conn_address *out)
+{
+  memset(out, 0, sizeof *out);
+  if (strncmp(text, "unix:path=", 10) == 0) {
+    const char *p = text + 10;
+    size_t n = strlen(p);
+    if (n == 0 || n >= sizeof out->path || strchr(p, ';')) return -1;
+    memcpy(out->path, p, n + 1);
+    return 0;
+  }
+  if (strncmp(text, "vsock:", 6) == 0) {
+    const char *p = text + 6;
+    int have_cid = 0, have_port = 0;
+    while (*p) {
+      const char *end = strchr(p, ';');
+      size_t n = end ? (size_t)(end - p) : strlen(p);
+      unsigned long long v;
+      char *stop;
+      if (n > 4 && strncmp(p, "cid=", 4) == 0) {
+        errno = 0;
+        v = strtoull(p + 4, &stop, 10);
+        if (errno || stop != p + n || v > 0xffffffffULL) return -1;
+        out->cid = (uint32_t)v;
+        have_cid = 1;
+      } else if (n > 5 && strncmp(p, "port=", 5) == 0) {
+        errno = 0;
+        v = strtoull(p + 5, &stop, 10);
+        if (errno || stop != p + n || v > 0xffffffffULL) return -1;
+        out->port = (uint32_t)v;
+        have_port = 1;
+      } else if (n != 0) {
+        return -1;
+      }
+      p += n;
+      if (*p == ';') p++;
+    }
+    if (!have_cid || !have_port) return -1;
+    out->is_vsock = 1;
+    return 0;
+  }
+  return -1;
+}
+
+void conn_configure(const conn_address *addr, int timeout_ms)
+{
+  pthread_mutex_lock(&C.mu);
+  C.addr = *addr;
+  C.timeout_ms = timeout_ms;
+  C.configured = 1;
+  C.has_failed = 0;
+  pthread_mutex_unlock(&C.mu);
+}
+
+static long ms_since(const struct timespec *t)
+{
+  struct timespec now;
+  clock_gettime(CLOCK_MONOTONIC, &now);
+  return (now.tv_sec - t->tv_sec) * 1000L + (now.tv_nsec - t->tv_nsec) / 1000000L;
+}
+
+static void deadline_in(struct timespec *ts, int ms)
+{
+  clock_gettime(CLOCK_MONOTONIC, ts);
+  ts->tv_sec += ms / 1000;
+  ts->tv_nsec += (long)(ms % 1000) * 1000000L;
+  if (ts->tv_nsec >= 1000000000L) { ts->tv_sec++; ts->tv_nsec -= 1000000000L; }
+}
+
+static int ms_until(const struct timespec *deadline)
+{
+  struct timespec now;
+  clock_gettime(CLOCK_MONOTONIC, &now);
+  long ms = (deadline->tv_sec - now.tv_sec) * 1000L + (deadline->tv_nsec - now.tv_nsec) / 1000000L;
+  return ms < 0 ? 0 : (int)ms;
+}
+
+static int conn_write_all(int fd, const uint8_t *p, size_t n, int timeout_ms)
+{
+  struct timespec deadline;
+  deadline_in(&deadline, timeout_ms);
+  while (n > 0) {
+    ssize_t w = send(fd, p, n, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (w > 0) { p += w; n -= (size_t)w; continue; }
+    if (w < 0 && errno == EINTR) continue;
+    if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      struct pollfd pfd = { .fd = fd, .events = POLLOUT };
+      int left = ms_until(&deadline);
+      if (left == 0 || poll(&pfd, 1, left) <= 0) return -1;
+      continue;
+    }
+    return -1;
+  }
+  return 0;
+}
+
+static int read_exact(int fd, uint8_t *p, size_t n, const struct timespec *deadline)
+{
+  while (n > 0) {
+    struct pollfd pfd = { .fd = fd, .events = POLLIN };
+    int left = ms_until(deadline);
+    int pr = left == 0 ? 0 : poll(&pfd, 1, left);
+    if (pr < 0 && errno == EINTR) continue;
+    if (pr <= 0) return -2; /* timeout */
+    ssize_t r = recv(fd, p, n, MSG_DONTWAIT);
+    if (r > 0) { p += r; n -= (size_t)r; continue; }
+    if (r < 0 && (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK)) continue;
+    return -1; /* closed or error */
+  }
+  return 0;
+}
+
+/* Reads one frame; -2 on timeout, -1 on close, error or a frame over the limit. */
+static int conn_read_frame(int fd, uint8_t **msg, size_t *len, int timeout_ms)
+{
+  struct timespec deadline;
+  deadline_in(&deadline, timeout_ms);
+  uint8_t hdr[4];
+  int rc = read_exact(fd, hdr, 4, &deadline);
+  if (rc) return rc;
+  uint32_t n = ((uint32_t)hdr[0] << 24) | ((uint32_t)hdr[1] << 16) | ((uint32_t)hdr[2] << 8) | hdr[3];
+  if (n < KW_RESPONSE_HEADER || n > KW_MAX_RESPONSE) {
+    nacm_log("nitro-acm-p11: reply frame of %u bytes is outside %d..%u; dropping the connection", n, KW_RESPONSE_HEADER, KW_MAX_RESPONSE);
+    return -1;
+  }
+  uint8_t *p = malloc(n);
+  if (!p) return -1;
+  rc = read_exact(fd, p, n, &deadline);
+  if (rc) { free(p); return rc; }
+  *msg = p;
+  *len = n;
+  return 0;
+}
+
+static int open_socket(const conn_address *a, int timeout_ms)
+{
+  int fd;
+  if (a->is_vsock) {
+    fd = socket(AF_VSOCK, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -1;
+    struct timeval tv = { .tv_sec = timeout_ms / 1000, .tv_usec = (timeout_ms % 1000) * 1000 };
+    (void)setsockopt(fd, AF_VSOCK, SO_VM_SOCKETS_CONNECT_TIMEOUT, &tv, sizeof tv);
+    struct sockaddr_vm sa;
+    memset(&sa, 0, sizeof sa);
+    sa.svm_family = AF_VSOCK;
+    sa.svm_cid = a->cid;
+    sa.svm_port = a->port;
+    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) { close(fd); return -1; }
+  } else {
+    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -1;
+    struct sockaddr_un sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sun_family = AF_UNIX;
+    memcpy(sa.sun_path, a->path, strlen(a->path) + 1);
+    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) { close(fd); return -1; }
+  }
+  return fd;
+}
+
+/* Fails every waiter and forgets the descriptor. Caller holds C.mu. */
+static void drop_locked(conn_status why)
+{
+  if (C.fd >= 0) {
+    shutdown(C.fd, SHUT_RDWR);
+    close(C.fd);
+    C.fd = -1;
+  }
+  for (struct waiter *w = C.waiters; w; w = w->next) {
+    if (!w->done) { w->done = 1; w->status = why; }
+  }
+  pthread_cond_broadcast(&C.cv);
+}
+
+/* Caller holds C.mu. Connects if there is no connection (logins are replayed lazily by the module). */
+static conn_status ensure_connected_locked(void)
+{
+  if (C.fd >= 0) return CONN_OK;
+  if (!C.configured) return CONN_UNREACHABLE;
+  if (C.has_failed && ms_since(&C.last_failure) < RECONNECT_BACKOFF_MS) return CONN_UNREACHABLE;
+  int fd = open_socket(&C.addr, C.timeout_ms);
+  if (fd < 0) {
+    if (!C.has_failed) nacm_log("nitro-acm-p11: cannot reach the enclave at %s%s: %s", C.addr.is_vsock ? "vsock port " : "", C.addr.is_vsock ? "" : C.addr.path, strerror(errno));
+    C.has_failed = 1;
+    clock_gettime(CLOCK_MONOTONIC, &C.last_failure);
+    return CONN_UNREACHABLE;
+  }
+  if (C.has_failed) nacm_log("nitro-acm-p11: connected to the enclave again");
+  C.has_failed = 0;
+  C.fd = fd;
+  C.epoch++;
+  return CONN_OK;
+}
+
+uint32_t conn_next_id(void)
+{
+  pthread_mutex_lock(&C.mu);
+  uint32_t id = ++C.next_id;
+  pthread_mutex_unlock(&C.mu);
+  return id;
+}
+
+static void unlink_waiter(struct waiter *w)
+{
+  for (struct waiter **pp = &C.waiters; *pp; pp = &(*pp)->next) {
+    if (*pp == w) { *pp = w->next; return; }
+  }
+}
+
+conn_status conn_call(kw_buf *request, uint32_t id, uint8_t **reply, size_t *reply_len)
+{
+  if (request->failed) return CONN_PROTOCOL;
+  struct waiter me = { .id = id };
+  struct timespec deadline;
+
+  pthread_mutex_lock(&C.mu);
+  conn_status st = ensure_connected_locked();
+  if (st != CONN_OK) { pthread_mutex_unlock(&C.mu); return st; }
+  int fd = C.fd;
+  uint64_t epoch = C.epoch;
+  int timeout_ms = C.timeout_ms;
+  me.next = C.waiters;
+  C.waiters = &me;
+  pthread_mutex_unlock(&C.mu);
+
+  deadline_in(&deadline, timeout_ms);
+  pthread_mutex_lock(&C.write_mu);
+  int wrc = conn_write_all(fd, request->p, request->len, timeout_ms);
+  pthread_mutex_unlock(&C.write_mu);
+
+  pthread_mutex_lock(&C.mu);
+  if (wrc != 0 && !me.done && C.epoch == epoch) drop_locked(CONN_UNREACHABLE);
+  while (!me.done) {
+    if (C.epoch != epoch || C.fd < 0) { me.done = 1; me.status = CONN_UNREACHABLE; break; }
+    if (!C.reader_active) {
+      /* Become the reader until our own reply arrives; hand others theirs. */
+      C.reader_active = 1;
+      pthread_mutex_unlock(&C.mu);
+      uint8_t *msg = NULL;
+      size_t len = 0;
+      int rc = conn_read_frame(fd, &msg, &len, ms_until(&deadline));
+      pthread_mutex_lock(&C.mu);
+      C.reader_active = 0;
+      if (C.epoch != epoch) { free(msg); continue; }
+      if (rc == -2) {
+        nacm_log("nitro-acm-p11: no reply from the enclave within %d ms; dropping the connection", timeout_ms);
+        drop_locked(CONN_TIMEOUT);
+      } else if (rc != 0) {
+        drop_locked(CONN_UNREACHABLE);
+      } else {
+        kw_response resp;
+        struct waiter *w = NULL;
+        if (kw_parse_response(msg, len, &resp) != 0) {
+          nacm_log("nitro-acm-p11: malformed reply from the enclave; dropping the connection");
+          free(msg);
+          drop_locked(CONN_PROTOCOL);
+          pthread_cond_broadcast(&C.cv);
+          continue;
+        }
+        for (w = C.waiters; w; w = w->next) if (w->id == resp.id && !w->done) break;
+        if (w) {
+          w->done = 1;
+          w->status = CONN_OK;
+          w->reply = msg;
+          w->reply_len = len;
+        } else {
+          /* A reply nobody waits for (a late one after a timeout): drop it. */
+          free(msg);
+        }
+      }
+      pthread_cond_broadcast(&C.cv);
+      continue;
+    }
+    if (ms_until(&deadline) == 0) { me.done = 1; me.status = CONN_TIMEOUT; break; }
+    struct timespec abs;
+    clock_gettime(CLOCK_REALTIME, &abs);
+    int left = ms_until(&deadline);
+    abs.tv_sec += left / 1000;
+    abs.tv_nsec += (long)(left % 1000) * 1000000L;
+    if (abs.tv_nsec >= 1000000000L) { abs.tv_sec++; abs.tv_nsec -= 1000000000L; }
+    pthread_cond_timedwait(&C.cv, &C.mu, &abs);
+  }
+  unlink_waiter(&me);
+  pthread_mutex_unlock(&C.mu);
+  if (me.status == CONN_OK) {
+    *reply = me.reply;
+    *reply_len = me.reply_len;
+  } else {
+    free(me.reply);
+  }
+  return me.status;
+}
+
+void conn_close(void)
+{
+  pthread_mutex_lock(&C.mu);
+  drop_locked(CONN_UNREACHABLE);
+  C.configured = 0;
+  pthread_mutex_unlock(&C.mu);
+}
+
+void conn_after_fork_child(void)
+{
+  /* Only the forking thread exists now; locks may have been held by others. */
+  pthread_mutex_init(&C.mu, NULL);
+  pthread_mutex_init(&C.write_mu, NULL);
+  pthread_cond_init(&C.cv, NULL);
+  if (C.fd >= 0) close(C.fd); /* the parent keeps its own copy and its stream position */
+  C.fd = -1;
+  C.waiters = NULL;
+  C.reader_active = 0;
+  C.has_failed = 0;
+  C.epoch++;
+}

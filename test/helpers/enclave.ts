@@ -1,0 +1,103 @@
+// Test fixture: a temporary directory with a CA, token certificates and keys,
+// and the enclave app started in local mode with those keys, on a unix socket.
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import net from 'node:net';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { createCA, issueServerCert, type CertAuthority } from '../../src/local/pki.ts';
+
+export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+export const MODULE_PATH = path.resolve(ROOT, process.env.NITRO_ACM_MODULE ?? 'p11-module/build/nitro-acm-p11.so');
+
+export interface TokenSpec { label: string; pin: string; names: string[]; bits?: number }
+export interface TokenFiles extends TokenSpec { key: string; certificate: string; chain: string; fullchain: string; keyPem: string; certPem: string }
+
+export interface EnclaveFixture {
+  dir: string;
+  ca: CertAuthority;
+  caFile: string;
+  tokens: TokenFiles[];
+  socket: string;
+  address: string;
+  log: () => string;
+  proc: ChildProcess;
+  start(): Promise<void>;
+  stop(): Promise<void>;
+  cleanup(): Promise<void>;
+}
+
+export function tmpdir(prefix: string): string {
+  return fs.mkdtempSync(path.join(os.tmpdir(), `nitro-acm-${prefix}-`));
+}
+
+let caCache: CertAuthority | undefined;
+
+export async function startEnclave(specs: TokenSpec[], opts: { threads?: number; prefix?: string } = {}): Promise<EnclaveFixture> {
+  const dir = tmpdir(opts.prefix ?? 'enclave');
+  caCache ??= createCA('nitro-acm test CA');
+  const ca = caCache;
+  const caFile = path.join(dir, 'ca.pem');
+  fs.writeFileSync(caFile, ca.certPem);
+  const tokens: TokenFiles[] = specs.map((s) => {
+    const leaf = issueServerCert(ca, s.names, { bits: s.bits });
+    const base = path.join(dir, s.label);
+    fs.writeFileSync(`${base}.key`, leaf.keyPem, { mode: 0o600 });
+    fs.writeFileSync(`${base}.crt`, leaf.certPem);
+    fs.writeFileSync(`${base}.chain.pem`, ca.certPem);
+    fs.writeFileSync(`${base}.fullchain.pem`, leaf.certPem + ca.certPem);
+    return { ...s, key: `${base}.key`, certificate: `${base}.crt`, chain: `${base}.chain.pem`, fullchain: `${base}.fullchain.pem`, keyPem: leaf.keyPem, certPem: leaf.certPem };
+  });
+  const tokenFile = path.join(dir, 'tokens.json');
+  fs.writeFileSync(tokenFile, JSON.stringify({ tokens: tokens.map((t) => ({ label: t.label, pin: t.pin, key: t.key, certificate: t.certificate, chain: t.chain })) }), { mode: 0o600 });
+  const socket = path.join(dir, 'keys.sock');
+  let output = '';
+  const fx: EnclaveFixture = {
+    dir, ca, caFile, tokens, socket, address: `unix:path=${socket}`,
+    log: () => output,
+    proc: undefined as unknown as ChildProcess,
+    async start() {
+      fx.proc = spawn(process.execPath, ['--import', 'tsx', path.join(ROOT, 'enclave/main.ts'), '--local', '--insecure-plaintext-keys', tokenFile, '--key-address', fx.address, '--threads', String(opts.threads ?? 2)], { stdio: ['ignore', 'pipe', 'pipe'] });
+      fx.proc.stdout!.on('data', (d) => { output += d; });
+      fx.proc.stderr!.on('data', (d) => { output += d; });
+      await waitFor(() => output.includes('key channel listening') || fx.proc.exitCode !== null, 20_000, 'enclave app start');
+      if (fx.proc.exitCode !== null) throw new Error(`enclave app exited: ${output}`);
+      await waitForSocket(socket);
+    },
+    async stop() {
+      if (!fx.proc || fx.proc.exitCode !== null || fx.proc.signalCode) return;
+      const exited = new Promise((r) => fx.proc.once('exit', r));
+      fx.proc.kill('SIGKILL');
+      await exited;
+    },
+    async cleanup() {
+      await fx.stop();
+      fs.rmSync(dir, { recursive: true, force: true });
+    },
+  };
+  await fx.start();
+  return fx;
+}
+
+export async function waitFor(cond: () => boolean, timeoutMs: number, what: string): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
+
+export async function waitForSocket(p: string, timeoutMs = 10_000): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  for (;;) {
+    const ok = await new Promise<boolean>((resolve) => {
+      const s = net.connect(p);
+      s.once('connect', () => { s.destroy(); resolve(true); });
+      s.once('error', () => resolve(false));
+    });
+    if (ok) return;
+    if (Date.now() > end) throw new Error(`socket ${p} not accepting connections`);
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}

@@ -1,0 +1,34 @@
+// A minimal key-channel client for protocol tests (the real client is the C module).
+import net from 'node:net';
+import { FrameSplitter } from '../../src/shared/framing.ts';
+import { MAX_RESPONSE, decodeResponse, encodeRequest, type Request, type Response } from '../../src/shared/key-wire.ts';
+
+export class KeyClient {
+  private waiting = new Map<number, (r: Response) => void>();
+  private nextId = 1;
+  closed: Promise<void>;
+  private constructor(readonly sock: net.Socket) {
+    const splitter = new FrameSplitter(MAX_RESPONSE, (f) => {
+      const r = decodeResponse(f);
+      this.waiting.get(r.id)?.(r);
+      this.waiting.delete(r.id);
+    });
+    sock.on('data', (d) => splitter.push(d));
+    this.closed = new Promise((r) => sock.on('close', () => r()));
+    sock.on('error', () => {});
+  }
+  static connect(path: string): Promise<KeyClient> {
+    return new Promise((resolve, reject) => {
+      const s = net.connect(path, () => resolve(new KeyClient(s)));
+      s.once('error', reject);
+    });
+  }
+  call(req: Request): Promise<Response> {
+    const id = this.nextId++;
+    return new Promise((resolve) => {
+      this.waiting.set(id, resolve);
+      this.sock.write(encodeRequest(id, req));
+    });
+  }
+  close(): void { this.sock.destroy(); }
+}
