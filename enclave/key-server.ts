@@ -1,6 +1,7 @@
 // The key channel server (docs/protocol.md): public object lists, login, and one
 // round trip per private-key operation, several in flight per connection.
 import net from 'node:net';
+import fs from 'node:fs';
 import { FrameSplitter, FrameTooLarge } from '../src/shared/framing.ts';
 import { DecodeError } from '../src/shared/bytes.ts';
 import { CKR, P11Error } from '../src/shared/pkcs11-rv.ts';
@@ -32,7 +33,11 @@ export class KeyServer {
     this.server.maxConnections = opts.maxConnections ?? 4096;
   }
 
-  listen(address: Address): Promise<void> { return listen(this.server, address); }
+  async listen(address: Address): Promise<void> {
+    await listen(this.server, address);
+    // Local mode: the web server's workers (another user) connect too; the PIN guards the keys.
+    if (address.kind === 'unix') fs.chmodSync(address.path, 0o666);
+  }
 
   async close(): Promise<void> {
     for (const s of this.connections) s.destroy();

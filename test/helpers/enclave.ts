@@ -36,6 +36,8 @@ let caCache: CertAuthority | undefined;
 
 export async function startEnclave(specs: TokenSpec[], opts: { threads?: number; prefix?: string } = {}): Promise<EnclaveFixture> {
   const dir = tmpdir(opts.prefix ?? 'enclave');
+  // Web-server workers run as another user and must reach the socket inside.
+  fs.chmodSync(dir, 0o711);
   caCache ??= createCA('nitro-acm test CA');
   const ca = caCache;
   const caFile = path.join(dir, 'ca.pem');

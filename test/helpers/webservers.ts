@@ -1,0 +1,226 @@
+// Real nginx and Apache httpd under a temporary prefix on free high ports, and a
+// TLS client that reports which certificate the server presented.
+import fs from 'node:fs';
+import net from 'node:net';
+import tls from 'node:tls';
+import crypto from 'node:crypto';
+import path from 'node:path';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.listen(0, '127.0.0.1', () => {
+      const port = (s.address() as net.AddressInfo).port;
+      s.close(() => resolve(port));
+    });
+    s.on('error', reject);
+  });
+}
+
+export interface SiteKey {
+  serverName: string;
+  certificateFile: string; // leaf + chain
+  /** ssl_certificate_key value: a file path, or engine:pkcs11:<uri> */
+  key: string;
+}
+
+export interface NginxOptions {
+  dir: string;
+  port: number;
+  sites: SiteKey[];
+  workers?: number;
+  engine?: boolean;
+  env?: Record<string, string>;
+  /** Extra lines at the top level (e.g. an openssl engine config). */
+  user?: string;
+}
+
+export interface RunningServer {
+  proc: ChildProcess;
+  pid: number;
+  dir: string;
+  port: number;
+  errorLog: () => string;
+  reload(): void;
+  stop(): Promise<void>;
+}
+
+export function nginxConfig(o: NginxOptions): string {
+  const servers = o.sites.map((s) => `
+    server {
+        listen 127.0.0.1:${o.port} ssl;
+        server_name ${s.serverName};
+        ssl_certificate ${s.certificateFile};
+        ssl_certificate_key "${s.key}";
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_session_cache off;
+        ssl_session_tickets off;
+        location / { return 200 "ok ${s.serverName}\\n"; }
+    }`).join('\n');
+  return `
+daemon off;
+master_process on;
+worker_processes ${o.workers ?? 2};
+user ${o.user ?? 'root root'};
+error_log ${o.dir}/error.log info;
+pid ${o.dir}/nginx.pid;
+${o.engine === false ? '' : 'ssl_engine pkcs11;'}
+env NITRO_ACM_KEY_ADDRESS;
+env NITRO_ACM_TIMEOUT_MS;
+events { worker_connections 1024; }
+http {
+    access_log off;
+    client_body_temp_path ${o.dir}/tmp;
+    proxy_temp_path ${o.dir}/tmp;
+    fastcgi_temp_path ${o.dir}/tmp;
+    uwsgi_temp_path ${o.dir}/tmp;
+    scgi_temp_path ${o.dir}/tmp;
+${servers}
+}
+`;
+}
+
+export async function startNginx(o: NginxOptions): Promise<RunningServer> {
+  fs.mkdirSync(path.join(o.dir, 'tmp'), { recursive: true });
+  const conf = path.join(o.dir, 'nginx.conf');
+  fs.writeFileSync(conf, nginxConfig(o));
+  const env = { ...process.env, ...o.env };
+  const check = spawnSync('nginx', ['-t', '-p', o.dir, '-c', conf, '-e', `${o.dir}/error.log`], { env });
+  if (check.status !== 0) throw new Error(`nginx -t failed: ${check.stderr}`);
+  const proc = spawn('nginx', ['-p', o.dir, '-c', conf, '-e', `${o.dir}/error.log`], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  proc.stdout!.on('data', (d) => { out += d; });
+  proc.stderr!.on('data', (d) => { out += d; });
+  const errorLog = () => { try { return out + fs.readFileSync(path.join(o.dir, 'error.log'), 'utf8'); } catch { return out; } };
+  await waitForPort(o.port, proc, errorLog);
+  return {
+    proc, pid: proc.pid!, dir: o.dir, port: o.port, errorLog,
+    reload() { process.kill(proc.pid!, 'SIGHUP'); },
+    async stop() {
+      if (proc.exitCode !== null) return;
+      const exited = new Promise((r) => proc.once('exit', r));
+      proc.kill('SIGQUIT');
+      const t = setTimeout(() => proc.kill('SIGKILL'), 5000);
+      await exited;
+      clearTimeout(t);
+    },
+  };
+}
+
+function tryConnect(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = net.connect(port, '127.0.0.1');
+    s.once('connect', () => { s.destroy(); resolve(true); });
+    s.once('error', () => resolve(false));
+  });
+}
+
+async function waitForPort(port: number, proc: ChildProcess, log: () => string): Promise<void> {
+  const end = Date.now() + 20_000;
+  while (!(await tryConnect(port))) {
+    if (proc.exitCode !== null) throw new Error(`server exited (${proc.exitCode}): ${log()}`);
+    if (Date.now() > end) throw new Error(`server did not listen on ${port}: ${log()}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+export interface HttpdOptions {
+  dir: string;
+  port: number;
+  sites: SiteKey[];
+  env?: Record<string, string>;
+}
+
+const HTTPD_MODULES = '/usr/lib/apache2/modules';
+
+export function httpdConfig(o: HttpdOptions): string {
+  const vhosts = o.sites.map((s) => `
+<VirtualHost 127.0.0.1:${o.port}>
+    ServerName ${s.serverName}
+    SSLEngine on
+    SSLCertificateFile ${s.certificateFile}
+    SSLCertificateKeyFile "${s.key}"
+</VirtualHost>`).join('\n');
+  return `
+ServerRoot "${o.dir}"
+DefaultRuntimeDir "${o.dir}"
+PidFile "${o.dir}/httpd.pid"
+ErrorLog "${o.dir}/error.log"
+LogLevel warn
+Listen 127.0.0.1:${o.port}
+User www-data
+Group www-data
+ServerName localhost
+LoadModule mpm_event_module ${HTTPD_MODULES}/mod_mpm_event.so
+LoadModule authz_core_module ${HTTPD_MODULES}/mod_authz_core.so
+LoadModule ssl_module ${HTTPD_MODULES}/mod_ssl.so
+LoadModule env_module ${HTTPD_MODULES}/mod_env.so
+StartServers 2
+ServerLimit 4
+ThreadsPerChild 16
+MaxRequestWorkers 64
+SSLCryptoDevice pkcs11
+SSLProtocol -all +TLSv1.2 +TLSv1.3
+SSLSessionCache none
+SSLSessionTickets off
+SSLRandomSeed startup builtin
+SSLRandomSeed connect builtin
+DocumentRoot "${o.dir}/htdocs"
+${vhosts}
+`;
+}
+
+export async function startHttpd(o: HttpdOptions): Promise<RunningServer> {
+  fs.mkdirSync(path.join(o.dir, 'htdocs'), { recursive: true });
+  fs.writeFileSync(path.join(o.dir, 'htdocs/index.html'), 'ok\n');
+  fs.chmodSync(o.dir, 0o755);
+  const conf = path.join(o.dir, 'httpd.conf');
+  fs.writeFileSync(conf, httpdConfig(o));
+  const env = { ...process.env, ...o.env };
+  const proc = spawn('/usr/sbin/apache2', ['-f', conf, '-DFOREGROUND'], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  proc.stdout!.on('data', (d) => { out += d; });
+  proc.stderr!.on('data', (d) => { out += d; });
+  const errorLog = () => { try { return out + fs.readFileSync(path.join(o.dir, 'error.log'), 'utf8'); } catch { return out; } };
+  await waitForPort(o.port, proc, errorLog);
+  return {
+    proc, pid: proc.pid!, dir: o.dir, port: o.port, errorLog,
+    reload() { process.kill(proc.pid!, 'SIGUSR1'); },
+    async stop() {
+      if (proc.exitCode !== null) return;
+      const exited = new Promise((r) => proc.once('exit', r));
+      proc.kill('SIGTERM');
+      const t = setTimeout(() => proc.kill('SIGKILL'), 5000);
+      await exited;
+      clearTimeout(t);
+    },
+  };
+}
+
+export interface Handshake { ok: true; fingerprint256: string; subjectCN: string; protocol: string; body: string }
+export interface TlsProbeOptions { servername: string; ca: string; minVersion?: tls.SecureVersion; maxVersion?: tls.SecureVersion; sigalgs?: string; ciphers?: string; timeoutMs?: number }
+
+/** One full handshake (new connection, no resumption) + a GET; rejects if the chain does not verify. */
+export function handshake(port: number, o: TlsProbeOptions): Promise<Handshake> {
+  return new Promise((resolve, reject) => {
+    const s = tls.connect({ host: '127.0.0.1', port, servername: o.servername, ca: o.ca, minVersion: o.minVersion, maxVersion: o.maxVersion, sigalgs: o.sigalgs, ciphers: o.ciphers, rejectUnauthorized: true, session: undefined });
+    const timer = setTimeout(() => { s.destroy(); reject(new Error('handshake timed out')); }, o.timeoutMs ?? 10_000);
+    let body = '';
+    s.once('secureConnect', () => {
+      const cert = s.getPeerCertificate();
+      const protocol = s.getProtocol() ?? '';
+      s.write(`GET / HTTP/1.0\r\nHost: ${o.servername}\r\n\r\n`);
+      s.on('data', (d) => { body += d; });
+      s.once('end', () => {
+        clearTimeout(timer);
+        resolve({ ok: true, fingerprint256: cert.fingerprint256, subjectCN: String(cert.subject?.CN ?? ''), protocol, body });
+      });
+    });
+    s.once('error', (e) => { clearTimeout(timer); reject(e); });
+  });
+}
+
+export function fingerprintOf(certPem: string): string {
+  return new crypto.X509Certificate(certPem).fingerprint256;
+}
