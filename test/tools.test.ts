@@ -1,0 +1,78 @@
+// The module as operators meet it: OpenSC's pkcs11-tool on the module itself,
+// and through p11-kit (the module registered by its .module file) GnuTLS's
+// p11tool and the OpenSSL pkcs11 engine with no configuration of its own.
+import test from 'ava';
+import fs from 'node:fs';
+import path from 'node:path';
+import crypto from 'node:crypto';
+import { spawnSync } from 'node:child_process';
+import { startEnclave, MODULE_PATH, type EnclaveFixture } from './helpers/enclave.ts';
+import { registerWithP11Kit } from './helpers/p11kit.ts';
+
+const PIN = '135790';
+let fx: EnclaveFixture;
+let env: NodeJS.ProcessEnv;
+
+test.before(async () => {
+  registerWithP11Kit();
+  fx = await startEnclave([{ label: 'tools', pin: PIN, names: ['tools.test'] }], { prefix: 'tools' });
+  env = { ...process.env, NITRO_ACM_KEY_ADDRESS: fx.address };
+});
+test.after.always(async () => { await fx?.cleanup(); });
+
+function run(cmd: string, args: string[]) {
+  const r = spawnSync(cmd, args, { env, encoding: 'utf8', timeout: 60_000 });
+  return { status: r.status, out: `${r.stdout}${r.stderr}` };
+}
+
+test('pkcs11-tool --test passes on the module', (t) => {
+  const r = run('pkcs11-tool', ['--module', MODULE_PATH, '--login', '--pin', PIN, '--test']);
+  t.is(r.status, 0, r.out);
+  t.regex(r.out, /No errors/);
+  t.regex(r.out, /RSA-PKCS: OK/);
+  t.regex(r.out, /SHA256-RSA-PKCS: OK/);
+  t.regex(r.out, /RSA-PKCS-OAEP:[\s\S]*OK/);
+});
+
+test('pkcs11-tool with a wrong PIN is refused', (t) => {
+  const r = run('pkcs11-tool', ['--module', MODULE_PATH, '--login', '--pin', '999999', '--list-objects']);
+  t.not(r.status, 0);
+  t.regex(r.out, /CKR_PIN_INCORRECT/);
+});
+
+test('p11tool lists the token, its key and certificates through p11-kit', (t) => {
+  const tokens = run('p11tool', ['--list-tokens']);
+  t.regex(tokens.out, /Label: tools/);
+  t.regex(tokens.out, /Manufacturer: nitro-acm/);
+  const all = run('p11tool', ['--login', '--set-pin', PIN, '--list-all', 'pkcs11:token=tools']);
+  t.is(all.status, 0, all.out);
+  t.regex(all.out, /Type: Private key \(RSA-2048\)/);
+  t.regex(all.out, /Type: Public key \(RSA-2048\)/);
+  t.is(all.out.match(/Type: X\.509 Certificate/g)?.length, 2, all.out);
+  t.regex(all.out, /CKA_CERTIFICATE_CATEGORY=CA/);
+});
+
+test('openssl with the pkcs11 engine signs through p11-kit and the signature verifies', (t) => {
+  const data = path.join(fx.dir, 'data.txt');
+  const sig = path.join(fx.dir, 'data.sig');
+  const pub = path.join(fx.dir, 'tools.pub.pem');
+  fs.writeFileSync(data, 'signed in the enclave\n');
+  fs.writeFileSync(pub, crypto.createPublicKey(fx.tokens[0].certPem).export({ type: 'spki', format: 'pem' }));
+  for (const opts of [[], ['-sigopt', 'rsa_padding_mode:pss', '-sigopt', 'rsa_pss_saltlen:32']]) {
+    const s = run('openssl', ['dgst', '-sha256', '-engine', 'pkcs11', '-keyform', 'engine', '-sign', `pkcs11:token=tools;type=private;pin-value=${PIN}`, ...opts, '-out', sig, data]);
+    t.is(s.status, 0, s.out);
+    const v = run('openssl', ['dgst', '-sha256', '-verify', pub, ...opts, '-signature', sig, data]);
+    t.is(v.status, 0, v.out);
+    t.regex(v.out, /Verified OK/);
+  }
+});
+
+test('openssl pkeyutl decrypts through the engine what was encrypted to the certificate', (t) => {
+  const secret = crypto.randomBytes(32);
+  const ct = path.join(fx.dir, 'secret.enc');
+  const pt = path.join(fx.dir, 'secret.dec');
+  fs.writeFileSync(ct, crypto.publicEncrypt({ key: fx.tokens[0].certPem, padding: crypto.constants.RSA_PKCS1_OAEP_PADDING, oaepHash: 'sha1' }, secret));
+  const r = run('openssl', ['pkeyutl', '-decrypt', '-engine', 'pkcs11', '-keyform', 'engine', '-inkey', `pkcs11:token=tools;type=private;pin-value=${PIN}`, '-pkeyopt', 'rsa_padding_mode:oaep', '-in', ct, '-out', pt]);
+  t.is(r.status, 0, r.out);
+  t.deepEqual(fs.readFileSync(pt), secret);
+});
