@@ -1,0 +1,116 @@
+// The key channel from the enclave's side: protocol rules, and clients that
+// misbehave (oversized, truncated, garbage, wrong version) without disturbing
+// well-behaved ones.
+import test from 'ava';
+import net from 'node:net';
+import crypto from 'node:crypto';
+import { startEnclave, type EnclaveFixture } from './helpers/enclave.ts';
+import { KeyClient } from './helpers/key-client.ts';
+import { Op, SignScheme, Hash, decodeTokenList, encodeRequest, KEY_WIRE_VERSION } from '../src/shared/key-wire.ts';
+import { CKR } from '../src/shared/pkcs11-rv.ts';
+
+let fx: EnclaveFixture;
+test.before(async () => { fx = await startEnclave([{ label: 'proto', pin: '5555', names: ['proto.test'] }], { prefix: 'proto' }); });
+test.after.always(async () => { await fx?.cleanup(); });
+
+async function listKey(c: KeyClient) {
+  const r = await c.call({ op: Op.LIST });
+  t0(r.rv === CKR.OK);
+  return decodeTokenList(r.body)[0].keys[0];
+}
+function t0(cond: boolean) { if (!cond) throw new Error('precondition failed'); }
+
+async function stillServes(): Promise<boolean> {
+  const c = await KeyClient.connect(fx.socket);
+  try { return (await c.call({ op: Op.PING })).rv === CKR.OK; } finally { c.close(); }
+}
+
+test('LIST is public and carries the certificate and public key, nothing private', async (t) => {
+  const c = await KeyClient.connect(fx.socket);
+  const r = await c.call({ op: Op.LIST });
+  t.is(r.rv, CKR.OK);
+  const [tok] = decodeTokenList(r.body);
+  t.is(tok.label, 'proto');
+  const jwk = crypto.createPublicKey(fx.tokens[0].certPem).export({ format: 'jwk' });
+  t.deepEqual(tok.keys[0].modulus, Buffer.from(jwk.n!, 'base64url'));
+  t.is(new crypto.X509Certificate(tok.keys[0].certificates[0].der).fingerprint256, new crypto.X509Certificate(fx.tokens[0].certPem).fingerprint256);
+  const d = crypto.createPrivateKey(fx.tokens[0].keyPem).export({ format: 'jwk' }).d!;
+  t.false(r.body.includes(Buffer.from(d, 'base64url')), 'private exponent absent');
+  c.close();
+});
+
+test('signing needs a login on the same connection; a wrong PIN is refused and then throttled', async (t) => {
+  const c = await KeyClient.connect(fx.socket);
+  const key = await listKey(c);
+  const digest = crypto.createHash('sha256').update('x').digest();
+  const sign = () => c.call({ op: Op.SIGN, keyId: key.keyId, scheme: SignScheme.PSS, hash: Hash.SHA256, mgfHash: Hash.SHA256, saltLength: 32, data: digest });
+  t.is((await sign()).rv, CKR.USER_NOT_LOGGED_IN);
+  for (let i = 0; i < 3; i++) t.is((await c.call({ op: Op.LOGIN, label: 'proto', pin: Buffer.from('0000') })).rv, CKR.PIN_INCORRECT);
+  const started = Date.now();
+  t.is((await c.call({ op: Op.LOGIN, label: 'proto', pin: Buffer.from('5555') })).rv, CKR.OK);
+  t.true(Date.now() - started >= 90, 'the attempt after three wrong PINs waits');
+  t.is((await c.call({ op: Op.LOGIN, label: 'nope', pin: Buffer.from('5555') })).rv, CKR.TOKEN_NOT_PRESENT);
+  const r = await sign();
+  t.is(r.rv, CKR.OK);
+  t.true(crypto.verify('sha256', Buffer.from('x'), { key: fx.tokens[0].certPem, padding: crypto.constants.RSA_PKCS1_PSS_PADDING, saltLength: 32 }, r.body));
+  t.true(fx.log().includes('wrong PIN'), 'wrong PINs are logged');
+  t.false(fx.log().includes('0000'), 'the PIN itself is not');
+  // Another connection is not logged in.
+  const other = await KeyClient.connect(fx.socket);
+  t.is((await other.call({ op: Op.SIGN, keyId: key.keyId, scheme: SignScheme.PKCS1, hash: 0, mgfHash: 0, saltLength: 0, data: Buffer.alloc(10) })).rv, CKR.USER_NOT_LOGGED_IN);
+  other.close();
+  c.close();
+});
+
+test('many requests in flight on one connection get their own replies', async (t) => {
+  const c = await KeyClient.connect(fx.socket);
+  const key = await listKey(c);
+  await c.call({ op: Op.LOGIN, label: 'proto', pin: Buffer.from('5555') });
+  const msgs = Array.from({ length: 40 }, (_, i) => Buffer.from(`message ${i}`));
+  const sigs = await Promise.all(msgs.map((m) => c.call({ op: Op.SIGN, keyId: key.keyId, scheme: SignScheme.PKCS1, hash: 0, mgfHash: 0, saltLength: 0, data: Buffer.concat([Buffer.from('3031300d060960864801650304020105000420', 'hex'), crypto.createHash('sha256').update(m).digest()]) })));
+  sigs.forEach((r, i) => t.true(r.rv === CKR.OK && crypto.verify('sha256', msgs[i], fx.tokens[0].certPem, r.body), `reply ${i}`));
+  c.close();
+});
+
+test('unknown operations and malformed bodies get CKR_ARGUMENTS_BAD and the connection stays usable', async (t) => {
+  const c = await KeyClient.connect(fx.socket);
+  const unknown = Buffer.from([0, 0, 0, 8, KEY_WIRE_VERSION, 0x42, 0, 0, 0, 0, 0, 1]);
+  const short = Buffer.from([0, 0, 0, 10, KEY_WIRE_VERSION, Op.SIGN, 0, 0, 0, 0, 0, 2, 0, 0]);
+  const replies: Buffer[] = [];
+  c.sock.removeAllListeners('data');
+  c.sock.on('data', (d) => replies.push(d));
+  c.sock.write(Buffer.concat([unknown, short]));
+  await new Promise((r) => setTimeout(r, 300));
+  const all = Buffer.concat(replies);
+  t.is(all.readUInt32BE(4 + 8), CKR.ARGUMENTS_BAD);
+  t.true(all.toString('latin1').includes('truncated'));
+  c.close();
+  t.true(await stillServes());
+});
+
+for (const [name, bytes] of [
+  ['a frame announcing 1 GiB', Buffer.from([0x40, 0, 0, 0, 1, 2, 3])],
+  ['a frame shorter than its header', Buffer.from([0, 0, 0, 3, 1, 1, 0])],
+  ['garbage', Buffer.concat([Buffer.from([0xff]), crypto.randomBytes(4095)])],
+  ['a wrong protocol version', encodeRequest(1, { op: Op.PING }).fill(99, 4, 5)],
+] as const) {
+  test(`a client sending ${name} is dropped; others are served`, async (t) => {
+    const s = net.connect(fx.socket);
+    await new Promise((r) => s.once('connect', r));
+    s.on('error', () => {});
+    s.on('data', () => {});
+    const closed = new Promise<boolean>((r) => { s.once('close', () => r(true)); setTimeout(() => r(false), 3000); });
+    s.write(bytes);
+    t.true(await closed, 'the server closed the connection');
+    t.true(await stillServes());
+  });
+}
+
+test('a truncated frame followed by a hang-up leaves the server serving', async (t) => {
+  const s = net.connect(fx.socket);
+  await new Promise((r) => s.once('connect', r));
+  s.on('error', () => {});
+  s.end(encodeRequest(7, { op: Op.LIST }).subarray(0, 6));
+  await new Promise((r) => s.once('close', r));
+  t.true(await stillServes());
+});
