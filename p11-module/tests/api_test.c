@@ -1,0 +1,243 @@
+/*
+ * Calls the module the way C applications do, including the corners bindings
+ * hide: NULL arguments, short buffers, malformed templates, threads signing at
+ * once over one connection, and fork() after login (nginx master -> workers).
+ * Usage: api_test MODULE.so TOKEN_LABEL PIN   (the enclave address comes from
+ * NITRO_ACM_KEY_ADDRESS). Prints one line per check and "N passed, M failed".
+ */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <openssl/bn.h>
+#include <openssl/evp.h>
+#include <openssl/rsa.h>
+#include <openssl/core_names.h>
+#include <openssl/param_build.h>
+
+#include <p11-kit/pkcs11.h>
+
+static CK_FUNCTION_LIST *f;
+static int passed, failed;
+static const char *label, *pin;
+static EVP_PKEY *pub;
+
+#define CHECK(cond, ...) do { if (cond) { passed++; } else { failed++; printf("FAIL %s:%d: ", __FILE__, __LINE__); printf(__VA_ARGS__); printf("\n"); } } while (0)
+#define RV(call, want) do { CK_RV rv_ = (call); CHECK(rv_ == (CK_RV)(want), "%s = 0x%lx, expected 0x%lx", #call, rv_, (CK_RV)(want)); } while (0)
+
+static CK_SLOT_ID find_slot(void)
+{
+  CK_SLOT_ID slots[64];
+  CK_ULONG n = 64;
+  if (f->C_GetSlotList(CK_TRUE, slots, &n) != CKR_OK) return (CK_SLOT_ID)-1;
+  for (CK_ULONG i = 0; i < n; i++) {
+    CK_TOKEN_INFO ti;
+    if (f->C_GetTokenInfo(slots[i], &ti) != CKR_OK) continue;
+    size_t l = strlen(label);
+    if (memcmp(ti.label, label, l) == 0 && (l == 32 || ti.label[l] == ' ')) return slots[i];
+  }
+  return (CK_SLOT_ID)-1;
+}
+
+static CK_OBJECT_HANDLE find_one(CK_SESSION_HANDLE s, CK_OBJECT_CLASS cls)
+{
+  CK_ATTRIBUTE t = { CKA_CLASS, &cls, sizeof cls };
+  CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
+  CK_ULONG n = 0;
+  if (f->C_FindObjectsInit(s, &t, 1) != CKR_OK) return h;
+  f->C_FindObjects(s, &h, 1, &n);
+  f->C_FindObjectsFinal(s);
+  return n == 1 ? h : CK_INVALID_HANDLE;
+}
+
+static EVP_PKEY *public_key(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h)
+{
+  uint8_t n[1024], e[16];
+  CK_ATTRIBUTE t[2] = { { CKA_MODULUS, n, sizeof n }, { CKA_PUBLIC_EXPONENT, e, sizeof e } };
+  if (f->C_GetAttributeValue(s, h, t, 2) != CKR_OK) return NULL;
+  OSSL_PARAM_BLD *b = OSSL_PARAM_BLD_new();
+  BIGNUM *bn = BN_bin2bn(n, (int)t[0].ulValueLen, NULL), *be = BN_bin2bn(e, (int)t[1].ulValueLen, NULL);
+  OSSL_PARAM_BLD_push_BN(b, OSSL_PKEY_PARAM_RSA_N, bn);
+  OSSL_PARAM_BLD_push_BN(b, OSSL_PKEY_PARAM_RSA_E, be);
+  OSSL_PARAM *p = OSSL_PARAM_BLD_to_param(b);
+  EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_name(NULL, "RSA", NULL);
+  EVP_PKEY *k = NULL;
+  EVP_PKEY_fromdata_init(ctx);
+  EVP_PKEY_fromdata(ctx, &k, EVP_PKEY_PUBLIC_KEY, p);
+  EVP_PKEY_CTX_free(ctx);
+  OSSL_PARAM_free(p);
+  OSSL_PARAM_BLD_free(b);
+  BN_free(bn);
+  BN_free(be);
+  return k;
+}
+
+/* Signs msg with CKM_SHA256_RSA_PKCS and verifies with OpenSSL; 1 if good. */
+static int sign_and_verify(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE key, const char *msg)
+{
+  CK_MECHANISM m = { CKM_SHA256_RSA_PKCS, NULL, 0 };
+  uint8_t sig[512];
+  CK_ULONG sl = sizeof sig;
+  if (f->C_SignInit(s, &m, key) != CKR_OK) return 0;
+  if (f->C_Sign(s, (CK_BYTE_PTR)msg, strlen(msg), sig, &sl) != CKR_OK) return 0;
+  EVP_MD_CTX *c = EVP_MD_CTX_new();
+  int ok = EVP_DigestVerifyInit(c, NULL, EVP_sha256(), NULL, pub) == 1 && EVP_DigestVerify(c, sig, sl, (const uint8_t *)msg, strlen(msg)) == 1;
+  EVP_MD_CTX_free(c);
+  return ok;
+}
+
+struct thread_arg { CK_SLOT_ID slot; int good; };
+
+static void *signer(void *p)
+{
+  struct thread_arg *a = p;
+  CK_SESSION_HANDLE s;
+  if (f->C_OpenSession(a->slot, CKF_SERIAL_SESSION, NULL, NULL, &s) != CKR_OK) return NULL;
+  CK_OBJECT_HANDLE key = find_one(s, CKO_PRIVATE_KEY);
+  for (int i = 0; i < 25; i++) {
+    char msg[64];
+    snprintf(msg, sizeof msg, "thread %p message %d", (void *)a, i);
+    a->good += sign_and_verify(s, key, msg);
+  }
+  f->C_CloseSession(s);
+  return NULL;
+}
+
+static CK_RV dummy_mutex(void **m) { (void)m; return CKR_OK; }
+
+int main(int argc, char **argv)
+{
+  if (argc != 4) { fprintf(stderr, "usage: %s MODULE.so TOKEN_LABEL PIN\n", argv[0]); return 2; }
+  label = argv[2];
+  pin = argv[3];
+  void *h = dlopen(argv[1], RTLD_NOW | RTLD_LOCAL);
+  if (!h) { fprintf(stderr, "dlopen: %s\n", dlerror()); return 2; }
+  CK_C_GetFunctionList gfl = (CK_C_GetFunctionList)dlsym(h, "C_GetFunctionList");
+  CHECK(gfl != NULL, "C_GetFunctionList exported");
+  RV(gfl(NULL), CKR_ARGUMENTS_BAD);
+  RV(gfl(&f), CKR_OK);
+
+  /* Before C_Initialize. */
+  CK_ULONG n = 0;
+  RV(f->C_GetSlotList(CK_TRUE, NULL, &n), CKR_CRYPTOKI_NOT_INITIALIZED);
+  RV(f->C_Finalize(NULL), CKR_CRYPTOKI_NOT_INITIALIZED);
+  CK_C_INITIALIZE_ARGS partial = { .CreateMutex = dummy_mutex };
+  RV(f->C_Initialize(&partial), CKR_ARGUMENTS_BAD);
+  CK_C_INITIALIZE_ARGS os = { .flags = CKF_OS_LOCKING_OK };
+  RV(f->C_Initialize(&os), CKR_OK);
+  RV(f->C_Initialize(NULL), CKR_CRYPTOKI_ALREADY_INITIALIZED);
+
+  /* NULL and short buffers. */
+  RV(f->C_GetInfo(NULL), CKR_ARGUMENTS_BAD);
+  RV(f->C_GetSlotList(CK_TRUE, NULL, NULL), CKR_ARGUMENTS_BAD);
+  RV(f->C_GetSlotList(CK_TRUE, NULL, &n), CKR_OK);
+  CHECK(n >= 1, "at least one slot (%lu)", n);
+  CK_SLOT_ID one;
+  CK_ULONG zero = 0;
+  RV(f->C_GetSlotList(CK_TRUE, &one, &zero), CKR_BUFFER_TOO_SMALL);
+  CHECK(zero == n, "BUFFER_TOO_SMALL reports the count (%lu)", zero);
+  CK_SLOT_ID slot = find_slot();
+  CHECK(slot != (CK_SLOT_ID)-1, "token %s found", label);
+  RV(f->C_GetTokenInfo(slot, NULL), CKR_ARGUMENTS_BAD);
+  CK_MECHANISM_INFO mi;
+  RV(f->C_GetMechanismInfo(slot, CKM_SHA256_RSA_PKCS_PSS, &mi), CKR_OK);
+  CHECK(mi.ulMinKeySize == 2048 && mi.ulMaxKeySize == 4096 && (mi.flags & CKF_SIGN), "PSS mechanism info");
+  RV(f->C_GetMechanismInfo(slot, CKM_ECDSA, &mi), CKR_MECHANISM_INVALID);
+  CK_ULONG nm = 1;
+  CK_MECHANISM_TYPE mt;
+  RV(f->C_GetMechanismList(slot, &mt, &nm), CKR_BUFFER_TOO_SMALL);
+
+  CK_SESSION_HANDLE s;
+  RV(f->C_OpenSession(slot, CKF_SERIAL_SESSION, NULL, NULL, NULL), CKR_ARGUMENTS_BAD);
+  RV(f->C_OpenSession(slot, CKF_SERIAL_SESSION, NULL, NULL, &s), CKR_OK);
+  RV(f->C_Login(s, CKU_SO, (CK_UTF8CHAR_PTR)pin, strlen(pin)), CKR_USER_TYPE_INVALID);
+  RV(f->C_Login(s, CKU_USER, NULL, 8), CKR_ARGUMENTS_BAD);
+  RV(f->C_Login(s, CKU_USER, (CK_UTF8CHAR_PTR)pin, strlen(pin)), CKR_OK);
+
+  /* Templates. */
+  CK_ATTRIBUTE bad = { CKA_LABEL, NULL, 5 };
+  RV(f->C_FindObjectsInit(s, &bad, 1), CKR_ATTRIBUTE_VALUE_INVALID);
+  RV(f->C_FindObjectsInit(s, NULL, 1), CKR_ARGUMENTS_BAD);
+  RV(f->C_FindObjects(s, NULL, 0, &n), CKR_OPERATION_NOT_INITIALIZED);
+  CK_OBJECT_HANDLE key = find_one(s, CKO_PRIVATE_KEY), pubh = find_one(s, CKO_PUBLIC_KEY);
+  CHECK(key != CK_INVALID_HANDLE && pubh != CK_INVALID_HANDLE, "key pair found");
+  uint8_t small[4];
+  CK_BBOOL sens = 0;
+  CK_ATTRIBUTE mix[3] = { { CKA_SENSITIVE, &sens, sizeof sens }, { 0x7ffffff0UL, small, sizeof small }, { CKA_ID, small, sizeof small } };
+  /* With two different problems in one template, PKCS#11 lets the module return either. */
+  CK_RV mrv = f->C_GetAttributeValue(s, key, mix, 3);
+  CHECK(mrv == CKR_ATTRIBUTE_TYPE_INVALID || mrv == CKR_BUFFER_TOO_SMALL, "mixed template gives 0x%lx", mrv);
+  CHECK(sens == CK_TRUE && mix[0].ulValueLen == 1, "valid attribute still filled");
+  CHECK(mix[1].ulValueLen == CK_UNAVAILABLE_INFORMATION, "invalid attribute marked unavailable");
+  CHECK(mix[2].ulValueLen == CK_UNAVAILABLE_INFORMATION, "short buffer marked unavailable");
+  CK_ATTRIBUTE id_only = { CKA_ID, small, sizeof small };
+  RV(f->C_GetAttributeValue(s, key, &id_only, 1), CKR_BUFFER_TOO_SMALL);
+  CK_ATTRIBUTE size_q = { CKA_ID, NULL, 0 };
+  RV(f->C_GetAttributeValue(s, key, &size_q, 1), CKR_OK);
+  CHECK(size_q.ulValueLen == 20, "CKA_ID size query gives 20 (%lu)", size_q.ulValueLen);
+  RV(f->C_GetAttributeValue(s, 0xdeadbeef, &size_q, 1), CKR_OBJECT_HANDLE_INVALID);
+  pub = public_key(s, pubh);
+  CHECK(pub != NULL, "public key attributes");
+
+  /* Sign: size query, then sign. */
+  CK_MECHANISM m = { CKM_SHA256_RSA_PKCS, NULL, 0 };
+  CK_ULONG sl = 0;
+  RV(f->C_SignInit(s, &m, key), CKR_OK);
+  RV(f->C_Sign(s, (CK_BYTE_PTR)"abc", 3, NULL, &sl), CKR_OK);
+  CHECK(sl >= 256, "size query gives the modulus length (%lu)", sl);
+  RV(f->C_Sign(s, (CK_BYTE_PTR)"abc", 3, NULL, NULL), CKR_ARGUMENTS_BAD);
+  uint8_t sig[512];
+  RV(f->C_Sign(s, (CK_BYTE_PTR)"abc", 3, sig, &sl), CKR_OK);
+  CK_RSA_PKCS_PSS_PARAMS pss = { CKM_SHA256, CKG_MGF1_SHA256, 32 };
+  CK_MECHANISM mp = { CKM_RSA_PKCS_PSS, &pss, sizeof pss - 1 };
+  RV(f->C_SignInit(s, &mp, key), CKR_MECHANISM_PARAM_INVALID);
+  CHECK(sign_and_verify(s, key, "single thread"), "sign and verify");
+
+  /* Threads sharing the one connection. */
+  pthread_t th[8];
+  struct thread_arg ta[8];
+  for (int i = 0; i < 8; i++) { ta[i].slot = slot; ta[i].good = 0; pthread_create(&th[i], NULL, signer, &ta[i]); }
+  int good = 0;
+  for (int i = 0; i < 8; i++) { pthread_join(th[i], NULL); good += ta[i].good; }
+  CHECK(good == 200, "200 signatures from 8 threads verify (%d)", good);
+
+  /* fork(): the child signs without logging in again (nginx workers do this). */
+  fflush(stdout);
+  pid_t pid = fork();
+  if (pid == 0) _exit(sign_and_verify(s, key, "from the child") ? 0 : 1);
+  int st = 0;
+  waitpid(pid, &st, 0);
+  CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "forked child signs with the parent's session and login");
+  CHECK(sign_and_verify(s, key, "parent after fork"), "parent still signs after the child used its own connection");
+
+  /* fork() then C_Initialize in the child (what libp11 and p11-kit do): a fresh start, login needed. */
+  fflush(stdout);
+  pid = fork();
+  if (pid == 0) {
+    int ok = f->C_Initialize(NULL) == CKR_OK;
+    CK_SLOT_ID cs = find_slot();
+    CK_SESSION_HANDLE c;
+    ok = ok && f->C_OpenSession(cs, CKF_SERIAL_SESSION, NULL, NULL, &c) == CKR_OK;
+    ok = ok && f->C_Login(c, CKU_USER, (CK_UTF8CHAR_PTR)pin, strlen(pin)) == CKR_OK;
+    ok = ok && sign_and_verify(c, find_one(c, CKO_PRIVATE_KEY), "child after C_Initialize");
+    _exit(ok ? 0 : 1);
+  }
+  waitpid(pid, &st, 0);
+  CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "child that initializes again starts afresh and signs");
+
+  RV(f->C_Logout(s), CKR_OK);
+  RV(f->C_SignInit(s, &m, key), CKR_USER_NOT_LOGGED_IN);
+  RV(f->C_CloseSession(s), CKR_OK);
+  RV(f->C_CloseSession(s), CKR_SESSION_HANDLE_INVALID);
+  RV(f->C_Finalize((void *)1), CKR_ARGUMENTS_BAD);
+  RV(f->C_Finalize(NULL), CKR_OK);
+  EVP_PKEY_free(pub);
+  dlclose(h);
+  printf("%d passed, %d failed\n", passed, failed);
+  return failed ? 1 : 0;
+}
