@@ -3,8 +3,15 @@
 // buffers, templates, 8 threads on one connection, fork after login.
 import test from 'ava';
 import path from 'node:path';
-import { spawnSync } from 'node:child_process';
-import { startEnclave, ROOT, type EnclaveFixture } from './helpers/enclave.ts';
+import { spawn, spawnSync } from 'node:child_process';
+import net from 'node:net';
+import fs from 'node:fs';
+import crypto from 'node:crypto';
+import { startEnclave, tmpdir, ROOT, type EnclaveFixture } from './helpers/enclave.ts';
+import { FrameSplitter } from '../src/shared/framing.ts';
+import { Op, encodeResponse, encodeTokenList, readRequestHeader, MAX_REQUEST, KEY_WIRE_VERSION, REPLY_BIT } from '../src/shared/key-wire.ts';
+import { CKR } from '../src/shared/pkcs11-rv.ts';
+import { createCA, issueServerCert } from '../src/local/pki.ts';
 
 let fx: EnclaveFixture;
 test.before(async () => {
@@ -27,5 +34,70 @@ for (const [name, dir] of [['plain build', 'build'], ['ASan+UBSan build', 'build
     t.notRegex(out, /ERROR: (AddressSanitizer|LeakSanitizer)|runtime error:/, out);
     t.regex(out, /^\d+ passed, 0 failed$/m, out);
     t.is(r.status, 0, out);
+  });
+}
+
+// A fake enclave that answers the module with malformed replies. The module must
+// fail the calls (CKR_DEVICE_ERROR, no slots) without crashing, hanging or
+// tripping the sanitizers.
+
+function validList(): Buffer {
+  const ca = createCA('fake');
+  const leaf = issueServerCert(ca, ['fake.test']);
+  const jwk = crypto.createPublicKey(leaf.certPem).export({ format: 'jwk' });
+  return encodeTokenList([{ label: 'fake', serial: '0011223344556677', keys: [{ keyId: 7, flags: 0, ckaId: Buffer.alloc(20, 1), label: 'fake', modulus: Buffer.from(jwk.n!, 'base64url'), publicExponent: Buffer.from(jwk.e!, 'base64url'), certificates: [{ category: 1, der: new crypto.X509Certificate(leaf.certPem).raw }, { category: 2, der: new crypto.X509Certificate(ca.certPem).raw }] }] }]);
+}
+
+type Scenario = (op: number, id: number, list: Buffer) => Buffer | null | 'close';
+const raw = (n: number, body: Buffer) => { const b = Buffer.alloc(4 + body.length); b.writeUInt32BE(n, 0); body.copy(b, 4); return b; };
+const ok = (op: number, id: number, list: Buffer) => encodeResponse(op, id, CKR.OK, 1, op === Op.LIST ? list : undefined);
+const SCENARIOS: Record<string, Scenario> = {
+  'frame length 4 GiB': (op, id) => raw(0xffffffff, Buffer.alloc(16)),
+  'frame shorter than a header': () => raw(3, Buffer.from([1, 0x81, 0])),
+  'random bytes': () => crypto.randomBytes(1 + crypto.randomInt(64)),
+  'random token lists': (op, id, list) => op === Op.LIST ? encodeResponse(op, id, CKR.OK, crypto.randomInt(1e6), crypto.randomBytes(crypto.randomInt(2000))) : ok(op, id, list),
+  'truncated token list': (op, id, list) => op === Op.LIST ? encodeResponse(op, id, CKR.OK, 2, list.subarray(0, crypto.randomInt(list.length))) : ok(op, id, list),
+  'lying counts': (op, id, list) => op === Op.LIST ? encodeResponse(op, id, CKR.OK, 3, Buffer.from([0xff, 0xff, 4, 0x41, 0x41, 0x41, 0x41, 0, 0xff, 0xff])) : ok(op, id, list),
+  'replies to someone else': (op, id, list) => op === Op.SIGN ? encodeResponse(op, id + 1, CKR.OK, 1, Buffer.alloc(256)) : ok(op, id, list),
+  'signature longer than the key': (op, id, list) => op === Op.SIGN ? encodeResponse(op, id, CKR.OK, 1, Buffer.alloc(4000)) : ok(op, id, list),
+  'wrong version in replies': (op, id, list) => { const r = ok(op, id, list); r[4] = KEY_WIRE_VERSION + 1; return r; },
+  'reply without the reply bit': (op, id, list) => { const r = ok(op, id, list); r[5] &= ~REPLY_BIT; return r; },
+  'hang-up on signing': (op, id, list) => op === Op.SIGN ? 'close' : ok(op, id, list),
+  'silence on signing': (op, id, list) => op === Op.SIGN ? null : ok(op, id, list),
+  'generation changes on every reply': (op, id, list) => encodeResponse(op, id, CKR.OK, crypto.randomInt(1e9), op === Op.LIST ? list : op === Op.SIGN ? Buffer.alloc(256) : undefined),
+};
+
+let list: Buffer;
+for (const [name, scenario] of Object.entries(SCENARIOS)) {
+  test(`hostile enclave (${name}): no crash, no hang, sanitizers clean`, async (t) => {
+    list ??= validList();
+    const dir = tmpdir('hostile');
+    const sock = path.join(dir, 'fake.sock');
+    const server = net.createServer((c) => {
+      c.on('error', () => {});
+      const split = new FrameSplitter(MAX_REQUEST, (frame) => {
+        const h = readRequestHeader(frame);
+        const reply = scenario(h.op, h.id, list);
+        if (reply === 'close') c.destroy();
+        else if (reply) c.write(reply);
+      });
+      c.on('data', (d) => { try { split.push(d); } catch { c.destroy(); } });
+    });
+    await new Promise<void>((r) => server.listen(sock, r));
+    const r = await new Promise<{ status: number | null; out: string }>((resolve) => {
+      let out = '';
+      const p = spawn(path.join(ROOT, 'p11-module/build/asan/api_test'), [path.join(ROOT, 'p11-module/build/asan/nitro-acm-p11.so'), '--hostile', '1234'], {
+        env: { ...process.env, NITRO_ACM_KEY_ADDRESS: `unix:path=${sock}`, NITRO_ACM_TIMEOUT_MS: '200', NITRO_ACM_P11_QUIET: '1', ASAN_OPTIONS: 'detect_leaks=1:exitcode=99', UBSAN_OPTIONS: 'halt_on_error=1:print_stacktrace=1' },
+      });
+      p.stdout.on('data', (d) => { out += d; });
+      p.stderr.on('data', (d) => { out += d; });
+      const timer = setTimeout(() => p.kill('SIGKILL'), 60_000);
+      p.on('exit', (status) => { clearTimeout(timer); resolve({ status, out }); });
+    });
+    server.close();
+    fs.rmSync(dir, { recursive: true, force: true });
+    t.notRegex(r.out, /ERROR: (AddressSanitizer|LeakSanitizer)|runtime error:/, r.out);
+    t.is(r.status, 0, r.out);
+    t.regex(r.out, /survived/);
   });
 }

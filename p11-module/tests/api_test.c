@@ -110,9 +110,51 @@ static void *signer(void *p)
 
 static CK_RV dummy_mutex(void **m) { (void)m; return CKR_OK; }
 
+/*
+ * --hostile: against a fake enclave that answers with malformed replies, keep
+ * calling what a web server calls; every call may fail, none may crash or hang.
+ */
+static int hostile(void)
+{
+  if (f->C_Initialize(NULL) != CKR_OK) return 1;
+  for (int round = 0; round < 40; round++) {
+    CK_SLOT_ID slots[8];
+    CK_ULONG n = 8;
+    if (f->C_GetSlotList(CK_TRUE, slots, &n) != CKR_OK) continue;
+    for (CK_ULONG i = 0; i < n && i < 8; i++) {
+      CK_TOKEN_INFO ti;
+      (void)f->C_GetTokenInfo(slots[i], &ti);
+      CK_SESSION_HANDLE s;
+      if (f->C_OpenSession(slots[i], CKF_SERIAL_SESSION, NULL, NULL, &s) != CKR_OK) continue;
+      (void)f->C_Login(s, CKU_USER, (CK_UTF8CHAR_PTR)pin, strlen(pin));
+      CK_OBJECT_HANDLE key = find_one(s, CKO_PRIVATE_KEY), cert = find_one(s, CKO_CERTIFICATE);
+      uint8_t buf[4096];
+      CK_ATTRIBUTE a = { CKA_VALUE, buf, sizeof buf };
+      (void)f->C_GetAttributeValue(s, cert, &a, 1);
+      CK_MECHANISM m = { CKM_SHA256_RSA_PKCS, NULL, 0 };
+      uint8_t sig[512];
+      CK_ULONG sl = sizeof sig;
+      if (f->C_SignInit(s, &m, key) == CKR_OK) (void)f->C_Sign(s, (CK_BYTE_PTR)"x", 1, sig, &sl);
+      f->C_CloseSession(s);
+    }
+  }
+  f->C_Finalize(NULL);
+  printf("survived\n");
+  return 0;
+}
+
 int main(int argc, char **argv)
 {
-  if (argc != 4) { fprintf(stderr, "usage: %s MODULE.so TOKEN_LABEL PIN\n", argv[0]); return 2; }
+  if (argc == 4 && strcmp(argv[2], "--hostile") == 0) {
+    pin = argv[3];
+    void *h = dlopen(argv[1], RTLD_NOW | RTLD_LOCAL);
+    CK_C_GetFunctionList gfl = h ? (CK_C_GetFunctionList)dlsym(h, "C_GetFunctionList") : NULL;
+    if (!gfl || gfl(&f) != CKR_OK) return 2;
+    int rc = hostile();
+    dlclose(h);
+    return rc;
+  }
+  if (argc != 4) { fprintf(stderr, "usage: %s MODULE.so TOKEN_LABEL PIN | MODULE.so --hostile PIN\n", argv[0]); return 2; }
   label = argv[2];
   pin = argv[3];
   void *h = dlopen(argv[1], RTLD_NOW | RTLD_LOCAL);
