@@ -5,7 +5,19 @@ import net from 'node:net';
 import tls from 'node:tls';
 import crypto from 'node:crypto';
 import path from 'node:path';
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
+
+/** Runs a command without blocking the event loop (tests may serve sockets from it meanwhile). */
+export function run(cmd: string, args: string[], env: NodeJS.ProcessEnv = process.env): Promise<{ status: number | null; out: string }> {
+  return new Promise((resolve, reject) => {
+    let out = '';
+    const p = spawn(cmd, args, { env });
+    p.stdout.on('data', (d) => { out += d; });
+    p.stderr.on('data', (d) => { out += d; });
+    p.on('error', reject);
+    p.on('exit', (status) => resolve({ status, out }));
+  });
+}
 
 export async function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
@@ -86,8 +98,8 @@ export async function startNginx(o: NginxOptions): Promise<RunningServer> {
   const conf = path.join(o.dir, 'nginx.conf');
   fs.writeFileSync(conf, nginxConfig(o));
   const env = { ...process.env, ...o.env };
-  const check = spawnSync('nginx', ['-t', '-p', o.dir, '-c', conf, '-e', `${o.dir}/error.log`], { env });
-  if (check.status !== 0) throw new Error(`nginx -t failed: ${check.stderr}`);
+  const check = await run('nginx', ['-t', '-p', o.dir, '-c', conf, '-e', `${o.dir}/error.log`], env);
+  if (check.status !== 0) throw new Error(`nginx -t failed: ${check.out}`);
   const proc = spawn('nginx', ['-p', o.dir, '-c', conf, '-e', `${o.dir}/error.log`], { env, stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   proc.stdout!.on('data', (d) => { out += d; });
