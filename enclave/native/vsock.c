@@ -15,11 +15,25 @@
 #include <linux/vm_sockets.h>
 #include <node_api.h>
 
+static const char *errno_code(int err)
+{
+  switch (err) {
+  case ECONNREFUSED: return "ECONNREFUSED";
+  case ETIMEDOUT: return "ETIMEDOUT";
+  case ENODEV: return "ENODEV";
+  case ECONNRESET: return "ECONNRESET";
+  case EHOSTUNREACH: return "EHOSTUNREACH";
+  case EADDRINUSE: return "EADDRINUSE";
+  case EAFNOSUPPORT: return "EAFNOSUPPORT";
+  default: return "EVSOCK";
+  }
+}
+
 static napi_value throw_errno(napi_env env, const char *what, int err)
 {
   char msg[160];
   snprintf(msg, sizeof msg, "%s: %s", what, strerror(err));
-  napi_throw_error(env, err == ENODEV || err == ECONNRESET || err == ECONNREFUSED || err == ETIMEDOUT ? "ECONNREFUSED" : "EVSOCK", msg);
+  napi_throw_error(env, errno_code(err), msg);
   return NULL;
 }
 

@@ -26,7 +26,7 @@ interface StreamHandleClass { new (type: number): { open(fd: number): number } }
 // allow-list; they are the only way to give libuv a descriptor of a family it does not know.
 const binding = (process as unknown as { binding(name: string): Record<string, unknown> }).binding;
 
-export function connect(address: Address, timeoutMs = 5000): Promise<net.Socket> {
+export async function connect(address: Address, timeoutMs = 5000): Promise<net.Socket> {
   if (address.kind === 'unix') {
     return new Promise((resolve, reject) => {
       const s = net.connect({ path: address.path });
@@ -40,7 +40,7 @@ export function connect(address: Address, timeoutMs = 5000): Promise<net.Socket>
   const handle = new Pipe(constants.SOCKET);
   const err = handle.open(fd);
   if (err) { fs.closeSync(fd); throw new Error(`cannot wrap vsock descriptor (uv error ${err})`); }
-  return Promise.resolve(new net.Socket({ handle } as unknown as net.SocketConstructorOpts));
+  return new net.Socket({ handle } as unknown as net.SocketConstructorOpts);
 }
 
 /** Listens on the address; for unix, a stale socket file from an earlier run is replaced. */
