@@ -1,0 +1,141 @@
+// npm run bench: TLS handshakes per second against one nginx configuration with
+// three places for the key (a PEM file / the enclave app through our module /
+// SoftHSM2 through the same OpenSSL engine and p11-kit), TLS 1.2 and 1.3, a new
+// connection per request; then sign latency through the module against a direct
+// node:crypto sign. All variants in one run, interleaved, quoted as ratios to the
+// key-in-a-file variant. BENCH_SECONDS sets each measurement's length (default 8).
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import crypto from 'node:crypto';
+import { spawnSync } from 'node:child_process';
+import pkcs11js from 'pkcs11js';
+import { startEnclave, MODULE_PATH } from '../test/helpers/enclave.ts';
+import { registerWithP11Kit } from '../test/helpers/p11kit.ts';
+import { startNginx, freePort, handshake, fingerprintOf, run } from '../test/helpers/webservers.ts';
+
+const SECONDS = Number(process.env.BENCH_SECONDS ?? 8);
+const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 2);
+const SOFTHSM_LIB = '/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so';
+const PIN = '12345678';
+
+function log(msg: string) { process.stderr.write(`bench: ${msg}\n`); }
+function must(cmd: string, args: string[], env: NodeJS.ProcessEnv = process.env) {
+  const r = spawnSync(cmd, args, { env, encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')}: ${r.stdout}${r.stderr}`);
+  return r.stdout;
+}
+
+registerWithP11Kit();
+const fx = await startEnclave([{ label: 'bench', pin: PIN, names: ['bench.test'] }], { prefix: 'bench', threads: os.availableParallelism() });
+const tok = fx.tokens[0];
+const dir = fx.dir;
+
+// SoftHSM2 holding the same key, in a token directory of its own.
+const hsmDir = path.join(dir, 'softhsm');
+fs.mkdirSync(path.join(hsmDir, 'tokens'), { recursive: true });
+const hsmConf = path.join(hsmDir, 'softhsm2.conf');
+fs.writeFileSync(hsmConf, `directories.tokendir = ${hsmDir}/tokens\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n`);
+const hsmEnv = { ...process.env, SOFTHSM2_CONF: hsmConf };
+must('softhsm2-util', ['--init-token', '--free', '--label', 'softbench', '--pin', PIN, '--so-pin', '87654321'], hsmEnv);
+const der = path.join(hsmDir, 'key.der');
+fs.writeFileSync(der, crypto.createPrivateKey(tok.keyPem).export({ type: 'pkcs1', format: 'der' }));
+must('pkcs11-tool', ['--module', SOFTHSM_LIB, '--token-label', 'softbench', '--login', '--pin', PIN, '--write-object', der, '--type', 'privkey', '--id', '01', '--label', 'softbench'], hsmEnv);
+fs.rmSync(der);
+fs.chmodSync(hsmDir, 0o755);
+spawnSync('chmod', ['-R', 'a+rX', hsmDir]);
+
+const pinFile = path.join(dir, 'bench.pin');
+fs.writeFileSync(pinFile, PIN, { mode: 0o400 });
+const variants = {
+  file: tok.key,
+  enclave: `engine:pkcs11:pkcs11:token=bench;type=private?pin-source=file:${pinFile}`,
+  softhsm2: `engine:pkcs11:pkcs11:token=softbench;type=private?pin-source=file:${pinFile}`,
+} as const;
+type Variant = keyof typeof variants;
+
+async function measure(variant: Variant, protocol: 'TLSv1.2' | 'TLSv1.3'): Promise<number> {
+  const prefix = fs.mkdtempSync(path.join(dir, `nginx-${variant}-`));
+  fs.chmodSync(prefix, 0o755);
+  const port = await freePort();
+  const env = { NITRO_ACM_KEY_ADDRESS: fx.address, SOFTHSM2_CONF: hsmConf };
+  const nginx = await startNginx({ dir: prefix, port, env, workers: os.availableParallelism(), sites: [{ serverName: 'bench.test', certificateFile: tok.fullchain, key: variants[variant] }] });
+  // Pin the protocol on the server: wrk offers TLS 1.3 and falls back to 1.2.
+  const conf = path.join(prefix, 'nginx.conf');
+  fs.writeFileSync(conf, fs.readFileSync(conf, 'utf8').replace('ssl_protocols TLSv1.2 TLSv1.3;', `ssl_protocols ${protocol};\n        env SOFTHSM2_CONF;`.replace('\n        env SOFTHSM2_CONF;', '')));
+  nginx.reload();
+  await new Promise((r) => setTimeout(r, 500));
+  const h = await handshake(port, { servername: 'bench.test', ca: fx.ca.certPem });
+  if (h.fingerprint256 !== fingerprintOf(tok.certPem) || h.protocol !== protocol) throw new Error(`${variant}: wrong certificate or protocol ${h.protocol}`);
+  await run('wrk', ['-t1', '-c16', '-d1s', '-H', 'Connection: close', `https://127.0.0.1:${port}/`]); // warm-up
+  const r = await run('wrk', ['-t1', '-c16', `-d${SECONDS}s`, '-H', 'Connection: close', `https://127.0.0.1:${port}/`]);
+  await nginx.stop();
+  const rps = Number(/Requests\/sec:\s+([\d.]+)/.exec(r.out)?.[1]);
+  const errors = /Socket errors: (.*)/.exec(r.out)?.[1];
+  if (!rps) throw new Error(`${variant}: wrk output: ${r.out}`);
+  log(`${protocol} ${variant}: ${rps.toFixed(0)} handshakes/s${errors ? ` (socket errors: ${errors})` : ''}`);
+  return rps;
+}
+
+const results: Record<string, Record<Variant, number[]>> = {};
+for (const protocol of ['TLSv1.2', 'TLSv1.3'] as const) {
+  results[protocol] = { file: [], enclave: [], softhsm2: [] };
+  for (let round = 0; round < ROUNDS; round++) {
+    for (const v of Object.keys(variants) as Variant[]) results[protocol][v].push(await measure(v, protocol));
+  }
+}
+const median = (xs: number[]) => { const s = [...xs].sort((a, b) => a - b); return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2; };
+
+// Sign latency: RSA-2048 PSS over a SHA-256 digest (what a TLS 1.3 handshake asks for).
+function latencies(fn: () => void, n: number): number[] {
+  for (let i = 0; i < 50; i++) fn();
+  const out: number[] = [];
+  for (let i = 0; i < n; i++) { const t0 = process.hrtime.bigint(); fn(); out.push(Number(process.hrtime.bigint() - t0) / 1e3); }
+  return out.sort((a, b) => a - b);
+}
+const pct = (xs: number[], p: number) => xs[Math.min(xs.length - 1, Math.floor(xs.length * p))];
+const digest = crypto.createHash('sha256').update('bench').digest();
+const key = crypto.createPrivateKey(tok.keyPem);
+const N = Number(process.env.BENCH_SIGNS ?? 2000);
+const direct = latencies(() => { crypto.sign('sha256', Buffer.from('bench'), { key, padding: crypto.constants.RSA_PKCS1_PSS_PADDING, saltLength: 32 }); }, N);
+function p11Latency(lib: string, label: string, env: Record<string, string>): number[] {
+  Object.assign(process.env, env);
+  const p = new pkcs11js.PKCS11();
+  p.load(lib);
+  p.C_Initialize();
+  const slot = p.C_GetSlotList(true).find((s) => p.C_GetTokenInfo(s).label.trim() === label)!;
+  const s = p.C_OpenSession(slot, pkcs11js.CKF_SERIAL_SESSION);
+  p.C_Login(s, pkcs11js.CKU_USER, PIN);
+  p.C_FindObjectsInit(s, [{ type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_PRIVATE_KEY }]);
+  const [h] = p.C_FindObjects(s, 1);
+  p.C_FindObjectsFinal(s);
+  const mech = { mechanism: pkcs11js.CKM_RSA_PKCS_PSS, parameter: { type: pkcs11js.CK_PARAMS_RSA_PSS, hashAlg: pkcs11js.CKM_SHA256, mgf: pkcs11js.CKG_MGF1_SHA256, saltLen: 32 } } as pkcs11js.Mechanism;
+  const out = latencies(() => { p.C_SignInit(s, mech, h); p.C_Sign(s, digest, Buffer.alloc(256)); }, N);
+  p.C_Finalize();
+  return out;
+}
+const viaModule = p11Latency(MODULE_PATH, 'bench', { NITRO_ACM_KEY_ADDRESS: fx.address });
+const viaSoftHsm = p11Latency(SOFTHSM_LIB, 'softbench', { SOFTHSM2_CONF: hsmConf });
+const enclaveRss = Number(/VmRSS:\s+(\d+)/.exec(fs.readFileSync(`/proc/${fx.proc.pid}/status`, 'utf8'))?.[1]) / 1024;
+await fx.cleanup();
+
+const cpu = os.cpus()[0]?.model ?? 'unknown CPU';
+const lines = [
+  `Machine: ${os.availableParallelism()} CPUs (${cpu}), ${Math.round(os.totalmem() / 2 ** 30)} GiB, ${os.type()} ${os.release()}, Node ${process.version}, nginx ${/nginx\/(\S+)/.exec(must('nginx', ['-v']) + spawnSync('nginx', ['-v'], { encoding: 'utf8' }).stderr)?.[1]}.`,
+  `Load: wrk -t1 -c16 -d${SECONDS}s -H "Connection: close" (a full handshake per request; session cache and tickets off), nginx worker_processes ${os.availableParallelism()}, RSA-2048, median of ${ROUNDS} interleaved rounds, all on this one machine.`,
+  '',
+  '| protocol | key in a file | key in the enclave app (nitro-acm module) | key in SoftHSM2 (same engine) |',
+  '|---|---|---|---|',
+];
+for (const protocol of ['TLSv1.2', 'TLSv1.3']) {
+  const r = results[protocol];
+  const f = median(r.file);
+  const cell = (v: Variant) => `${median(r[v]).toFixed(0)}/s (${(median(r[v]) / f).toFixed(2)})`;
+  lines.push(`| ${protocol} | ${f.toFixed(0)}/s (1.00) | ${cell('enclave')} | ${cell('softhsm2')} |`);
+}
+lines.push('', `Sign latency, RSA-2048 PSS/SHA-256, ${N} sequential signs from one thread:`, '', '| path | p50 | p99 |', '|---|---|---|');
+for (const [name, xs] of [['node:crypto sign in-process (no PKCS#11)', direct], ['nitro-acm module -> enclave app (unix socket)', viaModule], ['SoftHSM2 (in-process PKCS#11)', viaSoftHsm]] as const) {
+  lines.push(`| ${name} | ${pct(xs, 0.5).toFixed(0)} µs | ${pct(xs, 0.99).toFixed(0)} µs |`);
+}
+lines.push('', `Enclave app resident memory after the run: ${enclaveRss.toFixed(0)} MiB (1 token, ${os.availableParallelism()} crypto threads).`);
+process.stdout.write(lines.join('\n') + '\n');
