@@ -16,6 +16,7 @@ import { startNginx, freePort, handshake, fingerprintOf, run } from '../test/hel
 
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 8);
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 2);
+const WORKERS = Number(process.env.BENCH_NGINX_WORKERS ?? os.availableParallelism());
 const SOFTHSM_LIB = '/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so';
 const PIN = '12345678';
 
@@ -59,7 +60,7 @@ async function measure(variant: Variant, protocol: 'TLSv1.2' | 'TLSv1.3'): Promi
   fs.chmodSync(prefix, 0o755);
   const port = await freePort();
   const env = { NITRO_ACM_KEY_ADDRESS: fx.address, SOFTHSM2_CONF: hsmConf };
-  const nginx = await startNginx({ dir: prefix, port, env, workers: os.availableParallelism(), sites: [{ serverName: 'bench.test', certificateFile: tok.fullchain, key: variants[variant] }] });
+  const nginx = await startNginx({ dir: prefix, port, env, workers: WORKERS, sites: [{ serverName: 'bench.test', certificateFile: tok.fullchain, key: variants[variant] }] });
   // Pin the protocol on the server: wrk offers TLS 1.3 and falls back to 1.2.
   const conf = path.join(prefix, 'nginx.conf');
   fs.writeFileSync(conf, fs.readFileSync(conf, 'utf8').replace('ssl_protocols TLSv1.2 TLSv1.3;', `ssl_protocols ${protocol};\n        env SOFTHSM2_CONF;`.replace('\n        env SOFTHSM2_CONF;', '')));

@@ -44,7 +44,8 @@ function pinDigest(pin: Uint8Array): Buffer {
 export class KeyStore {
   private tokens = new Map<string, Token>();
   private keys = new Map<number, { token: Token; key: StoredKey }>();
-  private nextKeyId = 1;
+  /** Key ids start at a random point so a restarted enclave does not reuse the ids a module may still hold. */
+  private nextKeyId = (crypto.randomBytes(4).readUInt32BE(0) >>> 1) + 1;
   /** Changes whenever anything listed changes; starts random so a restarted enclave never repeats one. */
   generation = crypto.randomBytes(4).readUInt32BE(0);
   private listCache?: { generation: number; body: Buffer };
@@ -68,8 +69,10 @@ export class KeyStore {
     const modulus = Buffer.from(jwk.n!, 'base64url');
     const bits = privateKey.asymmetricKeyDetails!.modulusLength!;
     if (bits < MIN_RSA_BITS || bits > MAX_RSA_BITS) throw new KeyMaterialError(`private key: RSA-${bits} is outside ${MIN_RSA_BITS}-${MAX_RSA_BITS}`);
+    const keyId = this.nextKeyId;
+    this.nextKeyId = (this.nextKeyId + 1) >>> 0 || 1;
     return {
-      keyId: this.nextKeyId++,
+      keyId,
       privateKey,
       modulus,
       publicExponent: Buffer.from(jwk.e!, 'base64url'),
@@ -131,13 +134,6 @@ export class KeyStore {
   labels(): string[] { return [...this.tokens.keys()]; }
   key(keyId: number): { token: Token; key: StoredKey } | undefined { return this.keys.get(keyId); }
 
-  checkPin(label: string, pin: Uint8Array): boolean {
-    const t = this.tokens.get(label);
-    const digest = pinDigest(pin);
-    // Compare against something even for an unknown label, so timing says nothing either way.
-    return crypto.timingSafeEqual(digest, t ? t.pinDigest : pinDigest(Buffer.from('\0unknown'))) && t !== undefined;
-  }
-
   /** The encoded LIST body, rebuilt only when the generation moved. */
   listBody(): Buffer {
     if (this.listCache?.generation !== this.generation) {
@@ -159,5 +155,56 @@ export class KeyStore {
     return this.listCache.body;
   }
 
-  private changed(): void { this.generation = (this.generation + 1) >>> 0; }
+  private listeners: (() => void)[] = [];
+  /** Called after every change (the key server forwards a new snapshot to its workers). */
+  onChange(fn: () => void): void { this.listeners.push(fn); }
+
+  private changed(): void {
+    this.generation = (this.generation + 1) >>> 0;
+    for (const fn of this.listeners) fn();
+  }
+
+  /** What a key worker thread needs to serve the key channel; structured-cloneable (KeyObjects included). */
+  snapshot(): KeyStoreSnapshot {
+    const tokens = [...this.tokens.values()];
+    return {
+      generation: this.generation,
+      listBody: this.listBody(),
+      tokens: tokens.map((t) => ({ label: t.label, pinDigest: t.pinDigest })),
+      keys: tokens.flatMap((t) => [t.current, ...t.retired].map((k) => ({ keyId: k.keyId, tokenLabel: t.label, privateKey: k.privateKey, modulusBits: k.modulusBits }))),
+    };
+  }
 }
+
+export interface KeyStoreSnapshot {
+  generation: number;
+  listBody: Uint8Array;
+  tokens: { label: string; pinDigest: Uint8Array }[];
+  keys: { keyId: number; tokenLabel: string; privateKey: KeyObject; modulusBits: number }[];
+}
+
+/** The read-only view of a snapshot that a key worker serves connections from. */
+export class KeyView {
+  readonly generation: number;
+  readonly listBody: Buffer;
+  private pins: Map<string, Buffer>;
+  private keys: Map<number, KeyStoreSnapshot['keys'][number]>;
+
+  constructor(s: KeyStoreSnapshot) {
+    this.generation = s.generation;
+    this.listBody = Buffer.from(s.listBody.buffer, s.listBody.byteOffset, s.listBody.byteLength);
+    this.pins = new Map(s.tokens.map((t) => [t.label, Buffer.from(t.pinDigest)]));
+    this.keys = new Map(s.keys.map((k) => [k.keyId, k]));
+  }
+
+  hasToken(label: string): boolean { return this.pins.has(label); }
+  key(keyId: number): KeyStoreSnapshot['keys'][number] | undefined { return this.keys.get(keyId); }
+
+  checkPin(label: string, pin: Uint8Array): boolean {
+    const want = this.pins.get(label);
+    // Compare against something even for an unknown label, so timing says nothing either way.
+    return crypto.timingSafeEqual(pinDigest(pin), want ?? UNKNOWN_TOKEN_DIGEST) && want !== undefined;
+  }
+}
+
+const UNKNOWN_TOKEN_DIGEST = pinDigest(Buffer.from('\0no such token'));

@@ -8,7 +8,6 @@ import { parseArgs } from 'node:util';
 import { parseAddress, formatAddress, DEFAULT_KEY_PORT, VSOCK_CID_ANY, type Address } from '../src/shared/address.ts';
 import { log, configureLog } from '../src/shared/log.ts';
 import { KeyStore, KeyMaterialError } from './keystore.ts';
-import { CryptoPool } from './crypto-pool.ts';
 import { KeyServer } from './key-server.ts';
 
 const HELP = `Usage: nitro-acm-enclave [options]
@@ -19,7 +18,7 @@ signing to the nitro-acm PKCS#11 module over the key channel.
 Options:
   --key-address ADDR        where to serve the key channel
                             (default vsock:cid=${VSOCK_CID_ANY};port=${DEFAULT_KEY_PORT})
-  --threads N               crypto threads (default: the CPUs the enclave has, ${os.availableParallelism()} here)
+  --threads N               key worker threads (default: the CPUs the enclave has, ${os.availableParallelism()} here)
   --local                   local mode: development and tests only, never in production
   --insecure-plaintext-keys FILE
                             local mode only: load tokens from a JSON file
@@ -83,16 +82,14 @@ async function main(): Promise<number> {
   if (args['insecure-plaintext-keys']) {
     try { loadPlaintextTokens(store, args['insecure-plaintext-keys']); } catch (e) { log.error((e as Error).message); return 1; }
   }
-  const pool = new CryptoPool(threads);
-  const keys = new KeyServer(store, pool);
+  const keys = new KeyServer(store, { threads });
   try { await keys.listen(keyAddress); } catch (e) { log.error(`key channel: cannot listen on ${formatAddress(keyAddress)}: ${(e as Error).message}`); return 1; }
   const expiry = setInterval(() => store.expireRetired(), 30_000);
   expiry.unref();
-  log.info(`key channel listening on ${formatAddress(keyAddress)} with ${pool.size} crypto threads, ${store.labels().length} tokens`);
+  log.info(`key channel listening on ${formatAddress(keyAddress)} with ${keys.threads} key worker threads, ${store.labels().length} tokens`);
   const stop = async (sig: string) => {
     log.info(`${sig}: stopping`);
     await keys.close();
-    await pool.close();
     process.exit(0);
   };
   process.on('SIGTERM', () => void stop('SIGTERM'));

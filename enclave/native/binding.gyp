@@ -1,8 +1,8 @@
 {
   "targets": [
     {
-      "target_name": "vsock",
-      "sources": ["vsock.c"],
+      "target_name": "sockets",
+      "sources": ["sockets.c"],
       "cflags": ["-std=c11", "-Wall", "-Wextra", "-Werror"]
     }
   ]

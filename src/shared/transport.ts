@@ -1,5 +1,5 @@
 // Stream transports for both channels: AF_UNIX through Node's net module, AF_VSOCK
-// through the tiny native addon (enclave/native/vsock.c) whose file descriptors
+// through the tiny native addon (enclave/native/sockets.c) whose file descriptors
 // are wrapped in Node's own stream handles, so everything above the socket is the
 // same code on both. libuv cannot guess the type of a vsock descriptor, hence the
 // explicit wrap classes below.
@@ -8,15 +8,16 @@ import fs from 'node:fs';
 import { createRequire } from 'node:module';
 import type { Address } from './address.ts';
 
-interface VsockAddon {
+interface SocketsAddon {
   connect(cid: number, port: number, timeoutMs: number): number;
   listen(cid: number, port: number, backlog: number): number;
+  dup(fd: number): number;
 }
-let addon: VsockAddon | undefined;
-function vsock(): VsockAddon {
+let addon: SocketsAddon | undefined;
+function native(): SocketsAddon {
   if (!addon) {
     const require = createRequire(import.meta.url);
-    addon = require(new URL('../../enclave/native/build/Release/vsock.node', import.meta.url).pathname) as VsockAddon;
+    addon = require(new URL('../../enclave/native/build/Release/sockets.node', import.meta.url).pathname) as SocketsAddon;
   }
   return addon;
 }
@@ -35,12 +36,28 @@ export async function connect(address: Address, timeoutMs = 5000): Promise<net.S
       s.once('error', (e) => { clearTimeout(timer); reject(e); });
     });
   }
-  const fd = vsock().connect(address.cid, address.port, timeoutMs);
+  return socketFromFd(native().connect(address.cid, address.port, timeoutMs));
+}
+
+/** A connected stream socket of any family, as a net.Socket that owns the descriptor. */
+export function socketFromFd(fd: number): net.Socket {
   const { Pipe, constants } = binding('pipe_wrap') as { Pipe: StreamHandleClass; constants: { SOCKET: number } };
   const handle = new Pipe(constants.SOCKET);
   const err = handle.open(fd);
-  if (err) { fs.closeSync(fd); throw new Error(`cannot wrap vsock descriptor (uv error ${err})`); }
-  return new net.Socket({ handle } as unknown as net.SocketConstructorOpts);
+  if (err) { fs.closeSync(fd); throw new Error(`cannot wrap socket descriptor ${fd} (uv error ${err})`); }
+  return new net.Socket({ handle, readable: true, writable: true } as unknown as net.SocketConstructorOpts);
+}
+
+/**
+ * Takes a connection away from this thread: returns a duplicate of its descriptor
+ * (for another thread to wrap with socketFromFd) and closes this thread's handle.
+ */
+export function detachSocket(sock: net.Socket): number {
+  const fd = (sock as unknown as { _handle?: { fd?: number } })._handle?.fd;
+  if (fd === undefined || fd < 0) throw new Error('socket has no descriptor');
+  const copy = native().dup(fd);
+  sock.destroy();
+  return copy;
 }
 
 /** Listens on the address; for unix, a stale socket file from an earlier run is replaced. */
@@ -53,7 +70,7 @@ export function listen(server: net.Server, address: Address, backlog = 511): Pro
       server.listen({ path: address.path, backlog }, done);
       return;
     }
-    const fd = vsock().listen(address.cid, address.port, backlog);
+    const fd = native().listen(address.cid, address.port, backlog);
     const { TCP, constants } = binding('tcp_wrap') as { TCP: StreamHandleClass; constants: { SERVER: number } };
     const handle = new TCP(constants.SERVER);
     const err = handle.open(fd);

@@ -1,12 +1,15 @@
 /*
- * The only vsock-specific code in the Node side of nitro-acm: create an AF_VSOCK
- * socket and connect or listen. The file descriptor is handed to Node's own
- * stream machinery (src/shared/transport.ts), so framing, back-pressure and
- * everything above the socket are the same code as over AF_UNIX, where the tests
- * run (this machine has AF_VSOCK but no vsock loopback).
+ * The native part of nitro-acm's Node side, kept to what Node cannot do itself:
+ * - create an AF_VSOCK socket and connect or listen; the descriptor is handed to
+ *   Node's own stream machinery (src/shared/transport.ts), so framing and
+ *   everything above the socket are the same code as over AF_UNIX, where the
+ *   tests run (this machine has AF_VSOCK but no vsock loopback);
+ * - duplicate a descriptor, so an accepted connection can be handed from the
+ *   enclave app's main thread to the key worker thread that will serve it.
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -110,11 +113,28 @@ static napi_value js_listen(napi_env env, napi_callback_info info)
   return make_fd(env, fd);
 }
 
+/* dup(fd) -> a new close-on-exec descriptor for the same socket */
+static napi_value js_dup(napi_env env, napi_callback_info info)
+{
+  size_t argc = 1;
+  napi_value argv[1];
+  int32_t fd;
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc < 1 || napi_get_value_int32(env, argv[0], &fd) != napi_ok || fd < 0) {
+    napi_throw_type_error(env, NULL, "dup(fd): a descriptor expected");
+    return NULL;
+  }
+  int out = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  if (out < 0) return throw_errno(env, "dup", errno);
+  return make_fd(env, out);
+}
+
 static napi_value init(napi_env env, napi_value exports)
 {
   napi_property_descriptor props[] = {
     { "connect", NULL, js_connect, NULL, NULL, NULL, napi_default, NULL },
     { "listen", NULL, js_listen, NULL, NULL, NULL, napi_default, NULL },
+    { "dup", NULL, js_dup, NULL, NULL, NULL, napi_default, NULL },
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   return exports;
