@@ -55,36 +55,44 @@ const variants = {
 } as const;
 type Variant = keyof typeof variants;
 
-async function measure(variant: Variant, protocol: 'TLSv1.2' | 'TLSv1.3'): Promise<number> {
+// Layouts: "shared" lets every process use every CPU; "nitro" pins the enclave app
+// to a CPU of its own, as an enclave's vCPUs are carved out of the instance, and
+// nginx and the load generator to the others, for every variant alike.
+const NCPU = os.availableParallelism();
+const LAYOUTS = { shared: { enclave: `0-${NCPU - 1}`, rest: `0-${NCPU - 1}` }, nitro: { enclave: `${NCPU - 1}`, rest: `0-${Math.max(0, NCPU - 2)}` } } as const;
+type Layout = keyof typeof LAYOUTS;
+
+async function measure(variant: Variant, protocol: 'TLSv1.2' | 'TLSv1.3', layout: Layout): Promise<number> {
+  const cpus = LAYOUTS[layout];
+  must('taskset', ['-a', '-p', '-c', cpus.enclave, String(fx.proc.pid)]);
   const prefix = fs.mkdtempSync(path.join(dir, `nginx-${variant}-`));
   fs.chmodSync(prefix, 0o755);
   const port = await freePort();
   const env = { NITRO_ACM_KEY_ADDRESS: fx.address, SOFTHSM2_CONF: hsmConf };
-  const nginx = await startNginx({ dir: prefix, port, env, workers: WORKERS, sites: [{ serverName: 'bench.test', certificateFile: tok.fullchain, key: variants[variant] }] });
-  // Pin the protocol on the server: wrk offers TLS 1.3 and falls back to 1.2.
-  const conf = path.join(prefix, 'nginx.conf');
-  fs.writeFileSync(conf, fs.readFileSync(conf, 'utf8').replace('ssl_protocols TLSv1.2 TLSv1.3;', `ssl_protocols ${protocol};\n        env SOFTHSM2_CONF;`.replace('\n        env SOFTHSM2_CONF;', '')));
-  nginx.reload();
-  await new Promise((r) => setTimeout(r, 500));
+  const nginx = await startNginx({ dir: prefix, port, env, workers: WORKERS, protocols: protocol, cpus: cpus.rest, sites: [{ serverName: 'bench.test', certificateFile: tok.fullchain, key: variants[variant] }] });
   const h = await handshake(port, { servername: 'bench.test', ca: fx.ca.certPem });
   if (h.fingerprint256 !== fingerprintOf(tok.certPem) || h.protocol !== protocol) throw new Error(`${variant}: wrong certificate or protocol ${h.protocol}`);
-  await run('wrk', ['-t1', '-c16', '-d1s', '-H', 'Connection: close', `https://127.0.0.1:${port}/`]); // warm-up
-  const r = await run('wrk', ['-t1', '-c16', `-d${SECONDS}s`, '-H', 'Connection: close', `https://127.0.0.1:${port}/`]);
+  const wrk = (secs: number) => run('taskset', ['-c', cpus.rest, 'wrk', '-t1', '-c16', `-d${secs}s`, '-H', 'Connection: close', `https://127.0.0.1:${port}/`]);
+  await wrk(1); // warm-up
+  const r = await wrk(SECONDS);
   await nginx.stop();
   const rps = Number(/Requests\/sec:\s+([\d.]+)/.exec(r.out)?.[1]);
   const errors = /Socket errors: (.*)/.exec(r.out)?.[1];
   if (!rps) throw new Error(`${variant}: wrk output: ${r.out}`);
-  log(`${protocol} ${variant}: ${rps.toFixed(0)} handshakes/s${errors ? ` (socket errors: ${errors})` : ''}`);
+  log(`${layout} ${protocol} ${variant}: ${rps.toFixed(0)} handshakes/s${errors ? ` (socket errors: ${errors})` : ''}`);
   return rps;
 }
 
 const results: Record<string, Record<Variant, number[]>> = {};
-for (const protocol of ['TLSv1.2', 'TLSv1.3'] as const) {
-  results[protocol] = { file: [], enclave: [], softhsm2: [] };
-  for (let round = 0; round < ROUNDS; round++) {
-    for (const v of Object.keys(variants) as Variant[]) results[protocol][v].push(await measure(v, protocol));
+for (const layout of Object.keys(LAYOUTS) as Layout[]) {
+  for (const protocol of ['TLSv1.2', 'TLSv1.3'] as const) {
+    const r: Record<Variant, number[]> = results[`${layout} ${protocol}`] = { file: [], enclave: [], softhsm2: [] };
+    for (let round = 0; round < ROUNDS; round++) {
+      for (const v of Object.keys(variants) as Variant[]) r[v].push(await measure(v, protocol, layout));
+    }
   }
 }
+must('taskset', ['-a', '-p', '-c', LAYOUTS.shared.enclave, String(fx.proc.pid)]);
 const median = (xs: number[]) => { const s = [...xs].sort((a, b) => a - b); return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2; };
 
 // Sign latency: RSA-2048 PSS over a SHA-256 digest (what a TLS 1.3 handshake asks for).
@@ -125,11 +133,14 @@ const lines = [
   `Machine: ${os.availableParallelism()} CPUs (${cpu}), ${Math.round(os.totalmem() / 2 ** 30)} GiB, ${os.type()} ${os.release()}, Node ${process.version}, nginx ${/nginx\/(\S+)/.exec(must('nginx', ['-v']) + spawnSync('nginx', ['-v'], { encoding: 'utf8' }).stderr)?.[1]}.`,
   `Load: wrk -t1 -c16 -d${SECONDS}s -H "Connection: close" (a full handshake per request; session cache and tickets off), nginx worker_processes ${os.availableParallelism()}, RSA-2048, median of ${ROUNDS} interleaved rounds, all on this one machine.`,
   '',
-  '| protocol | key in a file | key in the enclave app (nitro-acm module) | key in SoftHSM2 (same engine) |',
+  'Layouts: "shared" = every process on every CPU; "nitro" = the enclave app alone on CPU ' + LAYOUTS.nitro.enclave + ' (as an enclave\'s own vCPUs), nginx and wrk on CPU ' + LAYOUTS.nitro.rest + ', for all three variants.',
+  '',
+  '| layout, protocol | key in a file | key in the enclave app (nitro-acm module) | key in SoftHSM2 (same engine) |',
   '|---|---|---|---|',
 ];
-for (const protocol of ['TLSv1.2', 'TLSv1.3']) {
-  const r = results[protocol];
+for (const name of Object.keys(results)) {
+  const r = results[name];
+  const protocol = name;
   const f = median(r.file);
   const cell = (v: Variant) => `${median(r[v]).toFixed(0)}/s (${(median(r[v]) / f).toFixed(2)})`;
   lines.push(`| ${protocol} | ${f.toFixed(0)}/s (1.00) | ${cell('enclave')} | ${cell('softhsm2')} |`);
@@ -140,3 +151,4 @@ for (const [name, xs] of [['node:crypto sign in-process (no PKCS#11)', direct], 
 }
 lines.push('', `Enclave app resident memory after the run: ${enclaveRss.toFixed(0)} MiB (1 token, ${os.availableParallelism()} crypto threads).`);
 process.stdout.write(lines.join('\n') + '\n');
+process.exit(0);

@@ -18,12 +18,13 @@ function hashName(id: number, what: string): string {
 
 function mgf1(seed: Buffer, length: number, hash: string): Buffer {
   const out = Buffer.allocUnsafe(length);
-  const counter = Buffer.alloc(4);
+  const block = Buffer.allocUnsafe(seed.length + 4);
+  seed.copy(block, 0);
   let off = 0;
   for (let i = 0; off < length; i++) {
-    counter.writeUInt32BE(i, 0);
-    const block = crypto.createHash(hash).update(seed).update(counter).digest();
-    off += block.copy(out, off);
+    block.writeUInt32BE(i, seed.length);
+    // crypto.hash: one-shot, no Hash object per block (this runs on every PSS signature).
+    off += crypto.hash(hash, block, 'buffer').copy(out, off);
   }
   return out;
 }
@@ -44,7 +45,10 @@ function pssEncode(mHash: Buffer, modulusBits: number, hash: string, mgfHash: st
   const emLen = Math.ceil(emBits / 8);
   if (emLen < hLen + saltLength + 2) throw new P11Error(CKR.MECHANISM_PARAM_INVALID, `salt of ${saltLength} bytes does not fit a ${modulusBits}-bit key`);
   const salt = crypto.randomBytes(saltLength);
-  const h = crypto.createHash(hash).update(Buffer.alloc(8)).update(mHash).update(salt).digest();
+  const mPrime = Buffer.alloc(8 + hLen + saltLength); // 8 zero bytes || mHash || salt
+  mHash.copy(mPrime, 8);
+  salt.copy(mPrime, 8 + hLen);
+  const h = crypto.hash(hash, mPrime, 'buffer');
   const db = Buffer.alloc(emLen - hLen - 1);
   db[db.length - saltLength - 1] = 0x01;
   salt.copy(db, db.length - saltLength);

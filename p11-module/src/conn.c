@@ -27,15 +27,28 @@ struct waiter {
   struct waiter *next;
 };
 
+/*
+ * One connected socket. Threads that write to it or read from it hold a
+ * reference, so dropping a broken connection never closes a descriptor that
+ * another thread is still polling (a reused descriptor number would then be
+ * read by mistake): drop shuts it down, the last reference closes it.
+ */
+struct link {
+  int fd;
+  int refs;
+  /* Bytes received but not yet handed out; used only by the thread in the reader role. */
+  uint8_t *rbuf;
+  size_t rlen, rcap;
+};
+
 static struct {
-  pthread_mutex_t mu;       /* guards everything below except writes */
-  pthread_mutex_t write_mu; /* one writer at a time on fd */
+  pthread_mutex_t mu;       /* guards everything below */
+  pthread_mutex_t write_mu; /* one writer at a time on the socket */
   pthread_cond_t cv;        /* broadcast when a reply lands or the reader role frees up */
   conn_address addr;
   int configured;
   int timeout_ms;
-  int fd;
-  uint64_t epoch; /* bumps on every (re)connect, so a stale writer notices */
+  struct link *link; /* current connection, or NULL */
   int reader_active;
   struct waiter *waiters;
   uint32_t next_id;
@@ -45,8 +58,16 @@ static struct {
   .mu = PTHREAD_MUTEX_INITIALIZER,
   .write_mu = PTHREAD_MUTEX_INITIALIZER,
   .cv = PTHREAD_COND_INITIALIZER,
-  .fd = -1,
 };
+
+/* Caller holds C.mu. */
+static void link_unref_locked(struct link *l)
+{
+  if (--l->refs > 0) return;
+  close(l->fd);
+  free(l->rbuf);
+  free(l);
+}
 
 int conn_parse_address(const char *text, conn_address *out)
 {
@@ -143,42 +164,54 @@ static int conn_write_all(int fd, const uint8_t *p, size_t n, int timeout_ms)
   return 0;
 }
 
-static int read_exact(int fd, uint8_t *p, size_t n, const struct timespec *deadline)
+/*
+ * Reads the next frame from the link's buffer, receiving more as needed: usually
+ * one poll() and one recv() per reply. -2 on timeout, -1 on close, error or a
+ * frame over the limit. Only the thread in the reader role calls this.
+ */
+static int read_frame(struct link *l, uint8_t **msg, size_t *len, const struct timespec *deadline)
 {
-  while (n > 0) {
-    struct pollfd pfd = { .fd = fd, .events = POLLIN };
+  for (;;) {
+    if (l->rlen >= 4) {
+      uint32_t n = ((uint32_t)l->rbuf[0] << 24) | ((uint32_t)l->rbuf[1] << 16) | ((uint32_t)l->rbuf[2] << 8) | l->rbuf[3];
+      if (n < KW_RESPONSE_HEADER || n > KW_MAX_RESPONSE) {
+        nacm_log("nitro-acm-p11: reply frame of %u bytes is outside %d..%u; dropping the connection", n, KW_RESPONSE_HEADER, KW_MAX_RESPONSE);
+        return -1;
+      }
+      if (l->rlen - 4 >= n) {
+        uint8_t *p = malloc(n);
+        if (!p) return -1;
+        memcpy(p, l->rbuf + 4, n);
+        l->rlen -= 4 + (size_t)n;
+        memmove(l->rbuf, l->rbuf + 4 + n, l->rlen);
+        *msg = p;
+        *len = n;
+        return 0;
+      }
+      if (l->rcap < 4 + (size_t)n) {
+        uint8_t *grown = realloc(l->rbuf, 4 + (size_t)n);
+        if (!grown) return -1;
+        l->rbuf = grown;
+        l->rcap = 4 + (size_t)n;
+      }
+    }
+    if (l->rcap - l->rlen < 4096) {
+      size_t cap = l->rcap ? l->rcap * 2 : 16384;
+      uint8_t *grown = realloc(l->rbuf, cap);
+      if (!grown) return -1;
+      l->rbuf = grown;
+      l->rcap = cap;
+    }
+    struct pollfd pfd = { .fd = l->fd, .events = POLLIN };
     int left = ms_until(deadline);
     int pr = left == 0 ? 0 : poll(&pfd, 1, left);
     if (pr < 0 && errno == EINTR) continue;
-    if (pr <= 0) return -2; /* timeout */
-    ssize_t r = recv(fd, p, n, MSG_DONTWAIT);
-    if (r > 0) { p += r; n -= (size_t)r; continue; }
+    if (pr <= 0) return -2;
+    ssize_t r = recv(l->fd, l->rbuf + l->rlen, l->rcap - l->rlen, MSG_DONTWAIT);
+    if (r > 0) { l->rlen += (size_t)r; continue; }
     if (r < 0 && (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK)) continue;
-    return -1; /* closed or error */
-  }
-  return 0;
-}
-
-/* Reads one frame; -2 on timeout, -1 on close, error or a frame over the limit. */
-static int conn_read_frame(int fd, uint8_t **msg, size_t *len, int timeout_ms)
-{
-  struct timespec deadline;
-  deadline_in(&deadline, timeout_ms);
-  uint8_t hdr[4];
-  int rc = read_exact(fd, hdr, 4, &deadline);
-  if (rc) return rc;
-  uint32_t n = ((uint32_t)hdr[0] << 24) | ((uint32_t)hdr[1] << 16) | ((uint32_t)hdr[2] << 8) | hdr[3];
-  if (n < KW_RESPONSE_HEADER || n > KW_MAX_RESPONSE) {
-    nacm_log("nitro-acm-p11: reply frame of %u bytes is outside %d..%u; dropping the connection", n, KW_RESPONSE_HEADER, KW_MAX_RESPONSE);
     return -1;
   }
-  uint8_t *p = malloc(n);
-  if (!p) return -1;
-  rc = read_exact(fd, p, n, &deadline);
-  if (rc) { free(p); return rc; }
-  *msg = p;
-  *len = n;
-  return 0;
 }
 
 static int open_socket(const conn_address *a, int timeout_ms)
@@ -207,13 +240,13 @@ static int open_socket(const conn_address *a, int timeout_ms)
   return fd;
 }
 
-/* Fails every waiter and forgets the descriptor. Caller holds C.mu. */
+/* Fails every waiter and forgets the connection. Caller holds C.mu. */
 static void drop_locked(conn_status why)
 {
-  if (C.fd >= 0) {
-    shutdown(C.fd, SHUT_RDWR);
-    close(C.fd);
-    C.fd = -1;
+  if (C.link) {
+    shutdown(C.link->fd, SHUT_RDWR); /* wakes a reader blocked in poll() */
+    link_unref_locked(C.link);
+    C.link = NULL;
   }
   for (struct waiter *w = C.waiters; w; w = w->next) {
     if (!w->done) { w->done = 1; w->status = why; }
@@ -224,20 +257,24 @@ static void drop_locked(conn_status why)
 /* Caller holds C.mu. Connects if there is no connection (logins are replayed lazily by the module). */
 static conn_status ensure_connected_locked(void)
 {
-  if (C.fd >= 0) return CONN_OK;
+  if (C.link) return CONN_OK;
   if (!C.configured) return CONN_UNREACHABLE;
   if (C.has_failed && ms_since(&C.last_failure) < RECONNECT_BACKOFF_MS) return CONN_UNREACHABLE;
   int fd = open_socket(&C.addr, C.timeout_ms);
-  if (fd < 0) {
-    if (!C.has_failed) nacm_log("nitro-acm-p11: cannot reach the enclave at %s%s: %s", C.addr.is_vsock ? "vsock port " : "", C.addr.is_vsock ? "" : C.addr.path, strerror(errno));
+  struct link *l = fd >= 0 ? calloc(1, sizeof *l) : NULL;
+  if (!l) {
+    int err = errno;
+    if (fd >= 0) close(fd);
+    if (!C.has_failed) nacm_log("nitro-acm-p11: cannot reach the enclave at %s%s: %s", C.addr.is_vsock ? "vsock port " : "", C.addr.is_vsock ? "" : C.addr.path, strerror(err));
     C.has_failed = 1;
     clock_gettime(CLOCK_MONOTONIC, &C.last_failure);
     return CONN_UNREACHABLE;
   }
   if (C.has_failed) nacm_log("nitro-acm-p11: connected to the enclave again");
   C.has_failed = 0;
-  C.fd = fd;
-  C.epoch++;
+  l->fd = fd;
+  l->refs = 1; /* the reference held by C.link */
+  C.link = l;
   return CONN_OK;
 }
 
@@ -265,8 +302,8 @@ conn_status conn_call(kw_buf *request, uint32_t id, uint8_t **reply, size_t *rep
   pthread_mutex_lock(&C.mu);
   conn_status st = ensure_connected_locked();
   if (st != CONN_OK) { pthread_mutex_unlock(&C.mu); return st; }
-  int fd = C.fd;
-  uint64_t epoch = C.epoch;
+  struct link *l = C.link;
+  l->refs++;
   int timeout_ms = C.timeout_ms;
   me.next = C.waiters;
   C.waiters = &me;
@@ -274,50 +311,49 @@ conn_status conn_call(kw_buf *request, uint32_t id, uint8_t **reply, size_t *rep
 
   deadline_in(&deadline, timeout_ms);
   pthread_mutex_lock(&C.write_mu);
-  int wrc = conn_write_all(fd, request->p, request->len, timeout_ms);
+  int wrc = conn_write_all(l->fd, request->p, request->len, timeout_ms);
   pthread_mutex_unlock(&C.write_mu);
 
   pthread_mutex_lock(&C.mu);
-  if (wrc != 0 && !me.done && C.epoch == epoch) drop_locked(CONN_UNREACHABLE);
+  if (wrc != 0 && C.link == l) drop_locked(CONN_UNREACHABLE);
   while (!me.done) {
-    if (C.epoch != epoch || C.fd < 0) { me.done = 1; me.status = CONN_UNREACHABLE; break; }
+    if (C.link != l) { me.done = 1; me.status = CONN_UNREACHABLE; break; }
     if (!C.reader_active) {
       /* Become the reader until our own reply arrives; hand others theirs. */
       C.reader_active = 1;
       pthread_mutex_unlock(&C.mu);
       uint8_t *msg = NULL;
       size_t len = 0;
-      int rc = conn_read_frame(fd, &msg, &len, ms_until(&deadline));
+      int rc = read_frame(l, &msg, &len, &deadline);
       pthread_mutex_lock(&C.mu);
       C.reader_active = 0;
-      if (C.epoch != epoch) { free(msg); continue; }
-      if (rc == -2) {
-        nacm_log("nitro-acm-p11: no reply from the enclave within %d ms; dropping the connection", timeout_ms);
-        drop_locked(CONN_TIMEOUT);
-      } else if (rc != 0) {
-        drop_locked(CONN_UNREACHABLE);
-      } else {
-        kw_response resp;
-        struct waiter *w = NULL;
-        if (kw_parse_response(msg, len, &resp) != 0) {
-          nacm_log("nitro-acm-p11: malformed reply from the enclave; dropping the connection");
-          free(msg);
-          drop_locked(CONN_PROTOCOL);
-          pthread_cond_broadcast(&C.cv);
-          continue;
-        }
-        for (w = C.waiters; w; w = w->next) if (w->id == resp.id && !w->done) break;
-        if (w) {
-          w->done = 1;
-          w->status = CONN_OK;
-          w->reply = msg;
-          w->reply_len = len;
-        } else {
-          /* A reply nobody waits for (a late one after a timeout): drop it. */
-          free(msg);
-        }
-      }
       pthread_cond_broadcast(&C.cv);
+      if (C.link != l) { free(msg); continue; }
+      if (rc == -2) {
+        if (ms_until(&deadline) == 0) {
+          nacm_log("nitro-acm-p11: no reply from the enclave within %d ms; dropping the connection", timeout_ms);
+          drop_locked(CONN_TIMEOUT);
+        }
+        continue;
+      }
+      if (rc != 0) { drop_locked(CONN_UNREACHABLE); continue; }
+      kw_response resp;
+      if (kw_parse_response(msg, len, &resp) != 0) {
+        nacm_log("nitro-acm-p11: malformed reply from the enclave; dropping the connection");
+        free(msg);
+        drop_locked(CONN_PROTOCOL);
+        continue;
+      }
+      struct waiter *w;
+      for (w = C.waiters; w; w = w->next) if (w->id == resp.id && !w->done) break;
+      if (w) {
+        w->done = 1;
+        w->status = CONN_OK;
+        w->reply = msg;
+        w->reply_len = len;
+      } else {
+        free(msg); /* a late reply to a request that timed out */
+      }
       continue;
     }
     if (ms_until(&deadline) == 0) { me.done = 1; me.status = CONN_TIMEOUT; break; }
@@ -330,6 +366,7 @@ conn_status conn_call(kw_buf *request, uint32_t id, uint8_t **reply, size_t *rep
     pthread_cond_timedwait(&C.cv, &C.mu, &abs);
   }
   unlink_waiter(&me);
+  link_unref_locked(l);
   pthread_mutex_unlock(&C.mu);
   if (me.status == CONN_OK) {
     *reply = me.reply;
@@ -354,10 +391,14 @@ void conn_after_fork_child(void)
   pthread_mutex_init(&C.mu, NULL);
   pthread_mutex_init(&C.write_mu, NULL);
   pthread_cond_init(&C.cv, NULL);
-  if (C.fd >= 0) close(C.fd); /* the parent keeps its own copy and its stream position */
-  C.fd = -1;
+  if (C.link) {
+    /* The parent keeps its own copy of the socket and its stream position: close ours, never shut it down. */
+    close(C.link->fd);
+    free(C.link->rbuf);
+    free(C.link); /* other threads' references died with them */
+    C.link = NULL;
+  }
   C.waiters = NULL;
   C.reader_active = 0;
   C.has_failed = 0;
-  C.epoch++;
 }

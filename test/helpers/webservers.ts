@@ -44,8 +44,11 @@ export interface NginxOptions {
   workers?: number;
   engine?: boolean;
   env?: Record<string, string>;
-  /** Extra lines at the top level (e.g. an openssl engine config). */
   user?: string;
+  /** ssl_protocols value; default "TLSv1.2 TLSv1.3". */
+  protocols?: string;
+  /** CPU list for taskset (benchmarks); unset: any CPU. */
+  cpus?: string;
 }
 
 export interface RunningServer {
@@ -65,7 +68,7 @@ export function nginxConfig(o: NginxOptions): string {
         server_name ${s.serverName};
         ssl_certificate ${s.certificateFile};
         ssl_certificate_key "${s.key}";
-        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_protocols ${o.protocols ?? 'TLSv1.2 TLSv1.3'};
         ssl_session_cache off;
         ssl_session_tickets off;
         location / { return 200 "ok ${s.serverName}\\n"; }
@@ -78,8 +81,7 @@ user ${o.user ?? 'root root'};
 error_log ${o.dir}/error.log info;
 pid ${o.dir}/nginx.pid;
 ${o.engine === false ? '' : 'ssl_engine pkcs11;'}
-env NITRO_ACM_KEY_ADDRESS;
-env NITRO_ACM_TIMEOUT_MS;
+${Object.keys(o.env ?? {}).map((k) => `env ${k};`).join('\n')}
 events { worker_connections 1024; }
 http {
     access_log off;
@@ -100,7 +102,8 @@ export async function startNginx(o: NginxOptions): Promise<RunningServer> {
   const env = { ...process.env, ...o.env };
   const check = await run('nginx', ['-t', '-p', o.dir, '-c', conf, '-e', `${o.dir}/error.log`], env);
   if (check.status !== 0) throw new Error(`nginx -t failed: ${check.out}`);
-  const proc = spawn('nginx', ['-p', o.dir, '-c', conf, '-e', `${o.dir}/error.log`], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  const args = ['-p', o.dir, '-c', conf, '-e', `${o.dir}/error.log`];
+  const proc = o.cpus ? spawn('taskset', ['-c', o.cpus, 'nginx', ...args], { env, stdio: ['ignore', 'pipe', 'pipe'] }) : spawn('nginx', args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   proc.stdout!.on('data', (d) => { out += d; });
   proc.stderr!.on('data', (d) => { out += d; });
