@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs what nitro-acm needs to build, run locally and test on Debian/Ubuntu:
+# the C toolchain and PKCS#11 headers for the module, p11-kit and the OpenSSL
+# pkcs11 engine, nginx and Apache httpd, OpenSC/GnuTLS tools, SoftHSM2 and wrk for
+# the benchmark. Run as root (or with sudo). Web servers are installed but not
+# started: nitro-acm starts its own under private prefixes.
+set -euo pipefail
+if [ "$(id -u)" -ne 0 ]; then
+  echo "install-deps: run as root (sudo bash scripts/install-deps.sh)" >&2
+  exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+# Keep package scripts from starting the distribution's nginx/apache2 services.
+created_policy=0
+if [ ! -e /usr/sbin/policy-rc.d ]; then
+  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+  chmod 0755 /usr/sbin/policy-rc.d
+  created_policy=1
+fi
+trap '[ "$created_policy" = 1 ] && rm -f /usr/sbin/policy-rc.d' EXIT
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends \
+  build-essential pkg-config python3 curl ca-certificates util-linux \
+  libp11-kit-dev libssl-dev p11-kit p11-kit-modules libengine-pkcs11-openssl \
+  nginx-light apache2 opensc gnutls-bin softhsm2 wrk >/dev/null
+echo "install-deps: done"
