@@ -11,8 +11,8 @@ import crypto from 'node:crypto';
 import { spawnSync } from 'node:child_process';
 import pkcs11js from 'pkcs11js';
 import { startEnclave, MODULE_PATH } from '../test/helpers/enclave.ts';
-import { registerWithP11Kit } from '../test/helpers/p11kit.ts';
-import { startNginx, freePort, handshake, fingerprintOf, run } from '../test/helpers/webservers.ts';
+import { registerWithP11Kit } from '../src/local/p11kit.ts';
+import { startNginx, freePort, handshake, fingerprintOf, run } from '../src/local/webservers.ts';
 
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 8);
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 2);

@@ -8,8 +8,8 @@ import crypto from 'node:crypto';
 import net from 'node:net';
 import path from 'node:path';
 import { startEnclave, MODULE_PATH, type EnclaveFixture } from './helpers/enclave.ts';
-import { registerWithP11Kit } from './helpers/p11kit.ts';
-import { startNginx, freePort, handshake, fingerprintOf, run } from './helpers/webservers.ts';
+import { registerWithP11Kit } from '../src/local/p11kit.ts';
+import { startNginx, freePort, handshake, fingerprintOf, run } from '../src/local/webservers.ts';
 import { keyNeedles, findSecrets } from './helpers/secrets.ts';
 
 let fx: EnclaveFixture;

@@ -7,7 +7,7 @@ import path from 'node:path';
 import crypto from 'node:crypto';
 import { spawnSync } from 'node:child_process';
 import { startEnclave, MODULE_PATH, type EnclaveFixture } from './helpers/enclave.ts';
-import { registerWithP11Kit } from './helpers/p11kit.ts';
+import { registerWithP11Kit } from '../src/local/p11kit.ts';
 
 const PIN = '135790';
 let fx: EnclaveFixture;
@@ -65,6 +65,16 @@ test('openssl with the pkcs11 engine signs through p11-kit and the signature ver
     t.is(v.status, 0, v.out);
     t.regex(v.out, /Verified OK/);
   }
+});
+
+test('openssl pkeyutl -engine pkcs11 signs a digest with a pkcs11: URI and the signature verifies', (t) => {
+  const digest = path.join(fx.dir, 'digest.bin');
+  const sig = path.join(fx.dir, 'digest.sig');
+  const data = crypto.randomBytes(100);
+  fs.writeFileSync(digest, crypto.createHash('sha256').update(data).digest());
+  const r = run('openssl', ['pkeyutl', '-sign', '-engine', 'pkcs11', '-keyform', 'engine', '-inkey', `pkcs11:token=tools;type=private;pin-value=${PIN}`, '-pkeyopt', 'digest:sha256', '-in', digest, '-out', sig]);
+  t.is(r.status, 0, r.out);
+  t.true(crypto.verify('sha256', data, fx.tokens[0].certPem, fs.readFileSync(sig)));
 });
 
 test('openssl pkeyutl decrypts through the engine what was encrypted to the certificate', (t) => {

@@ -4,8 +4,8 @@ import test from 'ava';
 import fs from 'node:fs';
 import path from 'node:path';
 import { startEnclave, type EnclaveFixture, type TokenFiles } from './helpers/enclave.ts';
-import { registerWithP11Kit } from './helpers/p11kit.ts';
-import { startNginx, startHttpd, freePort, handshake, fingerprintOf, type SiteKey, type RunningServer } from './helpers/webservers.ts';
+import { registerWithP11Kit } from '../src/local/p11kit.ts';
+import { startNginx, startHttpd, freePort, handshake, fingerprintOf, type SiteKey, type RunningServer } from '../src/local/webservers.ts';
 
 let fx: EnclaveFixture;
 

@@ -4,12 +4,13 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import net from 'node:net';
-import { spawn, type ChildProcess } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
+import type { ChildProcess } from 'node:child_process';
 import { createCA, issueServerCert, type CertAuthority } from '../../src/local/pki.ts';
+import { startLocalEnclave, type LocalEnclave } from '../../src/local/enclave-process.ts';
 
-export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
-export const MODULE_PATH = path.resolve(ROOT, process.env.NITRO_ACM_MODULE ?? 'p11-module/build/nitro-acm-p11.so');
+export { PROJECT_ROOT as ROOT } from '../../src/paths.ts';
+import { PROJECT_ROOT } from '../../src/paths.ts';
+export const MODULE_PATH = path.resolve(PROJECT_ROOT, process.env.NITRO_ACM_MODULE ?? 'p11-module/build/nitro-acm-p11.so');
 
 export interface TokenSpec { label: string; pin: string; names: string[]; bits?: number }
 export interface TokenFiles extends TokenSpec { key: string; certificate: string; chain: string; fullchain: string; keyPem: string; certPem: string }
@@ -22,7 +23,7 @@ export interface EnclaveFixture {
   socket: string;
   address: string;
   log: () => string;
-  proc: ChildProcess;
+  readonly proc: ChildProcess;
   start(): Promise<void>;
   stop(): Promise<void>;
   cleanup(): Promise<void>;
@@ -54,25 +55,18 @@ export async function startEnclave(specs: TokenSpec[], opts: { threads?: number;
   const tokenFile = path.join(dir, 'tokens.json');
   fs.writeFileSync(tokenFile, JSON.stringify({ tokens: tokens.map((t) => ({ label: t.label, pin: t.pin, key: t.key, certificate: t.certificate, chain: t.chain })) }), { mode: 0o600 });
   const socket = path.join(dir, 'keys.sock');
-  let output = '';
+  let enclave: LocalEnclave | undefined;
+  let earlier = '';
   const fx: EnclaveFixture = {
     dir, ca, caFile, tokens, socket, address: `unix:path=${socket}`,
-    log: () => output,
-    proc: undefined as unknown as ChildProcess,
+    log: () => earlier + (enclave?.output() ?? ''),
+    get proc() { return enclave!.proc; },
     async start() {
-      fx.proc = spawn(process.execPath, ['--import', 'tsx', path.join(ROOT, 'enclave/main.ts'), '--local', '--insecure-plaintext-keys', tokenFile, '--key-address', fx.address, '--threads', String(opts.threads ?? 2)], { stdio: ['ignore', 'pipe', 'pipe'] });
-      fx.proc.stdout!.on('data', (d) => { output += d; });
-      fx.proc.stderr!.on('data', (d) => { output += d; });
-      await waitFor(() => output.includes('key channel listening') || fx.proc.exitCode !== null, 20_000, 'enclave app start');
-      if (fx.proc.exitCode !== null) throw new Error(`enclave app exited: ${output}`);
+      if (enclave) earlier += enclave.output();
+      enclave = await startLocalEnclave({ keyAddress: fx.address, plaintextKeys: tokenFile, threads: opts.threads ?? 2 });
       await waitForSocket(socket);
     },
-    async stop() {
-      if (!fx.proc || fx.proc.exitCode !== null || fx.proc.signalCode) return;
-      const exited = new Promise((r) => fx.proc.once('exit', r));
-      fx.proc.kill('SIGKILL');
-      await exited;
-    },
+    async stop() { await enclave?.stop('SIGKILL'); },
     async cleanup() {
       await fx.stop();
       fs.rmSync(dir, { recursive: true, force: true });

@@ -1,5 +1,5 @@
-// Real nginx and Apache httpd under a temporary prefix on free high ports, and a
-// TLS client that reports which certificate the server presented.
+// Real nginx and Apache httpd under a private prefix (local mode, tests and the
+// benchmark), and a TLS client that reports which certificate a server presented.
 import fs from 'node:fs';
 import net from 'node:net';
 import tls from 'node:tls';

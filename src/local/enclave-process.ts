@@ -1,0 +1,56 @@
+// The enclave app as a child process: local mode (development, tests, the
+// benchmark). In production the enclave runs in a Nitro enclave started by
+// nitro-cli and none of this is used.
+import path from 'node:path';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { PROJECT_ROOT } from '../paths.ts';
+
+export interface LocalEnclaveOptions {
+  keyAddress: string;
+  /** Local mode only: tokens from plaintext PEM files (see enclave/main.ts --help). */
+  plaintextKeys?: string;
+  threads?: number;
+  env?: NodeJS.ProcessEnv;
+}
+
+export interface LocalEnclave {
+  proc: ChildProcess;
+  /** Everything the enclave app wrote to stdout and stderr so far. */
+  output(): string;
+  stop(signal?: NodeJS.Signals): Promise<void>;
+}
+
+const ENCLAVE_MAIN = path.join(PROJECT_ROOT, 'enclave/main.ts');
+// Resolved here, not by the child from its working directory.
+const TSX_LOADER = import.meta.resolve('tsx');
+
+/** Starts the enclave app and resolves once its key channel listens (rejects with its output if it exits). */
+export function startLocalEnclave(o: LocalEnclaveOptions): Promise<LocalEnclave> {
+  const args = ['--import', TSX_LOADER, ENCLAVE_MAIN, '--local', '--key-address', o.keyAddress];
+  if (o.plaintextKeys) args.push('--insecure-plaintext-keys', o.plaintextKeys);
+  if (o.threads) args.push('--threads', String(o.threads));
+  const proc = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], env: o.env ?? process.env });
+  let out = '';
+  const enclave: LocalEnclave = {
+    proc,
+    output: () => out,
+    async stop(signal = 'SIGTERM') {
+      if (proc.exitCode !== null || proc.signalCode) return;
+      const exited = new Promise((r) => proc.once('exit', r));
+      proc.kill(signal);
+      const force = setTimeout(() => proc.kill('SIGKILL'), 5000);
+      await exited;
+      clearTimeout(force);
+    },
+  };
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => { proc.kill('SIGKILL'); reject(new Error(`enclave app did not start within 30 s:\n${out}`)); }, 30_000);
+    const onData = (d: Buffer) => {
+      out += d;
+      if (out.includes('key channel listening')) { clearTimeout(timer); resolve(enclave); }
+    };
+    proc.stdout!.on('data', onData);
+    proc.stderr!.on('data', onData);
+    proc.once('exit', (code, sig) => { clearTimeout(timer); reject(new Error(`enclave app exited (${code ?? sig}):\n${out}`)); });
+  });
+}
