@@ -1,0 +1,103 @@
+// KMS CiphertextForRecipient: CMS EnvelopedData (RFC 5652), BER with indefinite
+// lengths, one KeyTransRecipientInfo (RSAES-OAEP with SHA-256 and MGF1-SHA-256)
+// whose subjectKeyIdentifier is SHA-256 of the recipient's SubjectPublicKeyInfo,
+// content AES-256-CBC with the IV in the algorithm parameters. The enclave app
+// unwraps it; the local cloud's KMS builds it the same way real KMS does.
+import crypto, { type KeyObject } from 'node:crypto';
+import { parseBer, octets, oid, expect, der, indefinite, derOid, derInt, BerError, type BerNode } from './ber.ts';
+
+export class CmsError extends Error {}
+
+const OID = {
+  envelopedData: '1.2.840.113549.1.7.3',
+  data: '1.2.840.113549.1.7.1',
+  rsaesOaep: '1.2.840.113549.1.1.7',
+  sha256: '2.16.840.1.101.3.4.2.1',
+  mgf1: '1.2.840.113549.1.1.8',
+  aes256cbc: '2.16.840.1.101.3.4.1.42',
+};
+
+export interface EnvelopedParts { subjectKeyIdentifier: Buffer; encryptedKey: Buffer; iv: Buffer; encryptedContent: Buffer }
+
+/** Takes the EnvelopedData apart and checks every algorithm; decrypts nothing. */
+export function parseEnvelopedData(ber: Buffer): EnvelopedParts {
+  try {
+    const ci = expect(parseBer(ber), 0x30, 'ContentInfo');
+    if (oid(ci.children[0] ?? ({} as BerNode), 'ContentInfo.contentType') !== OID.envelopedData) throw new CmsError('ContentInfo is not envelopedData');
+    const ed = expect(expect(ci.children[1], 0xa0, 'ContentInfo.content').children[0], 0x30, 'EnvelopedData');
+    let i = 1; // after version
+    if (ed.children[i] && (ed.children[i].tag & 0xdf) === 0x80) i++; // originatorInfo [0], unused by KMS
+    const ris = expect(ed.children[i], 0x31, 'EnvelopedData.recipientInfos');
+    const eci = expect(ed.children[i + 1], 0x30, 'EnvelopedData.encryptedContentInfo');
+    if (ris.children.length !== 1) throw new CmsError(`${ris.children.length} recipients, expected 1`);
+    const ktri = expect(ris.children[0], 0x30, 'KeyTransRecipientInfo');
+    const [, rid, kea, ek] = ktri.children;
+    const ski = octets(expect(rid, 0x80, 'KeyTransRecipientInfo.rid (subjectKeyIdentifier [0])'), 'rid');
+    checkOaep(expect(kea, 0x30, 'keyEncryptionAlgorithm'));
+    const encryptedKey = octets(expect(ek, 0x04, 'encryptedKey'), 'encryptedKey');
+    if (oid(eci.children[0], 'EncryptedContentInfo.contentType') !== OID.data) throw new CmsError('encrypted content type is not id-data');
+    const cea = expect(eci.children[1], 0x30, 'contentEncryptionAlgorithm');
+    if (oid(cea.children[0], 'contentEncryptionAlgorithm') !== OID.aes256cbc) throw new CmsError(`content encryption ${oid(cea.children[0], 'contentEncryptionAlgorithm')}, expected AES-256-CBC`);
+    const iv = octets(expect(cea.children[1], 0x04, 'AES-CBC IV'), 'IV');
+    if (iv.length !== 16) throw new CmsError(`IV of ${iv.length} bytes, expected 16`);
+    const encryptedContent = octets(expect(eci.children[2], 0x80, 'encryptedContent [0]'), 'encryptedContent');
+    if (encryptedContent.length === 0 || encryptedContent.length % 16) throw new CmsError(`encrypted content of ${encryptedContent.length} bytes is not whole AES blocks`);
+    return { subjectKeyIdentifier: ski, encryptedKey, iv, encryptedContent };
+  } catch (e) {
+    if (e instanceof CmsError) throw e;
+    if (e instanceof BerError) throw new CmsError(`malformed CiphertextForRecipient: ${e.message}`);
+    throw new CmsError(`malformed CiphertextForRecipient: ${(e as Error).message}`);
+  }
+}
+
+function checkOaep(alg: BerNode): void {
+  if (oid(alg.children[0], 'keyEncryptionAlgorithm') !== OID.rsaesOaep) throw new CmsError(`key encryption ${oid(alg.children[0], 'keyEncryptionAlgorithm')}, expected RSAES-OAEP`);
+  const params = alg.children[1];
+  // RSAES-OAEP-params: [0] hash (default SHA-1!), [1] MGF (default MGF1-SHA-1). KMS names SHA-256 for both.
+  if (!params || params.children.length < 2) throw new CmsError('RSAES-OAEP parameters must name SHA-256 and MGF1-SHA-256');
+  const hash = oid(expect(params.children[0], 0xa0, 'OAEP hashFunc').children[0].children[0], 'OAEP hash');
+  const mgf = expect(params.children[1], 0xa1, 'OAEP maskGenFunc').children[0];
+  const mgfHash = oid(mgf.children[1].children[0], 'MGF1 hash');
+  if (hash !== OID.sha256 || oid(mgf.children[0], 'MGF') !== OID.mgf1 || mgfHash !== OID.sha256) throw new CmsError('RSAES-OAEP must use SHA-256 and MGF1-SHA-256');
+}
+
+/** SHA-256 of the SubjectPublicKeyInfo DER: how KMS names the recipient. */
+export function recipientKeyId(publicKey: KeyObject): Buffer {
+  return crypto.createHash('sha256').update(publicKey.export({ type: 'spki', format: 'der' })).digest();
+}
+
+/** Decrypts CiphertextForRecipient with the ephemeral private key the attestation document carried. */
+export function unwrapCiphertextForRecipient(ber: Buffer, privateKey: KeyObject): Buffer {
+  const p = parseEnvelopedData(ber);
+  const mine = recipientKeyId(crypto.createPublicKey(privateKey));
+  if (!p.subjectKeyIdentifier.equals(mine)) throw new CmsError('CiphertextForRecipient is for another key (subjectKeyIdentifier does not match)');
+  let cek: Buffer;
+  try {
+    cek = crypto.privateDecrypt({ key: privateKey, padding: crypto.constants.RSA_PKCS1_OAEP_PADDING, oaepHash: 'sha256' }, p.encryptedKey);
+  } catch { throw new CmsError('the content-encryption key does not decrypt (RSA-OAEP decoding error)'); }
+  try {
+    if (cek.length !== 32) throw new CmsError(`content-encryption key of ${cek.length} bytes, expected 32`);
+    const d = crypto.createDecipheriv('aes-256-cbc', cek, p.iv);
+    try { return Buffer.concat([d.update(p.encryptedContent), d.final()]); } catch { throw new CmsError('the content does not decrypt (bad padding)'); }
+  } finally {
+    cek.fill(0);
+  }
+}
+
+/** Builds CiphertextForRecipient exactly as KMS lays it out (local cloud). */
+export function buildCiphertextForRecipient(plaintext: Buffer, recipient: KeyObject): Buffer {
+  const cek = crypto.randomBytes(32);
+  const iv = crypto.randomBytes(16);
+  try {
+    const encryptedKey = crypto.publicEncrypt({ key: recipient, padding: crypto.constants.RSA_PKCS1_OAEP_PADDING, oaepHash: 'sha256' }, cek);
+    const c = crypto.createCipheriv('aes-256-cbc', cek, iv);
+    const encryptedContent = Buffer.concat([c.update(plaintext), c.final()]);
+    const sha256 = der(0x30, derOid(OID.sha256));
+    const oaep = der(0x30, derOid(OID.rsaesOaep), der(0x30, der(0xa0, sha256), der(0xa1, der(0x30, derOid(OID.mgf1), sha256))));
+    const ktri = der(0x30, derInt(2), der(0x80, recipientKeyId(recipient)), oaep, der(0x04, encryptedKey));
+    const eci = indefinite(0x30, derOid(OID.data), der(0x30, derOid(OID.aes256cbc), der(0x04, iv)), indefinite(0xa0, der(0x04, encryptedContent)));
+    return indefinite(0x30, derOid(OID.envelopedData), indefinite(0xa0, indefinite(0x30, derInt(2), der(0x31, ktri), eci)));
+  } finally {
+    cek.fill(0);
+  }
+}
