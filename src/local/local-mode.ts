@@ -49,13 +49,14 @@ function demoMaterial(stateDir: string): { caFile: string; keyFile: string; cert
   const certFile = path.join(stateDir, 'localhost.crt');
   const pinFile = path.join(stateDir, 'localhost.pin');
   if (!fs.existsSync(caFile) || !fs.existsSync(caKey)) {
-    const ca = createCA('nitro-acm local demo CA');
+    // A name of its own per machine: two demo CAs with one name confuse clients that trust the other.
+    const ca = createCA(`nitro-acm local demo CA ${crypto.randomBytes(4).toString('hex')}`);
     writeAtomic(caKey, ca.keyPem, 0o600);
     writeAtomic(caFile, ca.certPem, 0o644);
     log.info(`first run: created a demo CA in ${caFile}`);
   }
   if (!fs.existsSync(keyFile) || !fs.existsSync(certFile)) {
-    const ca = { name: 'nitro-acm local demo CA', certPem: fs.readFileSync(caFile, 'utf8'), keyPem: fs.readFileSync(caKey, 'utf8') };
+    const ca = { name: 'demo CA', certPem: fs.readFileSync(caFile, 'utf8'), keyPem: fs.readFileSync(caKey, 'utf8') };
     const leaf = issueServerCert(ca, ['localhost', '127.0.0.1']);
     writeAtomic(keyFile, leaf.keyPem, 0o600);
     writeAtomic(certFile, leaf.certPem, 0o644);
