@@ -1,8 +1,8 @@
 {
   "targets": [
     {
-      "target_name": "sockets",
-      "sources": ["sockets.c"],
+      "target_name": "native",
+      "sources": ["native.c"],
       "cflags": ["-std=c11", "-Wall", "-Wextra", "-Werror"]
     }
   ]

@@ -1,26 +1,12 @@
 // Stream transports for both channels: AF_UNIX through Node's net module, AF_VSOCK
-// through the tiny native addon (enclave/native/sockets.c) whose file descriptors
+// through the tiny native addon (enclave/native/native.c) whose file descriptors
 // are wrapped in Node's own stream handles, so everything above the socket is the
 // same code on both. libuv cannot guess the type of a vsock descriptor, hence the
 // explicit wrap classes below.
 import net from 'node:net';
 import fs from 'node:fs';
-import { createRequire } from 'node:module';
+import { native } from './native.ts';
 import type { Address } from './address.ts';
-
-interface SocketsAddon {
-  connect(cid: number, port: number, timeoutMs: number): number;
-  listen(cid: number, port: number, backlog: number): number;
-  dup(fd: number): number;
-}
-let addon: SocketsAddon | undefined;
-function native(): SocketsAddon {
-  if (!addon) {
-    const require = createRequire(import.meta.url);
-    addon = require(new URL('../../enclave/native/build/Release/sockets.node', import.meta.url).pathname) as SocketsAddon;
-  }
-  return addon;
-}
 
 interface StreamHandleClass { new (type: number): { open(fd: number): number } }
 // process.binding is deprecated for general use but these two wraps are on Node's

@@ -1,11 +1,14 @@
 /*
- * The native part of nitro-acm's Node side, kept to what Node cannot do itself:
+ * The native part of the enclave app (and of the agent's vsock client), kept to
+ * what Node cannot do itself:
  * - create an AF_VSOCK socket and connect or listen; the descriptor is handed to
  *   Node's own stream machinery (src/shared/transport.ts), so framing and
  *   everything above the socket are the same code as over AF_UNIX, where the
  *   tests run (this machine has AF_VSOCK but no vsock loopback);
  * - duplicate a descriptor, so an accepted connection can be handed from the
- *   enclave app's main thread to the key worker thread that will serve it.
+ *   enclave app's main thread to the key worker thread that will serve it;
+ * - talk to the Nitro Security Module: one ioctl on /dev/nsm carrying a CBOR
+ *   request and returning a CBOR response (enclave/nsm.ts builds and reads them).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -14,6 +17,8 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/time.h>
+#include <sys/ioctl.h>
+#include <sys/uio.h>
 #include <unistd.h>
 #include <linux/vm_sockets.h>
 #include <node_api.h>
@@ -129,12 +134,65 @@ static napi_value js_dup(napi_env env, napi_callback_info info)
   return make_fd(env, out);
 }
 
+/* The NSM driver's raw request: two iovecs, in and out (linux/nsm.h). */
+struct nsm_raw {
+  struct iovec request;
+  struct iovec response;
+};
+#define NSM_IOCTL_RAW 0xC0200A00UL /* _IOWR(0x0A, 0, struct nsm_raw) */
+#define NSM_RESPONSE_MAX 0x3000     /* the driver's largest response */
+#define NSM_REQUEST_MAX 0x1000
+
+/* nsmRequest(fd, request) -> response bytes (blocking; a request takes well under a millisecond) */
+static napi_value js_nsm_request(napi_env env, napi_callback_info info)
+{
+  size_t argc = 2;
+  napi_value argv[2];
+  int32_t fd;
+  void *req;
+  size_t req_len;
+  bool is_buffer = false;
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc < 2 || napi_get_value_int32(env, argv[0], &fd) != napi_ok || napi_is_buffer(env, argv[1], &is_buffer) != napi_ok || !is_buffer ||
+      napi_get_buffer_info(env, argv[1], &req, &req_len) != napi_ok) {
+    napi_throw_type_error(env, NULL, "nsmRequest(fd, request): a descriptor and a Buffer expected");
+    return NULL;
+  }
+  if (req_len == 0 || req_len > NSM_REQUEST_MAX) {
+    napi_throw_range_error(env, NULL, "NSM request must be 1..4096 bytes");
+    return NULL;
+  }
+  void *resp;
+  napi_value out;
+  if (napi_create_buffer(env, NSM_RESPONSE_MAX, &resp, &out) != napi_ok) return NULL;
+  struct nsm_raw raw = { { req, req_len }, { resp, NSM_RESPONSE_MAX } };
+  int rc;
+  do rc = ioctl(fd, NSM_IOCTL_RAW, &raw); while (rc < 0 && errno == EINTR);
+  if (rc < 0) return throw_errno(env, "NSM ioctl", errno);
+  if (raw.response.iov_len > NSM_RESPONSE_MAX) {
+    napi_throw_range_error(env, NULL, "NSM response longer than the driver allows");
+    return NULL;
+  }
+  napi_value sliced, len_v, zero, fn, global, args[2];
+  /* Return out.subarray(0, len) */
+  napi_get_global(env, &global);
+  napi_create_uint32(env, 0, &zero);
+  napi_create_uint32(env, (uint32_t)raw.response.iov_len, &len_v);
+  napi_get_named_property(env, out, "subarray", &fn);
+  args[0] = zero;
+  args[1] = len_v;
+  if (napi_call_function(env, out, fn, 2, args, &sliced) != napi_ok) return NULL;
+  (void)global;
+  return sliced;
+}
+
 static napi_value init(napi_env env, napi_value exports)
 {
   napi_property_descriptor props[] = {
     { "connect", NULL, js_connect, NULL, NULL, NULL, napi_default, NULL },
     { "listen", NULL, js_listen, NULL, NULL, NULL, napi_default, NULL },
     { "dup", NULL, js_dup, NULL, NULL, NULL, napi_default, NULL },
+    { "nsmRequest", NULL, js_nsm_request, NULL, NULL, NULL, napi_default, NULL },
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   return exports;
