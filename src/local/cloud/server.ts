@@ -1,0 +1,238 @@
+// The local cloud: one process on loopback that speaks the real wire protocols to
+// the real AWS SDK v3 clients (only endpoints and credentials differ): IMDSv2,
+// IAM GetRole, S3 (GetObject/PutObject/HeadObject/CreateBucket with ETags and
+// If-None-Match), and KMS (local KMS, JSON 1.1) over HTTP and over TLS, the latter
+// also on a unix socket that stands in for the parent's vsock KMS proxy. State
+// (keys, objects, identity) persists in the state directory. Local mode only.
+import fs from 'node:fs';
+import path from 'node:path';
+import http from 'node:http';
+import https from 'node:https';
+import net from 'node:net';
+import crypto, { X509Certificate } from 'node:crypto';
+import { LocalKms, AwsError, type Caller } from './kms.ts';
+import { createCertificate } from '../../shared/x509.ts';
+import { log } from '../../shared/log.ts';
+
+export interface LocalIdentity {
+  region: string;
+  partition: string;
+  account: string;
+  instanceId: string;
+  roleName: string;
+  rolePath: string;
+  roleArn: string;
+  instance: { accessKeyId: string; secretAccessKey: string; sessionToken: string };
+  admin: { accessKeyId: string; secretAccessKey: string; arn: string };
+}
+
+export interface LocalCloudOptions {
+  stateDir: string;
+  /** Extra roots trusted for attestation documents (the simulated NSM's), besides the AWS root. */
+  attestationRoots?: () => X509Certificate[];
+  host?: string;
+  httpPort?: number;
+  httpsPort?: number;
+  /** A unix socket where KMS answers over TLS (the enclave's "vsock proxy" in local mode). */
+  kmsProxySocket?: string;
+}
+
+export interface LocalCloud {
+  identity: LocalIdentity;
+  endpoint: string; // http://host:port (IMDS, S3, IAM, KMS)
+  kmsTlsEndpoint: string; // https://kms.<region>.amazonaws.com:port, resolved to loopback by the caller
+  httpsPort: number;
+  tlsCaPem: string;
+  kmsHostname: string;
+  bucket(): string; // the ACM for Nitro Enclaves bucket name for this identity
+  stop(): Promise<void>;
+}
+
+function loadIdentity(dir: string): LocalIdentity {
+  const file = path.join(dir, 'identity.json');
+  if (fs.existsSync(file)) return JSON.parse(fs.readFileSync(file, 'utf8')) as LocalIdentity;
+  const rnd = (n: number) => crypto.randomBytes(n).toString('hex').toUpperCase();
+  const account = '123456789012';
+  const id: LocalIdentity = {
+    region: 'us-east-1', partition: 'aws', account,
+    instanceId: `i-${crypto.randomBytes(8).toString('hex').slice(0, 17)}`,
+    roleName: 'nitro-acm-local-role', rolePath: '/nitro-acm/',
+    roleArn: `arn:aws:iam::${account}:role/nitro-acm/nitro-acm-local-role`,
+    instance: { accessKeyId: `ASIA${rnd(8)}`, secretAccessKey: crypto.randomBytes(30).toString('base64'), sessionToken: crypto.randomBytes(60).toString('base64') },
+    admin: { accessKeyId: `AKIA${rnd(8)}`, secretAccessKey: crypto.randomBytes(30).toString('base64'), arn: `arn:aws:iam::${account}:root` },
+  };
+  fs.mkdirSync(dir, { recursive: true });
+  fs.writeFileSync(file, JSON.stringify(id, null, 2), { mode: 0o600 });
+  return id;
+}
+
+function tlsMaterial(dir: string, hostnames: string[]): { caPem: string; keyPem: string; certPem: string } {
+  const f = (n: string) => path.join(dir, n);
+  if (!fs.existsSync(f('tls-ca.pem'))) {
+    const ca = crypto.generateKeyPairSync('ec', { namedCurve: 'P-384' });
+    const caCert = createCertificate({ subject: { CN: `nitro-acm local cloud CA ${crypto.randomBytes(4).toString('hex')}`, O: 'nitro-acm local' }, publicKey: ca.publicKey, signingKey: ca.privateKey, notBefore: new Date(Date.now() - 3600_000), notAfter: new Date(Date.now() + 10 * 365 * 86400_000), ca: true });
+    const leaf = crypto.generateKeyPairSync('ec', { namedCurve: 'P-384' });
+    const cert = createCertificate({ subject: { CN: hostnames[0] }, issuer: caCert, publicKey: leaf.publicKey, signingKey: ca.privateKey, notBefore: new Date(Date.now() - 3600_000), notAfter: new Date(Date.now() + 5 * 365 * 86400_000), dnsNames: hostnames, ipAddresses: ['127.0.0.1'], serverAuth: true });
+    fs.writeFileSync(f('tls-key.pem'), leaf.privateKey.export({ type: 'pkcs8', format: 'pem' }), { mode: 0o600 });
+    fs.writeFileSync(f('tls-cert.pem'), cert.toString());
+    fs.writeFileSync(f('tls-ca.pem'), caCert.toString());
+  }
+  return { caPem: fs.readFileSync(f('tls-ca.pem'), 'utf8'), keyPem: fs.readFileSync(f('tls-key.pem'), 'utf8'), certPem: fs.readFileSync(f('tls-cert.pem'), 'utf8') };
+}
+
+function readBody(req: http.IncomingMessage, max = 8 * 1024 * 1024): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let n = 0;
+    req.on('data', (c: Buffer) => { n += c.length; if (n > max) { reject(new AwsError('RequestEntityTooLarge', `request body over ${max} bytes`, 413)); req.destroy(); } else chunks.push(c); });
+    req.on('end', () => resolve(Buffer.concat(chunks)));
+    req.on('error', reject);
+  });
+}
+
+const xmlEscape = (s: string) => s.replace(/[<>&'"]/g, (c) => `&#${c.charCodeAt(0)};`);
+
+export async function startLocalCloud(o: LocalCloudOptions): Promise<LocalCloud> {
+  const dir = path.join(o.stateDir, 'cloud');
+  fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
+  const id = loadIdentity(dir);
+  const kmsHostname = `kms.${id.region}.amazonaws.com`;
+  const tls = tlsMaterial(dir, [kmsHostname, 'localhost']);
+  const kms = new LocalKms({ stateDir: dir, region: id.region, account: id.account, trustedRoots: o.attestationRoots ?? (() => []) });
+  const s3dir = path.join(dir, 's3');
+  const bucket = `${id.partition}-ec2-enclave-certificate-${id.region}-prod`;
+  fs.mkdirSync(path.join(s3dir, bucket), { recursive: true });
+  const tokens = new Map<string, number>();
+
+  const callerOf = (req: http.IncomingMessage): Caller | undefined => {
+    const m = /Credential=([^/,\s]+)\//.exec(String(req.headers.authorization ?? ''));
+    if (!m) return undefined;
+    if (m[1] === id.instance.accessKeyId) return { arn: id.roleArn, account: id.account };
+    if (m[1] === id.admin.accessKeyId) return { arn: id.admin.arn, account: id.account };
+    return undefined;
+  };
+
+  const imds = (req: http.IncomingMessage, res: http.ServerResponse, url: URL) => {
+    if (req.method === 'PUT' && url.pathname === '/latest/api/token') {
+      const ttl = Number(req.headers['x-aws-ec2-metadata-token-ttl-seconds']);
+      if (!Number.isInteger(ttl) || ttl < 1 || ttl > 21600) { res.writeHead(400).end(); return; }
+      const t = crypto.randomBytes(24).toString('base64url');
+      tokens.set(t, Date.now() + ttl * 1000);
+      res.writeHead(200, { 'content-type': 'text/plain', 'x-aws-ec2-metadata-token-ttl-seconds': String(ttl) }).end(t);
+      return;
+    }
+    const token = String(req.headers['x-aws-ec2-metadata-token'] ?? '');
+    if (!tokens.has(token) || tokens.get(token)! < Date.now()) { res.writeHead(401).end(); return; } // IMDSv2 only
+    const creds = () => JSON.stringify({ Code: 'Success', LastUpdated: new Date().toISOString(), Type: 'AWS-HMAC', AccessKeyId: id.instance.accessKeyId, SecretAccessKey: id.instance.secretAccessKey, Token: id.instance.sessionToken, Expiration: new Date(Date.now() + 6 * 3600_000).toISOString() });
+    const routes: Record<string, () => string> = {
+      '/latest/meta-data/instance-id': () => id.instanceId,
+      '/latest/meta-data/placement/region': () => id.region,
+      '/latest/meta-data/services/partition': () => id.partition,
+      '/latest/meta-data/iam/info': () => JSON.stringify({ Code: 'Success', LastUpdated: new Date().toISOString(), InstanceProfileArn: `arn:aws:iam::${id.account}:instance-profile${id.rolePath}${id.roleName}`, InstanceProfileId: 'AIPALOCAL' }),
+      '/latest/meta-data/iam/security-credentials/': () => id.roleName,
+      [`/latest/meta-data/iam/security-credentials/${id.roleName}`]: creds,
+      '/latest/meta-data/tags/instance/InstanceRoleArn': () => id.roleArn,
+      '/latest/dynamic/instance-identity/document': () => JSON.stringify({ accountId: id.account, instanceId: id.instanceId, region: id.region }),
+    };
+    const route = routes[url.pathname];
+    if (!route) { res.writeHead(404).end(); return; }
+    res.writeHead(200, { 'content-type': 'text/plain' }).end(route());
+  };
+
+  const s3path = (b: string, key: string) => path.join(s3dir, b, Buffer.from(key).toString('base64url'));
+  const s3error = (res: http.ServerResponse, status: number, code: string, message: string) =>
+    res.writeHead(status, { 'content-type': 'application/xml' }).end(`<?xml version="1.0" encoding="UTF-8"?><Error><Code>${code}</Code><Message>${xmlEscape(message)}</Message></Error>`);
+
+  const s3 = async (req: http.IncomingMessage, res: http.ServerResponse, url: URL) => {
+    const parts = url.pathname.split('/').slice(1);
+    const b = decodeURIComponent(parts[0] ?? '');
+    const key = decodeURIComponent(parts.slice(1).join('/'));
+    if (!b) { s3error(res, 400, 'InvalidRequest', 'bucket name required (path-style)'); return; }
+    if (!key && req.method === 'PUT') { fs.mkdirSync(path.join(s3dir, b), { recursive: true }); res.writeHead(200).end(); return; }
+    if (!fs.existsSync(path.join(s3dir, b))) { s3error(res, 404, 'NoSuchBucket', `The specified bucket ${b} does not exist`); return; }
+    const file = s3path(b, key);
+    if (req.method === 'PUT') {
+      const body = await readBody(req);
+      const tmp = `${file}.tmp-${process.pid}`;
+      fs.writeFileSync(tmp, body);
+      fs.renameSync(tmp, file);
+      res.writeHead(200, { etag: `"${crypto.createHash('md5').update(body).digest('hex')}"` }).end();
+      return;
+    }
+    if (req.method === 'GET' || req.method === 'HEAD') {
+      if (!fs.existsSync(file)) { if (req.method === 'HEAD') res.writeHead(404).end(); else s3error(res, 404, 'NoSuchKey', 'The specified key does not exist.'); return; }
+      const body = fs.readFileSync(file);
+      const etag = `"${crypto.createHash('md5').update(body).digest('hex')}"`;
+      const headers = { etag, 'last-modified': fs.statSync(file).mtime.toUTCString(), 'content-length': String(body.length), 'content-type': 'application/octet-stream' };
+      if (req.headers['if-none-match'] === etag) { res.writeHead(304, { etag }).end(); return; }
+      res.writeHead(200, headers).end(req.method === 'HEAD' ? undefined : body);
+      return;
+    }
+    if (req.method === 'DELETE') { fs.rmSync(file, { force: true }); res.writeHead(204).end(); return; }
+    s3error(res, 405, 'MethodNotAllowed', `${req.method} is not supported here`);
+  };
+
+  const iam = (res: http.ServerResponse, form: URLSearchParams) => {
+    if (form.get('Action') !== 'GetRole') { res.writeHead(400, { 'content-type': 'text/xml' }).end(`<ErrorResponse><Error><Type>Sender</Type><Code>InvalidAction</Code><Message>local IAM implements GetRole only</Message></Error></ErrorResponse>`); return; }
+    if (form.get('RoleName') !== id.roleName) { res.writeHead(404, { 'content-type': 'text/xml' }).end(`<ErrorResponse><Error><Type>Sender</Type><Code>NoSuchEntity</Code><Message>The role with name ${xmlEscape(form.get('RoleName') ?? '')} cannot be found.</Message></Error></ErrorResponse>`); return; }
+    res.writeHead(200, { 'content-type': 'text/xml' }).end(`<GetRoleResponse xmlns="https://iam.amazonaws.com/doc/2010-05-08/"><GetRoleResult><Role><Path>${id.rolePath}</Path><RoleName>${id.roleName}</RoleName><RoleId>AROALOCAL</RoleId><Arn>${id.roleArn}</Arn><CreateDate>2026-01-01T00:00:00Z</CreateDate><AssumeRolePolicyDocument>%7B%7D</AssumeRolePolicyDocument></Role></GetRoleResult><ResponseMetadata><RequestId>${crypto.randomUUID()}</RequestId></ResponseMetadata></GetRoleResponse>`);
+  };
+
+  const handler = (req: http.IncomingMessage, res: http.ServerResponse) => {
+    void (async () => {
+      const url = new URL(req.url ?? '/', 'http://local');
+      if (url.pathname.startsWith('/latest/')) return imds(req, res, url);
+      const target = String(req.headers['x-amz-target'] ?? '');
+      const caller = callerOf(req);
+      if (target.startsWith('TrentService.')) {
+        const op = target.slice('TrentService.'.length);
+        const send = (status: number, body: unknown, type?: string) => res.writeHead(status, { 'content-type': 'application/x-amz-json-1.1', ...(type ? { 'x-amzn-errortype': type } : {}) }).end(JSON.stringify(body));
+        try {
+          if (!caller) throw new AwsError('UnrecognizedClientException', 'The security token included in the request is invalid.');
+          const body = JSON.parse((await readBody(req)).toString() || '{}') as Record<string, unknown>;
+          send(200, kms.handle(op, body, caller));
+        } catch (e) {
+          const err = e instanceof AwsError ? e : new AwsError('KMSInternalException', (e as Error).message, 500);
+          send(err.status, { __type: err.type, message: err.message }, err.type);
+        }
+        return;
+      }
+      if (req.method === 'POST' && String(req.headers['content-type'] ?? '').startsWith('application/x-www-form-urlencoded')) {
+        if (!caller) { res.writeHead(403).end(); return; }
+        return iam(res, new URLSearchParams((await readBody(req)).toString()));
+      }
+      if (!caller) { s3error(res, 403, 'InvalidAccessKeyId', 'The AWS Access Key Id you provided does not exist in our records.'); return; }
+      return s3(req, res, url);
+    })().catch((e) => { log.error(`local cloud: ${(e as Error).message}`); if (!res.headersSent) res.writeHead(500).end(); });
+  };
+
+  const host = o.host ?? '127.0.0.1';
+  const plain = http.createServer(handler);
+  const secure = https.createServer({ key: tls.keyPem, cert: tls.certPem }, handler);
+  const listen = (s: net.Server, arg: number | string) => new Promise<void>((resolve, reject) => {
+    s.once('error', reject);
+    if (typeof arg === 'string') { fs.rmSync(arg, { force: true }); s.listen(arg, () => { fs.chmodSync(arg, 0o666); resolve(); }); } else s.listen(arg, host, () => resolve());
+  });
+  await listen(plain, o.httpPort ?? 0);
+  await listen(secure, o.httpsPort ?? 0);
+  let proxy: https.Server | undefined;
+  if (o.kmsProxySocket) {
+    proxy = https.createServer({ key: tls.keyPem, cert: tls.certPem }, handler);
+    await listen(proxy, o.kmsProxySocket);
+  }
+  const port = (plain.address() as net.AddressInfo).port;
+  const httpsPort = (secure.address() as net.AddressInfo).port;
+  log.info(`local cloud on http://${host}:${port} (IMDS, IAM, S3, KMS) and https://${host}:${httpsPort} (KMS over TLS)${o.kmsProxySocket ? `, KMS proxy on ${o.kmsProxySocket}` : ''}`);
+  return {
+    identity: id,
+    endpoint: `http://${host}:${port}`,
+    kmsTlsEndpoint: `https://${kmsHostname}:${httpsPort}`,
+    httpsPort,
+    tlsCaPem: tls.caPem,
+    kmsHostname,
+    bucket: () => bucket,
+    async stop() {
+      for (const s of [plain, secure, proxy]) if (s) { s.closeAllConnections?.(); await new Promise<void>((r) => s.close(() => r())); }
+    },
+  };
+}

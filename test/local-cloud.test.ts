@@ -1,0 +1,80 @@
+// The local cloud with the real AWS SDK v3 clients (only endpoints and credentials
+// differ): IMDSv2 credentials and metadata, IAM GetRole, S3 with ETags and
+// If-None-Match, KMS with key policies, and the AWS error classes.
+import test from 'ava';
+import fs from 'node:fs';
+import crypto from 'node:crypto';
+import { S3Client, PutObjectCommand, GetObjectCommand, HeadObjectCommand, S3ServiceException } from '@aws-sdk/client-s3';
+import { IAMClient, GetRoleCommand } from '@aws-sdk/client-iam';
+import { KMSClient, CreateKeyCommand, EncryptCommand, DecryptCommand, PutKeyPolicyCommand, GetKeyPolicyCommand, KMSServiceException, NotFoundException, InvalidCiphertextException, MalformedPolicyDocumentException } from '@aws-sdk/client-kms';
+import { fromInstanceMetadata } from '@aws-sdk/credential-providers';
+import { startLocalCloud, type LocalCloud } from '../src/local/cloud/server.ts';
+import { tmpdir } from './helpers/enclave.ts';
+
+let cloud: LocalCloud;
+const dir = tmpdir('cloud');
+test.before(async () => { cloud = await startLocalCloud({ stateDir: dir }); });
+test.after.always(async () => { await cloud?.stop(); fs.rmSync(dir, { recursive: true, force: true }); });
+
+const admin = () => ({ accessKeyId: cloud.identity.admin.accessKeyId, secretAccessKey: cloud.identity.admin.secretAccessKey });
+const instanceCreds = () => { process.env.AWS_EC2_METADATA_SERVICE_ENDPOINT = cloud.endpoint; return fromInstanceMetadata({ maxRetries: 0, timeout: 2000 }); };
+
+test('IMDSv2: the SDK credential provider gets the instance role credentials', async (t) => {
+  const c = await instanceCreds()();
+  t.is(c.accessKeyId, cloud.identity.instance.accessKeyId);
+  t.is(c.sessionToken, cloud.identity.instance.sessionToken);
+  const v1 = await fetch(`${cloud.endpoint}/latest/meta-data/instance-id`);
+  t.is(v1.status, 401, 'IMDSv1 (no token) is refused');
+});
+
+test('IAM GetRole returns the role with its path', async (t) => {
+  const iam = new IAMClient({ region: 'us-east-1', endpoint: cloud.endpoint, credentials: instanceCreds() });
+  const r = await iam.send(new GetRoleCommand({ RoleName: cloud.identity.roleName }));
+  t.is(r.Role?.Arn, cloud.identity.roleArn);
+  t.is(r.Role?.Path, '/nitro-acm/');
+  await t.throwsAsync(iam.send(new GetRoleCommand({ RoleName: 'nope' })), { name: 'NoSuchEntityException' });
+});
+
+test('S3: put, get, head; an unchanged object answers If-None-Match with 304; missing keys are NoSuchKey', async (t) => {
+  const s3 = new S3Client({ region: 'us-east-1', endpoint: cloud.endpoint, forcePathStyle: true, credentials: instanceCreds() });
+  const Bucket = cloud.bucket();
+  const Key = 'arn:aws:iam::123456789012:role/x/arn:aws:acm:us-east-1:123456789012:certificate/abc';
+  const put = await s3.send(new PutObjectCommand({ Bucket, Key, Body: '{"hello":1}' }));
+  const got = await s3.send(new GetObjectCommand({ Bucket, Key }));
+  t.is(await got.Body!.transformToString(), '{"hello":1}');
+  t.is(got.ETag, put.ETag);
+  t.is((await s3.send(new HeadObjectCommand({ Bucket, Key }))).ETag, put.ETag);
+  const e = await t.throwsAsync(s3.send(new GetObjectCommand({ Bucket, Key, IfNoneMatch: put.ETag })));
+  t.is((e as S3ServiceException).$metadata.httpStatusCode, 304);
+  await t.throwsAsync(s3.send(new GetObjectCommand({ Bucket, Key: 'missing' })), { name: 'NoSuchKey' });
+});
+
+test('KMS: create, encrypt, decrypt; policies deny with AccessDeniedException; bad input gets the right exception', async (t) => {
+  const kmsAdmin = new KMSClient({ region: 'us-east-1', endpoint: cloud.endpoint, credentials: admin() });
+  const kmsInstance = new KMSClient({ region: 'us-east-1', endpoint: cloud.endpoint, credentials: instanceCreds() });
+  const { KeyMetadata } = await kmsAdmin.send(new CreateKeyCommand({ Description: 'test' }));
+  const KeyId = KeyMetadata!.KeyId!;
+  const pt = crypto.randomBytes(100);
+  const { CiphertextBlob } = await kmsAdmin.send(new EncryptCommand({ KeyId, Plaintext: pt }));
+  t.deepEqual(Buffer.from((await kmsAdmin.send(new DecryptCommand({ CiphertextBlob }))).Plaintext!), pt);
+  // The instance role is not in the default policy.
+  await t.throwsAsync(kmsInstance.send(new DecryptCommand({ CiphertextBlob })), { instanceOf: KMSServiceException, name: 'AccessDeniedException', message: /not authorized to perform: kms:Decrypt/ });
+  // Allow it only with an attestation condition: a plain Decrypt still fails.
+  const policy = JSON.parse((await kmsAdmin.send(new GetKeyPolicyCommand({ KeyId, PolicyName: 'default' }))).Policy!);
+  policy.Statement.push({ Effect: 'Allow', Principal: { AWS: cloud.identity.roleArn }, Action: 'kms:Decrypt', Resource: '*', Condition: { StringEqualsIgnoreCase: { 'kms:RecipientAttestation:PCR0': 'ab'.repeat(48) } } });
+  await kmsAdmin.send(new PutKeyPolicyCommand({ KeyId, PolicyName: 'default', Policy: JSON.stringify(policy) }));
+  await t.throwsAsync(kmsInstance.send(new DecryptCommand({ CiphertextBlob })), { instanceOf: KMSServiceException, name: 'AccessDeniedException' });
+  await t.throwsAsync(kmsAdmin.send(new PutKeyPolicyCommand({ KeyId, PolicyName: 'default', Policy: '{"Statement":[]}' })), { instanceOf: MalformedPolicyDocumentException });
+  await t.throwsAsync(kmsAdmin.send(new DecryptCommand({ CiphertextBlob: Buffer.from(CiphertextBlob!).subarray(0, 40) })), { instanceOf: InvalidCiphertextException });
+  await t.throwsAsync(kmsAdmin.send(new EncryptCommand({ KeyId: 'no-such-key', Plaintext: pt })), { instanceOf: NotFoundException });
+});
+
+test.serial('KMS state persists across a restart of the local cloud', async (t) => {
+  const kms = new KMSClient({ region: 'us-east-1', endpoint: cloud.endpoint, credentials: admin() });
+  const { KeyMetadata } = await kms.send(new CreateKeyCommand({}));
+  const { CiphertextBlob } = await kms.send(new EncryptCommand({ KeyId: KeyMetadata!.KeyId, Plaintext: Buffer.from('kept') }));
+  await cloud.stop();
+  cloud = await startLocalCloud({ stateDir: dir });
+  const again = new KMSClient({ region: 'us-east-1', endpoint: cloud.endpoint, credentials: admin() });
+  t.is(Buffer.from((await again.send(new DecryptCommand({ CiphertextBlob }))).Plaintext!).toString(), 'kept');
+});
