@@ -26,7 +26,7 @@ export interface StoredKey {
   retiredUntil?: number;
 }
 
-export interface Token { label: string; pinDigest: Buffer; serial: string; current: StoredKey; retired: StoredKey[] }
+export interface Token { label: string; pinDigest: Buffer; serial: string; current: StoredKey; retired: StoredKey[]; refreshedAt: number }
 
 export class KeyMaterialError extends Error {}
 
@@ -99,10 +99,11 @@ export class KeyStore {
       old.retired.push(old.current);
       old.current = key;
       old.pinDigest = digest;
+      old.refreshedAt = Date.now();
       token = old;
     } else {
       const serial = crypto.createHash('sha256').update(label).digest('hex').slice(0, 16);
-      token = { label, pinDigest: digest, serial, current: key, retired: [] };
+      token = { label, pinDigest: digest, serial, current: key, retired: [], refreshedAt: Date.now() };
       this.tokens.set(label, token);
     }
     this.keys.set(key.keyId, { token, key });
@@ -128,6 +129,27 @@ export class KeyStore {
       t.retired = keep;
     }
     if (any) this.changed();
+  }
+
+  /** Marks a token refreshed (its key was decrypted again through KMS). */
+  refreshed(label: string): void {
+    const t = this.tokens.get(label);
+    if (t) t.refreshedAt = Date.now();
+  }
+
+  /** Drops tokens not refreshed within the TTL (48 h, as AWS's ACM for Nitro Enclaves does); returns their labels. */
+  expireStale(ttlMs: number, now = Date.now()): string[] {
+    const stale = [...this.tokens.values()].filter((t) => now - t.refreshedAt > ttlMs).map((t) => t.label);
+    for (const l of stale) this.remove(l);
+    return stale;
+  }
+
+  /** The key currently served for a token matches `material`'s private key. */
+  sameKey(label: string, privateKeyPem: string | Buffer): boolean {
+    const t = this.tokens.get(label);
+    if (!t) return false;
+    const pub = crypto.createPublicKey(crypto.createPrivateKey(privateKeyPem)).export({ type: 'spki', format: 'der' });
+    return pub.equals(crypto.createPublicKey(t.current.privateKey).export({ type: 'spki', format: 'der' }));
   }
 
   token(label: string): Token | undefined { return this.tokens.get(label); }

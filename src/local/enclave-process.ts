@@ -11,6 +11,10 @@ export interface LocalEnclaveOptions {
   plaintextKeys?: string;
   threads?: number;
   env?: NodeJS.ProcessEnv;
+  /** More enclave app options (provisioning address, simulated NSM, KMS proxy). */
+  args?: string[];
+  /** Another copy of enclave/main.ts to run (tests of changed enclave code). */
+  entry?: string;
 }
 
 export interface LocalEnclave {
@@ -26,7 +30,7 @@ const TSX_LOADER = import.meta.resolve('tsx');
 
 /** Starts the enclave app and resolves once its key channel listens (rejects with its output if it exits). */
 export function startLocalEnclave(o: LocalEnclaveOptions): Promise<LocalEnclave> {
-  const args = ['--import', TSX_LOADER, ENCLAVE_MAIN, '--local', '--key-address', o.keyAddress];
+  const args = ['--import', TSX_LOADER, o.entry ?? ENCLAVE_MAIN, '--local', '--key-address', o.keyAddress, ...(o.args ?? [])];
   if (o.plaintextKeys) args.push('--insecure-plaintext-keys', o.plaintextKeys);
   if (o.threads) args.push('--threads', String(o.threads));
   const proc = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], env: o.env ?? process.env });

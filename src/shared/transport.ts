@@ -25,6 +25,16 @@ export async function connect(address: Address, timeoutMs = 5000): Promise<net.S
   return socketFromFd(native().connect(address.cid, address.port, timeoutMs));
 }
 
+/**
+ * A socket to the address, returned at once (still connecting for unix; vsock
+ * connects synchronously, bounded by timeoutMs): for APIs that want a socket now,
+ * such as an https.Agent's createConnection.
+ */
+export function dialSync(address: Address, timeoutMs = 5000): net.Socket {
+  if (address.kind === 'unix') return net.connect({ path: address.path });
+  return socketFromFd(native().connect(address.cid, address.port, timeoutMs));
+}
+
 /** A connected stream socket of any family, as a net.Socket that owns the descriptor. */
 export function socketFromFd(fd: number): net.Socket {
   const { Pipe, constants } = binding('pipe_wrap') as { Pipe: StreamHandleClass; constants: { SOCKET: number } };

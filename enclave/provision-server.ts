@@ -1,0 +1,142 @@
+// The provisioning channel's server on the enclave app's main thread
+// (docs/protocol.md): the agent adds, renews, refreshes and removes tokens. A
+// bundle's private key is decrypted here through KMS with an attestation
+// document (enclave/kms-client.ts), checked against its certificate, and kept in
+// memory only; plaintext bundles are refused outside local mode.
+import net from 'node:net';
+import { FrameSplitter } from '../src/shared/framing.ts';
+import { listen } from '../src/shared/transport.ts';
+import type { Address } from '../src/shared/address.ts';
+import { parseBundle, BundleError, type Bundle } from '../src/shared/bundle.ts';
+import { jsonFrame, MAX_PROVISION_FRAME, PROVISION_VERSION, ProvisionError, type TokenDescription, type Health } from '../src/shared/provision-wire.ts';
+import { log } from '../src/shared/log.ts';
+import { KeyStore, KeyMaterialError } from './keystore.ts';
+import { attestedDecrypt, type KmsAccess, type AwsCredentials } from './kms-client.ts';
+import type { Nsm } from './nsm.ts';
+
+export interface ProvisionServerOptions { store: KeyStore; nsm: Nsm; kms: KmsAccess; localMode: boolean }
+
+function field(args: Record<string, unknown>, name: string): string {
+  const v = args[name];
+  if (typeof v !== 'string' || v === '') throw new ProvisionError('BadRequest', `"${name}" must be a non-empty string`);
+  return v;
+}
+
+function label(args: Record<string, unknown>): string {
+  const l = field(args, 'label');
+  if (Buffer.byteLength(l) > 32) throw new ProvisionError('BadRequest', `"label" is ${Buffer.byteLength(l)} bytes, at most 32`);
+  return l;
+}
+
+export class ProvisionServer {
+  readonly server: net.Server;
+  private busy = new Set<string>();
+
+  constructor(private readonly o: ProvisionServerOptions) {
+    this.server = net.createServer((s) => this.accept(s));
+    this.server.maxConnections = 64;
+  }
+
+  listen(address: Address): Promise<void> { return listen(this.server, address); }
+  close(): Promise<void> { return new Promise((r) => this.server.close(() => r())); }
+
+  private accept(sock: net.Socket): void {
+    const split = new FrameSplitter(MAX_PROVISION_FRAME, (frame) => {
+      let msg: Record<string, unknown>;
+      try { msg = JSON.parse(frame.toString()) as Record<string, unknown>; } catch {
+        sock.write(jsonFrame({ v: PROVISION_VERSION, id: null, ok: false, error: { code: 'BadRequest', message: 'frame is not JSON' } }));
+        return;
+      }
+      const id = msg.id;
+      const reply = (body: Record<string, unknown>) => { if (!sock.destroyed) sock.write(jsonFrame({ v: PROVISION_VERSION, id, ...body })); };
+      this.handle(msg).then(
+        (result) => reply({ ok: true, ...result }),
+        (e) => {
+          const err = e instanceof ProvisionError ? e : new ProvisionError('Internal', (e as Error).message);
+          if (err.code === 'Internal') log.error(`provisioning ${String(msg.op)}: ${err.message}`);
+          reply({ ok: false, error: { code: err.code, message: err.message } });
+        },
+      );
+    });
+    sock.on('data', (d) => {
+      try { split.push(d); } catch (e) { log.warn(`provisioning: dropping a client: ${(e as Error).message}`); sock.destroy(); }
+    });
+    sock.on('error', () => {});
+  }
+
+  private async handle(m: Record<string, unknown>): Promise<Record<string, unknown>> {
+    if (m.v !== PROVISION_VERSION) throw new ProvisionError('UnsupportedVersion', `provisioning version ${String(m.v)}; this enclave speaks ${PROVISION_VERSION}`);
+    switch (m.op) {
+      case 'health': {
+        const h: Health = { ok: true, version: PROVISION_VERSION, nsm: this.o.nsm.kind, localMode: this.o.localMode, tokens: this.o.store.labels().length, generation: this.o.store.generation };
+        return { ...h };
+      }
+      case 'describe': return { tokens: this.o.store.labels().map((l) => this.describe(l)) };
+      case 'remove': {
+        const l = label(m);
+        if (!this.o.store.remove(l)) throw new ProvisionError('NoSuchToken', `no token "${l}"`);
+        log.token(l).info('token removed');
+        return {};
+      }
+      case 'add': case 'update': case 'refresh': return this.provision(m.op, m);
+      default: throw new ProvisionError('BadRequest', `unknown operation "${String(m.op)}" (expected health, describe, add, update, refresh, remove)`);
+    }
+  }
+
+  private describe(l: string): TokenDescription {
+    const t = this.o.store.token(l)!;
+    const c = t.current.leaf;
+    return { label: l, keyType: `RSA-${t.current.modulusBits}`, subject: c.subject.replace(/\n/g, ', '), notAfter: new Date(c.validTo).toISOString(), serial: c.serialNumber, fingerprint256: c.fingerprint256, refreshedAt: new Date(t.refreshedAt).toISOString(), retiredKeys: t.retired.length };
+  }
+
+  private async provision(op: 'add' | 'update' | 'refresh', m: Record<string, unknown>): Promise<Record<string, unknown>> {
+    const l = label(m);
+    const pin = field(m, 'pin');
+    if (Buffer.byteLength(pin) < 4 || Buffer.byteLength(pin) > 64) throw new ProvisionError('BadRequest', `"pin" must be 4..64 bytes`);
+    const exists = this.o.store.token(l) !== undefined;
+    if (op === 'add' && exists) throw new ProvisionError('TokenExists', `token "${l}" exists; use update to renew it`);
+    if (op !== 'add' && !exists) throw new ProvisionError('NoSuchToken', `no token "${l}" to ${op}`);
+    let bundle: Bundle;
+    try { bundle = parseBundle(JSON.stringify(m.bundle ?? null), 'bundle'); } catch (e) { throw new ProvisionError('BadRequest', (e as BundleError).message); }
+    if (this.busy.has(l)) throw new ProvisionError('BadRequest', `token "${l}" is being provisioned already`);
+    this.busy.add(l);
+    const tlog = log.token(l);
+    try {
+      let keyPem: Buffer;
+      if (bundle.encryptionMethod === 'plaintext') {
+        if (!this.o.localMode) throw new ProvisionError('PlaintextRefused', 'plaintext private keys are refused: this enclave takes keys only through KMS with attestation');
+        keyPem = Buffer.from(bundle.encryptedPrivateKey, 'base64');
+      } else {
+        const creds = m.credentials as AwsCredentials | undefined;
+        if (!creds || typeof creds.accessKeyId !== 'string' || typeof creds.secretAccessKey !== 'string') throw new ProvisionError('BadRequest', '"credentials" {accessKeyId, secretAccessKey, sessionToken} are needed to decrypt through KMS');
+        const region = field(m, 'region');
+        const started = Date.now();
+        try {
+          keyPem = await attestedDecrypt({ ciphertext: Buffer.from(bundle.encryptedPrivateKey, 'base64'), region, credentials: creds, encryptionContext: bundle.encryptionContext, nsm: this.o.nsm, kms: this.o.kms });
+        } catch (e) {
+          const err = e as Error & { name?: string };
+          if (err.name === 'AccessDeniedException') throw new ProvisionError('KmsDenied', `KMS refused the decrypt: ${err.message}`);
+          throw new ProvisionError('KmsError', `KMS decrypt failed: ${err.name && err.name !== 'Error' ? `${err.name}: ` : ''}${err.message}`);
+        }
+        tlog.info(`private key decrypted through KMS with attestation in ${Date.now() - started} ms`);
+      }
+      try {
+        if (op === 'refresh' && this.o.store.sameKey(l, keyPem)) {
+          this.o.store.refreshed(l);
+          tlog.info('refreshed (same key)');
+        } else {
+          this.o.store.put(l, Buffer.from(pin), { privateKeyPem: keyPem, certificatePem: bundle.certificate, chainPem: bundle.certificateChain });
+          tlog.info(op === 'add' ? 'token added' : 'token renewed; the previous key stays usable for its grace period');
+        }
+      } catch (e) {
+        if (e instanceof KeyMaterialError) throw new ProvisionError('KeyMismatch', e.message);
+        throw e;
+      } finally {
+        keyPem.fill(0);
+      }
+      return { token: this.describe(l) };
+    } finally {
+      this.busy.delete(l);
+    }
+  }
+}
