@@ -9,7 +9,108 @@ interface Command { summary: string; help: string; run(argv: string[]): Promise<
 const DEFAULT_STATE = process.getuid?.() === 0 ? '/var/lib/nitro-acm/local' : path.join(os.homedir(), '.local/state/nitro-acm/local');
 const DEFAULT_RUNTIME = process.getuid?.() === 0 ? '/run/nitro-acm/local' : path.join(os.tmpdir(), `nitro-acm-local-${process.getuid?.() ?? 0}`);
 
+function kv(pairs: string[] | undefined, what: string): Record<string, string> | undefined {
+  if (!pairs?.length) return undefined;
+  return Object.fromEntries(pairs.map((p) => {
+    const i = p.indexOf('=');
+    if (i <= 0) throw new Error(`${what}: expected key=value, got "${p}"`);
+    return [p.slice(0, i), p.slice(i + 1)];
+  }));
+}
+
 const commands: Record<string, Command> = {
+  'verify-attestation': {
+    summary: 'verify a Nitro attestation document and print its module id, time and PCRs',
+    help: `Usage: nitro-acm verify-attestation FILE [--root PEM] [--at TIME] [--json]
+
+Verifies an attestation document (raw CBOR, hex or base64): the COSE_Sign1
+signature, and the certificate chain to the AWS Nitro Enclaves root G1 shipped
+with nitro-acm (pinned by its SHA-256 fingerprint), or to --root. Certificates
+must be valid at the document's own time, or at --at (ISO 8601, or "now").
+Prints module id, timestamp and PCRs; exits 0 only if the document verifies.
+
+  --root PEM   trust this root instead of the AWS one (e.g. local mode's simulated NSM root)
+  --at TIME    check validity at this time instead of the document's timestamp
+  --json       machine-readable output
+`,
+    async run(argv) {
+      const { values, positionals } = parseArgs({ args: argv, allowPositionals: true, options: { root: { type: 'string' }, at: { type: 'string' }, json: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } }, strict: true });
+      if (values.help) { process.stdout.write(this.help); return 0; }
+      if (positionals.length !== 1) { process.stderr.write(this.help); return 2; }
+      const { verifyAttestationFile, formatVerifyReport } = await import('./commands/attestation-tools.ts');
+      const r = verifyAttestationFile(positionals[0], { root: values.root, at: values.at });
+      process.stdout.write(values.json ? JSON.stringify(r, null, 2) + '\n' : formatVerifyReport(r));
+      return r.verified ? 0 : 1;
+    },
+  },
+  pcrs: {
+    summary: 'PCR3/PCR4 for a role ARN and instance id, with a KMS key-policy condition block',
+    help: `Usage: nitro-acm pcrs [--role-arn ARN] [--instance-id ID] [--json]
+
+Computes PCR3 (the parent instance's IAM role ARN) and PCR4 (its instance id) as
+the Nitro hypervisor measures them (SHA-384 over 48 zero bytes and the string), and
+prints a Condition block for the KMS key policy. Add PCR0 (and PCR1, PCR2, PCR8)
+from the enclave image's measurements (image-measurements.json).
+`,
+    async run(argv) {
+      const { values } = parseArgs({ args: argv, options: { 'role-arn': { type: 'string' }, 'instance-id': { type: 'string' }, json: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } }, strict: true });
+      if (values.help) { process.stdout.write(this.help); return 0; }
+      if (!values['role-arn'] && !values['instance-id']) { process.stderr.write(`nitro-acm pcrs: give --role-arn and/or --instance-id\n\n${this.help}`); return 2; }
+      if (values['role-arn'] && !/^arn:aws[a-z-]*:iam::\d{12}:role\/.+/.test(values['role-arn'])) { process.stderr.write(`nitro-acm pcrs: --role-arn "${values['role-arn']}" is not an IAM role ARN (arn:aws:iam::ACCOUNT:role/NAME)\n`); return 2; }
+      if (values['instance-id'] && !/^i-[0-9a-f]{8,17}$/.test(values['instance-id'])) { process.stderr.write(`nitro-acm pcrs: --instance-id "${values['instance-id']}" is not an EC2 instance id (i-0123456789abcdef0)\n`); return 2; }
+      const { pcrReport } = await import('./commands/attestation-tools.ts');
+      const r = pcrReport(values['role-arn'], values['instance-id']);
+      if (values.json) process.stdout.write(JSON.stringify(r, null, 2) + '\n');
+      else process.stdout.write(Object.entries(r.pcrs).map(([k, v]) => `${k} ${v}`).join('\n') + `\n\nKMS key policy condition:\n"Condition": ${JSON.stringify(r.condition, null, 2)}\n`);
+      return 0;
+    },
+  },
+  seal: {
+    summary: 'encrypt a certificate\'s private key under a KMS key into a bundle (file or S3)',
+    help: `Usage: nitro-acm seal --certificate PEM --key PEM [--chain PEM] --kms-key-id KEY
+                     (--out FILE | --s3 s3://BUCKET/KEY) [--region R] [--endpoint URL]
+                     [--encryption-context k=v ...]
+
+Makes a bundle for an S3 token source: the certificate and chain as PEM, the
+private key encrypted with KMS Encrypt under KEY, whose key policy should allow
+kms:Decrypt only to your enclave's measurements (see nitro-acm pcrs). Uses the
+default AWS credential chain. Run it where the private key already is, not on the
+parent instance. Refuses a key that does not belong to the certificate.
+`,
+    async run(argv) {
+      const { values } = parseArgs({ args: argv, options: { certificate: { type: 'string' }, key: { type: 'string' }, chain: { type: 'string' }, 'kms-key-id': { type: 'string' }, out: { type: 'string' }, s3: { type: 'string' }, region: { type: 'string' }, endpoint: { type: 'string' }, 'encryption-context': { type: 'string', multiple: true }, help: { type: 'boolean', short: 'h' } }, strict: true });
+      if (values.help) { process.stdout.write(this.help); return 0; }
+      for (const f of ['certificate', 'key', 'kms-key-id'] as const) if (!values[f]) { process.stderr.write(`nitro-acm seal: --${f} is required\n\n${this.help}`); return 2; }
+      const { seal } = await import('./commands/seal.ts');
+      const r = await seal({ certificate: values.certificate!, key: values.key!, chain: values.chain, kmsKeyId: values['kms-key-id']!, out: values.out, s3: values.s3, region: values.region, endpoint: values.endpoint, encryptionContext: kv(values['encryption-context'], '--encryption-context') });
+      log.info(`sealed ${values.certificate} under ${values['kms-key-id']} into ${r.written}`);
+      return 0;
+    },
+  },
+  'local-cloud': {
+    summary: 'run the local stand-ins for IMDS, IAM, S3 and KMS on loopback (local mode)',
+    help: `Usage: nitro-acm local-cloud [--state-dir DIR] [--port N] [--https-port N] [--kms-proxy-socket PATH] [--nsm-root PEM]
+
+Runs the local cloud that local mode and the tests use: IMDSv2, IAM GetRole, S3
+and KMS (with key policies and attestation-based Decrypt) speaking the real wire
+protocols, so the real AWS SDK clients work with only endpoints and credentials
+changed. State persists in --state-dir. Prints the environment to use it. KMS
+trusts attestation documents from the AWS root and, when given, --nsm-root.
+`,
+    async run(argv) {
+      const { values } = parseArgs({ args: argv, options: { 'state-dir': { type: 'string', default: DEFAULT_STATE }, port: { type: 'string', default: '0' }, 'https-port': { type: 'string', default: '0' }, 'kms-proxy-socket': { type: 'string' }, 'nsm-root': { type: 'string' }, help: { type: 'boolean', short: 'h' } }, strict: true });
+      if (values.help) { process.stdout.write(this.help); return 0; }
+      const { startLocalCloud } = await import('./local/cloud/server.ts');
+      const fs = await import('node:fs');
+      const { X509Certificate } = await import('node:crypto');
+      const roots = values['nsm-root'] ? [new X509Certificate(fs.readFileSync(values['nsm-root']))] : [];
+      const cloud = await startLocalCloud({ stateDir: path.resolve(values['state-dir']!), httpPort: Number(values.port), httpsPort: Number(values['https-port']), kmsProxySocket: values['kms-proxy-socket'], attestationRoots: () => roots });
+      const id = cloud.identity;
+      process.stdout.write(`# the instance role (as the agent sees it through IMDS):\nexport AWS_EC2_METADATA_SERVICE_ENDPOINT=${cloud.endpoint}\nexport AWS_ENDPOINT_URL=${cloud.endpoint}\nexport AWS_REGION=${id.region}\n# an administrator (for CreateKey, seal):\n#   AWS_ACCESS_KEY_ID=${id.admin.accessKeyId} AWS_SECRET_ACCESS_KEY=<in ${path.resolve(values['state-dir']!)}/cloud/identity.json>\n# ACM bucket: ${cloud.bucket()}  role: ${id.roleArn}  instance: ${id.instanceId}\n`);
+      await new Promise<void>((resolve) => { const stop = () => void cloud.stop().then(resolve); process.once('SIGINT', stop); process.once('SIGTERM', stop); });
+      return 0;
+    },
+  },
   local: {
     summary: 'run the key path on this machine: enclave app, PKCS#11 module, nginx on https://localhost:8443',
     help: `Usage: nitro-acm local [--port N] [--state-dir DIR] [--runtime-dir DIR]
