@@ -19,6 +19,8 @@ import { createCA, issueServerCert } from '../src/local/pki.ts';
 import { parseAddress } from '../src/shared/address.ts';
 import type { Bundle } from '../src/shared/bundle.ts';
 import { tmpdir, MODULE_PATH, ROOT } from './helpers/enclave.ts';
+import { registerWithP11Kit } from '../src/local/p11kit.ts';
+import { startNginx, freePort, handshake, fingerprintOf } from '../src/local/webservers.ts';
 
 const dir = tmpdir('attested');
 let cloud: LocalCloud;
@@ -88,6 +90,20 @@ test.serial('a sealed bundle is provisioned through KMS with attestation and sig
     p.C_SignInit(s, { mechanism: pkcs11js.CKM_SHA256_RSA_PKCS }, key);
     t.true(crypto.verify('sha256', Buffer.from('attested'), certPem, p.C_Sign(s, Buffer.from('attested'), Buffer.alloc(256))));
   } finally { p.C_Finalize(); }
+  // And real nginx serves TLS with it.
+  registerWithP11Kit();
+  const prefix = fs.mkdtempSync(path.join(dir, 'nginx-'));
+  fs.chmodSync(prefix, 0o755);
+  const pin = path.join(prefix, 'web.pin');
+  fs.writeFileSync(pin, '24682468', { mode: 0o400 });
+  const chain = path.join(prefix, 'chain.pem');
+  fs.writeFileSync(chain, certPem + ca.certPem);
+  const nginx = await startNginx({ dir: prefix, port: await freePort(), env: { NITRO_ACM_KEY_ADDRESS: `unix:path=${keySock}` }, sites: [{ serverName: 'attested.test', certificateFile: chain, key: `engine:pkcs11:pkcs11:token=web;type=private?pin-source=file:${pin}` }] });
+  t.teardown(() => nginx.stop());
+  for (const v of ['TLSv1.2', 'TLSv1.3'] as const) {
+    const h = await handshake(nginx.port, { servername: 'attested.test', ca: ca.certPem, minVersion: v, maxVersion: v });
+    t.is(h.fingerprint256, fingerprintOf(certPem), v);
+  }
   await t.throwsAsync(provision.call('add', { label: 'web', pin: '24682468', bundle, ...instance() }), { instanceOf: ProvisionError, message: /exists; use update/ });
 });
 
