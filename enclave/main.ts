@@ -6,7 +6,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { parseAddress, formatAddress, DEFAULT_KEY_PORT, VSOCK_CID_ANY, type Address } from '../src/shared/address.ts';
-import { log, configureLog } from '../src/shared/log.ts';
+import { log, configureLog, routeProcessWarnings } from '../src/shared/log.ts';
 import { KeyStore, KeyMaterialError } from './keystore.ts';
 import { KeyServer } from './key-server.ts';
 import { ProvisionServer } from './provision-server.ts';
@@ -145,4 +145,5 @@ async function main(): Promise<number> {
   return -1; // keep running
 }
 
+routeProcessWarnings();
 main().then((code) => { if (code >= 0) process.exit(code); }, (e) => { log.error(String(e?.stack ?? e)); process.exit(1); });

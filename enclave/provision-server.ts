@@ -107,8 +107,10 @@ export class ProvisionServer {
         if (!this.o.localMode) throw new ProvisionError('PlaintextRefused', 'plaintext private keys are refused: this enclave takes keys only through KMS with attestation');
         keyPem = Buffer.from(bundle.encryptedPrivateKey, 'base64');
       } else {
-        const creds = m.credentials as AwsCredentials | undefined;
-        if (!creds || typeof creds.accessKeyId !== 'string' || typeof creds.secretAccessKey !== 'string') throw new ProvisionError('BadRequest', '"credentials" {accessKeyId, secretAccessKey, sessionToken} are needed to decrypt through KMS');
+        const given = m.credentials as Record<string, unknown> | undefined;
+        if (!given || typeof given.accessKeyId !== 'string' || typeof given.secretAccessKey !== 'string') throw new ProvisionError('BadRequest', '"credentials" {accessKeyId, secretAccessKey, sessionToken} are needed to decrypt through KMS');
+        // Only these three: they are used for this one call and not kept.
+        const creds: AwsCredentials = { accessKeyId: given.accessKeyId, secretAccessKey: given.secretAccessKey, sessionToken: typeof given.sessionToken === 'string' ? given.sessionToken : undefined };
         const region = field(m, 'region');
         const started = Date.now();
         try {

@@ -10,6 +10,16 @@ import crypto from 'node:crypto';
 import { log } from '../shared/log.ts';
 import { render } from '../templates.ts';
 import { createCA, issueServerCert } from './pki.ts';
+import { S3Client, GetObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
+import { KMSClient, CreateKeyCommand, EncryptCommand, PutKeyPolicyCommand } from '@aws-sdk/client-kms';
+import { startLocalCloud, type LocalCloud } from './cloud/server.ts';
+import { measureEnclaveApp, simulatedNsmRoot } from '../../enclave/nsm.ts';
+import { pcrOf } from '../shared/pcr.ts';
+import { instanceContext } from '../agent/aws.ts';
+import { fetchBundle } from '../agent/source.ts';
+import { ProvisionClient } from '../shared/provision-wire.ts';
+import { parseAddress } from '../shared/address.ts';
+import type { Bundle } from '../shared/bundle.ts';
 import { startLocalEnclave, type LocalEnclave } from './enclave-process.ts';
 import { registerWithP11Kit } from './p11kit.ts';
 import { handshake, fingerprintOf, run, type RunningServer } from './webservers.ts';
@@ -39,15 +49,18 @@ function writeAtomic(file: string, data: string | Buffer, mode: number): void {
   fs.renameSync(tmp, file);
 }
 
-/** The demo CA and certificate: made once, reused after. */
-function demoMaterial(stateDir: string): { caFile: string; keyFile: string; certFile: string; pin: string } {
+const DEMO_CERT_ARN = 'arn:aws:acm:us-east-1:123456789012:certificate/nitro-acm-local-demo';
+
+/**
+ * The demo CA (kept, to issue renewals) and a certificate for localhost whose
+ * private key is sealed into the local S3 under the local KMS key right away and
+ * never written to disk: from then on only the enclave app can decrypt it.
+ */
+async function demoBundle(stateDir: string, cloud: LocalCloud, kmsKeyArn: string): Promise<{ caFile: string; certPem: string }> {
   fs.mkdirSync(stateDir, { recursive: true });
   fs.chmodSync(stateDir, 0o700);
   const caFile = path.join(stateDir, 'demo-ca.pem');
   const caKey = path.join(stateDir, 'demo-ca.key');
-  const keyFile = path.join(stateDir, 'localhost.key');
-  const certFile = path.join(stateDir, 'localhost.crt');
-  const pinFile = path.join(stateDir, 'localhost.pin');
   if (!fs.existsSync(caFile) || !fs.existsSync(caKey)) {
     // A name of its own per machine: two demo CAs with one name confuse clients that trust the other.
     const ca = createCA(`nitro-acm local demo CA ${crypto.randomBytes(4).toString('hex')}`);
@@ -55,20 +68,50 @@ function demoMaterial(stateDir: string): { caFile: string; keyFile: string; cert
     writeAtomic(caFile, ca.certPem, 0o644);
     log.info(`first run: created a demo CA in ${caFile}`);
   }
-  if (!fs.existsSync(keyFile) || !fs.existsSync(certFile)) {
-    const ca = { name: 'demo CA', certPem: fs.readFileSync(caFile, 'utf8'), keyPem: fs.readFileSync(caKey, 'utf8') };
-    const leaf = issueServerCert(ca, ['localhost', '127.0.0.1']);
-    writeAtomic(keyFile, leaf.keyPem, 0o600);
-    writeAtomic(certFile, leaf.certPem, 0o644);
-    log.token(LABEL).info('issued a demo certificate for localhost');
+  const ctx = { partition: cloud.identity.partition, region: cloud.identity.region, roleArn: cloud.identity.roleArn };
+  const key = `${ctx.roleArn}/${DEMO_CERT_ARN}`;
+  const s3 = new S3Client({ region: ctx.region, endpoint: cloud.endpoint, forcePathStyle: true, credentials: cloud.identity.admin });
+  try {
+    const existing = await s3.send(new GetObjectCommand({ Bucket: cloud.bucket(), Key: key }));
+    const b = JSON.parse(await existing.Body!.transformToString()) as { certificate: string };
+    if (new Date(new crypto.X509Certificate(b.certificate).validTo).getTime() > Date.now() + 86400_000) return { caFile, certPem: b.certificate };
+  } catch { /* not sealed yet, or expiring: seal a new one */ }
+  const ca = { name: 'demo CA', certPem: fs.readFileSync(caFile, 'utf8'), keyPem: fs.readFileSync(caKey, 'utf8') };
+  const leaf = issueServerCert(ca, ['localhost', '127.0.0.1']);
+  const kms = new KMSClient({ region: ctx.region, endpoint: cloud.endpoint, credentials: cloud.identity.admin });
+  const ct = (await kms.send(new EncryptCommand({ KeyId: kmsKeyArn, Plaintext: Buffer.from(leaf.keyPem) }))).CiphertextBlob!;
+  const bundle: Bundle = { certificate: leaf.certPem, certificateChain: ca.certPem, encryptedPrivateKey: Buffer.from(ct).toString('base64'), encryptionMethod: 'KMS' };
+  await s3.send(new PutObjectCommand({ Bucket: cloud.bucket(), Key: key, Body: JSON.stringify(bundle) }));
+  log.token(LABEL).info(`issued a certificate for localhost and sealed its key into s3://${cloud.bucket()}/${key}`);
+  return { caFile, certPem: leaf.certPem };
+}
+
+/** The local KMS key; its policy lets the instance role decrypt only from an enclave whose PCR0 is this code's. */
+async function demoKmsKey(stateDir: string, cloud: LocalCloud): Promise<string> {
+  const kms = new KMSClient({ region: cloud.identity.region, endpoint: cloud.endpoint, credentials: cloud.identity.admin });
+  const file = path.join(stateDir, 'kms-key-arn');
+  let arn = fs.existsSync(file) ? fs.readFileSync(file, 'utf8').trim() : '';
+  const pcr0 = measureEnclaveApp().pcr0.toString('hex');
+  const policy = JSON.stringify({
+    Version: '2012-10-17',
+    Statement: [
+      { Sid: 'Administration', Effect: 'Allow', Principal: { AWS: cloud.identity.admin.arn }, Action: 'kms:*', Resource: '*' },
+      { Sid: 'Enclave decrypts, attested', Effect: 'Allow', Principal: { AWS: cloud.identity.roleArn }, Action: 'kms:Decrypt', Resource: '*', Condition: { StringEqualsIgnoreCase: { 'kms:RecipientAttestation:PCR0': pcr0, 'kms:RecipientAttestation:PCR3': pcrOf(cloud.identity.roleArn).toString('hex') } } },
+    ],
+  });
+  if (!arn) {
+    arn = (await kms.send(new CreateKeyCommand({ Description: 'nitro-acm local demo', Policy: policy }))).KeyMetadata!.Arn!;
+    writeAtomic(file, arn, 0o600);
+  } else {
+    // The enclave app's code may have changed since the last run: pin today's PCR0, as an operator would after an upgrade.
+    await kms.send(new PutKeyPolicyCommand({ KeyId: arn, PolicyName: 'default', Policy: policy }));
   }
-  if (!fs.existsSync(pinFile)) writeAtomic(pinFile, crypto.randomBytes(12).toString('base64url'), 0o600);
-  return { caFile, keyFile, certFile, pin: fs.readFileSync(pinFile, 'utf8').trim() };
+  log.info(`KMS key ${arn}: decrypt only by ${cloud.identity.roleArn} from an enclave with PCR0 ${pcr0.slice(0, 16)}...`);
+  return arn;
 }
 
 export async function runLocal(o: LocalOptions): Promise<LocalRun> {
   log.warn('LOCAL MODE: for trying nitro-acm and for development only; the "enclave" is an ordinary process here');
-  const m = demoMaterial(o.stateDir);
   fs.mkdirSync(o.runtimeDir, { recursive: true });
   // nginx workers run as another user and must reach the key socket and read the chain.
   fs.chmodSync(o.runtimeDir, 0o711);
@@ -77,14 +120,47 @@ export async function runLocal(o: LocalOptions): Promise<LocalRun> {
       throw new Error(`--runtime-dir ${o.runtimeDir}: ${d} cannot be entered by other users (the web server's workers); choose a directory outside it`);
     }
   }
-  const socket = path.join(o.runtimeDir, 'keys.sock');
-  const address = `unix:path=${socket}`;
+  const nsmDir = path.join(o.stateDir, 'nsm-sim');
+  const nsmRoot = simulatedNsmRoot(nsmDir);
+  const kmsProxy = path.join(o.runtimeDir, 'kms-proxy.sock');
+  const cloud = await startLocalCloud({ stateDir: o.stateDir, attestationRoots: () => [nsmRoot.rootCert], kmsProxySocket: kmsProxy });
+  // Whatever fails from here on, nothing started is left running.
+  const started: (() => Promise<void>)[] = [() => cloud.stop()];
+  const undo = async () => { for (const f of started.reverse()) await f().catch(() => {}); };
+  try {
+    return await serve(o, cloud, nsmDir, kmsProxy, started);
+  } catch (e) {
+    await undo();
+    throw e;
+  }
+}
 
-  // Until the attested path lands, local mode hands the enclave app its key from a file.
-  const tokensFile = path.join(o.stateDir, 'local-tokens.json');
-  writeAtomic(tokensFile, JSON.stringify({ tokens: [{ label: LABEL, pin: m.pin, key: m.keyFile, certificate: m.certFile, chain: m.caFile }] }), 0o600);
-  const enclave: LocalEnclave = await startLocalEnclave({ keyAddress: address, plaintextKeys: tokensFile });
+async function serve(o: LocalOptions, cloud: LocalCloud, nsmDir: string, kmsProxy: string, started: (() => Promise<void>)[]): Promise<LocalRun> {
+  const kmsKeyArn = await demoKmsKey(o.stateDir, cloud);
+  const m = await demoBundle(o.stateDir, cloud, kmsKeyArn);
+
+  const socket = path.join(o.runtimeDir, 'keys.sock');
+  const provisionSocket = path.join(o.runtimeDir, 'provision.sock');
+  const address = `unix:path=${socket}`;
+  const enclave: LocalEnclave = await startLocalEnclave({
+    keyAddress: address,
+    args: ['--provision-address', `unix:path=${provisionSocket}`, '--nsm-sim-dir', nsmDir, '--nsm-sim-role-arn', cloud.identity.roleArn, '--nsm-sim-instance-id', cloud.identity.instanceId,
+      '--kms-proxy', `unix:path=${kmsProxy}`, '--kms-ca', path.join(o.stateDir, 'cloud/tls-ca.pem')],
+  });
+  started.push(() => enclave.stop());
   log.info(`enclave app up (pid ${enclave.proc.pid}) on ${address}`);
+
+  // The agent's part: learn the instance from IMDS, fetch the bundle from S3, hand it to the enclave with the role's credentials.
+  const pin = crypto.randomBytes(12).toString('base64url');
+  const ctx = await instanceContext({ imds: cloud.endpoint, s3: cloud.endpoint, iam: cloud.endpoint });
+  const fetched = await fetchBundle({ Acm: { certificate_arn: DEMO_CERT_ARN } }, ctx);
+  if (!fetched.changed) throw new Error('unreachable: first fetch is unconditional');
+  const provision = await ProvisionClient.connect(parseAddress(`unix:path=${provisionSocket}`));
+  try {
+    const c = await ctx.credentials();
+    await provision.call('add', { label: LABEL, pin, bundle: fetched.bundle, credentials: { accessKeyId: c.accessKeyId, secretAccessKey: c.secretAccessKey, sessionToken: c.sessionToken }, region: ctx.region });
+  } finally { provision.close(); }
+  log.token(LABEL).info('provisioned into the enclave app through KMS with attestation');
   const moduleFile = registerWithP11Kit(address);
   log.info(`PKCS#11 module registered with p11-kit in ${moduleFile}`);
 
@@ -92,10 +168,10 @@ export async function runLocal(o: LocalOptions): Promise<LocalRun> {
   const chainFile = path.join(o.runtimeDir, `${LABEL}.chain.pem`);
   const pinFile = path.join(o.runtimeDir, `${LABEL}.pin`);
   const stanza = path.join(o.runtimeDir, `${LABEL}.conf`);
-  writeAtomic(chainFile, fs.readFileSync(m.certFile, 'utf8') + fs.readFileSync(m.caFile, 'utf8'), 0o444);
-  writeAtomic(pinFile, m.pin, 0o400);
+  writeAtomic(chainFile, m.certPem + fs.readFileSync(m.caFile, 'utf8'), 0o444);
+  writeAtomic(pinFile, pin, 0o400);
   writeAtomic(stanza, render('nginx-stanza.conf', {
-    LABEL, SOURCE: 'local demo certificate', CHAIN_FILE: chainFile,
+    LABEL, SOURCE: `Acm ${DEMO_CERT_ARN}`, CHAIN_FILE: chainFile,
     KEY_URI: `pkcs11:token=${LABEL};type=private?pin-source=file:${pinFile}`,
   }), 0o444);
 
@@ -105,7 +181,6 @@ export async function runLocal(o: LocalOptions): Promise<LocalRun> {
   writeAtomic(conf, render('local/nginx.conf', { PREFIX: prefix, PORT: String(o.port), STANZA: stanza }), 0o644);
   const check = await run('nginx', ['-t', '-p', prefix, '-c', conf, '-e', path.join(prefix, 'error.log')]);
   if (check.status !== 0) {
-    await enclave.stop();
     throw new Error(`nginx refused the local configuration:\n${check.out}`);
   }
   const nginxProc = spawn('nginx', ['-p', prefix, '-c', conf, '-e', path.join(prefix, 'error.log')], { stdio: ['ignore', 'inherit', 'inherit'] });
@@ -117,8 +192,9 @@ export async function runLocal(o: LocalOptions): Promise<LocalRun> {
       await exited;
     },
   };
+  started.push(() => nginx.stop());
   const caPem = fs.readFileSync(m.caFile, 'utf8');
-  const want = fingerprintOf(fs.readFileSync(m.certFile, 'utf8'));
+  const want = fingerprintOf(m.certPem);
   const deadline = Date.now() + 15_000;
   for (;;) {
     try {
@@ -127,8 +203,6 @@ export async function runLocal(o: LocalOptions): Promise<LocalRun> {
     } catch (e) {
       const exited = nginxProc.exitCode !== null;
       if (exited || Date.now() > deadline) {
-        await nginx.stop();
-        await enclave.stop();
         throw new Error(exited
           ? `nginx exited with status ${nginxProc.exitCode} (its messages are above; is port ${o.port} taken? --port chooses another)`
           : `nginx is not serving the demo certificate on port ${o.port}: ${(e as Error).message} (see ${path.join(prefix, 'error.log')})`);
@@ -144,8 +218,7 @@ export async function runLocal(o: LocalOptions): Promise<LocalRun> {
   process.once('exit', orphanGuard);
   const stop = async () => {
     process.removeListener('exit', orphanGuard);
-    await nginx.stop();
-    await enclave.stop();
+    for (const f of started.reverse()) await f().catch(() => {});
     log.info('local mode stopped; files are kept in ' + o.runtimeDir);
   };
   return { caFile: m.caFile, url, curl, stop };

@@ -36,3 +36,16 @@ export function logger(token?: string): Logger {
   };
 }
 export const log = logger();
+
+/**
+ * Node prints process warnings itself; route them through this log instead, and
+ * drop the AWS SDK's notice that its releases after January 2027 need Node 22
+ * (nitro-acm pins an SDK version that supports Node 20).
+ */
+export function routeProcessWarnings(): void {
+  process.removeAllListeners('warning');
+  process.on('warning', (w) => {
+    if (w.name === 'NodeVersionSupportWarning') return;
+    emit('warn', undefined, `${w.name}: ${w.message}`);
+  });
+}

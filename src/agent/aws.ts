@@ -1,0 +1,50 @@
+// What the agent learns about its instance, through IMDSv2 and IAM, with the
+// default credential chain (the instance role). Endpoints are overridable for
+// local mode only; in production they are AWS's.
+import { fromInstanceMetadata } from '@aws-sdk/credential-providers';
+import { IAMClient, GetRoleCommand } from '@aws-sdk/client-iam';
+import type { AwsCredentialIdentity, AwsCredentialIdentityProvider } from '@aws-sdk/types';
+
+export interface Endpoints { imds?: string; s3?: string; iam?: string }
+
+export interface InstanceContext {
+  region: string;
+  partition: string;
+  instanceId: string;
+  roleArn: string;
+  credentials: AwsCredentialIdentityProvider;
+  endpoints: Endpoints;
+}
+
+async function imds(base: string, path: string, token: string): Promise<string | undefined> {
+  const r = await fetch(`${base}${path}`, { headers: { 'x-aws-ec2-metadata-token': token }, signal: AbortSignal.timeout(3000) });
+  if (r.status === 404) return undefined;
+  if (!r.ok) throw new Error(`IMDS ${path}: HTTP ${r.status}`);
+  return (await r.text()).trim();
+}
+
+/** Region, partition, instance id, the role ARN (instance tag InstanceRoleArn, else iam:GetRole keeping the path) and credentials. */
+export async function instanceContext(endpoints: Endpoints = {}): Promise<InstanceContext> {
+  const base = endpoints.imds ?? 'http://169.254.169.254';
+  const tr = await fetch(`${base}/latest/api/token`, { method: 'PUT', headers: { 'x-aws-ec2-metadata-token-ttl-seconds': '21600' }, signal: AbortSignal.timeout(3000) });
+  if (!tr.ok) throw new Error(`IMDSv2 token: HTTP ${tr.status} from ${base}`);
+  const token = await tr.text();
+  const need = async (p: string) => { const v = await imds(base, p, token); if (!v) throw new Error(`IMDS ${p}: not found`); return v; };
+  const region = await need('/latest/meta-data/placement/region');
+  const partition = (await imds(base, '/latest/meta-data/services/partition', token)) ?? 'aws';
+  const instanceId = await need('/latest/meta-data/instance-id');
+  if (endpoints.imds) process.env.AWS_EC2_METADATA_SERVICE_ENDPOINT = endpoints.imds;
+  const credentials = fromInstanceMetadata({ maxRetries: 2, timeout: 3000 });
+  let roleArn = await imds(base, '/latest/meta-data/tags/instance/InstanceRoleArn', token);
+  if (!roleArn) {
+    const roleName = await need('/latest/meta-data/iam/security-credentials/');
+    const iam = new IAMClient({ region, credentials, endpoint: endpoints.iam });
+    roleArn = (await iam.send(new GetRoleCommand({ RoleName: roleName.split('\n')[0] }))).Role?.Arn;
+    if (!roleArn) throw new Error(`iam:GetRole ${roleName}: no ARN`);
+  }
+  return { region, partition, instanceId, roleArn, credentials, endpoints };
+}
+
+export async function currentCredentials(ctx: InstanceContext): Promise<AwsCredentialIdentity> {
+  return ctx.credentials();
+}
