@@ -28,7 +28,10 @@ export interface StoredKey {
 
 export interface Token { label: string; pinDigest: Buffer; serial: string; current: StoredKey; retired: StoredKey[]; refreshedAt: number }
 
-export class KeyMaterialError extends Error {}
+export class KeyMaterialError extends Error {
+  /** invalid: does not parse; mismatch: key and certificate disagree; unsupported: a key this enclave does not serve. */
+  constructor(readonly kind: 'invalid' | 'mismatch' | 'unsupported', message: string) { super(message); }
+}
 
 export const MIN_RSA_BITS = 2048;
 export const MAX_RSA_BITS = 4096;
@@ -55,20 +58,20 @@ export class KeyStore {
   /** Parses and checks key material; throws KeyMaterialError naming what is wrong. */
   private load(m: KeyMaterial): StoredKey {
     let privateKey: KeyObject, leaf: X509Certificate;
-    try { privateKey = crypto.createPrivateKey(m.privateKeyPem); } catch (e) { throw new KeyMaterialError(`private key: cannot parse (${(e as Error).message.split('\n')[0]})`); }
-    if (privateKey.asymmetricKeyType !== 'rsa') throw new KeyMaterialError(`private key: type ${privateKey.asymmetricKeyType} is not supported (RSA ${MIN_RSA_BITS}-${MAX_RSA_BITS})`);
-    try { leaf = new X509Certificate(m.certificatePem); } catch (e) { throw new KeyMaterialError(`certificate: cannot parse (${(e as Error).message})`); }
+    try { privateKey = crypto.createPrivateKey(m.privateKeyPem); } catch (e) { throw new KeyMaterialError('invalid', `private key: cannot parse (${(e as Error).message.split('\n')[0]})`); }
+    if (privateKey.asymmetricKeyType !== 'rsa') throw new KeyMaterialError('unsupported', `private key: type ${privateKey.asymmetricKeyType} is not supported (RSA ${MIN_RSA_BITS}-${MAX_RSA_BITS})`);
+    try { leaf = new X509Certificate(m.certificatePem); } catch (e) { throw new KeyMaterialError('invalid', `certificate: cannot parse (${(e as Error).message})`); }
     const chain = splitPem(m.chainPem ?? '').map((p, i) => {
-      try { return new X509Certificate(p); } catch (e) { throw new KeyMaterialError(`certificate chain entry ${i + 1}: cannot parse (${(e as Error).message})`); }
+      try { return new X509Certificate(p); } catch (e) { throw new KeyMaterialError('invalid', `certificate chain entry ${i + 1}: cannot parse (${(e as Error).message})`); }
     });
     const pub = crypto.createPublicKey(privateKey);
     if (!leaf.publicKey.export({ type: 'spki', format: 'der' }).equals(pub.export({ type: 'spki', format: 'der' }))) {
-      throw new KeyMaterialError('private key does not match the certificate\'s public key');
+      throw new KeyMaterialError('mismatch', 'private key does not match the certificate\'s public key');
     }
     const jwk = pub.export({ format: 'jwk' });
     const modulus = Buffer.from(jwk.n!, 'base64url');
     const bits = privateKey.asymmetricKeyDetails!.modulusLength!;
-    if (bits < MIN_RSA_BITS || bits > MAX_RSA_BITS) throw new KeyMaterialError(`private key: RSA-${bits} is outside ${MIN_RSA_BITS}-${MAX_RSA_BITS}`);
+    if (bits < MIN_RSA_BITS || bits > MAX_RSA_BITS) throw new KeyMaterialError('unsupported', `private key: RSA-${bits} is outside ${MIN_RSA_BITS}-${MAX_RSA_BITS}`);
     const keyId = this.nextKeyId;
     this.nextKeyId = (this.nextKeyId + 1) >>> 0 || 1;
     return {

@@ -123,7 +123,7 @@ export class ProvisionServer {
         tlog.info(`private key decrypted through KMS with attestation in ${Date.now() - started} ms`);
       }
       try {
-        if (op === 'refresh' && this.o.store.sameKey(l, keyPem)) {
+        if (op === 'refresh' && this.o.store.token(l) && (() => { try { return this.o.store.sameKey(l, keyPem); } catch { return false; } })()) {
           this.o.store.refreshed(l);
           tlog.info('refreshed (same key)');
         } else {
@@ -131,7 +131,11 @@ export class ProvisionServer {
           tlog.info(op === 'add' ? 'token added' : 'token renewed; the previous key stays usable for its grace period');
         }
       } catch (e) {
-        if (e instanceof KeyMaterialError) throw new ProvisionError('KeyMismatch', e.message);
+        if (e instanceof KeyMaterialError) {
+          throw e.kind === 'mismatch' ? new ProvisionError('KeyMismatch', e.message)
+            : new ProvisionError('KeyInvalid', bundle.encryptionMethod === 'KMS' && e.message.startsWith('private key: cannot parse')
+              ? `the key KMS returned does not parse: a damaged CiphertextForRecipient or bundle (${e.message})` : e.message);
+        }
         throw e;
       } finally {
         keyPem.fill(0);

@@ -7,6 +7,7 @@ import test from 'ava';
 import fs from 'node:fs';
 import path from 'node:path';
 import crypto from 'node:crypto';
+import https from 'node:https';
 import pkcs11js from 'pkcs11js';
 import { KMSClient, CreateKeyCommand, EncryptCommand, DecryptCommand, KMSServiceException } from '@aws-sdk/client-kms';
 import { startLocalCloud, type LocalCloud } from '../src/local/cloud/server.ts';
@@ -151,6 +152,38 @@ test.serial("refused: a Decrypt without Recipient with the parent's own credenti
   const { bundle } = await sealed(['parent.test']);
   const kms = new KMSClient({ region: cloud.identity.region, endpoint: cloud.endpoint, credentials: cloud.identity.instance });
   await t.throwsAsync(kms.send(new DecryptCommand({ CiphertextBlob: Buffer.from(bundle.encryptedPrivateKey, 'base64') })), { instanceOf: KMSServiceException, name: 'AccessDeniedException' });
+});
+
+test.serial('refused: a truncated or garbled CiphertextForRecipient (a proxy between the enclave and KMS tampers with it)', async (t) => {
+  // A TLS proxy with the local cloud's own certificate, so only the KMS answer differs.
+  const tlsDir = path.join(dir, 'state/cloud');
+  for (const [name, tamper] of [['truncated', (b: Buffer) => b.subarray(0, b.length - 40)], ['garbled', (b: Buffer) => { const c = Buffer.from(b); c[c.length >> 1] ^= 0x55; return c; }]] as const) {
+    const sock = path.join(dir, `tamper-${name}.sock`);
+    const server = https.createServer({ key: fs.readFileSync(path.join(tlsDir, 'tls-key.pem')), cert: fs.readFileSync(path.join(tlsDir, 'tls-cert.pem')) }, (req, res) => {
+      const chunks: Buffer[] = [];
+      req.on('data', (c) => chunks.push(c));
+      req.on('end', async () => {
+        const r = await fetch(cloud.endpoint, { method: 'POST', headers: Object.fromEntries(Object.entries(req.headers).filter(([k]) => !['host', 'content-length', 'connection'].includes(k)).map(([k, v]) => [k, String(v)])), body: Buffer.concat(chunks) });
+        const body = await r.json() as Record<string, string>;
+        if (body.CiphertextForRecipient) body.CiphertextForRecipient = tamper(Buffer.from(body.CiphertextForRecipient, 'base64')).toString('base64');
+        res.writeHead(r.status, { 'content-type': 'application/x-amz-json-1.1' }).end(JSON.stringify(body));
+      });
+    });
+    await new Promise<void>((r) => server.listen(sock, r));
+    t.teardown(() => server.close());
+    const sub = fs.mkdtempSync(path.join(dir, 't-'));
+    const provSock = path.join(sub, 'prov.sock');
+    const e = await startLocalEnclave({ keyAddress: `unix:path=${path.join(sub, 'keys.sock')}`, args: ['--provision-address', `unix:path=${provSock}`, '--nsm-sim-dir', nsmDir, '--nsm-sim-role-arn', cloud.identity.roleArn, '--nsm-sim-instance-id', cloud.identity.instanceId, '--kms-proxy', `unix:path=${sock}`, '--kms-ca', path.join(tlsDir, 'tls-ca.pem')] });
+    const c = await ProvisionClient.connect(parseAddress(`unix:path=${provSock}`));
+    t.teardown(async () => { c.close(); await e.stop(); });
+    const { bundle } = await sealed([`${name}.test`]);
+    const err = await t.throwsAsync(c.call('add', { label: 'web', pin: '24682468', bundle, ...instance() }));
+    // Truncated: the CMS structure or the AES padding fails. Garbled inside the AES content (CBC has no
+    // integrity, as in real KMS answers): it decrypts to something that is not a key. Refused either way.
+    t.true(['KmsError', 'KeyInvalid'].includes((err as ProvisionError).code), `${name}: ${(err as ProvisionError).code}`);
+    t.regex(err!.message, /CiphertextForRecipient|does not decrypt|padding/, name);
+    t.is((await c.call<{ tokens: unknown[] }>('describe')).tokens.length, 0, `${name}: nothing served from it`);
+  }
 });
 
 test('an enclave not in local mode refuses plaintext keys; bad requests name the field', async (t) => {

@@ -27,7 +27,7 @@ export interface TokenDescription {
 
 export interface Health { ok: true; version: number; nsm: 'device' | 'simulated'; localMode: boolean; tokens: number; generation: number }
 
-export type ErrorCode = 'BadRequest' | 'TokenExists' | 'NoSuchToken' | 'PlaintextRefused' | 'KmsDenied' | 'KmsError' | 'KeyMismatch' | 'Internal' | 'UnsupportedVersion';
+export type ErrorCode = 'BadRequest' | 'TokenExists' | 'NoSuchToken' | 'PlaintextRefused' | 'KmsDenied' | 'KmsError' | 'KeyMismatch' | 'KeyInvalid' | 'Internal' | 'UnsupportedVersion';
 
 export class ProvisionError extends Error {
   constructor(readonly code: ErrorCode, message: string) { super(message); }
