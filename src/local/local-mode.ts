@@ -22,8 +22,7 @@ import { parseAddress } from '../shared/address.ts';
 import type { Bundle } from '../shared/bundle.ts';
 import { startLocalEnclave, type LocalEnclave } from './enclave-process.ts';
 import { registerWithP11Kit } from './p11kit.ts';
-import { handshake, fingerprintOf, run, type RunningServer } from './webservers.ts';
-import { spawn } from 'node:child_process';
+import { handshake, fingerprintOf, launchNginx } from './webservers.ts';
 
 export interface LocalOptions {
   port: number;
@@ -179,42 +178,21 @@ async function serve(o: LocalOptions, cloud: LocalCloud, nsmDir: string, kmsProx
   fs.mkdirSync(path.join(prefix, 'tmp'), { recursive: true });
   const conf = path.join(prefix, 'nginx.conf');
   writeAtomic(conf, render('local/nginx.conf', { PREFIX: prefix, PORT: String(o.port), STANZA: stanza }), 0o644);
-  const check = await run('nginx', ['-t', '-p', prefix, '-c', conf, '-e', path.join(prefix, 'error.log')]);
-  if (check.status !== 0) {
-    throw new Error(`nginx refused the local configuration:\n${check.out}`);
-  }
-  const nginxProc = spawn('nginx', ['-p', prefix, '-c', conf, '-e', path.join(prefix, 'error.log')], { stdio: ['ignore', 'inherit', 'inherit'] });
-  const nginx: Pick<RunningServer, 'stop'> = {
-    async stop() {
-      if (nginxProc.exitCode !== null) return;
-      const exited = new Promise((r) => nginxProc.once('exit', r));
-      nginxProc.kill('SIGQUIT');
-      await exited;
-    },
-  };
+  const nginx = await launchNginx({ prefix, conf, port: o.port }).catch((e: Error) => {
+    throw new Error(`${e.message}\n(is port ${o.port} taken? --port chooses another)`);
+  });
   started.push(() => nginx.stop());
   const caPem = fs.readFileSync(m.caFile, 'utf8');
   const want = fingerprintOf(m.certPem);
-  const deadline = Date.now() + 15_000;
-  for (;;) {
-    try {
-      const h = await handshake(o.port, { servername: 'localhost', ca: caPem, timeoutMs: 2000 });
-      if (h.fingerprint256 === want) break;
-    } catch (e) {
-      const exited = nginxProc.exitCode !== null;
-      if (exited || Date.now() > deadline) {
-        throw new Error(exited
-          ? `nginx exited with status ${nginxProc.exitCode} (its messages are above; is port ${o.port} taken? --port chooses another)`
-          : `nginx is not serving the demo certificate on port ${o.port}: ${(e as Error).message} (see ${path.join(prefix, 'error.log')})`);
-      }
-    }
-    await new Promise((r) => setTimeout(r, 100));
-  }
+  const h = await handshake(o.port, { servername: 'localhost', ca: caPem, timeoutMs: 10_000 }).catch((e: Error) => {
+    throw new Error(`nginx is not serving the demo certificate on port ${o.port}: ${e.message} (see ${path.join(prefix, 'error.log')})`);
+  });
+  if (h.fingerprint256 !== want) throw new Error(`port ${o.port} serves another certificate (${h.subjectCN}): is another server listening there? --port chooses another`);
   const url = `https://localhost:${o.port}/`;
   const curl = `curl --cacert ${m.caFile} ${url}`;
-  log.token(LABEL).info(`serving ${url} with the key in the enclave app (nginx pid ${nginxProc.pid})`);
+  log.token(LABEL).info(`serving ${url} with the key in the enclave app (nginx pid ${nginx.pid})`);
   // If this process goes away without stop() (an uncaught error, process.exit), take the children along.
-  const orphanGuard = () => { nginxProc.kill('SIGQUIT'); enclave.proc.kill('SIGTERM'); };
+  const orphanGuard = () => { nginx.proc.kill('SIGQUIT'); enclave.proc.kill('SIGTERM'); };
   process.once('exit', orphanGuard);
   const stop = async () => {
     process.removeListener('exit', orphanGuard);

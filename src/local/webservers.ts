@@ -99,23 +99,34 @@ export async function startNginx(o: NginxOptions): Promise<RunningServer> {
   fs.mkdirSync(path.join(o.dir, 'tmp'), { recursive: true });
   const conf = path.join(o.dir, 'nginx.conf');
   fs.writeFileSync(conf, nginxConfig(o));
+  return launchNginx({ prefix: o.dir, conf, port: o.port, env: o.env, cpus: o.cpus });
+}
+
+/** Checks an nginx configuration with nginx -t, starts nginx on it and waits until it listens. */
+export async function launchNginx(o: { prefix: string; conf: string; port: number; env?: Record<string, string>; cpus?: string }): Promise<RunningServer> {
   const env = { ...process.env, ...o.env };
-  const check = await run('nginx', ['-t', '-p', o.dir, '-c', conf, '-e', `${o.dir}/error.log`], env);
+  const args = ['-p', o.prefix, '-c', o.conf, '-e', path.join(o.prefix, 'error.log')];
+  const check = await run('nginx', ['-t', ...args], env);
   if (check.status !== 0) throw new Error(`nginx -t failed: ${check.out}`);
-  const args = ['-p', o.dir, '-c', conf, '-e', `${o.dir}/error.log`];
-  const proc = o.cpus ? spawn('taskset', ['-c', o.cpus, 'nginx', ...args], { env, stdio: ['ignore', 'pipe', 'pipe'] }) : spawn('nginx', args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  const cmd = o.cpus ? ['taskset', '-c', o.cpus, 'nginx', ...args] : ['nginx', ...args];
+  return supervise(cmd, env, o.prefix, o.port, { reload: 'SIGHUP', stop: 'SIGQUIT' });
+}
+
+/** Runs a server in the foreground, waits for its port, and knows how to reload and stop it. */
+async function supervise(cmd: string[], env: NodeJS.ProcessEnv, dir: string, port: number, signals: { reload: NodeJS.Signals; stop: NodeJS.Signals }): Promise<RunningServer> {
+  const proc = spawn(cmd[0], cmd.slice(1), { env, stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   proc.stdout!.on('data', (d) => { out += d; });
   proc.stderr!.on('data', (d) => { out += d; });
-  const errorLog = () => { try { return out + fs.readFileSync(path.join(o.dir, 'error.log'), 'utf8'); } catch { return out; } };
-  await waitForPort(o.port, proc, errorLog);
+  const errorLog = () => { try { return out + fs.readFileSync(path.join(dir, 'error.log'), 'utf8'); } catch { return out; } };
+  await waitForPort(port, proc, errorLog);
   return {
-    proc, pid: proc.pid!, dir: o.dir, port: o.port, errorLog,
-    reload() { process.kill(proc.pid!, 'SIGHUP'); },
+    proc, pid: proc.pid!, dir, port, errorLog,
+    reload() { process.kill(proc.pid!, signals.reload); },
     async stop() {
       if (proc.exitCode !== null) return;
       const exited = new Promise((r) => proc.once('exit', r));
-      proc.kill('SIGQUIT');
+      proc.kill(signals.stop);
       const t = setTimeout(() => proc.kill('SIGKILL'), 5000);
       await exited;
       clearTimeout(t);
@@ -192,25 +203,7 @@ export async function startHttpd(o: HttpdOptions): Promise<RunningServer> {
   fs.chmodSync(o.dir, 0o755);
   const conf = path.join(o.dir, 'httpd.conf');
   fs.writeFileSync(conf, httpdConfig(o));
-  const env = { ...process.env, ...o.env };
-  const proc = spawn('/usr/sbin/apache2', ['-f', conf, '-DFOREGROUND'], { env, stdio: ['ignore', 'pipe', 'pipe'] });
-  let out = '';
-  proc.stdout!.on('data', (d) => { out += d; });
-  proc.stderr!.on('data', (d) => { out += d; });
-  const errorLog = () => { try { return out + fs.readFileSync(path.join(o.dir, 'error.log'), 'utf8'); } catch { return out; } };
-  await waitForPort(o.port, proc, errorLog);
-  return {
-    proc, pid: proc.pid!, dir: o.dir, port: o.port, errorLog,
-    reload() { process.kill(proc.pid!, 'SIGUSR1'); },
-    async stop() {
-      if (proc.exitCode !== null) return;
-      const exited = new Promise((r) => proc.once('exit', r));
-      proc.kill('SIGTERM');
-      const t = setTimeout(() => proc.kill('SIGKILL'), 5000);
-      await exited;
-      clearTimeout(t);
-    },
-  };
+  return supervise(['/usr/sbin/apache2', '-f', conf, '-DFOREGROUND'], { ...process.env, ...o.env }, o.dir, o.port, { reload: 'SIGUSR1', stop: 'SIGTERM' });
 }
 
 export interface Handshake { ok: true; fingerprint256: string; subjectCN: string; protocol: string; body: string }
