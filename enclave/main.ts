@@ -2,6 +2,7 @@
 // In a real enclave it listens on vsock; in local mode (development, tests) on a
 // unix socket, and only there may it load plaintext keys from files.
 import fs from 'node:fs';
+import { X509Certificate } from 'node:crypto';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
@@ -32,6 +33,7 @@ Options:
   --nsm-sim-role-arn ARN    simulated PCR3 (the parent's IAM role)
   --nsm-sim-instance-id ID  simulated PCR4 (the parent's instance id)
   --nsm-sim-debug           simulated debug mode (all PCRs zero)
+  --nsm-sim-signing-cert PEM  simulated PCR8 (a signed enclave image's certificate)
   --kms-ca FILE             an extra CA for KMS's TLS certificate (the local cloud's)
   --insecure-plaintext-keys FILE
                             local mode only: load tokens from a JSON file
@@ -75,6 +77,7 @@ async function main(): Promise<number> {
         'nsm-sim-role-arn': { type: 'string' },
         'nsm-sim-instance-id': { type: 'string' },
         'nsm-sim-debug': { type: 'boolean', default: false },
+        'nsm-sim-signing-cert': { type: 'string' },
         'kms-ca': { type: 'string' },
         threads: { type: 'string' },
         local: { type: 'boolean', default: false },
@@ -89,7 +92,7 @@ async function main(): Promise<number> {
   }
   if (args.help) { process.stdout.write(HELP); return 0; }
   configureLog({});
-  for (const localOnly of ['insecure-plaintext-keys', 'nsm-sim-dir', 'nsm-sim-role-arn', 'nsm-sim-instance-id', 'kms-ca'] as const) {
+  for (const localOnly of ['insecure-plaintext-keys', 'nsm-sim-dir', 'nsm-sim-role-arn', 'nsm-sim-instance-id', 'nsm-sim-signing-cert', 'kms-ca'] as const) {
     if (args[localOnly] && !args.local) {
       log.error(`--${localOnly} is refused outside local mode: a real enclave gets keys only through KMS with attestation, from the real NSM`);
       return 2;
@@ -106,7 +109,11 @@ async function main(): Promise<number> {
   let nsm: Nsm;
   try {
     nsm = args['nsm-sim-dir']
-      ? new SimulatedNsm({ pki: simulatedNsmRoot(args['nsm-sim-dir']), roleArn: args['nsm-sim-role-arn'], instanceId: args['nsm-sim-instance-id'], debug: args['nsm-sim-debug'] })
+      ? new SimulatedNsm({
+        pki: simulatedNsmRoot(args['nsm-sim-dir']), roleArn: args['nsm-sim-role-arn'], instanceId: args['nsm-sim-instance-id'], debug: args['nsm-sim-debug'],
+        // PCR8 measures the DER of the image's signing certificate.
+        signingCertificate: args['nsm-sim-signing-cert'] ? new X509Certificate(fs.readFileSync(args['nsm-sim-signing-cert'])).raw : undefined,
+      })
       : DeviceNsm.open();
   } catch (e) {
     if (!args.local) { log.error((e as Error).message); return 1; }

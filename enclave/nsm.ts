@@ -24,6 +24,7 @@ export interface Nsm {
   attestation(req: AttestationRequest): Buffer;
   describePcr(index: number): { locked: boolean; data: Buffer };
   getRandom(): Buffer;
+  describe(): { moduleId: string; digest: string; maxPcrs: number; lockedPcrs: number[] };
 }
 
 export class NsmError extends Error {}
@@ -71,6 +72,12 @@ export class DeviceNsm implements Nsm {
     const random = this.request('GetRandom', null).get('random');
     if (!(random instanceof Uint8Array)) throw new NsmError('NSM GetRandom without random bytes');
     return Buffer.from(random);
+  }
+
+  describe(): { moduleId: string; digest: string; maxPcrs: number; lockedPcrs: number[] } {
+    const b = this.request('DescribeNSM', null);
+    const locked = b.get('locked_pcrs');
+    return { moduleId: String(b.get('module_id') ?? ''), digest: String(b.get('digest') ?? ''), maxPcrs: Number(b.get('max_pcrs') ?? 0), lockedPcrs: Array.isArray(locked) ? locked.map(Number) : [] };
   }
 }
 
@@ -202,4 +209,8 @@ export class SimulatedNsm implements Nsm {
   }
 
   getRandom(): Buffer { return crypto.randomBytes(256); }
+
+  describe(): { moduleId: string; digest: string; maxPcrs: number; lockedPcrs: number[] } {
+    return { moduleId: this.moduleId, digest: 'SHA384', maxPcrs: 32, lockedPcrs: [...this.pcrs.keys()] };
+  }
 }

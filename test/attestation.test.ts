@@ -9,7 +9,7 @@ import { verifyAttestation, parseAttestation, awsNitroRoot, AWS_NITRO_ROOT_G1_SH
 import { encodeCbor, decodeCbor, Tagged } from '../src/shared/cbor.ts';
 import { ROOT } from './helpers/enclave.ts';
 
-const VECTORS = process.env.NITRO_ACM_VECTORS ?? path.resolve(ROOT, '../shared/vectors');
+const VECTORS = process.env.NITRO_ACM_VECTORS ?? path.join(ROOT, 'test/vectors');
 const hex = (name: string) => Buffer.from(fs.readFileSync(path.join(VECTORS, name), 'utf8').trim(), 'hex');
 
 const DOCS = [

@@ -11,7 +11,7 @@ import { parseBundle } from '../src/shared/bundle.ts';
 import { createCA, issueServerCert } from '../src/local/pki.ts';
 import { tmpdir, ROOT } from './helpers/enclave.ts';
 
-const VECTORS = process.env.NITRO_ACM_VECTORS ?? path.resolve(ROOT, '../shared/vectors');
+const VECTORS = process.env.NITRO_ACM_VECTORS ?? path.join(ROOT, 'test/vectors');
 const dir = tmpdir('cli');
 let cloud: LocalCloud;
 test.before(async () => { cloud = await startLocalCloud({ stateDir: dir }); });

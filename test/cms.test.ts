@@ -10,7 +10,7 @@ import { spawnSync } from 'node:child_process';
 import { unwrapCiphertextForRecipient, parseEnvelopedData, buildCiphertextForRecipient, recipientKeyId } from '../src/shared/cms.ts';
 import { ROOT } from './helpers/enclave.ts';
 
-const VECTORS = process.env.NITRO_ACM_VECTORS ?? path.resolve(ROOT, '../shared/vectors');
+const VECTORS = process.env.NITRO_ACM_VECTORS ?? path.join(ROOT, 'test/vectors');
 const read = (name: string) => fs.readFileSync(path.join(VECTORS, name), 'utf8').trim();
 const b64 = (name: string) => Buffer.from(read(name), 'base64');
 const hex = (name: string) => Buffer.from(read(name), 'hex');
