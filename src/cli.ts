@@ -19,6 +19,41 @@ function kv(pairs: string[] | undefined, what: string): Record<string, string> |
 }
 
 const commands: Record<string, Command> = {
+  agent: {
+    summary: 'the nitro-acm service; --check validates acm.yaml like nginx -t',
+    help: `Usage: nitro-acm agent --check [--config FILE] [--json]
+
+--check reads the configuration (default /etc/nitro_enclaves/acm.yaml), prints
+the tokens it would serve, and exits non-zero with the file, line and column of
+the first error. The same acm.yaml as AWS's ACM for Nitro Enclaves is accepted.
+(The service itself, without --check, is not in this version yet.)
+`,
+    async run(argv) {
+      const { values } = parseArgs({ args: argv, options: { check: { type: 'boolean' }, config: { type: 'string' }, json: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } }, strict: true });
+      if (values.help) { process.stdout.write(this.help); return 0; }
+      if (!values.check) { process.stderr.write('nitro-acm agent: only --check is available in this version\n'); return 2; }
+      const { loadConfig, ConfigError, DEFAULT_CONFIG } = await import('./agent/config.ts');
+      const file = values.config ?? DEFAULT_CONFIG;
+      try {
+        const c = loadConfig(file);
+        if (values.json) { process.stdout.write(JSON.stringify({ ok: true, file, config: { ...c, tokens: c.tokens.map(({ pin, ...t }) => ({ ...t, pin: pin ? '(set)' : '(generated)' })) } }, null, 2) + '\n'); return 0; }
+        process.stdout.write(`${file}: syntax is ok, ${c.tokens.length} token${c.tokens.length === 1 ? '' : 's'} (service ${c.options.service}, sync every ${c.options.sync_interval_secs} s)\n`);
+        for (const t of c.tokens) {
+          const src = 'Acm' in t.source ? `Acm ${t.source.Acm.certificate_arn}` : `S3 ${t.source.S3.uri}`;
+          const tgt = 'NginxStanza' in t.target ? `NginxStanza ${t.target.NginxStanza.path}` : `Conf ${t.target.Conf.path}`;
+          process.stdout.write(`  ${t.label}: ${src} -> ${tgt} (refresh every ${t.refresh_interval_secs} s)\n`);
+        }
+        return 0;
+      } catch (e) {
+        if (e instanceof ConfigError) {
+          if (values.json) process.stdout.write(JSON.stringify({ ok: false, file: e.file, line: e.line, column: e.col, error: e.detail }, null, 2) + '\n');
+          else process.stderr.write(`nitro-acm: ${e.message}\nnitro-acm: configuration file ${file} test failed\n`);
+          return 1;
+        }
+        throw e;
+      }
+    },
+  },
   'verify-attestation': {
     summary: 'verify a Nitro attestation document and print its module id, time and PCRs',
     help: `Usage: nitro-acm verify-attestation FILE [--root PEM] [--at TIME] [--json]
@@ -166,4 +201,7 @@ async function main(argv: string[]): Promise<number> {
 }
 
 routeProcessWarnings();
-main(process.argv.slice(2)).then((code) => process.exit(code));
+// Exit only once stdout and stderr are flushed: writes to a pipe are asynchronous,
+// and process.exit would cut off what a script is reading (a --json report).
+const flushAndExit = (code: number) => process.stdout.write('', () => process.stderr.write('', () => process.exit(code)));
+main(process.argv.slice(2)).then(flushAndExit);

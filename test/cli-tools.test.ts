@@ -28,7 +28,7 @@ function cli(args: string[], env: NodeJS.ProcessEnv = {}): Promise<{ status: num
 }
 
 test('--help works for every command, and an unknown command or option says so', async (t) => {
-  for (const c of ['verify-attestation', 'pcrs', 'seal', 'local-cloud', 'local']) {
+  for (const c of ['agent', 'verify-attestation', 'pcrs', 'seal', 'local-cloud', 'local']) {
     const r = await cli([c, '--help']);
     t.is(r.status, 0, c);
     t.regex(r.stdout, new RegExp(`^Usage: nitro-acm ${c}`), c);
@@ -91,4 +91,18 @@ test('seal: writes a bundle whose key decrypts under the KMS key; refuses a key 
   const bad = await cli(['seal', '--certificate', path.join(dir, 'cert.pem'), '--key', path.join(dir, 'other.key'), '--kms-key-id', keyId, '--endpoint', cloud.endpoint, '--out', path.join(dir, 'x.json')], env);
   t.is(bad.status, 1);
   t.regex(bad.stderr, /other\.key is not the private key of .*cert\.pem/);
+});
+
+test('agent --check: the examples pass and list their tokens; a bad file fails with file:line:column (like nginx -t)', async (t) => {
+  const ok = await cli(['agent', '--check', '--config', path.join(ROOT, 'config/acm.example.yaml')]);
+  t.is(ok.status, 0, ok.stderr);
+  t.regex(ok.stdout, /syntax is ok, 1 token/);
+  t.regex(ok.stdout, /nginx-acm-token: Acm arn:aws:acm:.* -> NginxStanza \/etc\/pki\/nginx\/nginx-acm\.conf/);
+  const bad = path.join(dir, 'bad.yaml');
+  fs.writeFileSync(bad, 'options:\n  service: nginx\n  sync_interval: 10\n');
+  const r = await cli(['agent', '--check', '--config', bad]);
+  t.is(r.status, 1);
+  t.regex(r.stderr, new RegExp(`${bad}:3:3: options: unknown key "sync_interval"`));
+  const j = await cli(['agent', '--check', '--json', '--config', bad]);
+  t.deepEqual({ ...JSON.parse(j.stdout), file: undefined, error: undefined }, { ok: false, file: undefined, line: 3, column: 3, error: undefined });
 });

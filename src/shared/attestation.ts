@@ -1,7 +1,7 @@
 // Nitro attestation documents: COSE_Sign1 (RFC 9052) over a CBOR payload, signed
 // ES384 by a short-lived certificate that chains to the AWS Nitro root (or, in
 // local mode only, to the simulated NSM's own root). Parsing is strict and every
-// failure says why; see the vectors in ../shared/vectors for real documents.
+// failure says why; see test/vectors for real documents.
 import crypto, { X509Certificate } from 'node:crypto';
 import fs from 'node:fs';
 import { decodeCbor, encodeCbor, Tagged, CborError, type CborValue } from './cbor.ts';

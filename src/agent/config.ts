@@ -1,0 +1,174 @@
+// /etc/nitro_enclaves/acm.yaml: every key of AWS's ACM for Nitro Enclaves with its
+// defaults, plus nitro-acm's additions. Every error names the file, line and
+// column and what was expected, like `nginx -t`.
+import fs from 'node:fs';
+import path from 'node:path';
+import { parseDocument, LineCounter, isMap, isScalar, isSeq, type Node, type Pair, type YAMLMap } from 'yaml';
+
+export const DEFAULT_CONFIG = '/etc/nitro_enclaves/acm.yaml';
+export const MAX_TOKENS = 1024;
+
+export type Source = { Acm: { certificate_arn: string; bucket?: string } } | { S3: { uri: string } };
+export type Target = { NginxStanza: { path: string; user?: string; group?: string } } | { Conf: { path: string; user?: string; group?: string } };
+
+export interface TokenConfig { label: string; pin?: string; source: Source; target: Target; refresh_interval_secs: number; line: number }
+
+export interface AcmConfig {
+  enclave: { cpu_count: number; memory_mib: number; image_path: string; boot_timeout_ms: number; p11kit_port: number; rpc_port: number; attestation_retry_count: number };
+  log: { level: 'error' | 'warn' | 'info' | 'debug'; enable_timestamp: boolean };
+  options: { service: 'nginx' | 'httpd'; force_start: boolean; reload_wait_ms: number; sync_interval_secs: number; reload_command?: string; pin_in_config: boolean };
+  tokens: TokenConfig[];
+}
+
+export class ConfigError extends Error {
+  constructor(readonly file: string, readonly line: number, readonly col: number, readonly detail: string) {
+    super(`${file}:${line}:${col}: ${detail}`);
+  }
+}
+
+const DEFAULTS: Omit<AcmConfig, 'tokens'> = {
+  enclave: { cpu_count: 2, memory_mib: 256, image_path: '/usr/share/nitro_enclaves/nitro-acm/nitro-acm.eif', boot_timeout_ms: 5000, p11kit_port: 9999, rpc_port: 10000, attestation_retry_count: 5 },
+  log: { level: 'info', enable_timestamp: true },
+  options: { service: 'nginx', force_start: false, reload_wait_ms: 1000, sync_interval_secs: 600, pin_in_config: false },
+};
+
+type Kind = 'int' | 'bool' | 'string' | 'abs-path';
+interface Field { kind: Kind; min?: number; max?: number; oneOf?: string[]; aliasOf?: string }
+
+const SCHEMA: Record<'enclave' | 'log' | 'options', Record<string, Field>> = {
+  enclave: {
+    cpu_count: { kind: 'int', min: 1, max: 64 }, memory_mib: { kind: 'int', min: 64, max: 1024 * 1024 }, image_path: { kind: 'abs-path' },
+    boot_timeout_ms: { kind: 'int', min: 100, max: 600_000 }, p11kit_port: { kind: 'int', min: 1, max: 0xffffffff }, rpc_port: { kind: 'int', min: 1, max: 0xffffffff },
+    attestation_retry_count: { kind: 'int', min: 0, max: 100 },
+  },
+  log: { level: { kind: 'string', oneOf: ['error', 'warn', 'info', 'debug'] }, enable_timestamp: { kind: 'bool' } },
+  options: {
+    service: { kind: 'string', oneOf: ['nginx', 'httpd'] }, force_start: { kind: 'bool' }, nginx_force_start: { kind: 'bool', aliasOf: 'force_start' },
+    reload_wait_ms: { kind: 'int', min: 0, max: 600_000 }, nginx_reload_wait_ms: { kind: 'int', min: 0, max: 600_000, aliasOf: 'reload_wait_ms' },
+    sync_interval_secs: { kind: 'int', min: 10, max: 86_400 * 7 },
+    reload_command: { kind: 'string' }, pin_in_config: { kind: 'bool' },
+  },
+};
+
+export function loadConfig(file: string): AcmConfig {
+  let text: string;
+  try { text = fs.readFileSync(file, 'utf8'); } catch (e) { throw new ConfigError(file, 0, 0, `cannot read: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`); }
+  return parseConfig(text, file);
+}
+
+export function parseConfig(text: string, file: string): AcmConfig {
+  const lc = new LineCounter();
+  const doc = parseDocument(text, { lineCounter: lc, uniqueKeys: true, prettyErrors: false });
+  const fail = (node: Node | Pair | null | undefined, detail: string): never => {
+    const off = (node && 'range' in node && node.range ? node.range[0] : (node as Pair | undefined)?.key && ((node as Pair).key as Node).range ? ((node as Pair).key as Node).range![0] : 0) ?? 0;
+    const p = lc.linePos(off);
+    throw new ConfigError(file, p.line, p.col, detail);
+  };
+  if (doc.errors.length) {
+    const e = doc.errors[0];
+    const p = lc.linePos(e.pos[0]);
+    throw new ConfigError(file, p.line, p.col, `YAML: ${e.message.split('\n')[0]}`);
+  }
+  const root = doc.contents;
+  if (!isMap(root)) return fail(root as Node, 'expected a mapping with enclave, log, options and tokens');
+  const out = structuredClone(DEFAULTS) as AcmConfig;
+  out.tokens = [];
+  const keyName = (p: Pair) => (isScalar(p.key) ? String(p.key.value) : '?');
+
+  const scalar = (p: Pair, where: string, f: Field): unknown => {
+    const v = p.value as Node | null;
+    if (!isScalar(v)) return fail(v ?? p, `${where}: expected ${f.kind === 'bool' ? 'true or false' : f.kind === 'int' ? 'an integer' : 'a string'}`);
+    const val = v.value;
+    if (f.kind === 'int') {
+      if (typeof val !== 'number' || !Number.isInteger(val)) return fail(v, `${where}: expected an integer, got ${JSON.stringify(val)}`);
+      if ((f.min !== undefined && val < f.min) || (f.max !== undefined && val > f.max)) return fail(v, `${where}: ${val} is outside ${f.min}..${f.max}`);
+      return val;
+    }
+    if (f.kind === 'bool') {
+      if (typeof val !== 'boolean') return fail(v, `${where}: expected true or false, got ${JSON.stringify(val)}`);
+      return val;
+    }
+    if (typeof val !== 'string' || val === '') return fail(v, `${where}: expected a non-empty string, got ${JSON.stringify(val)}`);
+    if (f.oneOf && !f.oneOf.includes(val)) return fail(v, `${where}: "${val}" is not one of ${f.oneOf.join(', ')}`);
+    if (f.kind === 'abs-path' && !path.isAbsolute(val)) return fail(v, `${where}: "${val}" is a relative path; give an absolute one`);
+    return val;
+  };
+
+  const section = (p: Pair, name: 'enclave' | 'log' | 'options') => {
+    const m = p.value as Node | null;
+    if (m === null || (isScalar(m) && m.value === null)) return; // an empty section keeps the defaults
+    if (!isMap(m)) return fail(m, `${name}: expected a mapping`);
+    for (const item of m.items) {
+      const k = keyName(item);
+      const f = SCHEMA[name][k];
+      if (!f) return fail(item.key as Node, `${name}: unknown key "${k}" (expected one of: ${Object.keys(SCHEMA[name]).join(', ')})`);
+      (out[name] as Record<string, unknown>)[f.aliasOf ?? k] = scalar(item, `${name}.${k}`, f);
+    }
+  };
+
+  const oneKeyMap = (p: Pair, where: string, variants: Record<string, Record<string, Field & { required?: boolean }>>) => {
+    const m = p.value as Node | null;
+    if (!isMap(m) || m.items.length !== 1) return fail(m ?? p, `${where}: expected exactly one of ${Object.keys(variants).join(' or ')}`);
+    const variantPair = m.items[0];
+    const v = keyName(variantPair);
+    const fields = variants[v];
+    if (!fields) return fail(variantPair.key as Node, `${where}: unknown kind "${v}" (expected ${Object.keys(variants).join(' or ')})`);
+    const inner = variantPair.value as Node | null;
+    if (!isMap(inner)) return fail(inner ?? variantPair, `${where}.${v}: expected a mapping`);
+    const res: Record<string, unknown> = {};
+    for (const item of inner.items) {
+      const k = keyName(item);
+      if (!fields[k]) return fail(item.key as Node, `${where}.${v}: unknown key "${k}" (expected ${Object.keys(fields).join(', ')})`);
+      res[k] = scalar(item, `${where}.${v}.${k}`, fields[k]);
+    }
+    for (const [k, f] of Object.entries(fields)) if (f.required && res[k] === undefined) return fail(inner, `${where}.${v}: missing ${k}`);
+    return { [v]: res };
+  };
+
+  let tokensNode: YAMLMap | Node | null = null;
+  for (const p of root.items) {
+    const k = keyName(p);
+    if (k === 'enclave' || k === 'log' || k === 'options') section(p, k);
+    else if (k === 'tokens') tokensNode = p.value as Node;
+    else fail(p.key as Node, `unknown key "${k}" (expected enclave, log, options, tokens)`);
+  }
+  if (tokensNode !== null && !(isScalar(tokensNode) && tokensNode.value === null)) {
+    if (!isSeq(tokensNode)) return fail(tokensNode as Node, 'tokens: expected a list');
+    if (tokensNode.items.length > MAX_TOKENS) return fail(tokensNode, `tokens: ${tokensNode.items.length} tokens, at most ${MAX_TOKENS}`);
+    const seen = new Map<string, number>();
+    tokensNode.items.forEach((t, i) => {
+      const where = `tokens[${i}]`;
+      if (!isMap(t)) return fail(t as Node, `${where}: expected a mapping with label, source and target`);
+      const tok: Partial<TokenConfig> = { refresh_interval_secs: 43_200, line: lc.linePos(t.range![0]).line };
+      for (const p of t.items) {
+        const k = keyName(p);
+        if (k === 'label') {
+          const l = scalar(p, `${where}.label`, { kind: 'string' }) as string;
+          if (Buffer.byteLength(l) > 32) fail(p.value as Node, `${where}.label: "${l}" is ${Buffer.byteLength(l)} bytes; a PKCS#11 token label is at most 32`);
+          if (seen.has(l)) fail(p.value as Node, `${where}.label: "${l}" is already the label of the token at line ${seen.get(l)}`);
+          seen.set(l, lc.linePos(t.range![0]).line);
+          tok.label = l;
+        } else if (k === 'pin') {
+          const v = p.value as Node;
+          const pin = isScalar(v) && (typeof v.value === 'number' || typeof v.value === 'string') ? String(v.value) : fail(v, `${where}.pin: expected a string`);
+          if (Buffer.byteLength(pin) < 4 || Buffer.byteLength(pin) > 64) fail(v, `${where}.pin: ${Buffer.byteLength(pin)} bytes; a PIN is 4 to 64 bytes`);
+          tok.pin = pin;
+        } else if (k === 'source') {
+          tok.source = oneKeyMap(p, `${where}.source`, { Acm: { certificate_arn: { kind: 'string', required: true }, bucket: { kind: 'string' } }, S3: { uri: { kind: 'string', required: true } } }) as Source;
+          if ('Acm' in tok.source && !/^arn:aws[a-z-]*:acm:[a-z0-9-]+:\d{12}:certificate\/.+$/.test(tok.source.Acm.certificate_arn)) {
+            fail(p.value as Node, `${where}.source.Acm.certificate_arn: "${tok.source.Acm.certificate_arn}" is not an ACM certificate ARN (arn:aws:acm:REGION:ACCOUNT:certificate/ID)`);
+          }
+          if ('S3' in tok.source && !/^s3:\/\/[^/]+\/.+/.test(tok.source.S3.uri)) fail(p.value as Node, `${where}.source.S3.uri: "${tok.source.S3.uri}" is not s3://bucket/key`);
+        } else if (k === 'target') {
+          const fields = { path: { kind: 'abs-path' as const, required: true }, user: { kind: 'string' as const }, group: { kind: 'string' as const } };
+          tok.target = oneKeyMap(p, `${where}.target`, { NginxStanza: fields, Conf: fields }) as Target;
+        } else if (k === 'refresh_interval_secs') {
+          tok.refresh_interval_secs = scalar(p, `${where}.refresh_interval_secs`, { kind: 'int', min: 60, max: 86_400 * 2 }) as number;
+        } else fail(p.key as Node, `${where}: unknown key "${k}" (expected label, pin, source, target, refresh_interval_secs)`);
+      }
+      for (const req of ['label', 'source', 'target'] as const) if (tok[req] === undefined) fail(t, `${where}: missing ${req}${req === 'source' ? ' (Acm: {certificate_arn} or S3: {uri})' : ''}`);
+      out.tokens.push(tok as TokenConfig);
+    });
+  }
+  return out;
+}
