@@ -23,6 +23,7 @@ import type { Bundle } from '../shared/bundle.ts';
 import { startLocalEnclave, type LocalEnclave } from './enclave-process.ts';
 import { registerWithP11Kit } from './p11kit.ts';
 import { handshake, fingerprintOf, launchNginx } from './webservers.ts';
+import { writeTarget, writeAtomic } from '../agent/targets.ts';
 
 export interface LocalOptions {
   port: number;
@@ -40,13 +41,6 @@ export interface LocalRun {
 }
 
 const LABEL = 'localhost';
-
-function writeAtomic(file: string, data: string | Buffer, mode: number): void {
-  const tmp = `${file}.tmp-${process.pid}`;
-  fs.writeFileSync(tmp, data, { mode });
-  fs.chmodSync(tmp, mode);
-  fs.renameSync(tmp, file);
-}
 
 const DEMO_CERT_ARN = 'arn:aws:acm:us-east-1:123456789012:certificate/nitro-acm-local-demo';
 
@@ -164,15 +158,9 @@ async function serve(o: LocalOptions, cloud: LocalCloud, nsmDir: string, kmsProx
   log.info(`PKCS#11 module registered with p11-kit in ${moduleFile}`);
 
   // What the agent writes for a token: chain file, PIN file, stanza.
-  const chainFile = path.join(o.runtimeDir, `${LABEL}.chain.pem`);
-  const pinFile = path.join(o.runtimeDir, `${LABEL}.pin`);
-  const stanza = path.join(o.runtimeDir, `${LABEL}.conf`);
-  writeAtomic(chainFile, m.certPem + fs.readFileSync(m.caFile, 'utf8'), 0o444);
-  writeAtomic(pinFile, pin, 0o400);
-  writeAtomic(stanza, render('nginx-stanza.conf', {
-    LABEL, SOURCE: `Acm ${DEMO_CERT_ARN}`, CHAIN_FILE: chainFile,
-    KEY_URI: `pkcs11:token=${LABEL};type=private?pin-source=file:${pinFile}`,
-  }), 0o444);
+  const stanza = writeTarget({ kind: 'NginxStanza', path: path.join(o.runtimeDir, `${LABEL}.conf`) }, {
+    label: LABEL, source: `Acm ${DEMO_CERT_ARN}`, pin, certificatePem: m.certPem, chainPem: fs.readFileSync(m.caFile, 'utf8'),
+  }).config;
 
   const prefix = path.join(o.runtimeDir, 'nginx');
   fs.mkdirSync(path.join(prefix, 'tmp'), { recursive: true });

@@ -1,0 +1,93 @@
+// What the agent writes for a token (templates/): the certificate chain, the PIN
+// file the web server's engine reads, and either an nginx stanza or the two
+// key/certificate lines of an httpd configuration file. Every file is written to a
+// temporary name in the same directory, owned and moded, then renamed over the old
+// one, so a failure at any step leaves the last good files in place. Files are
+// never deleted when the service stops.
+import fs from 'node:fs';
+import path from 'node:path';
+import { render } from '../templates.ts';
+
+export interface TargetSpec { kind: 'NginxStanza' | 'Conf'; path: string; user?: string; group?: string }
+export interface TokenOutput { label: string; source: string; pin: string; certificatePem: string; chainPem: string; pinInConfig?: boolean }
+export interface WrittenFiles { config: string; chain: string; pin?: string }
+
+export class TargetError extends Error {}
+
+function lookup(file: string, name: string, what: string): number {
+  if (/^\d+$/.test(name)) return Number(name);
+  const line = fs.readFileSync(file, 'utf8').split('\n').find((l) => l.split(':')[0] === name);
+  if (!line) throw new TargetError(`${what} "${name}" does not exist on this machine (${file})`);
+  return Number(line.split(':')[2]);
+}
+
+/** uid and gid for a target's user/group (group defaults to the user's primary group). */
+export function owner(t: TargetSpec): { uid: number; gid: number } | undefined {
+  if (!t.user && !t.group) return undefined;
+  const uid = t.user ? lookup('/etc/passwd', t.user, 'user') : process.getuid!();
+  let gid: number;
+  if (t.group) gid = lookup('/etc/group', t.group, 'group');
+  else if (t.user && !/^\d+$/.test(t.user)) gid = Number(fs.readFileSync('/etc/passwd', 'utf8').split('\n').find((l) => l.split(':')[0] === t.user)!.split(':')[3]);
+  else gid = process.getgid!();
+  return { uid, gid };
+}
+
+export function writeAtomic(file: string, data: string, mode: number, own?: { uid: number; gid: number }): void {
+  const dir = path.dirname(file);
+  if (!fs.existsSync(dir)) throw new TargetError(`${file}: directory ${dir} does not exist`);
+  const tmp = path.join(dir, `.${path.basename(file)}.nitro-acm-${process.pid}`);
+  try {
+    const fd = fs.openSync(tmp, 'w', 0o600);
+    try {
+      fs.writeFileSync(fd, data);
+      if (own && process.getuid?.() === 0) fs.fchownSync(fd, own.uid, own.gid);
+      fs.fchmodSync(fd, mode);
+      fs.fsyncSync(fd);
+    } finally { fs.closeSync(fd); }
+    fs.renameSync(tmp, file);
+  } catch (e) {
+    fs.rmSync(tmp, { force: true });
+    throw e instanceof TargetError ? e : new TargetError(`${file}: ${(e as Error).message}`);
+  }
+}
+
+/** Paths of the files that go with a target: <name>.chain.pem and <name>.pin beside it. */
+export function companionFiles(t: TargetSpec): { chain: string; pin: string } {
+  const base = t.path.replace(/\.conf$/, '');
+  return { chain: `${base}.chain.pem`, pin: `${base}.pin` };
+}
+
+function keyUri(label: string, pin: string, pinFile: string, inConfig: boolean): string {
+  const token = `pkcs11:token=${encodeURIComponent(label)};type=private`;
+  return inConfig ? `${token}?pin-value=${encodeURIComponent(pin)}` : `${token}?pin-source=file:${pinFile}`;
+}
+
+/** Rewrites the SSLCertificateKeyFile / SSLCertificateFile lines, keeping indentation and every other line. */
+export function rewriteHttpdConf(existing: string, chainFile: string, uri: string, file: string): string {
+  let sawKey = false;
+  const out = existing.split('\n').map((line) => {
+    const m = /^(\s*)(SSLCertificateKeyFile|SSLCertificateFile)(\s+).*$/i.exec(line);
+    if (!m) return line;
+    if (m[2].toLowerCase() === 'sslcertificatekeyfile') { sawKey = true; return `${m[1]}SSLCertificateKeyFile${m[3]}"${uri}"`; }
+    return `${m[1]}SSLCertificateFile${m[3]}${chainFile}`;
+  });
+  if (!sawKey) throw new TargetError(`${file}: no SSLCertificateKeyFile line to rewrite (nitro-acm changes those two lines of an existing file and nothing else)`);
+  return out.join('\n');
+}
+
+export function writeTarget(t: TargetSpec, tok: TokenOutput): WrittenFiles {
+  const own = owner(t);
+  const { chain, pin } = companionFiles(t);
+  const uri = keyUri(tok.label, tok.pin, pin, Boolean(tok.pinInConfig));
+  // Chain first, stanza last: a web server reloaded in between still finds a consistent pair.
+  writeAtomic(chain, tok.certificatePem.trimEnd() + '\n' + tok.chainPem.trim() + '\n', 0o440, own);
+  if (!tok.pinInConfig) writeAtomic(pin, tok.pin, 0o400, own);
+  if (t.kind === 'NginxStanza') {
+    writeAtomic(t.path, render('nginx-stanza.conf', { LABEL: tok.label, SOURCE: tok.source, CHAIN_FILE: chain, KEY_URI: uri }), tok.pinInConfig ? 0o400 : 0o440, own);
+  } else if (fs.existsSync(t.path)) {
+    writeAtomic(t.path, rewriteHttpdConf(fs.readFileSync(t.path, 'utf8'), chain, uri, t.path), tok.pinInConfig ? 0o400 : 0o440, own);
+  } else {
+    writeAtomic(t.path, render('httpd-acm.conf', { LABEL: tok.label, SOURCE: tok.source, CHAIN_FILE: chain, KEY_URI: uri }), tok.pinInConfig ? 0o400 : 0o440, own);
+  }
+  return { config: t.path, chain, pin: tok.pinInConfig ? undefined : pin };
+}

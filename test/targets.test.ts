@@ -1,0 +1,55 @@
+// What the agent writes for nginx and httpd: contents, owners, modes, atomic
+// replacement, and the last good files kept when something is wrong.
+import test from 'ava';
+import fs from 'node:fs';
+import path from 'node:path';
+import { writeTarget, rewriteHttpdConf, TargetError, companionFiles } from '../src/agent/targets.ts';
+import { createCA, issueServerCert } from '../src/local/pki.ts';
+import { tmpdir } from './helpers/enclave.ts';
+
+const ca = createCA('targets CA');
+const leaf = issueServerCert(ca, ['t.test']);
+const tok = { label: 'www', source: 'Acm arn:aws:acm:us-east-1:123456789012:certificate/x', pin: 'p1n-1234', certificatePem: leaf.certPem, chainPem: ca.certPem };
+const wwwData = Number(fs.readFileSync('/etc/passwd', 'utf8').split('\n').find((l) => l.startsWith('www-data:'))!.split(':')[2]);
+
+test('nginx stanza, chain and PIN file: content, owner, 0440/0400', (t) => {
+  const dir = tmpdir('targets');
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const files = writeTarget({ kind: 'NginxStanza', path: path.join(dir, 'nginx-acm.conf'), user: 'www-data' }, tok);
+  const stanza = fs.readFileSync(files.config, 'utf8');
+  t.regex(stanza, new RegExp(`ssl_certificate ${files.chain};`));
+  t.regex(stanza, new RegExp(`ssl_certificate_key "engine:pkcs11:pkcs11:token=www;type=private\\?pin-source=file:${files.pin}";`));
+  t.false(stanza.includes(tok.pin), 'no PIN in the stanza');
+  t.is(fs.readFileSync(files.pin!, 'utf8'), tok.pin);
+  t.is(fs.readFileSync(files.chain, 'utf8'), `${leaf.certPem.trimEnd()}\n${ca.certPem.trim()}\n`);
+  for (const [f, mode] of [[files.config, 0o440], [files.chain, 0o440], [files.pin!, 0o400]] as const) {
+    const st = fs.statSync(f);
+    t.is(st.mode & 0o777, mode, f);
+    t.is(st.uid, wwwData, f);
+  }
+  t.deepEqual(fs.readdirSync(dir).filter((f) => f.startsWith('.')), [], 'no temporary files left');
+  const inline = writeTarget({ kind: 'NginxStanza', path: path.join(dir, 'inline.conf') }, { ...tok, pinInConfig: true });
+  t.regex(fs.readFileSync(inline.config, 'utf8'), /pin-value=p1n-1234/);
+  t.is(fs.statSync(inline.config).mode & 0o777, 0o400, 'a stanza with the PIN inside is 0400');
+});
+
+test('httpd: only the SSLCertificateKeyFile and SSLCertificateFile lines change', (t) => {
+  const conf = ['<VirtualHost *:443>', '    ServerName t.test', '    SSLEngine on', '    SSLCertificateFile /old/cert.pem', '\tSSLCertificateKeyFile /old/key.pem', '    # a comment', '</VirtualHost>', ''].join('\n');
+  const out = rewriteHttpdConf(conf, '/etc/acm/www.chain.pem', 'pkcs11:token=www;type=private?pin-source=file:/etc/acm/www.pin', 'x.conf').split('\n');
+  t.is(out[3], '    SSLCertificateFile /etc/acm/www.chain.pem');
+  t.is(out[4], '\tSSLCertificateKeyFile "pkcs11:token=www;type=private?pin-source=file:/etc/acm/www.pin"');
+  t.deepEqual([out[0], out[1], out[2], out[5], out[6]], ['<VirtualHost *:443>', '    ServerName t.test', '    SSLEngine on', '    # a comment', '</VirtualHost>']);
+  t.throws(() => rewriteHttpdConf('ServerName x\n', 'c', 'u', 'x.conf'), { instanceOf: TargetError, message: /x\.conf: no SSLCertificateKeyFile line/ });
+});
+
+test('a bad target changes nothing: unknown user, missing directory; the last good files stay', (t) => {
+  const dir = tmpdir('targets-bad');
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const target = { kind: 'NginxStanza' as const, path: path.join(dir, 'acm.conf') };
+  writeTarget(target, tok);
+  const before = fs.readFileSync(target.path, 'utf8');
+  t.throws(() => writeTarget({ ...target, user: 'no-such-user' }, { ...tok, pin: 'other-pin' }), { instanceOf: TargetError, message: /user "no-such-user" does not exist/ });
+  t.is(fs.readFileSync(target.path, 'utf8'), before);
+  t.is(fs.readFileSync(companionFiles(target).pin, 'utf8'), tok.pin);
+  t.throws(() => writeTarget({ kind: 'NginxStanza', path: path.join(dir, 'missing/acm.conf') }, tok), { message: /directory .*missing does not exist/ });
+});
