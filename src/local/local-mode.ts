@@ -24,6 +24,7 @@ import { startLocalEnclave, type LocalEnclave } from './enclave-process.ts';
 import { registerWithP11Kit } from './p11kit.ts';
 import { handshake, fingerprintOf, launchNginx } from './webservers.ts';
 import { writeTarget, writeAtomic } from '../agent/targets.ts';
+import { verifyTokenSigns } from '../agent/challenge.ts';
 
 export interface LocalOptions {
   port: number;
@@ -154,6 +155,8 @@ async function serve(o: LocalOptions, cloud: LocalCloud, nsmDir: string, kmsProx
     await provision.call('add', { label: LABEL, pin, bundle: fetched.bundle, credentials: { accessKeyId: c.accessKeyId, secretAccessKey: c.secretAccessKey, sessionToken: c.sessionToken }, region: ctx.region });
   } finally { provision.close(); }
   log.token(LABEL).info('provisioned into the enclave app through KMS with attestation');
+  verifyTokenSigns({ address, label: LABEL, pin, certificatePem: m.certPem });
+  log.token(LABEL).info('challenge signed through PKCS#11 and verified with the certificate');
   const moduleFile = registerWithP11Kit(address);
   log.info(`PKCS#11 module registered with p11-kit in ${moduleFile}`);
 

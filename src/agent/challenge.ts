@@ -1,0 +1,45 @@
+// Before a web server is pointed at a new key, the agent signs a random challenge
+// through the same path nginx will use (our PKCS#11 module, via graphene-pk11) and
+// verifies it with the certificate's public key: a token that cannot sign, or signs
+// with the wrong key, never reaches a web server's configuration.
+import crypto from 'node:crypto';
+import * as graphene from 'graphene-pk11';
+import { BUILT_MODULE } from '../paths.ts';
+
+export class ChallengeError extends Error {}
+
+let loaded: { mod: graphene.Module; address: string } | undefined;
+
+function moduleFor(address: string, modulePath: string): graphene.Module {
+  if (loaded) {
+    if (loaded.address !== address) throw new ChallengeError(`the PKCS#11 module is already talking to ${loaded.address}, not ${address}`);
+    return loaded.mod;
+  }
+  process.env.NITRO_ACM_KEY_ADDRESS = address; // read by the module at C_Initialize
+  const mod = graphene.Module.load(modulePath, 'nitro-acm');
+  mod.initialize();
+  loaded = { mod, address };
+  return mod;
+}
+
+/** Signs a fresh challenge with the token's key through PKCS#11 and verifies it; throws ChallengeError saying what failed. */
+export function verifyTokenSigns(o: { address: string; label: string; pin: string; certificatePem: string; modulePath?: string }): void {
+  const mod = moduleFor(o.address, o.modulePath ?? BUILT_MODULE);
+  const slots = mod.getSlots(true);
+  let slot: graphene.Slot | undefined;
+  for (let i = 0; i < slots.length; i++) if (slots.items(i).getToken().label.trim() === o.label) slot = slots.items(i);
+  if (!slot) throw new ChallengeError(`token "${o.label}" is not listed by the PKCS#11 module`);
+  const session = slot.open(graphene.SessionFlag.SERIAL_SESSION);
+  try {
+    try { session.login(o.pin, graphene.UserType.USER); } catch (e) {
+      if (!String(e).includes('ALREADY_LOGGED_IN')) throw new ChallengeError(`token "${o.label}": login refused (${(e as Error).message.split('\n')[0]})`);
+    }
+    const keys = session.find({ class: graphene.ObjectClass.PRIVATE_KEY });
+    if (keys.length !== 1) throw new ChallengeError(`token "${o.label}": ${keys.length} private keys, expected 1`);
+    const challenge = crypto.randomBytes(32);
+    const sig = session.createSign('SHA256_RSA_PKCS', keys.items(0).toType<graphene.PrivateKey>()).once(challenge);
+    if (!crypto.verify('sha256', challenge, o.certificatePem, sig)) throw new ChallengeError(`token "${o.label}": the signature does not verify with the certificate's public key`);
+  } finally {
+    session.close();
+  }
+}

@@ -1,0 +1,24 @@
+// The agent's check before pointing a web server at a key: a challenge signed
+// through the PKCS#11 module verifies with the certificate; anything else fails
+// with the reason.
+import test from 'ava';
+import { verifyTokenSigns, ChallengeError } from '../src/agent/challenge.ts';
+import { startEnclave, MODULE_PATH, type EnclaveFixture } from './helpers/enclave.ts';
+
+let fx: EnclaveFixture;
+test.before(async () => {
+  process.env.NITRO_ACM_P11_QUIET = '1';
+  fx = await startEnclave([{ label: 'good', pin: '11223344', names: ['good.test'] }, { label: 'other', pin: '55667788', names: ['other.test'] }], { prefix: 'challenge' });
+});
+test.after.always(async () => { await fx?.cleanup(); });
+
+test.serial('a token that signs with its certificate\'s key passes', (t) => {
+  t.notThrows(() => verifyTokenSigns({ address: fx.address, label: 'good', pin: '11223344', certificatePem: fx.tokens[0].certPem, modulePath: MODULE_PATH }));
+});
+
+test.serial('wrong PIN, wrong certificate, unknown token: each refused with the reason', (t) => {
+  const base = { address: fx.address, modulePath: MODULE_PATH };
+  t.throws(() => verifyTokenSigns({ ...base, label: 'other', pin: '00000000', certificatePem: fx.tokens[1].certPem }), { instanceOf: ChallengeError, message: /token "other": login refused \(CKR_PIN_INCORRECT/ });
+  t.throws(() => verifyTokenSigns({ ...base, label: 'good', pin: '11223344', certificatePem: fx.tokens[1].certPem }), { instanceOf: ChallengeError, message: /does not verify with the certificate's public key/ });
+  t.throws(() => verifyTokenSigns({ ...base, label: 'nope', pin: '11223344', certificatePem: fx.tokens[0].certPem }), { instanceOf: ChallengeError, message: /token "nope" is not listed/ });
+});
