@@ -4,6 +4,7 @@
 // unlisted for new lookups, for a grace period so old web-server workers finish.
 import crypto, { type KeyObject, X509Certificate } from 'node:crypto';
 import { CertCategory, KeyFlag, encodeTokenList, type WireToken } from '../src/shared/key-wire.ts';
+import { ckaIdOf } from '../src/shared/key-id.ts';
 
 export interface KeyMaterial {
   /** PEM private key (PKCS#1 or PKCS#8). */
@@ -80,8 +81,8 @@ export class KeyStore {
       modulus,
       publicExponent: Buffer.from(jwk.e!, 'base64url'),
       modulusBits: bits,
-      // CKA_ID = SHA-1 of the modulus, as OpenSC and p11tool derive it: stable for a key, new for a renewed one.
-      ckaId: crypto.createHash('sha1').update(modulus).digest(),
+      // Stable for a key, new for a renewed one (src/shared/key-id.ts).
+      ckaId: ckaIdOf(pub),
       leaf,
       certificates: [
         { category: CertCategory.LEAF, der: leaf.raw },

@@ -18,7 +18,7 @@ test('nginx stanza, chain and PIN file: content, owner, 0440/0400', (t) => {
   const files = writeTarget({ kind: 'NginxStanza', path: path.join(dir, 'nginx-acm.conf'), user: 'www-data' }, tok);
   const stanza = fs.readFileSync(files.config, 'utf8');
   t.regex(stanza, new RegExp(`ssl_certificate ${files.chain};`));
-  t.regex(stanza, new RegExp(`ssl_certificate_key "engine:pkcs11:pkcs11:token=www;type=private\\?pin-source=file:${files.pin}";`));
+  t.regex(stanza, new RegExp(`ssl_certificate_key "engine:pkcs11:pkcs11:token=www;id=(%[0-9a-f]{2}){20};type=private\\?pin-source=file:${files.pin}";`));
   t.false(stanza.includes(tok.pin), 'no PIN in the stanza');
   t.is(fs.readFileSync(files.pin!, 'utf8'), tok.pin);
   t.is(fs.readFileSync(files.chain, 'utf8'), `${leaf.certPem.trimEnd()}\n${ca.certPem.trim()}\n`);

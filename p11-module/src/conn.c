@@ -36,6 +36,7 @@ struct waiter {
 struct link {
   int fd;
   int refs;
+  int proven; /* a reply has come back on it: a failure now means the enclave went away since */
   /* Bytes received but not yet handed out; used only by the thread in the reader role. */
   uint8_t *rbuf;
   size_t rlen, rcap;
@@ -293,9 +294,29 @@ static void unlink_waiter(struct waiter *w)
   }
 }
 
+static conn_status call_once(kw_buf *request, uint32_t id, uint8_t **reply, size_t *reply_len, int *was_proven);
+
 conn_status conn_call(kw_buf *request, uint32_t id, uint8_t **reply, size_t *reply_len)
 {
   if (request->failed) return CONN_PROTOCOL;
+  int was_proven = 0;
+  conn_status st = call_once(request, id, reply, reply_len, &was_proven);
+  /*
+   * A connection that worked before and now fails at once means the enclave was
+   * restarted since: the first request after that should not fail too. Every
+   * request is safe to send twice (sign, decrypt, list, login, ping).
+   */
+  if (st == CONN_UNREACHABLE && was_proven) {
+    pthread_mutex_lock(&C.mu);
+    C.has_failed = 0; /* the failure was the old connection's, not a failed connect */
+    pthread_mutex_unlock(&C.mu);
+    st = call_once(request, id, reply, reply_len, &was_proven);
+  }
+  return st;
+}
+
+static conn_status call_once(kw_buf *request, uint32_t id, uint8_t **reply, size_t *reply_len, int *was_proven)
+{
   struct waiter me = { .id = id };
   struct timespec deadline;
 
@@ -304,6 +325,7 @@ conn_status conn_call(kw_buf *request, uint32_t id, uint8_t **reply, size_t *rep
   if (st != CONN_OK) { pthread_mutex_unlock(&C.mu); return st; }
   struct link *l = C.link;
   l->refs++;
+  *was_proven = l->proven;
   int timeout_ms = C.timeout_ms;
   me.next = C.waiters;
   C.waiters = &me;
@@ -346,6 +368,7 @@ conn_status conn_call(kw_buf *request, uint32_t id, uint8_t **reply, size_t *rep
       }
       struct waiter *w;
       for (w = C.waiters; w; w = w->next) if (w->id == resp.id && !w->done) break;
+      l->proven = 1;
       if (w) {
         w->done = 1;
         w->status = CONN_OK;

@@ -30,8 +30,8 @@
 #define EXPORT __attribute__((visibility("default")))
 #define DEFAULT_ADDRESS "vsock:cid=16;port=9999"
 #define DEFAULT_TIMEOUT_MS 5000
-/* A C_GetSlotList more than this long after the last word from the enclave asks it (PING) whether anything changed. */
-#define SYNC_INTERVAL_MS 250
+/* Within this long of the last reply, a cached list is taken as current (calls in one burst share one check). */
+#define SYNC_INTERVAL_MS 20
 #define MIN_KEY_BITS 2048
 #define MAX_KEY_BITS 4096
 #define MAX_PIN 64
@@ -948,7 +948,7 @@ CK_RV C_FindObjectsInit(CK_SESSION_HANDLE hSession, CK_ATTRIBUTE_PTR pTemplate, 
   if (!pTemplate && ulCount) return CKR_ARGUMENTS_BAD;
   for (CK_ULONG i = 0; i < ulCount; i++)
     if (!pTemplate[i].pValue && pTemplate[i].ulValueLen) return CKR_ATTRIBUTE_VALUE_INVALID;
-  (void)sync_list(0); /* a new certificate after a renewal shows up here */
+  (void)sync_list(1); /* a renewed key must show up here: engines look for it again on a reload */
   pthread_mutex_lock(&M);
   struct session *s = session_get(hSession);
   CK_RV rv = CKR_OK;

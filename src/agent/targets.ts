@@ -7,6 +7,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { render } from '../templates.ts';
+import { ckaIdOf, uriId } from '../shared/key-id.ts';
 
 export interface TargetSpec { kind: 'NginxStanza' | 'Conf'; path: string; user?: string; group?: string }
 export interface TokenOutput { label: string; source: string; pin: string; certificatePem: string; chainPem: string; pinInConfig?: boolean }
@@ -57,8 +58,9 @@ export function companionFiles(t: TargetSpec): { chain: string; pin: string } {
   return { chain: `${base}.chain.pem`, pin: `${base}.pin` };
 }
 
-function keyUri(label: string, pin: string, pinFile: string, inConfig: boolean): string {
-  const token = `pkcs11:token=${encodeURIComponent(label)};type=private`;
+function keyUri(label: string, certificatePem: string, pin: string, pinFile: string, inConfig: boolean): string {
+  // The id pins this certificate's key: after a renewal the engine must not pick the old one it remembers.
+  const token = `pkcs11:token=${encodeURIComponent(label)};id=${uriId(ckaIdOf(certificatePem))};type=private`;
   return inConfig ? `${token}?pin-value=${encodeURIComponent(pin)}` : `${token}?pin-source=file:${pinFile}`;
 }
 
@@ -78,7 +80,7 @@ export function rewriteHttpdConf(existing: string, chainFile: string, uri: strin
 export function writeTarget(t: TargetSpec, tok: TokenOutput): WrittenFiles {
   const own = owner(t);
   const { chain, pin } = companionFiles(t);
-  const uri = keyUri(tok.label, tok.pin, pin, Boolean(tok.pinInConfig));
+  const uri = keyUri(tok.label, tok.certificatePem, tok.pin, pin, Boolean(tok.pinInConfig));
   // Chain first, stanza last: a web server reloaded in between still finds a consistent pair.
   writeAtomic(chain, tok.certificatePem.trimEnd() + '\n' + tok.chainPem.trim() + '\n', 0o440, own);
   if (!tok.pinInConfig) writeAtomic(pin, tok.pin, 0o400, own);

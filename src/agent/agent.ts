@@ -1,0 +1,192 @@
+// The agent: from acm.yaml to serving web servers. For each token it fetches the
+// bundle (conditionally, by ETag), hands it to the enclave app (which decrypts the
+// key through KMS with attestation), proves the token signs through PKCS#11, writes
+// the web server's files and reloads it. It polls for renewals, refreshes
+// (re-attests) on schedule, and when the enclave dies it starts a new one and
+// provisions every token again with the same PINs, without touching the web server.
+// A failing token never stops the others.
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import { log } from '../shared/log.ts';
+import { parseAddress, type Address } from '../shared/address.ts';
+import { ProvisionClient, ProvisionError } from '../shared/provision-wire.ts';
+import type { AcmConfig, TokenConfig } from './config.ts';
+import { instanceContext, type Endpoints, type InstanceContext } from './aws.ts';
+import { fetchBundle } from './source.ts';
+import { writeTarget, companionFiles, type TargetSpec } from './targets.ts';
+import { verifyTokenSigns } from './challenge.ts';
+import type { Bundle } from '../shared/bundle.ts';
+
+export interface EnclaveEndpoints { keyAddress: string; provisionAddress: string }
+
+/** Starts and watches the enclave: nitro-cli in production, a child process in local mode. */
+export interface EnclaveController {
+  start(): Promise<EnclaveEndpoints>;
+  /** True while the enclave is there (the process or the nitro-cli enclave). */
+  running(): Promise<boolean>;
+  stop(): Promise<void>;
+}
+
+export type TokenStateName = 'pending' | 'serving' | 'failed';
+export interface TokenState {
+  config: TokenConfig;
+  pin: string;
+  etag?: string;
+  bundle?: Bundle;
+  state: TokenStateName;
+  error?: string;
+  lastSync?: number;
+  lastRefresh?: number;
+}
+
+export interface AgentOptions {
+  config: AcmConfig;
+  enclave: EnclaveController;
+  endpoints?: Endpoints;
+  /** Reloads the web server gracefully (never a restart). */
+  reload: () => Promise<void>;
+  /** Attempts per operation before a token is marked failed (with backoff and jitter). */
+  retries?: number;
+}
+
+function source(t: TokenConfig): string {
+  return 'Acm' in t.source ? `Acm ${t.source.Acm.certificate_arn}` : `S3 ${t.source.S3.uri}`;
+}
+
+function targetSpec(t: TokenConfig): TargetSpec {
+  return 'NginxStanza' in t.target ? { kind: 'NginxStanza', ...t.target.NginxStanza } : { kind: 'Conf', ...t.target.Conf };
+}
+
+/** The PIN: from acm.yaml, else the one in the token's PIN file (so an agent restart keeps it), else a new one. */
+function pinFor(t: TokenConfig): string {
+  if (t.pin) return t.pin;
+  const file = companionFiles(targetSpec(t)).pin;
+  try { const p = fs.readFileSync(file, 'utf8').trim(); if (p.length >= 4) return p; } catch { /* none yet */ }
+  return crypto.randomBytes(16).toString('base64url');
+}
+
+async function withRetries<T>(what: string, attempts: number, fn: () => Promise<T>): Promise<T> {
+  for (let i = 1; ; i++) {
+    try { return await fn(); } catch (e) {
+      if (i >= attempts || e instanceof ProvisionError && ['KeyMismatch', 'KeyInvalid', 'BadRequest', 'PlaintextRefused'].includes(e.code)) throw e;
+      const delay = Math.min(30_000, 250 * 2 ** (i - 1)) * (0.5 + Math.random());
+      log.warn(`${what}: ${(e as Error).message}; retrying in ${Math.round(delay)} ms (${i}/${attempts})`);
+      await new Promise((r) => setTimeout(r, delay));
+    }
+  }
+}
+
+export class Agent {
+  readonly tokens = new Map<string, TokenState>();
+  private ctx?: InstanceContext;
+  private endpoints?: EnclaveEndpoints;
+  private provision?: ProvisionClient;
+  private readonly retries: number;
+
+  constructor(private o: AgentOptions) {
+    this.retries = o.retries ?? 4;
+  }
+
+  get enclaveEndpoints(): EnclaveEndpoints | undefined { return this.endpoints; }
+
+  /** Starts the enclave and provisions every token; reloads the web server once if any token serves. */
+  async start(): Promise<void> {
+    this.ctx = await withRetries('IMDS', this.retries, () => instanceContext(this.o.endpoints));
+    log.info(`instance ${this.ctx.instanceId} in ${this.ctx.region}, role ${this.ctx.roleArn}`);
+    await this.startEnclave();
+    for (const t of this.o.config.tokens) this.tokens.set(t.label, { config: t, pin: pinFor(t), state: 'pending' });
+    await this.provisionAll('add');
+    if ([...this.tokens.values()].some((t) => t.state === 'serving')) await this.o.reload();
+  }
+
+  private async startEnclave(): Promise<void> {
+    this.endpoints = await this.o.enclave.start();
+    this.provision?.close();
+    this.provision = await withRetries('provisioning channel', this.retries, () => ProvisionClient.connect(parseAddress(this.endpoints!.provisionAddress)));
+  }
+
+  private async provisionAll(op: 'add' | 'update'): Promise<void> {
+    // One after another: each is a KMS round trip and an attestation; the enclave serializes them anyway.
+    for (const t of this.tokens.values()) await this.provisionToken(t, op, true);
+  }
+
+  /** Fetches (unless `refetch` is false and a bundle is cached), provisions, checks, writes the target. */
+  private async provisionToken(t: TokenState, op: 'add' | 'update' | 'refresh', refetch: boolean): Promise<boolean> {
+    const tlog = log.token(t.config.label);
+    try {
+      if (refetch || !t.bundle) {
+        const r = await withRetries(`[${t.config.label}] S3`, this.retries, () => fetchBundle(t.config.source, this.ctx!, undefined));
+        if (r.changed) { t.bundle = r.bundle; t.etag = r.etag; }
+        t.lastSync = Date.now();
+      }
+      const creds = await this.ctx!.credentials();
+      const args = { label: t.config.label, pin: t.pin, bundle: t.bundle, credentials: { accessKeyId: creds.accessKeyId, secretAccessKey: creds.secretAccessKey, sessionToken: creds.sessionToken }, region: this.ctx!.region };
+      await withRetries(`[${t.config.label}] provisioning`, this.retries, async () => {
+        try { await this.provision!.call(op, args); } catch (e) {
+          // The enclave may already have it (agent restarted) or lost it (enclave restarted).
+          if (e instanceof ProvisionError && e.code === 'TokenExists') await this.provision!.call('update', args);
+          else if (e instanceof ProvisionError && e.code === 'NoSuchToken') await this.provision!.call('add', args);
+          else throw e;
+        }
+      });
+      t.lastRefresh = Date.now();
+      verifyTokenSigns({ address: this.endpoints!.keyAddress, label: t.config.label, pin: t.pin, certificatePem: t.bundle!.certificate });
+      if (op !== 'refresh') writeTarget(targetSpec(t.config), { label: t.config.label, source: source(t.config), pin: t.pin, certificatePem: t.bundle!.certificate, chainPem: t.bundle!.certificateChain, pinInConfig: this.o.config.options.pin_in_config });
+      t.state = 'serving';
+      t.error = undefined;
+      tlog.info(op === 'refresh' ? 'refreshed (re-attested)' : `serving ${new crypto.X509Certificate(t.bundle!.certificate).subject.replace(/\n/g, ', ')}`);
+      return true;
+    } catch (e) {
+      t.error = (e as Error).message;
+      // A token that was serving keeps serving from the enclave's copy and the last good files.
+      if (t.state !== 'serving') t.state = 'failed';
+      tlog.error(`${op} failed: ${t.error}`);
+      return false;
+    }
+  }
+
+  /** One poll of every token's source: an unchanged object costs one conditional request. Returns the labels renewed. */
+  async sync(): Promise<string[]> {
+    const renewed: string[] = [];
+    for (const t of this.tokens.values()) {
+      try {
+        const r = await fetchBundle(t.config.source, this.ctx!, t.bundle ? t.etag : undefined);
+        t.lastSync = Date.now();
+        if (!r.changed) continue;
+        t.bundle = r.bundle;
+        t.etag = r.etag;
+        if (await this.provisionToken(t, t.state === 'failed' ? 'add' : 'update', false)) renewed.push(t.config.label);
+      } catch (e) {
+        log.token(t.config.label).warn(`sync: ${(e as Error).message} (still serving the current certificate)`);
+      }
+    }
+    if (renewed.length) await this.o.reload();
+    return renewed;
+  }
+
+  /** Re-attests and re-decrypts every token (the enclave drops tokens not refreshed within its TTL). */
+  async refresh(): Promise<void> {
+    for (const t of this.tokens.values()) if (t.bundle) await this.provisionToken(t, 'refresh', false);
+  }
+
+  /** If the enclave is gone, starts a new one and provisions every token again with the same PINs. */
+  async healthCheck(): Promise<'ok' | 'restarted'> {
+    let ok = await this.o.enclave.running();
+    if (ok) {
+      try { await this.provision!.call('health', {}, 5000); } catch { ok = false; }
+    }
+    if (ok) return 'ok';
+    log.warn('enclave is gone: starting a new one and provisioning every token again (the web server keeps running)');
+    await this.o.enclave.stop().catch(() => {});
+    await this.startEnclave();
+    await this.provisionAll('add');
+    return 'restarted';
+  }
+
+  async stop(): Promise<void> {
+    this.provision?.close();
+    await this.o.enclave.stop();
+  }
+}
+
+export function addressOf(a: string): Address { return parseAddress(a); }

@@ -1,0 +1,132 @@
+// The agent with real parts: the local cloud (S3, IMDS, KMS), the enclave app,
+// the PKCS#11 module and real nginx. Two tokens from acm.yaml (an ACM certificate
+// and a sealed S3 bundle); a renewal under continuous load with zero failed
+// handshakes and no nginx restart; an unchanged certificate costs one conditional
+// request; a killed enclave comes back with every token and the same PINs.
+import test from 'ava';
+import fs from 'node:fs';
+import path from 'node:path';
+import { KMSClient, CreateKeyCommand, EncryptCommand } from '@aws-sdk/client-kms';
+import { S3Client, PutObjectCommand } from '@aws-sdk/client-s3';
+import { startLocalCloud, type LocalCloud } from '../src/local/cloud/server.ts';
+import { LocalEnclaveController } from '../src/local/local-enclave-controller.ts';
+import { Agent } from '../src/agent/agent.ts';
+import { parseConfig } from '../src/agent/config.ts';
+import { measureEnclaveApp, simulatedNsmRoot } from '../enclave/nsm.ts';
+import { registerWithP11Kit } from '../src/local/p11kit.ts';
+import { launchNginx, freePort, handshake, fingerprintOf, type RunningServer } from '../src/local/webservers.ts';
+import { render } from '../src/templates.ts';
+import { createCA, issueServerCert } from '../src/local/pki.ts';
+import { tmpdir } from './helpers/enclave.ts';
+
+const dir = tmpdir('agent');
+fs.chmodSync(dir, 0o755);
+const ca = createCA('agent CA');
+let cloud: LocalCloud, keyArn: string, s3: S3Client, kms: KMSClient;
+const CERT_ARN = 'arn:aws:acm:us-east-1:123456789012:certificate/agent-test';
+
+test.before(async () => {
+  const nsm = simulatedNsmRoot(path.join(dir, 'nsm'));
+  cloud = await startLocalCloud({ stateDir: path.join(dir, 'state'), attestationRoots: () => [nsm.rootCert], kmsProxySocket: path.join(dir, 'kms.sock') });
+  kms = new KMSClient({ region: 'us-east-1', endpoint: cloud.endpoint, credentials: cloud.identity.admin });
+  s3 = new S3Client({ region: 'us-east-1', endpoint: cloud.endpoint, forcePathStyle: true, credentials: cloud.identity.admin });
+  keyArn = (await kms.send(new CreateKeyCommand({ Policy: JSON.stringify({ Statement: [
+    { Effect: 'Allow', Principal: { AWS: cloud.identity.admin.arn }, Action: 'kms:*' },
+    { Effect: 'Allow', Principal: { AWS: cloud.identity.roleArn }, Action: 'kms:Decrypt', Condition: { StringEqualsIgnoreCase: { 'kms:RecipientAttestation:PCR0': measureEnclaveApp().pcr0.toString('hex') } } },
+  ] }) }))).KeyMetadata!.Arn!;
+});
+test.after.always(async () => { await cloud?.stop(); fs.rmSync(dir, { recursive: true, force: true }); });
+
+async function publish(bucket: string, key: string, name: string): Promise<string> {
+  const leaf = issueServerCert(ca, [name]);
+  const ct = (await kms.send(new EncryptCommand({ KeyId: keyArn, Plaintext: Buffer.from(leaf.keyPem) }))).CiphertextBlob!;
+  await s3.send(new PutObjectCommand({ Bucket: bucket, Key: key, Body: JSON.stringify({ certificate: leaf.certPem, certificateChain: ca.certPem, encryptedPrivateKey: Buffer.from(ct).toString('base64'), encryptionMethod: 'KMS' }) }));
+  return leaf.certPem;
+}
+
+test('two tokens served by nginx; renewal under load with zero failures; ETag polling; enclave restart', async (t) => {
+  const etc = path.join(dir, 'etc');
+  fs.mkdirSync(etc);
+  fs.mkdirSync(path.join(dir, 'bucket-b'), { recursive: true });
+  const acmCert = await publish(cloud.bucket(), `${cloud.identity.roleArn}/${CERT_ARN}`, 'acm.test');
+  const s3Cert = await publish(cloud.bucket(), 'sealed/s3.json', 's3.test');
+  const config = parseConfig(`
+options:
+  service: nginx
+tokens:
+  - label: acm-token
+    source:
+      Acm:
+        certificate_arn: "${CERT_ARN}"
+    target:
+      NginxStanza:
+        path: ${etc}/acm.conf
+  - label: s3-token
+    pin: "s3-token-pin"
+    source:
+      S3:
+        uri: "s3://${cloud.bucket()}/sealed/s3.json"
+    target:
+      NginxStanza:
+        path: ${etc}/s3.conf
+`, 'acm.yaml');
+  const controller = new LocalEnclaveController({ runtimeDir: path.join(dir, 'run'), nsmDir: path.join(dir, 'nsm'), roleArn: cloud.identity.roleArn, instanceId: cloud.identity.instanceId, kmsProxySocket: path.join(dir, 'kms.sock'), kmsCaFile: path.join(dir, 'state/cloud/tls-ca.pem') });
+  fs.mkdirSync(path.join(dir, 'run'), { recursive: true });
+  fs.chmodSync(path.join(dir, 'run'), 0o711);
+  let nginx: RunningServer | undefined;
+  let reloads = 0;
+  const agent = new Agent({ config, enclave: controller, endpoints: { imds: cloud.endpoint, s3: cloud.endpoint, iam: cloud.endpoint }, reload: async () => { reloads++; nginx?.reload(); } });
+  t.teardown(async () => { await nginx?.stop(); await agent.stop(); });
+  await agent.start();
+  t.deepEqual([...agent.tokens.values()].map((x) => x.state), ['serving', 'serving']);
+  t.is(fs.readFileSync(`${etc}/s3.pin`, 'utf8'), 's3-token-pin');
+  const acmPin = fs.readFileSync(`${etc}/acm.pin`, 'utf8');
+
+  // nginx with both stanzas, one server block per name.
+  registerWithP11Kit();
+  const prefix = path.join(dir, 'nginx');
+  fs.mkdirSync(path.join(prefix, 'tmp'), { recursive: true });
+  const port = await freePort();
+  const conf = render('local/nginx.conf', { PREFIX: prefix, PORT: String(port), STANZA: `${etc}/acm.conf` })
+    .replace('server_name localhost;', 'server_name acm.test;')
+    .replace(/\n}\n$/, `\n    server {\n        listen 127.0.0.1:${port} ssl;\n        server_name s3.test;\n        include ${etc}/s3.conf;\n        location / { return 200 "s3\\n"; }\n    }\n}\n`)
+    .replace('ssl_engine pkcs11;', `ssl_engine pkcs11;\nenv NITRO_ACM_KEY_ADDRESS;`);
+  fs.writeFileSync(path.join(prefix, 'nginx.conf'), conf);
+  nginx = await launchNginx({ prefix, conf: path.join(prefix, 'nginx.conf'), port, env: { NITRO_ACM_KEY_ADDRESS: agent.enclaveEndpoints!.keyAddress } });
+  const hs = (name: string) => handshake(port, { servername: name, ca: ca.certPem, timeoutMs: 5000 });
+  t.is((await hs('acm.test')).fingerprint256, fingerprintOf(acmCert));
+  t.is((await hs('s3.test')).fingerprint256, fingerprintOf(s3Cert));
+
+  // Unchanged: nothing renewed, nothing reloaded.
+  t.deepEqual(await agent.sync(), []);
+  t.is(reloads, 1);
+
+  // Renewal under continuous load.
+  let stop = false, ok = 0, failed = 0;
+  const load = (async () => { while (!stop) { try { await hs('acm.test'); ok++; } catch { failed++; } } })();
+  await new Promise((r) => setTimeout(r, 300));
+  const renewed = await publish(cloud.bucket(), `${cloud.identity.roleArn}/${CERT_ARN}`, 'acm.test');
+  t.deepEqual(await agent.sync(), ['acm-token']);
+  const deadline = Date.now() + 10_000;
+  while ((await hs('acm.test')).fingerprint256 !== fingerprintOf(renewed)) {
+    if (Date.now() > deadline) { t.fail(`the renewed certificate is not served: ${nginx.errorLog().slice(-1500)}`); break; }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  await new Promise((r) => setTimeout(r, 300));
+  stop = true;
+  await load;
+  t.log(`renewal under load: ${ok} handshakes, ${failed} failed`);
+  t.is(failed, 0, 'zero failed handshakes during the renewal');
+  t.true(ok > 10);
+  t.is(nginx.proc.exitCode, null, 'nginx was reloaded, not restarted');
+  t.is(fs.readFileSync(`${etc}/acm.pin`, 'utf8'), acmPin, 'same PIN after the renewal');
+
+  // The enclave dies; the agent brings it back with every token.
+  await controller.process!.stop('SIGKILL');
+  const started = Date.now();
+  t.is(await agent.healthCheck(), 'restarted');
+  t.is((await hs('s3.test')).fingerprint256, fingerprintOf(s3Cert));
+  t.is((await hs('acm.test')).fingerprint256, fingerprintOf(renewed));
+  t.log(`serving again ${((Date.now() - started) / 1000).toFixed(2)} s after the enclave was killed`);
+  t.is(await agent.healthCheck(), 'ok');
+});
