@@ -57,64 +57,65 @@ static napi_value make_fd(napi_env env, int fd)
   return out;
 }
 
-/* connect(cid, port, timeoutMs) -> fd (blocking for at most timeoutMs; used rarely: by the agent and the KMS dialer) */
-static napi_value js_connect(napi_env env, napi_callback_info info)
+/* The three unsigned arguments both vsock calls take: cid, port, and a timeout or backlog. */
+static int three_u32(napi_env env, napi_callback_info info, uint32_t out[3], const char *usage)
 {
   size_t argc = 3;
   napi_value argv[3];
-  uint32_t cid, port, timeout_ms;
   napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  if (argc < 3 || !get_u32(env, argv[0], &cid) || !get_u32(env, argv[1], &port) || !get_u32(env, argv[2], &timeout_ms)) {
-    napi_throw_type_error(env, NULL, "connect(cid, port, timeoutMs): three unsigned integers expected");
-    return NULL;
+  if (argc < 3 || !get_u32(env, argv[0], &out[0]) || !get_u32(env, argv[1], &out[1]) || !get_u32(env, argv[2], &out[2])) {
+    napi_throw_type_error(env, NULL, usage);
+    return 0;
   }
-  int fd = socket(AF_VSOCK, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return throw_errno(env, "vsock socket", errno);
-  struct timeval tv = { .tv_sec = timeout_ms / 1000, .tv_usec = (timeout_ms % 1000) * 1000 };
-  /* Bounds connect() itself; failure to set it only leaves the kernel default (2 s). */
-  (void)setsockopt(fd, AF_VSOCK, SO_VM_SOCKETS_CONNECT_TIMEOUT, &tv, sizeof tv);
+  return 1;
+}
+
+/* Throws "<what> cid C port P: <errno text>" and closes fd. */
+static napi_value fail_vsock(napi_env env, int fd, const char *what, uint32_t cid, uint32_t port)
+{
+  int err = errno;
+  close(fd);
+  char msg[80];
+  snprintf(msg, sizeof msg, "%s cid %u port %u", what, cid, port);
+  return throw_errno(env, msg, err);
+}
+
+static struct sockaddr_vm vsock_address(uint32_t cid, uint32_t port)
+{
   struct sockaddr_vm sa;
   memset(&sa, 0, sizeof sa);
   sa.svm_family = AF_VSOCK;
   sa.svm_cid = cid;
   sa.svm_port = port;
+  return sa;
+}
+
+/* connect(cid, port, timeoutMs) -> fd (blocking for at most timeoutMs; used rarely: by the agent and the KMS dialer) */
+static napi_value js_connect(napi_env env, napi_callback_info info)
+{
+  uint32_t a[3];
+  if (!three_u32(env, info, a, "connect(cid, port, timeoutMs): three unsigned integers expected")) return NULL;
+  int fd = socket(AF_VSOCK, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return throw_errno(env, "vsock socket", errno);
+  struct timeval tv = { .tv_sec = a[2] / 1000, .tv_usec = (a[2] % 1000) * 1000 };
+  /* Bounds connect() itself; failure to set it only leaves the kernel default (2 s). */
+  (void)setsockopt(fd, AF_VSOCK, SO_VM_SOCKETS_CONNECT_TIMEOUT, &tv, sizeof tv);
+  struct sockaddr_vm sa = vsock_address(a[0], a[1]);
   int rc;
   do rc = connect(fd, (struct sockaddr *)&sa, sizeof sa); while (rc < 0 && errno == EINTR);
-  if (rc < 0) {
-    int err = errno;
-    close(fd);
-    char what[64];
-    snprintf(what, sizeof what, "vsock connect to cid %u port %u", cid, port);
-    return throw_errno(env, what, err);
-  }
+  if (rc < 0) return fail_vsock(env, fd, "vsock connect to", a[0], a[1]);
   return make_fd(env, fd);
 }
 
 /* listen(cid, port, backlog) -> fd */
 static napi_value js_listen(napi_env env, napi_callback_info info)
 {
-  size_t argc = 3;
-  napi_value argv[3];
-  uint32_t cid, port, backlog;
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  if (argc < 3 || !get_u32(env, argv[0], &cid) || !get_u32(env, argv[1], &port) || !get_u32(env, argv[2], &backlog)) {
-    napi_throw_type_error(env, NULL, "listen(cid, port, backlog): three unsigned integers expected");
-    return NULL;
-  }
+  uint32_t a[3];
+  if (!three_u32(env, info, a, "listen(cid, port, backlog): three unsigned integers expected")) return NULL;
   int fd = socket(AF_VSOCK, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) return throw_errno(env, "vsock socket", errno);
-  struct sockaddr_vm sa;
-  memset(&sa, 0, sizeof sa);
-  sa.svm_family = AF_VSOCK;
-  sa.svm_cid = cid;
-  sa.svm_port = port;
-  if (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0 || listen(fd, (int)backlog) < 0) {
-    int err = errno;
-    close(fd);
-    char what[64];
-    snprintf(what, sizeof what, "vsock listen on cid %u port %u", cid, port);
-    return throw_errno(env, what, err);
-  }
+  struct sockaddr_vm sa = vsock_address(a[0], a[1]);
+  if (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0 || listen(fd, (int)a[2]) < 0) return fail_vsock(env, fd, "vsock listen on", a[0], a[1]);
   return make_fd(env, fd);
 }
 
