@@ -8,7 +8,7 @@
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import { log } from '../shared/log.ts';
-import { parseAddress, type Address } from '../shared/address.ts';
+import { parseAddress } from '../shared/address.ts';
 import { ProvisionClient, ProvisionError } from '../shared/provision-wire.ts';
 import type { AcmConfig, TokenConfig } from './config.ts';
 import { instanceContext, type Endpoints, type InstanceContext } from './aws.ts';
@@ -188,5 +188,3 @@ export class Agent {
     await this.o.enclave.stop();
   }
 }
-
-export function addressOf(a: string): Address { return parseAddress(a); }

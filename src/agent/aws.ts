@@ -3,7 +3,7 @@
 // local mode only; in production they are AWS's.
 import { fromInstanceMetadata } from '@aws-sdk/credential-providers';
 import { IAMClient, GetRoleCommand } from '@aws-sdk/client-iam';
-import type { AwsCredentialIdentity, AwsCredentialIdentityProvider } from '@aws-sdk/types';
+import type { AwsCredentialIdentityProvider } from '@aws-sdk/types';
 
 export interface Endpoints { imds?: string; s3?: string; iam?: string }
 
@@ -43,8 +43,4 @@ export async function instanceContext(endpoints: Endpoints = {}): Promise<Instan
     if (!roleArn) throw new Error(`iam:GetRole ${roleName}: no ARN`);
   }
   return { region, partition, instanceId, roleArn, credentials, endpoints };
-}
-
-export async function currentCredentials(ctx: InstanceContext): Promise<AwsCredentialIdentity> {
-  return ctx.credentials();
 }

@@ -109,7 +109,3 @@ function issuerNameDer(issuer: X509Certificate): Buffer {
   const subject = tlv(raw, off);
   return raw.subarray(subject.start, subject.end);
 }
-
-export function toPem(cert: X509Certificate): string {
-  return cert.toString();
-}

@@ -76,14 +76,6 @@ export async function startEnclave(specs: TokenSpec[], opts: { threads?: number;
   return fx;
 }
 
-export async function waitFor(cond: () => boolean, timeoutMs: number, what: string): Promise<void> {
-  const end = Date.now() + timeoutMs;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
-}
-
 export async function waitForSocket(p: string, timeoutMs = 10_000): Promise<void> {
   const end = Date.now() + timeoutMs;
   for (;;) {
