@@ -129,4 +129,37 @@ tokens:
   t.is((await hs('acm.test')).fingerprint256, fingerprintOf(renewed));
   t.log(`serving again ${((Date.now() - started) / 1000).toFixed(2)} s after the enclave was killed`);
   t.is(await agent.healthCheck(), 'ok');
+
+  // acm.yaml edited: s3-token removed, a third token added; acm-token untouched keeps serving.
+  const third = await publish(cloud.bucket(), 'sealed/third.json', 's3.test');
+  const edited = parseConfig(`
+tokens:
+  - label: acm-token
+    source:
+      Acm:
+        certificate_arn: "${CERT_ARN}"
+    target:
+      NginxStanza:
+        path: ${etc}/acm.conf
+  - label: third-token
+    source:
+      S3:
+        uri: "s3://${cloud.bucket()}/sealed/third.json"
+    target:
+      NginxStanza:
+        path: ${etc}/s3.conf
+`, 'acm.yaml');
+  const pinBefore = fs.readFileSync(`${etc}/acm.pin`, 'utf8');
+  const diff = await agent.applyConfig(edited);
+  t.deepEqual(diff, { added: ['third-token'], removed: ['s3-token'], changed: [] });
+  t.is(fs.readFileSync(`${etc}/acm.pin`, 'utf8'), pinBefore, 'the unchanged token was not touched');
+  t.is((await hs('acm.test')).fingerprint256, fingerprintOf(renewed), 'the untouched token keeps serving');
+  t.is(fs.readFileSync(`${etc}/s3.chain.pem`, 'utf8').split('-----END CERTIFICATE-----')[0] + '-----END CERTIFICATE-----\n', third, 'the new token\'s files are written');
+  // A token added to a running nginx needs its engine started afresh: the OpenSSL pkcs11 engine
+  // (libp11 0.4.12) keeps the slot list it read when nginx started, across reloads. A new nginx
+  // master (here: a restart; in production the agent's reload command decides) sees it.
+  await nginx.stop();
+  nginx = await launchNginx({ prefix, conf: path.join(prefix, 'nginx.conf'), port, env: { NITRO_ACM_KEY_ADDRESS: agent.enclaveEndpoints!.keyAddress } });
+  t.is((await hs('s3.test')).fingerprint256, fingerprintOf(third));
+  t.is((await hs('acm.test')).fingerprint256, fingerprintOf(renewed));
 });

@@ -183,6 +183,37 @@ export class Agent {
     return 'restarted';
   }
 
+  /**
+   * Applies an edited acm.yaml as a diff: new tokens are provisioned, removed ones
+   * leave the enclave (their files stay on disk), changed ones are provisioned again;
+   * tokens that did not change are not touched. Reloads the web server if anything
+   * it serves changed.
+   */
+  async applyConfig(next: AcmConfig): Promise<{ added: string[]; removed: string[]; changed: string[] }> {
+    const before = new Map([...this.tokens].map(([l, t]) => [l, JSON.stringify({ ...t.config, line: 0 })]));
+    const after = new Map(next.tokens.map((t) => [t.label, JSON.stringify({ ...t, line: 0 })]));
+    const added = [...after.keys()].filter((l) => !before.has(l));
+    const removed = [...before.keys()].filter((l) => !after.has(l));
+    const changed = [...after.keys()].filter((l) => before.has(l) && before.get(l) !== after.get(l));
+    this.o.config = next;
+    for (const tc of next.tokens) {
+      if (!added.includes(tc.label) && !changed.includes(tc.label)) { this.tokens.get(tc.label)!.config = tc; continue; }
+      const t: TokenState = changed.includes(tc.label) ? { ...this.tokens.get(tc.label)!, config: tc, pin: tc.pin ?? this.tokens.get(tc.label)!.pin } : { config: tc, pin: pinFor(tc), state: 'pending' };
+      this.tokens.set(tc.label, t);
+      await this.provisionToken(t, added.includes(tc.label) ? 'add' : 'update', true);
+    }
+    if (added.length || changed.length) await this.o.reload();
+    // Removed tokens leave the enclave only after the reload had time to retire the
+    // workers that still use them (a new token may have taken over their stanza).
+    if (removed.length) await new Promise((r) => setTimeout(r, this.o.config.options.reload_wait_ms));
+    for (const l of removed) {
+      try { await this.provision!.call('remove', { label: l }); } catch (e) { log.token(l).warn(`remove: ${(e as Error).message}`); }
+      this.tokens.delete(l);
+      log.token(l).info('removed from acm.yaml: dropped from the enclave (its files are left in place)');
+    }
+    return { added, removed, changed };
+  }
+
   async stop(): Promise<void> {
     this.provision?.close();
     await this.o.enclave.stop();
