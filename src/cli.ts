@@ -21,19 +21,34 @@ function kv(pairs: string[] | undefined, what: string): Record<string, string> |
 const commands: Record<string, Command> = {
   agent: {
     summary: 'the nitro-acm service; --check validates acm.yaml like nginx -t',
-    help: `Usage: nitro-acm agent --check [--config FILE] [--json]
+    help: `Usage: nitro-acm agent [--config FILE]
+       nitro-acm agent --check [--config FILE] [--json]
 
---check reads the configuration (default /etc/nitro_enclaves/acm.yaml), prints
-the tokens it would serve, and exits non-zero with the file, line and column of
-the first error. The same acm.yaml as AWS's ACM for Nitro Enclaves is accepted.
-(The service itself, without --check, is not in this version yet.)
+Runs the service (what nitro-enclaves-acm.service starts): reads the
+configuration (default /etc/nitro_enclaves/acm.yaml), starts the enclave image with
+nitro-cli (or finds it running), provisions every token through KMS with
+attestation, writes the web server's files and reloads it; then polls for renewals,
+re-attests, watches the enclave and applies edits of the file as they are saved.
+
+--check reads the configuration, prints the tokens it would serve, and exits
+non-zero with the file, line and column of the first error, like nginx -t. The
+same acm.yaml as AWS's ACM for Nitro Enclaves is accepted.
 `,
     async run(argv) {
       const { values } = parseArgs({ args: argv, options: { check: { type: 'boolean' }, config: { type: 'string' }, json: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } }, strict: true });
       if (values.help) { process.stdout.write(this.help); return 0; }
-      if (!values.check) { process.stderr.write('nitro-acm agent: only --check is available in this version\n'); return 2; }
       const { loadConfig, ConfigError, DEFAULT_CONFIG } = await import('./agent/config.ts');
       const file = values.config ?? DEFAULT_CONFIG;
+      if (!values.check) {
+        const { startService, NitroCliEnclaveController } = await import('./agent/service.ts');
+        let service;
+        try { service = await startService({ configFile: file, controller: (c) => new NitroCliEnclaveController(c.enclave) }); } catch (e) {
+          if (e instanceof ConfigError) { log.error(e.message); return 1; }
+          throw e;
+        }
+        await new Promise<void>((resolve) => { const stop = () => void service.stop().then(resolve); process.once('SIGINT', stop); process.once('SIGTERM', stop); });
+        return 0;
+      }
       try {
         const c = loadConfig(file);
         if (values.json) { process.stdout.write(JSON.stringify({ ok: true, file, config: { ...c, tokens: c.tokens.map(({ pin, ...t }) => ({ ...t, pin: pin ? '(set)' : '(generated)' })) } }, null, 2) + '\n'); return 0; }

@@ -1,0 +1,110 @@
+// The long-running agent: starts the enclave and every token, then keeps them
+// serving: polls for renewals every sync_interval_secs, re-attests on each token's
+// refresh interval, checks the enclave every few seconds, and applies edits of
+// acm.yaml as they are saved (an invalid edit is reported and ignored; everything
+// keeps serving). Every operation runs one at a time, in order.
+import { execFile } from 'node:child_process';
+import chokidar from 'chokidar';
+import { log, configureLog } from '../shared/log.ts';
+import { loadConfig, ConfigError, type AcmConfig } from './config.ts';
+import { Agent, type EnclaveController, type EnclaveEndpoints } from './agent.ts';
+import type { Endpoints } from './aws.ts';
+import { runEnclave, describeEnclaves, terminateEnclave } from './nitro-cli.ts';
+import { ProvisionClient } from '../shared/provision-wire.ts';
+import { parseAddress } from '../shared/address.ts';
+
+export interface ServiceOptions {
+  configFile: string;
+  controller: (config: AcmConfig) => EnclaveController;
+  endpoints?: Endpoints;
+  reload?: (config: AcmConfig) => Promise<void>;
+  healthIntervalMs?: number;
+}
+
+export interface RunningService { agent: Agent; stop(): Promise<void>; idle(): Promise<void> }
+
+/** `options.reload_command`, else `systemctl reload <service>`: a graceful reload, never a restart. */
+export function systemReload(config: AcmConfig): Promise<void> {
+  const cmd = config.options.reload_command ?? `systemctl reload ${config.options.service}`;
+  return new Promise((resolve, reject) => execFile('/bin/sh', ['-c', cmd], { timeout: 60_000 }, (err, _out, stderr) => {
+    if (err) reject(new Error(`"${cmd}" failed: ${stderr.trim() || err.message}`)); else { log.info(`reloaded the web server (${cmd})`); resolve(); }
+  }));
+}
+
+export async function startService(o: ServiceOptions): Promise<RunningService> {
+  let config = loadConfig(o.configFile);
+  configureLog({ level: config.log.level, timestamps: config.log.enable_timestamp });
+  const reload = o.reload ?? systemReload;
+  const agent = new Agent({ config, enclave: o.controller(config), endpoints: o.endpoints, reload: () => reload(config).catch((e) => log.error(`${(e as Error).message}; the web server keeps its previous configuration`)) });
+  await agent.start();
+
+  // One operation at a time: a sync, a refresh, an edit and a health check never interleave.
+  let chain: Promise<unknown> = Promise.resolve();
+  const queue = (what: string, fn: () => Promise<unknown>) => {
+    chain = chain.then(fn).catch((e) => log.error(`${what}: ${(e as Error).message}`));
+    return chain;
+  };
+  const timers = [
+    setInterval(() => void queue('sync', () => agent.sync()), config.options.sync_interval_secs * 1000),
+    setInterval(() => void queue('refresh', () => agent.refresh()), Math.min(...config.tokens.map((t) => t.refresh_interval_secs), 43_200) * 1000),
+    setInterval(() => void queue('health', () => agent.healthCheck()), o.healthIntervalMs ?? 5000),
+  ];
+  const watcher = chokidar.watch(o.configFile, { ignoreInitial: true, awaitWriteFinish: { stabilityThreshold: 200, pollInterval: 50 } });
+  watcher.on('all', (event) => {
+    if (event !== 'change' && event !== 'add') return;
+    void queue('configuration', async () => {
+      let next: AcmConfig;
+      try { next = loadConfig(o.configFile); } catch (e) {
+        if (e instanceof ConfigError) { log.error(`${e.message}; the edit is ignored and everything keeps serving`); return; }
+        throw e;
+      }
+      const d = await agent.applyConfig(next);
+      config = next;
+      log.info(`${o.configFile} applied: ${d.added.length} added, ${d.removed.length} removed, ${d.changed.length} changed`);
+    });
+  });
+  await new Promise<void>((r) => watcher.once('ready', () => r()));
+  log.info(`agent running: ${agent.tokens.size} tokens; watching ${o.configFile}`);
+  return {
+    agent,
+    idle: () => chain.then(() => undefined),
+    async stop() {
+      for (const t of timers) clearInterval(t);
+      await watcher.close();
+      await chain;
+      // The enclave keeps serving: a restarted agent finds it and provisions it again.
+      log.info('agent stopped; the enclave and every written file stay in place');
+    },
+  };
+}
+
+/** Production: the enclave image under nitro-cli, reused if it is already running. */
+export class NitroCliEnclaveController implements EnclaveController {
+  private id?: string;
+  constructor(private readonly c: AcmConfig['enclave'], private readonly name = 'nitro-acm') {}
+
+  async start(): Promise<EnclaveEndpoints> {
+    const running = (await describeEnclaves().catch(() => [])).find((e) => e.EnclaveName === this.name && e.State === 'RUNNING');
+    const info = running ?? await runEnclave({ eifPath: this.c.image_path, cpuCount: this.c.cpu_count, memoryMib: this.c.memory_mib, name: this.name });
+    this.id = info.EnclaveID;
+    log.info(`${running ? 'found' : 'started'} enclave ${info.EnclaveID} (CID ${info.EnclaveCID})`);
+    const ep = { keyAddress: `vsock:cid=${info.EnclaveCID};port=${this.c.p11kit_port}`, provisionAddress: `vsock:cid=${info.EnclaveCID};port=${this.c.rpc_port}` };
+    // Booting takes a moment: wait for the provisioning channel, up to boot_timeout_ms.
+    const deadline = Date.now() + this.c.boot_timeout_ms;
+    for (;;) {
+      try { (await ProvisionClient.connect(parseAddress(ep.provisionAddress), 1000)).close(); return ep; } catch (e) {
+        if (Date.now() > deadline) throw new Error(`enclave ${info.EnclaveID} did not answer on ${ep.provisionAddress} within ${this.c.boot_timeout_ms} ms: ${(e as Error).message}`);
+        await new Promise((r) => setTimeout(r, 200));
+      }
+    }
+  }
+
+  async running(): Promise<boolean> {
+    const all = await describeEnclaves().catch(() => []);
+    return all.some((e) => e.EnclaveID === this.id && e.State === 'RUNNING');
+  }
+
+  async stop(): Promise<void> {
+    if (this.id) await terminateEnclave(this.id).catch((e) => log.warn(`terminate-enclave: ${(e as Error).message}`));
+  }
+}
