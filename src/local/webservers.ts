@@ -114,7 +114,8 @@ export async function launchNginx(o: { prefix: string; conf: string; port: numbe
 
 /** Runs a server in the foreground, waits for its port, and knows how to reload and stop it. */
 async function supervise(cmd: string[], env: NodeJS.ProcessEnv, dir: string, port: number, signals: { reload: NodeJS.Signals; stop: NodeJS.Signals }): Promise<RunningServer> {
-  const proc = spawn(cmd[0], cmd.slice(1), { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  // A process group of its own, so a stop can take every worker along even if one hangs.
+  const proc = spawn(cmd[0], cmd.slice(1), { env, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
   let out = '';
   proc.stdout!.on('data', (d) => { out += d; });
   proc.stderr!.on('data', (d) => { out += d; });
@@ -124,12 +125,18 @@ async function supervise(cmd: string[], env: NodeJS.ProcessEnv, dir: string, por
     proc, pid: proc.pid!, dir, port, errorLog,
     reload() { process.kill(proc.pid!, signals.reload); },
     async stop() {
-      if (proc.exitCode !== null) return;
-      const exited = new Promise((r) => proc.once('exit', r));
-      proc.kill(signals.stop);
-      const t = setTimeout(() => proc.kill('SIGKILL'), 5000);
-      await exited;
-      clearTimeout(t);
+      const group = (sig: NodeJS.Signals) => { try { process.kill(-proc.pid!, sig); } catch { /* gone */ } };
+      if (proc.exitCode === null && proc.signalCode === null) {
+        const exited = new Promise((r) => proc.once('exit', r));
+        proc.kill(signals.stop);
+        const t = setTimeout(() => {
+          process.stderr.write(`warning: ${cmd[0]} (pid ${proc.pid}) did not stop within 5 s of ${signals.stop}; killing its process group\n`);
+          group('SIGKILL');
+        }, 5000);
+        await exited;
+        clearTimeout(t);
+      }
+      group('SIGKILL'); // workers left behind by a master that exited
     },
   };
 }
