@@ -106,7 +106,7 @@ async function main(): Promise<number> {
   try { keyAddress = parseAddress(args['key-address'] ?? `vsock:cid=${VSOCK_CID_ANY};port=${DEFAULT_KEY_PORT}`); } catch (e) { log.error(`--key-address: ${(e as Error).message}`); return 2; }
   try { provisionAddress = parseAddress(args['provision-address'] ?? `vsock:cid=${VSOCK_CID_ANY};port=${DEFAULT_PROVISION_PORT}`); } catch (e) { log.error(`--provision-address: ${(e as Error).message}`); return 2; }
   try { kmsProxy = parseAddress(args['kms-proxy'] ?? 'vsock:cid=3;port=8000'); } catch (e) { log.error(`--kms-proxy: ${(e as Error).message}`); return 2; }
-  let nsm: Nsm;
+  let nsm: Nsm | undefined;
   try {
     nsm = args['nsm-sim-dir']
       ? new SimulatedNsm({
@@ -117,7 +117,7 @@ async function main(): Promise<number> {
       : DeviceNsm.open();
   } catch (e) {
     if (!args.local) { log.error((e as Error).message); return 1; }
-    nsm = undefined as unknown as Nsm; // local mode without a simulated NSM: plaintext keys only
+    nsm = undefined; // local mode without a simulated NSM: plaintext keys only, no provisioning channel
   }
   let kmsCa: string | undefined;
   if (args['kms-ca']) { try { kmsCa = fs.readFileSync(args['kms-ca'], 'utf8'); } catch (e) { log.error(`--kms-ca: ${(e as Error).message}`); return 2; } }
