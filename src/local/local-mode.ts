@@ -15,16 +15,13 @@ import { KMSClient, CreateKeyCommand, EncryptCommand, PutKeyPolicyCommand } from
 import { startLocalCloud, type LocalCloud } from './cloud/server.ts';
 import { measureEnclaveApp, simulatedNsmRoot } from '../../enclave/nsm.ts';
 import { pcrOf } from '../shared/pcr.ts';
-import { instanceContext } from '../agent/aws.ts';
-import { fetchBundle } from '../agent/source.ts';
-import { ProvisionClient } from '../shared/provision-wire.ts';
-import { parseAddress } from '../shared/address.ts';
 import type { Bundle } from '../shared/bundle.ts';
-import { startLocalEnclave, type LocalEnclave } from './enclave-process.ts';
 import { registerWithP11Kit } from './p11kit.ts';
 import { handshake, fingerprintOf, launchNginx } from './webservers.ts';
-import { writeTarget, writeAtomic } from '../agent/targets.ts';
-import { verifyTokenSigns } from '../agent/challenge.ts';
+import { writeAtomic } from '../agent/targets.ts';
+import { Agent } from '../agent/agent.ts';
+import { parseConfig } from '../agent/config.ts';
+import { LocalEnclaveController } from './local-enclave-controller.ts';
 
 export interface LocalOptions {
   port: number;
@@ -133,37 +130,30 @@ async function serve(o: LocalOptions, cloud: LocalCloud, nsmDir: string, kmsProx
   const kmsKeyArn = await demoKmsKey(o.stateDir, cloud);
   const m = await demoBundle(o.stateDir, cloud, kmsKeyArn);
 
-  const socket = path.join(o.runtimeDir, 'keys.sock');
-  const provisionSocket = path.join(o.runtimeDir, 'provision.sock');
-  const address = `unix:path=${socket}`;
-  const enclave: LocalEnclave = await startLocalEnclave({
-    keyAddress: address,
-    args: ['--provision-address', `unix:path=${provisionSocket}`, '--nsm-sim-dir', nsmDir, '--nsm-sim-role-arn', cloud.identity.roleArn, '--nsm-sim-instance-id', cloud.identity.instanceId,
-      '--kms-proxy', `unix:path=${kmsProxy}`, '--kms-ca', path.join(o.stateDir, 'cloud/tls-ca.pem')],
-  });
-  started.push(() => enclave.stop());
+  // The agent does the rest as in production: IMDS, S3, the enclave, KMS with
+  // attestation, the challenge signature, the stanza, chain and PIN files.
+  const controller = new LocalEnclaveController({ runtimeDir: o.runtimeDir, nsmDir, roleArn: cloud.identity.roleArn, instanceId: cloud.identity.instanceId, kmsProxySocket: kmsProxy, kmsCaFile: path.join(o.stateDir, 'cloud/tls-ca.pem') });
+  const config = parseConfig(`
+tokens:
+  - label: ${LABEL}
+    source:
+      Acm:
+        certificate_arn: "${DEMO_CERT_ARN}"
+    target:
+      NginxStanza:
+        path: ${path.join(o.runtimeDir, `${LABEL}.conf`)}
+`, 'local mode configuration');
+  const agent = new Agent({ config, enclave: controller, endpoints: { imds: cloud.endpoint, s3: cloud.endpoint, iam: cloud.endpoint }, reload: async () => { /* nginx starts after */ } });
+  started.push(() => agent.stop());
+  await agent.start();
+  const token = agent.tokens.get(LABEL)!;
+  if (token.state !== 'serving') throw new Error(`token ${LABEL} could not be provisioned: ${token.error}`);
+  const enclave = controller.process!;
+  const address = agent.enclaveEndpoints!.keyAddress;
   log.info(`enclave app up (pid ${enclave.proc.pid}) on ${address}`);
-
-  // The agent's part: learn the instance from IMDS, fetch the bundle from S3, hand it to the enclave with the role's credentials.
-  const pin = crypto.randomBytes(12).toString('base64url');
-  const ctx = await instanceContext({ imds: cloud.endpoint, s3: cloud.endpoint, iam: cloud.endpoint });
-  const fetched = await fetchBundle({ Acm: { certificate_arn: DEMO_CERT_ARN } }, ctx);
-  if (!fetched.changed) throw new Error('unreachable: first fetch is unconditional');
-  const provision = await ProvisionClient.connect(parseAddress(`unix:path=${provisionSocket}`));
-  try {
-    const c = await ctx.credentials();
-    await provision.call('add', { label: LABEL, pin, bundle: fetched.bundle, credentials: { accessKeyId: c.accessKeyId, secretAccessKey: c.secretAccessKey, sessionToken: c.sessionToken }, region: ctx.region });
-  } finally { provision.close(); }
-  log.token(LABEL).info('provisioned into the enclave app through KMS with attestation');
-  verifyTokenSigns({ address, label: LABEL, pin, certificatePem: m.certPem });
-  log.token(LABEL).info('challenge signed through PKCS#11 and verified with the certificate');
   const moduleFile = registerWithP11Kit(address);
   log.info(`PKCS#11 module registered with p11-kit in ${moduleFile}`);
-
-  // What the agent writes for a token: chain file, PIN file, stanza.
-  const stanza = writeTarget({ kind: 'NginxStanza', path: path.join(o.runtimeDir, `${LABEL}.conf`) }, {
-    label: LABEL, source: `Acm ${DEMO_CERT_ARN}`, pin, certificatePem: m.certPem, chainPem: fs.readFileSync(m.caFile, 'utf8'),
-  }).config;
+  const stanza = path.join(o.runtimeDir, `${LABEL}.conf`);
 
   const prefix = path.join(o.runtimeDir, 'nginx');
   fs.mkdirSync(path.join(prefix, 'tmp'), { recursive: true });
