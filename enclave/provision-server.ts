@@ -4,11 +4,10 @@
 // document (enclave/kms-client.ts), checked against its certificate, and kept in
 // memory only; plaintext bundles are refused outside local mode.
 import net from 'node:net';
-import { FrameSplitter } from '../src/shared/framing.ts';
 import { listen } from '../src/shared/transport.ts';
 import type { Address } from '../src/shared/address.ts';
 import { parseBundle, BundleError, type Bundle } from '../src/shared/bundle.ts';
-import { jsonFrame, MAX_PROVISION_FRAME, PROVISION_VERSION, ProvisionError, type TokenDescription, type Health } from '../src/shared/provision-wire.ts';
+import { serveJsonFrames, PROVISION_VERSION, ProvisionError, type TokenDescription, type Health } from '../src/shared/provision-wire.ts';
 import { log } from '../src/shared/log.ts';
 import { KeyStore, KeyMaterialError } from './keystore.ts';
 import { attestedDecrypt, type KmsAccess, type AwsCredentials } from './kms-client.ts';
@@ -41,27 +40,7 @@ export class ProvisionServer {
   close(): Promise<void> { return new Promise((r) => this.server.close(() => r())); }
 
   private accept(sock: net.Socket): void {
-    const split = new FrameSplitter(MAX_PROVISION_FRAME, (frame) => {
-      let msg: Record<string, unknown>;
-      try { msg = JSON.parse(frame.toString()) as Record<string, unknown>; } catch {
-        sock.write(jsonFrame({ v: PROVISION_VERSION, id: null, ok: false, error: { code: 'BadRequest', message: 'frame is not JSON' } }));
-        return;
-      }
-      const id = msg.id;
-      const reply = (body: Record<string, unknown>) => { if (!sock.destroyed) sock.write(jsonFrame({ v: PROVISION_VERSION, id, ...body })); };
-      this.handle(msg).then(
-        (result) => reply({ ok: true, ...result }),
-        (e) => {
-          const err = e instanceof ProvisionError ? e : new ProvisionError('Internal', (e as Error).message);
-          if (err.code === 'Internal') log.error(`provisioning ${String(msg.op)}: ${err.message}`);
-          reply({ ok: false, error: { code: err.code, message: err.message } });
-        },
-      );
-    });
-    sock.on('data', (d) => {
-      try { split.push(d); } catch (e) { log.warn(`provisioning: dropping a client: ${(e as Error).message}`); sock.destroy(); }
-    });
-    sock.on('error', () => {});
+    serveJsonFrames(sock, (m) => this.handle(m), (op, message) => log.error(`provisioning ${op}: ${message}`), (why) => log.warn(`provisioning: dropping a client: ${why}`));
   }
 
   private async handle(m: Record<string, unknown>): Promise<Record<string, unknown>> {

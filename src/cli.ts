@@ -9,6 +9,9 @@ interface Command { summary: string; help: string; run(argv: string[]): Promise<
 const DEFAULT_STATE = process.getuid?.() === 0 ? '/var/lib/nitro-acm/local' : path.join(os.homedir(), '.local/state/nitro-acm/local');
 const DEFAULT_RUNTIME = process.getuid?.() === 0 ? '/run/nitro-acm/local' : path.join(os.tmpdir(), `nitro-acm-local-${process.getuid?.() ?? 0}`);
 
+/** This command as the user can type it again (bin/nitro-acm sets it; from npm start, npx finds it). */
+const SELF = process.env.NITRO_ACM_SELF ?? 'npx nitro-acm';
+
 function kv(pairs: string[] | undefined, what: string): Record<string, string> | undefined {
   if (!pairs?.length) return undefined;
   return Object.fromEntries(pairs.map((p) => {
@@ -21,7 +24,7 @@ function kv(pairs: string[] | undefined, what: string): Record<string, string> |
 const commands: Record<string, Command> = {
   agent: {
     summary: 'the nitro-acm service; --check validates acm.yaml like nginx -t',
-    help: `Usage: nitro-acm agent [--config FILE]
+    help: `Usage: nitro-acm agent [--config FILE] [--control-socket PATH]
        nitro-acm agent --check [--config FILE] [--json]
 
 Runs the service (what nitro-enclaves-acm.service starts): reads the
@@ -33,16 +36,19 @@ re-attests, watches the enclave and applies edits of the file as they are saved.
 --check reads the configuration, prints the tokens it would serve, and exits
 non-zero with the file, line and column of the first error, like nginx -t. The
 same acm.yaml as AWS's ACM for Nitro Enclaves is accepted.
+
+--control-socket is where nitro-acm status reads the agent (default
+/run/nitro-acm/agent.sock, root only).
 `,
     async run(argv) {
-      const { values } = parseArgs({ args: argv, options: { check: { type: 'boolean' }, config: { type: 'string' }, json: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } }, strict: true });
+      const { values } = parseArgs({ args: argv, options: { check: { type: 'boolean' }, config: { type: 'string' }, json: { type: 'boolean' }, 'control-socket': { type: 'string' }, help: { type: 'boolean', short: 'h' } }, strict: true });
       if (values.help) { process.stdout.write(this.help); return 0; }
       const { loadConfig, ConfigError, DEFAULT_CONFIG } = await import('./agent/config.ts');
       const file = values.config ?? DEFAULT_CONFIG;
       if (!values.check) {
         const { startService, NitroCliEnclaveController } = await import('./agent/service.ts');
         let service;
-        try { service = await startService({ configFile: file, controller: (c) => new NitroCliEnclaveController(c.enclave) }); } catch (e) {
+        try { service = await startService({ configFile: file, controller: (c) => new NitroCliEnclaveController(c.enclave), controlSocket: values['control-socket'] }); } catch (e) {
           if (e instanceof ConfigError) { log.error(e.message); return 1; }
           throw e;
         }
@@ -67,6 +73,34 @@ same acm.yaml as AWS's ACM for Nitro Enclaves is accepted.
         }
         throw e;
       }
+    },
+  },
+  status: {
+    summary: 'what the running agent serves: per token certificate, expiry, key, last sync and refresh, state; enclave health',
+    help: `Usage: nitro-acm status [--socket PATH] [--json]
+
+Asks the running agent (nitro-acm agent, or nitro-acm local) through its control
+socket. For every token: label, source, certificate subject, names (SANs), not-after,
+key type, last sync, last refresh, state (serving, pending, failed) and the last
+error; and whether the enclave answers. Exits 0 when the enclave is healthy and
+every token serves, 1 otherwise, 2 when no agent answers.
+
+  --socket PATH  the agent's control socket (default /run/nitro-acm/agent.sock, or
+                 /run/nitro-acm/local/agent.sock when only local mode runs)
+  --json         machine-readable output
+`,
+    async run(argv) {
+      const { values } = parseArgs({ args: argv, options: { socket: { type: 'string' }, json: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } }, strict: true });
+      if (values.help) { process.stdout.write(this.help); return 0; }
+      const { readStatus, formatStatus, statusExitCode, findControlSocket } = await import('./commands/status.ts');
+      let r;
+      try { r = await readStatus(values.socket ?? findControlSocket()); } catch (e) {
+        if (values.json) process.stdout.write(JSON.stringify({ ok: false, error: (e as Error).message }, null, 2) + '\n');
+        else process.stderr.write(`nitro-acm status: ${(e as Error).message}\n`);
+        return 2;
+      }
+      process.stdout.write(values.json ? JSON.stringify(r, null, 2) + '\n' : formatStatus(r));
+      return statusExitCode(r);
     },
   },
   'verify-attestation': {
@@ -162,29 +196,56 @@ trusts attestation documents from the AWS root and, when given, --nsm-root.
     },
   },
   local: {
-    summary: 'run the key path on this machine: enclave app, PKCS#11 module, nginx on https://localhost:8443',
-    help: `Usage: nitro-acm local [--port N] [--state-dir DIR] [--runtime-dir DIR]
+    summary: 'run everything on this machine: local cloud, enclave app, agent, nginx (or httpd) on https://localhost:8443; renew on demand',
+    help: `Usage: nitro-acm local [--port N] [--httpd] [--state-dir DIR] [--runtime-dir DIR]
+       nitro-acm local renew LABEL [--runtime-dir DIR] [--json]
 
-Local mode, for trying nitro-acm and for development: makes a demo CA and a
-certificate for localhost on the first run, starts the enclave app with the key,
-registers the PKCS#11 module with p11-kit (/etc/pkcs11/modules/nitro-acm.module,
-so run it as root), and starts nginx serving https://localhost:PORT with the key
-in the enclave app. Prints the curl command that proves it. Ctrl-C stops it.
+Local mode, for trying nitro-acm and for development (no AWS account, no Nitro
+hardware): a local cloud on loopback (IMDS, IAM, S3, KMS), a demo CA and a
+certificate for localhost sealed into the local S3 under a KMS key whose policy
+pins the enclave app's PCR0 (first run; kept in the state directory), the enclave
+app with a simulated NSM, the agent service on a generated acm.yaml, the PKCS#11
+module registered with p11-kit (/etc/pkcs11/modules/nitro-acm.module, so run it as
+root), and nginx (or Apache httpd with --httpd) serving https://localhost:PORT
+with the key in the enclave app. Prints the curl command that proves it. Ctrl-C
+stops everything; files are kept.
+
+"renew LABEL" asks a running local mode to issue a new certificate for the token
+into the local S3 and roll it out as a real renewal (the agent fetches, the
+enclave decrypts, the web server reloads gracefully), and prints how long it took
+until the new certificate was served. nitro-acm status shows the token.
 
 Options:
   --port N           HTTPS port (default 8443)
-  --state-dir DIR    demo CA, key and PIN (default ${DEFAULT_STATE})
-  --runtime-dir DIR  socket, nginx prefix, chain/PIN/stanza files (default ${DEFAULT_RUNTIME})
+  --httpd            serve with Apache httpd (event MPM, mod_ssl) instead of nginx
+  --state-dir DIR    demo CA, local cloud state (default ${DEFAULT_STATE})
+  --runtime-dir DIR  sockets, acm.yaml, web server prefix, chain/PIN/stanza files
+                     (default ${DEFAULT_RUNTIME})
+  --json             (renew) machine-readable output
   -h, --help         this text
 `,
     async run(argv) {
-      const { values } = parseArgs({ args: argv, options: { port: { type: 'string', default: '8443' }, 'state-dir': { type: 'string', default: DEFAULT_STATE }, 'runtime-dir': { type: 'string', default: DEFAULT_RUNTIME }, help: { type: 'boolean', short: 'h' } }, strict: true });
+      const { values, positionals } = parseArgs({ args: argv, allowPositionals: true, options: { port: { type: 'string', default: '8443' }, httpd: { type: 'boolean' }, 'state-dir': { type: 'string', default: DEFAULT_STATE }, 'runtime-dir': { type: 'string', default: DEFAULT_RUNTIME }, json: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } }, strict: true });
       if (values.help) { process.stdout.write(this.help); return 0; }
+      if (positionals[0] === 'renew') {
+        if (positionals.length !== 2) { process.stderr.write(`nitro-acm local renew: give the token's label (local mode serves "localhost")\n\n${this.help}`); return 2; }
+        const { controlCall } = await import('./agent/control.ts');
+        const socket = path.join(path.resolve(values['runtime-dir']!), 'agent.sock');
+        let r: { label: string; previous: string; fingerprint: string; notAfter: string; seconds: number };
+        try { r = await controlCall(socket, 'renew', { label: positionals[1] }, 120_000); } catch (e) {
+          process.stderr.write(`nitro-acm local renew: ${(e as Error).message}\n`);
+          return 1;
+        }
+        if (values.json) process.stdout.write(JSON.stringify(r, null, 2) + '\n');
+        else process.stdout.write(`${r.label}: renewed; the web server serves the new certificate ${r.seconds.toFixed(2)} s after it was put in S3\n  previous ${r.previous}\n  now      ${r.fingerprint} (not after ${r.notAfter})\n`);
+        return 0;
+      }
+      if (positionals.length) { process.stderr.write(`nitro-acm local: unknown subcommand "${positionals[0]}" (expected renew)\n\n${this.help}`); return 2; }
       const port = Number(values.port);
       if (!Number.isInteger(port) || port < 1 || port > 65535) { log.error(`--port: expected 1..65535, got "${values.port}"`); return 2; }
       const { runLocal } = await import('./local/local-mode.ts');
-      const local = await runLocal({ port, stateDir: path.resolve(values['state-dir']!), runtimeDir: path.resolve(values['runtime-dir']!) });
-      process.stdout.write(`\nnitro-acm local mode is serving ${local.url}\nProve it (the handshake is signed by the enclave app):\n\n  ${local.curl}\n\nCtrl-C stops.\n`);
+      const local = await runLocal({ port, stateDir: path.resolve(values['state-dir']!), runtimeDir: path.resolve(values['runtime-dir']!), server: values.httpd ? 'httpd' : 'nginx' });
+      process.stdout.write(`\nnitro-acm local mode is serving ${local.url} (${values.httpd ? 'Apache httpd' : 'nginx'})\nProve it (the handshake is signed by the enclave app):\n\n  ${local.curl}\n\nWatch a renewal:  ${SELF} local renew localhost${values['runtime-dir'] === DEFAULT_RUNTIME ? '' : ` --runtime-dir ${values['runtime-dir']}`}\nSee the token:    ${SELF} status${values['runtime-dir'] === DEFAULT_RUNTIME ? '' : ` --socket ${local.controlSocket}`}\nCtrl-C stops.\n`);
       await new Promise<void>((resolve) => {
         const stop = () => { void local.stop().then(resolve); };
         process.once('SIGINT', stop);

@@ -6,50 +6,30 @@
 import test from 'ava';
 import fs from 'node:fs';
 import path from 'node:path';
-import { KMSClient, CreateKeyCommand, EncryptCommand } from '@aws-sdk/client-kms';
-import { S3Client, PutObjectCommand } from '@aws-sdk/client-s3';
-import { startLocalCloud, type LocalCloud } from '../src/local/cloud/server.ts';
-import { LocalEnclaveController } from '../src/local/local-enclave-controller.ts';
 import { Agent } from '../src/agent/agent.ts';
 import { parseConfig } from '../src/agent/config.ts';
-import { measureEnclaveApp, simulatedNsmRoot } from '../enclave/nsm.ts';
 import { registerWithP11Kit } from '../src/local/p11kit.ts';
 import { launchNginx, freePort, handshake, fingerprintOf, type RunningServer } from '../src/local/webservers.ts';
 import { render } from '../src/templates.ts';
-import { createCA, issueServerCert } from '../src/local/pki.ts';
 import { tmpdir } from './helpers/enclave.ts';
+import { startTestCloud, type TestCloud } from './helpers/cloud.ts';
 
 const dir = tmpdir('agent');
 fs.chmodSync(dir, 0o755);
-const ca = createCA('agent CA');
-let cloud: LocalCloud, keyArn: string, s3: S3Client, kms: KMSClient;
+let tc: TestCloud;
 const CERT_ARN = 'arn:aws:acm:us-east-1:123456789012:certificate/agent-test';
 
-test.before(async () => {
-  const nsm = simulatedNsmRoot(path.join(dir, 'nsm'));
-  cloud = await startLocalCloud({ stateDir: path.join(dir, 'state'), attestationRoots: () => [nsm.rootCert], kmsProxySocket: path.join(dir, 'kms.sock') });
-  kms = new KMSClient({ region: 'us-east-1', endpoint: cloud.endpoint, credentials: cloud.identity.admin });
-  s3 = new S3Client({ region: 'us-east-1', endpoint: cloud.endpoint, forcePathStyle: true, credentials: cloud.identity.admin });
-  keyArn = (await kms.send(new CreateKeyCommand({ Policy: JSON.stringify({ Statement: [
-    { Effect: 'Allow', Principal: { AWS: cloud.identity.admin.arn }, Action: 'kms:*' },
-    { Effect: 'Allow', Principal: { AWS: cloud.identity.roleArn }, Action: 'kms:Decrypt', Condition: { StringEqualsIgnoreCase: { 'kms:RecipientAttestation:PCR0': measureEnclaveApp().pcr0.toString('hex') } } },
-  ] }) }))).KeyMetadata!.Arn!;
-});
-test.after.always(async () => { await cloud?.stop(); fs.rmSync(dir, { recursive: true, force: true }); });
+test.before(async () => { tc = await startTestCloud(dir); });
+test.after.always(async () => { await tc?.stop(); fs.rmSync(dir, { recursive: true, force: true }); });
 
-async function publish(bucket: string, key: string, name: string): Promise<string> {
-  const leaf = issueServerCert(ca, [name]);
-  const ct = (await kms.send(new EncryptCommand({ KeyId: keyArn, Plaintext: Buffer.from(leaf.keyPem) }))).CiphertextBlob!;
-  await s3.send(new PutObjectCommand({ Bucket: bucket, Key: key, Body: JSON.stringify({ certificate: leaf.certPem, certificateChain: ca.certPem, encryptedPrivateKey: Buffer.from(ct).toString('base64'), encryptionMethod: 'KMS' }) }));
-  return leaf.certPem;
-}
+const publish = (bucket: string, key: string, name: string) => tc.publish(bucket, key, [name]);
 
 test('two tokens served by nginx; renewal under load with zero failures; ETag polling; enclave restart', async (t) => {
   const etc = path.join(dir, 'etc');
   fs.mkdirSync(etc);
   fs.mkdirSync(path.join(dir, 'bucket-b'), { recursive: true });
-  const acmCert = await publish(cloud.bucket(), `${cloud.identity.roleArn}/${CERT_ARN}`, 'acm.test');
-  const s3Cert = await publish(cloud.bucket(), 'sealed/s3.json', 's3.test');
+  const acmCert = await publish(tc.cloud.bucket(), `${tc.cloud.identity.roleArn}/${CERT_ARN}`, 'acm.test');
+  const s3Cert = await publish(tc.cloud.bucket(), 'sealed/s3.json', 's3.test');
   const config = parseConfig(`
 options:
   service: nginx
@@ -65,17 +45,15 @@ tokens:
     pin: "s3-token-pin"
     source:
       S3:
-        uri: "s3://${cloud.bucket()}/sealed/s3.json"
+        uri: "s3://${tc.cloud.bucket()}/sealed/s3.json"
     target:
       NginxStanza:
         path: ${etc}/s3.conf
 `, 'acm.yaml');
-  const controller = new LocalEnclaveController({ runtimeDir: path.join(dir, 'run'), nsmDir: path.join(dir, 'nsm'), roleArn: cloud.identity.roleArn, instanceId: cloud.identity.instanceId, kmsProxySocket: path.join(dir, 'kms.sock'), kmsCaFile: path.join(dir, 'state/cloud/tls-ca.pem') });
-  fs.mkdirSync(path.join(dir, 'run'), { recursive: true });
-  fs.chmodSync(path.join(dir, 'run'), 0o711);
+  const controller = tc.controller();
   let nginx: RunningServer | undefined;
   let reloads = 0;
-  const agent = new Agent({ config, enclave: controller, endpoints: { imds: cloud.endpoint, s3: cloud.endpoint, iam: cloud.endpoint }, reload: async () => { reloads++; nginx?.reload(); } });
+  const agent = new Agent({ config, enclave: controller, endpoints: tc.endpoints, reload: async () => { reloads++; nginx?.reload(); } });
   t.teardown(async () => { await nginx?.stop(); await agent.stop(); });
   await agent.start();
   t.deepEqual([...agent.tokens.values()].map((x) => x.state), ['serving', 'serving']);
@@ -93,7 +71,7 @@ tokens:
     .replace('ssl_engine pkcs11;', `ssl_engine pkcs11;\nenv NITRO_ACM_KEY_ADDRESS;`);
   fs.writeFileSync(path.join(prefix, 'nginx.conf'), conf);
   nginx = await launchNginx({ prefix, conf: path.join(prefix, 'nginx.conf'), port, env: { NITRO_ACM_KEY_ADDRESS: agent.enclaveEndpoints!.keyAddress } });
-  const hs = (name: string) => handshake(port, { servername: name, ca: ca.certPem, timeoutMs: 5000 });
+  const hs = (name: string) => handshake(port, { servername: name, ca: tc.ca.certPem, timeoutMs: 5000 });
   t.is((await hs('acm.test')).fingerprint256, fingerprintOf(acmCert));
   t.is((await hs('s3.test')).fingerprint256, fingerprintOf(s3Cert));
 
@@ -105,7 +83,7 @@ tokens:
   let stop = false, ok = 0, failed = 0;
   const load = (async () => { while (!stop) { try { await hs('acm.test'); ok++; } catch { failed++; } } })();
   await new Promise((r) => setTimeout(r, 300));
-  const renewed = await publish(cloud.bucket(), `${cloud.identity.roleArn}/${CERT_ARN}`, 'acm.test');
+  const renewed = await publish(tc.cloud.bucket(), `${tc.cloud.identity.roleArn}/${CERT_ARN}`, 'acm.test');
   t.deepEqual(await agent.sync(), ['acm-token']);
   const deadline = Date.now() + 10_000;
   while ((await hs('acm.test')).fingerprint256 !== fingerprintOf(renewed)) {
@@ -131,7 +109,7 @@ tokens:
   t.is(await agent.healthCheck(), 'ok');
 
   // acm.yaml edited: s3-token removed, a third token added; acm-token untouched keeps serving.
-  const third = await publish(cloud.bucket(), 'sealed/third.json', 's3.test');
+  const third = await publish(tc.cloud.bucket(), 'sealed/third.json', 's3.test');
   const edited = parseConfig(`
 tokens:
   - label: acm-token
@@ -144,7 +122,7 @@ tokens:
   - label: third-token
     source:
       S3:
-        uri: "s3://${cloud.bucket()}/sealed/third.json"
+        uri: "s3://${tc.cloud.bucket()}/sealed/third.json"
     target:
       NginxStanza:
         path: ${etc}/s3.conf

@@ -4,11 +4,11 @@ import test from 'ava';
 import fs from 'node:fs';
 import path from 'node:path';
 import crypto from 'node:crypto';
-import { spawn } from 'node:child_process';
 import { KMSClient, CreateKeyCommand, DecryptCommand } from '@aws-sdk/client-kms';
 import { startLocalCloud, type LocalCloud } from '../src/local/cloud/server.ts';
 import { parseBundle } from '../src/shared/bundle.ts';
 import { createCA, issueServerCert } from '../src/local/pki.ts';
+import { cli } from './helpers/cli.ts';
 import { tmpdir, ROOT } from './helpers/enclave.ts';
 
 const VECTORS = process.env.NITRO_ACM_VECTORS ?? path.join(ROOT, 'test/vectors');
@@ -17,18 +17,9 @@ let cloud: LocalCloud;
 test.before(async () => { cloud = await startLocalCloud({ stateDir: dir }); });
 test.after.always(async () => { await cloud?.stop(); fs.rmSync(dir, { recursive: true, force: true }); });
 
-function cli(args: string[], env: NodeJS.ProcessEnv = {}): Promise<{ status: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    const p = spawn(path.join(ROOT, 'bin/nitro-acm'), args, { env: { ...process.env, ...env } });
-    let stdout = '', stderr = '';
-    p.stdout.on('data', (d) => { stdout += d; });
-    p.stderr.on('data', (d) => { stderr += d; });
-    p.on('exit', (status) => resolve({ status, stdout, stderr }));
-  });
-}
 
 test('--help works for every command, and an unknown command or option says so', async (t) => {
-  for (const c of ['agent', 'verify-attestation', 'pcrs', 'seal', 'local-cloud', 'local']) {
+  for (const c of ['agent', 'status', 'verify-attestation', 'pcrs', 'seal', 'local-cloud', 'local']) {
     const r = await cli([c, '--help']);
     t.is(r.status, 0, c);
     t.regex(r.stdout, new RegExp(`^Usage: nitro-acm ${c}`), c);

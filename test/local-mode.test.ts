@@ -1,17 +1,23 @@
 // nitro-acm local, the main job: a sealed demo certificate in the local S3, the
 // enclave app decrypting its key through the local KMS with attestation, nginx
-// serving it; the key is never on disk; a second run reuses the same state.
+// (or httpd) serving it; the key is never on disk; a second run reuses the same
+// state; status and renew work from the command line against a running one.
 import test from 'ava';
 import fs from 'node:fs';
 import path from 'node:path';
 import { runLocal } from '../src/local/local-mode.ts';
 import { freePort, handshake } from '../src/local/webservers.ts';
+import { cli } from './helpers/cli.ts';
 import { tmpdir } from './helpers/enclave.ts';
 
-test('local mode serves https with a key only the enclave app decrypted, and again on a second run', async (t) => {
-  const dir = tmpdir('local');
-  fs.chmodSync(dir, 0o755);
-  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+
+// One directory for both: the challenge signature's PKCS#11 module is loaded once per
+// process, for one enclave address, as in the agent.
+const dir = tmpdir('local');
+fs.chmodSync(dir, 0o755);
+test.after.always(() => fs.rmSync(dir, { recursive: true, force: true }));
+
+test.serial('local mode serves https with a key only the enclave app decrypted, and again on a second run', async (t) => {
   const o = { port: await freePort(), stateDir: path.join(dir, 'state'), runtimeDir: path.join(dir, 'run') };
   const first = await runLocal(o);
   let served: string;
@@ -34,4 +40,35 @@ test('local mode serves https with a key only the enclave app decrypted, and aga
     const h = await handshake(o.port, { servername: 'localhost', ca: fs.readFileSync(second.caFile, 'utf8') });
     t.is(h.fingerprint256, served, 'the same sealed certificate is served again');
   } finally { await second.stop(); }
+});
+
+test.serial('local mode with --httpd: nitro-acm status and nitro-acm local renew show a renewal as a user would', async (t) => {
+  const o = { port: await freePort(), stateDir: path.join(dir, 'state'), runtimeDir: path.join(dir, 'run'), server: 'httpd' as const };
+  const local = await runLocal(o);
+  t.teardown(() => local.stop());
+  const ca = fs.readFileSync(local.caFile, 'utf8');
+  const before = await handshake(o.port, { servername: 'localhost', ca });
+  t.regex(before.body, /signed by the enclave app/);
+
+  const status = await cli(['status', '--socket', local.controlSocket]);
+  t.is(status.status, 0, status.stderr);
+  t.regex(status.stdout, /^enclave: healthy, 1 token\(s\), NSM simulated, LOCAL MODE/m);
+  t.regex(status.stdout, /^localhost: SERVING\n {2}certificate {2}CN=localhost\n {2}names {8}DNS:localhost, IP Address:127\.0\.0\.1\n/m);
+  t.regex(status.stdout, /^ {2}target {7}Conf \S+localhost-httpd\.conf$/m);
+
+  const renew = await cli(['local', 'renew', 'localhost', '--runtime-dir', o.runtimeDir, '--json']);
+  t.is(renew.status, 0, renew.stderr);
+  const r = JSON.parse(renew.stdout) as { label: string; previous: string; fingerprint: string; seconds: number };
+  t.is(r.previous, before.fingerprint256);
+  t.not(r.fingerprint, r.previous);
+  t.is((await handshake(o.port, { servername: 'localhost', ca })).fingerprint256, r.fingerprint, 'httpd serves the renewed certificate');
+  t.log(`local renew: httpd served the new certificate ${r.seconds.toFixed(2)} s after it was put in S3`);
+  t.is(local.server.proc.exitCode, null, 'httpd was reloaded, not restarted');
+
+  const unknown = await cli(['local', 'renew', 'nope', '--runtime-dir', o.runtimeDir]);
+  t.is(unknown.status, 1);
+  t.regex(unknown.stderr, /no token "nope" \(local mode serves: localhost\)/);
+  const none = await cli(['status', '--socket', path.join(dir, 'absent.sock')]);
+  t.is(none.status, 2);
+  t.regex(none.stderr, /absent\.sock: no agent is running there/);
 });

@@ -4,47 +4,29 @@
 import test from 'ava';
 import fs from 'node:fs';
 import path from 'node:path';
-import { KMSClient, CreateKeyCommand, EncryptCommand } from '@aws-sdk/client-kms';
-import { S3Client, PutObjectCommand } from '@aws-sdk/client-s3';
-import { startLocalCloud, type LocalCloud } from '../src/local/cloud/server.ts';
-import { LocalEnclaveController } from '../src/local/local-enclave-controller.ts';
 import { startService } from '../src/agent/service.ts';
-import { measureEnclaveApp, simulatedNsmRoot } from '../enclave/nsm.ts';
-import { createCA, issueServerCert } from '../src/local/pki.ts';
 import { tmpdir } from './helpers/enclave.ts';
+import { startTestCloud, type TestCloud } from './helpers/cloud.ts';
 
 const dir = tmpdir('service');
 fs.chmodSync(dir, 0o755);
-let cloud: LocalCloud;
-test.before(async () => {
-  const nsm = simulatedNsmRoot(path.join(dir, 'nsm'));
-  cloud = await startLocalCloud({ stateDir: path.join(dir, 'state'), attestationRoots: () => [nsm.rootCert], kmsProxySocket: path.join(dir, 'kms.sock') });
-});
-test.after.always(async () => { await cloud?.stop(); fs.rmSync(dir, { recursive: true, force: true }); });
+let tc: TestCloud;
+test.before(async () => { tc = await startTestCloud(dir); });
+test.after.always(async () => { await tc?.stop(); fs.rmSync(dir, { recursive: true, force: true }); });
 
 test('service: serves acm.yaml, ignores a broken edit, applies a valid one', async (t) => {
-  const kms = new KMSClient({ region: 'us-east-1', endpoint: cloud.endpoint, credentials: cloud.identity.admin });
-  const s3 = new S3Client({ region: 'us-east-1', endpoint: cloud.endpoint, forcePathStyle: true, credentials: cloud.identity.admin });
-  const keyArn = (await kms.send(new CreateKeyCommand({ Policy: JSON.stringify({ Statement: [
-    { Effect: 'Allow', Principal: { AWS: cloud.identity.admin.arn }, Action: 'kms:*' },
-    { Effect: 'Allow', Principal: { AWS: cloud.identity.roleArn }, Action: 'kms:Decrypt', Condition: { StringEqualsIgnoreCase: { 'kms:RecipientAttestation:PCR0': measureEnclaveApp().pcr0.toString('hex') } } },
-  ] }) }))).KeyMetadata!.Arn!;
-  const ca = createCA('service CA');
-  for (const name of ['one', 'two']) {
-    const leaf = issueServerCert(ca, [`${name}.test`]);
-    const ct = (await kms.send(new EncryptCommand({ KeyId: keyArn, Plaintext: Buffer.from(leaf.keyPem) }))).CiphertextBlob!;
-    await s3.send(new PutObjectCommand({ Bucket: cloud.bucket(), Key: `${name}.json`, Body: JSON.stringify({ certificate: leaf.certPem, certificateChain: ca.certPem, encryptedPrivateKey: Buffer.from(ct).toString('base64'), encryptionMethod: 'KMS' }) }));
-  }
+  for (const name of ['one', 'two']) await tc.publish(tc.cloud.bucket(), `${name}.json`, [`${name}.test`]);
   const etc = path.join(dir, 'etc');
   fs.mkdirSync(etc);
   const file = path.join(dir, 'acm.yaml');
-  const tokenYaml = (name: string) => `  - label: ${name}\n    source:\n      S3:\n        uri: "s3://${cloud.bucket()}/${name}.json"\n    target:\n      NginxStanza:\n        path: ${etc}/${name}.conf\n`;
+  const tokenYaml = (name: string) => `  - label: ${name}\n    source:\n      S3:\n        uri: "s3://${tc.cloud.bucket()}/${name}.json"\n    target:\n      NginxStanza:\n        path: ${etc}/${name}.conf\n`;
   fs.writeFileSync(file, `log:\n  level: info\ntokens:\n${tokenYaml('one')}`);
   let reloads = 0;
   const service = await startService({
     configFile: file,
-    controller: () => new LocalEnclaveController({ runtimeDir: path.join(dir, 'run'), nsmDir: path.join(dir, 'nsm'), roleArn: cloud.identity.roleArn, instanceId: cloud.identity.instanceId, kmsProxySocket: path.join(dir, 'kms.sock'), kmsCaFile: path.join(dir, 'state/cloud/tls-ca.pem') }),
-    endpoints: { imds: cloud.endpoint, s3: cloud.endpoint, iam: cloud.endpoint },
+    controller: () => tc.controller(),
+    endpoints: tc.endpoints,
+    controlSocket: path.join(dir, 'agent.sock'),
     reload: async () => { reloads++; },
   });
   t.teardown(async () => { await service.stop(); await service.agent.stop(); });

@@ -17,6 +17,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/sha.h>
 #include <openssl/x509.h>
@@ -46,6 +47,9 @@ struct slot {
   int logged_in;
   uint8_t pin[MAX_PIN];
   size_t pin_len;
+  /* SHA-256 of the last PIN the enclave accepted for this token (kept across fork and re-initialization). */
+  uint8_t accepted_pin_digest[32];
+  int has_accepted_pin;
 };
 
 struct object {
@@ -149,6 +153,19 @@ static void free_objects(void)
   free(objects);
   objects = NULL;
   nobjects = 0;
+}
+
+/* The slot, handle and token-list caches outlive C_Finalize (see reset_all_locked); they go when the module is unloaded. */
+__attribute__((destructor)) static void free_process_tables(void)
+{
+  free_objects();
+  kw_token_list_free(&list);
+  free(handles);
+  handles = NULL;
+  nhandles = 0;
+  free(slots);
+  slots = NULL;
+  nslots = 0;
 }
 
 /* Object handles stay the same for the same object across refreshes and enclave restarts. */
@@ -358,6 +375,42 @@ out:
   return rv;
 }
 
+/*
+ * Before a handle is looked up: a cache emptied by C_Initialize in a forked child
+ * is filled again, so a handle the parent handed out (same object, same handle)
+ * works at once. Called without M; on failure the lookup fails as before.
+ */
+static void ensure_list(void)
+{
+  pthread_mutex_lock(&M);
+  int need = !have_list || list_dirty;
+  pthread_mutex_unlock(&M);
+  if (need) (void)sync_list(0);
+}
+
+/*
+ * Before a key or object handle is used: fill a stale cache, and if the handle
+ * is unknown or its token absent, ask the enclave whether its list changed (at
+ * most every SYNC_INTERVAL_MS): after an enclave restart the module may have
+ * listed the tokens before the agent provisioned them again, and a web server
+ * signing with a handle it already has sends nothing else that would tell it.
+ * Called without M.
+ */
+static struct object *object_get(CK_OBJECT_HANDLE h);
+
+static CK_RV sync_for_handle(CK_OBJECT_HANDLE h)
+{
+  pthread_mutex_lock(&M);
+  int stale = !have_list || list_dirty;
+  int missing = 0;
+  if (!stale) {
+    struct object *o = object_get(h);
+    missing = !o || !slots[o->slot].present;
+  }
+  pthread_mutex_unlock(&M);
+  return stale || missing ? sync_list(missing) : CKR_OK;
+}
+
 /* ---------- sessions ---------- */
 
 static struct session *session_get(CK_SESSION_HANDLE h)
@@ -406,17 +459,19 @@ static void reset_all_locked(void)
   free(sessions);
   sessions = NULL;
   nsessions_cap = 0;
+  /*
+   * Slot ids (token label -> slot) and object handles are kept for the life of
+   * the process, logged out and absent until the next list: a forked child that
+   * initializes again must give every slot and object the id the parent handed
+   * out. libp11 re-finds its keys after a fork, but in a multi-threaded child
+   * (httpd's event MPM) other threads may use the parent's ids meanwhile, and a
+   * token added or removed since must not shift the others' slot ids. The
+   * cached token list (public: certificates, public keys) is kept too, marked
+   * stale: a child forked while the enclave is away (restarting) still finds its
+   * keys, and signs as soon as the enclave is back.
+   */
   for (size_t i = 0; i < nslots; i++) logout_slot(i);
-  free(slots);
-  slots = NULL;
-  nslots = 0;
-  free_objects();
-  kw_token_list_free(&list);
-  free(handles);
-  handles = NULL;
-  nhandles = 0;
-  have_list = 0;
-  list_dirty = 0;
+  if (have_list) list_dirty = 1;
 }
 
 static struct object *object_get(CK_OBJECT_HANDLE h)
@@ -628,22 +683,28 @@ EXPORT CK_RV C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR ppFunctionList)
 
 /* ---------- slots and tokens ---------- */
 
+/*
+ * Every token the process has seen keeps its slot, with the token present or
+ * not: p11-kit's proxy maps slot ids when it is initialized (again in every
+ * forked child), and libp11 waits forever for a session on a slot the proxy
+ * does not know. So a slot must stay listed while its token is away (the enclave
+ * restarting, the token being provisioned again): tokenPresent=FALSE lists them all.
+ */
 CK_RV C_GetSlotList(CK_BBOOL tokenPresent, CK_SLOT_ID_PTR pSlotList, CK_ULONG_PTR pulCount)
 {
-  (void)tokenPresent; /* every slot we list has its token: a slot is a token in the enclave */
   REQUIRE_INIT();
   if (!pulCount) return CKR_ARGUMENTS_BAD;
   /* Unreachable enclave: list what we had (or nothing) so p11-kit still serves other modules. */
   (void)sync_list(1);
   pthread_mutex_lock(&M);
   CK_ULONG n = 0;
-  for (size_t i = 0; i < nslots; i++) if (slots[i].present) n++;
+  for (size_t i = 0; i < nslots; i++) if (slots[i].present || !tokenPresent) n++;
   CK_RV rv = CKR_OK;
   if (pSlotList) {
     if (*pulCount < n) rv = CKR_BUFFER_TOO_SMALL;
     else {
       CK_ULONG j = 0;
-      for (size_t i = 0; i < nslots; i++) if (slots[i].present) pSlotList[j++] = i + 1;
+      for (size_t i = 0; i < nslots; i++) if (slots[i].present || !tokenPresent) pSlotList[j++] = i + 1;
     }
   }
   *pulCount = n;
@@ -651,10 +712,12 @@ CK_RV C_GetSlotList(CK_BBOOL tokenPresent, CK_SLOT_ID_PTR pSlotList, CK_ULONG_PT
   return rv;
 }
 
-/* Caller holds M. */
-static struct slot *slot_get(CK_SLOT_ID id)
+/* Caller holds M. A slot with its token present, or NULL with *rv saying why not. */
+static struct slot *slot_get_rv(CK_SLOT_ID id, CK_RV *rv)
 {
-  if (id == 0 || id > nslots || !slots[id - 1].present) return NULL;
+  if (id == 0 || id > nslots) { *rv = CKR_SLOT_ID_INVALID; return NULL; }
+  if (!slots[id - 1].present) { *rv = CKR_TOKEN_NOT_PRESENT; return NULL; }
+  *rv = CKR_OK;
   return &slots[id - 1];
 }
 
@@ -663,14 +726,14 @@ CK_RV C_GetSlotInfo(CK_SLOT_ID slotID, CK_SLOT_INFO_PTR pInfo)
   REQUIRE_INIT();
   if (!pInfo) return CKR_ARGUMENTS_BAD;
   pthread_mutex_lock(&M);
-  struct slot *s = slot_get(slotID);
-  if (!s) { pthread_mutex_unlock(&M); return CKR_SLOT_ID_INVALID; }
+  if (slotID == 0 || slotID > nslots) { pthread_mutex_unlock(&M); return CKR_SLOT_ID_INVALID; }
+  struct slot *s = &slots[slotID - 1];
   memset(pInfo, 0, sizeof *pInfo);
   char desc[64];
   snprintf(desc, sizeof desc, "nitro-acm enclave token %s", s->label);
   pad_copy(pInfo->slotDescription, sizeof pInfo->slotDescription, desc);
   pad_copy(pInfo->manufacturerID, sizeof pInfo->manufacturerID, "nitro-acm");
-  pInfo->flags = CKF_TOKEN_PRESENT | CKF_HW_SLOT;
+  pInfo->flags = (s->present ? CKF_TOKEN_PRESENT : 0) | CKF_HW_SLOT;
   pthread_mutex_unlock(&M);
   return CKR_OK;
 }
@@ -680,8 +743,9 @@ CK_RV C_GetTokenInfo(CK_SLOT_ID slotID, CK_TOKEN_INFO_PTR pInfo)
   REQUIRE_INIT();
   if (!pInfo) return CKR_ARGUMENTS_BAD;
   pthread_mutex_lock(&M);
-  struct slot *s = slot_get(slotID);
-  if (!s) { pthread_mutex_unlock(&M); return CKR_SLOT_ID_INVALID; }
+  CK_RV why;
+  struct slot *s = slot_get_rv(slotID, &why);
+  if (!s) { pthread_mutex_unlock(&M); return why; }
   memset(pInfo, 0, sizeof *pInfo);
   pad_copy(pInfo->label, sizeof pInfo->label, s->label);
   pad_copy(pInfo->manufacturerID, sizeof pInfo->manufacturerID, "nitro-acm");
@@ -716,9 +780,10 @@ CK_RV C_GetMechanismList(CK_SLOT_ID slotID, CK_MECHANISM_TYPE_PTR pMechanismList
   REQUIRE_INIT();
   if (!pulCount) return CKR_ARGUMENTS_BAD;
   pthread_mutex_lock(&M);
-  int ok = slot_get(slotID) != NULL;
+  CK_RV why;
+  int ok = slot_get_rv(slotID, &why) != NULL;
   pthread_mutex_unlock(&M);
-  if (!ok) return CKR_SLOT_ID_INVALID;
+  if (!ok) return why;
   CK_RV rv = CKR_OK;
   if (pMechanismList) {
     if (*pulCount < NMECHS) rv = CKR_BUFFER_TOO_SMALL;
@@ -733,9 +798,10 @@ CK_RV C_GetMechanismInfo(CK_SLOT_ID slotID, CK_MECHANISM_TYPE type, CK_MECHANISM
   REQUIRE_INIT();
   if (!pInfo) return CKR_ARGUMENTS_BAD;
   pthread_mutex_lock(&M);
-  int ok = slot_get(slotID) != NULL;
+  CK_RV why;
+  int ok = slot_get_rv(slotID, &why) != NULL;
   pthread_mutex_unlock(&M);
-  if (!ok) return CKR_SLOT_ID_INVALID;
+  if (!ok) return why;
   if (!mech_known(type)) return CKR_MECHANISM_INVALID;
   pInfo->ulMinKeySize = MIN_KEY_BITS;
   pInfo->ulMaxKeySize = MAX_KEY_BITS;
@@ -755,8 +821,15 @@ CK_RV C_OpenSession(CK_SLOT_ID slotID, CK_FLAGS flags, CK_VOID_PTR pApplication,
   REQUIRE_INIT();
   if (!phSession) return CKR_ARGUMENTS_BAD;
   if (!(flags & CKF_SERIAL_SESSION)) return CKR_SESSION_PARALLEL_NOT_SUPPORTED;
+  ensure_list();
   pthread_mutex_lock(&M);
-  if (!slot_get(slotID)) { pthread_mutex_unlock(&M); return CKR_SLOT_ID_INVALID; }
+  /*
+   * A slot whose token is away for a moment (the enclave restarting, the token
+   * being provisioned again) still opens sessions: libp11 waits, without a
+   * timeout, for another thread's session when C_OpenSession fails, which hangs
+   * a web-server thread. Operations on the session fail until the token is back.
+   */
+  if (slotID == 0 || slotID > nslots) { pthread_mutex_unlock(&M); return CKR_SLOT_ID_INVALID; }
   struct session *s = calloc(1, sizeof *s);
   if (!s) { pthread_mutex_unlock(&M); return CKR_HOST_MEMORY; }
   s->slot = slotID - 1;
@@ -862,14 +935,39 @@ CK_RV C_Login(CK_SESSION_HANDLE hSession, CK_USER_TYPE userType, CK_UTF8CHAR_PTR
 
   CK_RV answer = CKR_DEVICE_ERROR;
   CK_RV rv = send_login(label, pPin, ulPinLen, &answer);
-  if (rv != CKR_OK) return rv;
-  if (answer == CKR_TOKEN_NOT_PRESENT) return CKR_TOKEN_NOT_PRESENT;
+  uint8_t digest[32];
+  SHA256(pPin, ulPinLen, digest);
+  if (rv != CKR_OK || answer == CKR_TOKEN_NOT_PRESENT) {
+    /*
+     * The enclave is away or has not got the token back yet (it is restarting).
+     * libp11 logs in once after a fork and never again, so a failure here would
+     * leave a web-server worker forked at this moment unable to sign for good.
+     * If this is the PIN the enclave accepted before, log in locally; the first
+     * operation logs in to the enclave, and a PIN it refuses then logs out.
+     */
+    pthread_mutex_lock(&M);
+    struct slot *sl = &slots[slot_index];
+    int known = sl->has_accepted_pin && CRYPTO_memcmp(sl->accepted_pin_digest, digest, sizeof digest) == 0;
+    if (known) {
+      sl->logged_in = 1;
+      memcpy(sl->pin, pPin, ulPinLen);
+      sl->pin_len = ulPinLen;
+    }
+    pthread_mutex_unlock(&M);
+    if (known) {
+      nacm_log("nitro-acm-p11: token %s: the enclave is not answering; logged in with the PIN it accepted before", label);
+      return CKR_OK;
+    }
+    return rv != CKR_OK ? rv : CKR_TOKEN_NOT_PRESENT;
+  }
   if (answer != CKR_OK) return answer == CKR_PIN_INCORRECT || answer == CKR_PIN_LOCKED ? answer : CKR_DEVICE_ERROR;
   pthread_mutex_lock(&M);
   /* Kept in memory to log in again by itself after a fork or an enclave restart. */
   slots[slot_index].logged_in = 1;
   memcpy(slots[slot_index].pin, pPin, ulPinLen);
   slots[slot_index].pin_len = ulPinLen;
+  memcpy(slots[slot_index].accepted_pin_digest, digest, sizeof digest);
+  slots[slot_index].has_accepted_pin = 1;
   pthread_mutex_unlock(&M);
   return CKR_OK;
 }
@@ -903,6 +1001,7 @@ CK_RV C_GetAttributeValue(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hObject, 
 {
   REQUIRE_INIT();
   if (!pTemplate && ulCount) return CKR_ARGUMENTS_BAD;
+  (void)sync_for_handle(hObject);
   pthread_mutex_lock(&M);
   struct session *s = session_get(hSession);
   if (!s) { pthread_mutex_unlock(&M); return CKR_SESSION_HANDLE_INVALID; }
@@ -959,8 +1058,16 @@ CK_RV C_FindObjectsInit(CK_SESSION_HANDLE hSession, CK_ATTRIBUTE_PTR pTemplate, 
     s->found = nobjects ? calloc(nobjects, sizeof *s->found) : NULL;
     s->nfound = s->found_pos = 0;
     if (nobjects && !s->found) rv = CKR_HOST_MEMORY;
+    /*
+     * A renewed token's previous key is found only by its own CKA_ID: a search by
+     * label alone gets the current key, while a process still configured with the
+     * old key (an httpd child forked before the graceful restart, which re-finds
+     * its key by id after fork) gets the one it was configured with.
+     */
+    int by_id = 0;
+    for (CK_ULONG i = 0; i < ulCount; i++) by_id |= pTemplate[i].type == CKA_ID;
     for (size_t i = 0; rv == CKR_OK && i < nobjects; i++)
-      if (visible(&objects[i], s) && !objects[i].retired && matches(&objects[i], pTemplate, ulCount)) s->found[s->nfound++] = objects[i].handle;
+      if (visible(&objects[i], s) && (!objects[i].retired || by_id) && matches(&objects[i], pTemplate, ulCount)) s->found[s->nfound++] = objects[i].handle;
     if (rv == CKR_OK) s->finding = 1;
   }
   pthread_mutex_unlock(&M);
@@ -1050,13 +1157,18 @@ static CK_RV op_init(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism, CK
 {
   REQUIRE_INIT();
   if (!pMechanism) return CKR_ARGUMENTS_BAD;
+  (void)sync_for_handle(hKey);
   pthread_mutex_lock(&M);
   struct session *s = session_get(hSession);
   CK_RV rv = CKR_OK;
   if (!s) { rv = CKR_SESSION_HANDLE_INVALID; goto out; }
   if (s->op != OP_NONE) { rv = CKR_OPERATION_ACTIVE; goto out; }
   struct object *o = object_get(hKey);
-  if (!o || o->slot != s->slot || !slots[o->slot].present) { rv = CKR_KEY_HANDLE_INVALID; goto out; }
+  if (!o || o->slot != s->slot || !slots[o->slot].present) {
+    nacm_debug("init: key %lu invalid (%s; %zu objects, list %s)", (unsigned long)hKey, !o ? "no such object" : o->slot != s->slot ? "another slot" : "token absent", nobjects, have_list ? (list_dirty ? "stale" : "fresh") : "none");
+    rv = CKR_KEY_HANDLE_INVALID;
+    goto out;
+  }
   if (o->cls != CKO_PRIVATE_KEY) { rv = CKR_KEY_TYPE_INCONSISTENT; goto out; }
   if (!slots[s->slot].logged_in) { rv = CKR_USER_NOT_LOGGED_IN; goto out; }
   CK_MECHANISM_TYPE m = pMechanism->mechanism;
@@ -1132,16 +1244,15 @@ static CK_RV private_op(CK_OBJECT_HANDLE hKey, uint8_t op, uint8_t scheme, uint8
                         const uint8_t *label, size_t label_len, const uint8_t *in, size_t in_len, uint8_t *out, size_t *out_len)
 {
   for (int attempt = 0; attempt < 3; attempt++) {
-    pthread_mutex_lock(&M);
-    int dirty = list_dirty;
-    pthread_mutex_unlock(&M);
-    if (dirty) {
-      CK_RV srv = sync_list(0);
-      if (srv != CKR_OK) return srv;
-    }
+    CK_RV srv = sync_for_handle(hKey);
+    if (srv != CKR_OK) { nacm_debug("sign/decrypt: cannot refresh the token list (0x%lx)", (unsigned long)srv); return srv; }
     pthread_mutex_lock(&M);
     struct object *o = object_get(hKey);
-    if (!o || !slots[o->slot].present) { pthread_mutex_unlock(&M); return CKR_KEY_HANDLE_INVALID; }
+    if (!o || !slots[o->slot].present) {
+      nacm_debug("sign/decrypt: key %lu invalid (%s)", (unsigned long)hKey, !o ? "no such object" : "token absent");
+      pthread_mutex_unlock(&M);
+      return CKR_KEY_HANDLE_INVALID;
+    }
     uint32_t key_id = o->key->key_id;
     struct slot *sl = &slots[o->slot];
     if (!sl->logged_in) { pthread_mutex_unlock(&M); return CKR_USER_NOT_LOGGED_IN; }
@@ -1189,7 +1300,7 @@ static CK_RV private_op(CK_OBJECT_HANDLE hKey, uint8_t op, uint8_t scheme, uint8
       if (rv != CKR_OK) return rv;
       if (login_answer == CKR_PIN_INCORRECT) {
         pthread_mutex_lock(&M);
-        if (slot_index < nslots) logout_slot(slot_index);
+        if (slot_index < nslots) { logout_slot(slot_index); slots[slot_index].has_accepted_pin = 0; }
         pthread_mutex_unlock(&M);
         nacm_log("nitro-acm-p11: token %s no longer accepts the PIN; logged out", slot_label);
         return CKR_USER_NOT_LOGGED_IN;
@@ -1198,6 +1309,7 @@ static CK_RV private_op(CK_OBJECT_HANDLE hKey, uint8_t op, uint8_t scheme, uint8
       continue;
     }
     OPENSSL_cleanse(pin, sizeof pin);
+    nacm_debug("sign/decrypt: the enclave answered 0x%lx for key %lu (attempt %d)", (unsigned long)answer, (unsigned long)hKey, attempt + 1);
     if (answer == CKR_KEY_HANDLE_INVALID) {
       pthread_mutex_lock(&M);
       list_dirty = 1;

@@ -267,6 +267,8 @@ int main(int argc, char **argv)
     ok = ok && f->C_OpenSession(cs, CKF_SERIAL_SESSION, NULL, NULL, &c) == CKR_OK;
     ok = ok && f->C_Login(c, CKU_USER, (CK_UTF8CHAR_PTR)pin, strlen(pin)) == CKR_OK;
     ok = ok && sign_and_verify(c, find_one(c, CKO_PRIVATE_KEY), "child after C_Initialize");
+    /* The parent's handle stays valid: threads of a forked server may use it before re-finding it. */
+    ok = ok && find_one(c, CKO_PRIVATE_KEY) == key && sign_and_verify(c, key, "child with the parent's key handle");
     _exit(ok ? 0 : 1);
   }
   waitpid(pid, &st, 0);

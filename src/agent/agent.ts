@@ -16,6 +16,7 @@ import { fetchBundle } from './source.ts';
 import { writeTarget, companionFiles, type TargetSpec } from './targets.ts';
 import { verifyTokenSigns } from './challenge.ts';
 import type { Bundle } from '../shared/bundle.ts';
+import type { Health, TokenDescription } from '../shared/provision-wire.ts';
 
 export interface EnclaveEndpoints { keyAddress: string; provisionAddress: string }
 
@@ -38,6 +39,46 @@ export interface TokenState {
   lastSync?: number;
   lastRefresh?: number;
 }
+
+/** One token as `nitro-acm status` shows it: what the agent knows and what the enclave holds. */
+export interface TokenStatus {
+  label: string;
+  source: string;
+  target: string;
+  state: TokenStateName;
+  error?: string;
+  subject?: string;
+  sans?: string[];
+  notAfter?: string;
+  keyType?: string;
+  fingerprint256?: string;
+  lastSync?: string;
+  lastRefresh?: string;
+  /** From the enclave: whether it holds the token, when it last re-attested, old keys still in their grace period. */
+  inEnclave: boolean;
+  enclaveRefreshedAt?: string;
+  retiredKeys?: number;
+}
+export interface AgentStatus {
+  enclave: { reachable: boolean; health?: Health; error?: string; keyAddress?: string; provisionAddress?: string };
+  tokens: TokenStatus[];
+}
+
+function certificateFacts(pem: string): Pick<TokenStatus, 'subject' | 'sans' | 'notAfter' | 'keyType' | 'fingerprint256'> {
+  const c = new crypto.X509Certificate(pem);
+  const k = c.publicKey;
+  const d = k.asymmetricKeyDetails;
+  const keyType = k.asymmetricKeyType === 'rsa' ? `RSA-${d?.modulusLength}` : k.asymmetricKeyType === 'ec' ? `EC-${d?.namedCurve}` : String(k.asymmetricKeyType);
+  return {
+    subject: c.subject.replace(/\n/g, ', '),
+    sans: (c.subjectAltName ?? '').split(', ').filter(Boolean),
+    notAfter: new Date(c.validTo).toISOString(),
+    keyType,
+    fingerprint256: c.fingerprint256,
+  };
+}
+
+const iso = (t?: number) => (t === undefined ? undefined : new Date(t).toISOString());
 
 export interface AgentOptions {
   config: AcmConfig;
@@ -212,6 +253,36 @@ export class Agent {
       log.token(l).info('removed from acm.yaml: dropped from the enclave (its files are left in place)');
     }
     return { added, removed, changed };
+  }
+
+  /** Every token as the agent and the enclave see it; never a PIN or a key. */
+  async status(): Promise<AgentStatus> {
+    const enclave: AgentStatus['enclave'] = { reachable: false, keyAddress: this.endpoints?.keyAddress, provisionAddress: this.endpoints?.provisionAddress };
+    let held = new Map<string, TokenDescription>();
+    try {
+      if (!this.provision) throw new Error('not started');
+      const h = await this.provision.call<Health>('health', {}, 5000);
+      enclave.health = { ok: true, version: h.version, nsm: h.nsm, localMode: h.localMode, tokens: h.tokens, generation: h.generation };
+      held = new Map((await this.provision.call<{ tokens: TokenDescription[] }>('describe', {}, 5000)).tokens.map((d) => [d.label, d]));
+      enclave.reachable = true;
+    } catch (e) { enclave.error = (e as Error).message; }
+    const tokens = [...this.tokens.values()].map((t): TokenStatus => {
+      const d = held.get(t.config.label);
+      return {
+        label: t.config.label,
+        source: source(t.config),
+        target: `${targetSpec(t.config).kind} ${targetSpec(t.config).path}`,
+        state: t.state,
+        error: t.error,
+        ...(t.bundle ? certificateFacts(t.bundle.certificate) : {}),
+        lastSync: iso(t.lastSync),
+        lastRefresh: iso(t.lastRefresh),
+        inEnclave: d !== undefined,
+        enclaveRefreshedAt: d?.refreshedAt,
+        retiredKeys: d?.retiredKeys,
+      };
+    });
+    return { enclave, tokens };
   }
 
   async stop(): Promise<void> {

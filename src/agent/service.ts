@@ -12,6 +12,7 @@ import type { Endpoints } from './aws.ts';
 import { runEnclave, describeEnclaves, terminateEnclave } from './nitro-cli.ts';
 import { ProvisionClient } from '../shared/provision-wire.ts';
 import { parseAddress } from '../shared/address.ts';
+import { startControlServer, DEFAULT_CONTROL_SOCKET, type ControlHandler, type ControlServer } from './control.ts';
 
 export interface ServiceOptions {
   configFile: string;
@@ -19,9 +20,19 @@ export interface ServiceOptions {
   endpoints?: Endpoints;
   reload?: (config: AcmConfig) => Promise<void>;
   healthIntervalMs?: number;
+  /** The control socket for `nitro-acm status` (default /run/nitro-acm/agent.sock); false for none. */
+  controlSocket?: string | false;
+  /** More control operations (local mode adds "renew"). */
+  controlHandlers?: (service: RunningService) => Record<string, ControlHandler>;
 }
 
-export interface RunningService { agent: Agent; stop(): Promise<void>; idle(): Promise<void> }
+export interface RunningService {
+  agent: Agent;
+  /** Runs fn after every operation queued before it (syncs, refreshes, edits, health checks never interleave). */
+  queue<T>(what: string, fn: () => Promise<T>): Promise<T>;
+  stop(): Promise<void>;
+  idle(): Promise<void>;
+}
 
 /** `options.reload_command`, else `systemctl reload <service>`: a graceful reload, never a restart. */
 export function systemReload(config: AcmConfig): Promise<void> {
@@ -40,9 +51,10 @@ export async function startService(o: ServiceOptions): Promise<RunningService> {
 
   // One operation at a time: a sync, a refresh, an edit and a health check never interleave.
   let chain: Promise<unknown> = Promise.resolve();
-  const queue = (what: string, fn: () => Promise<unknown>) => {
-    chain = chain.then(fn).catch((e) => log.error(`${what}: ${(e as Error).message}`));
-    return chain;
+  const queue = <T>(what: string, fn: () => Promise<T>): Promise<T> => {
+    const result = chain.then(fn);
+    chain = result.catch((e) => log.error(`${what}: ${(e as Error).message}`));
+    return result;
   };
   const timers = [
     setInterval(() => void queue('sync', () => agent.sync()), config.options.sync_interval_secs * 1000),
@@ -64,18 +76,28 @@ export async function startService(o: ServiceOptions): Promise<RunningService> {
     });
   });
   await new Promise<void>((r) => watcher.once('ready', () => r()));
-  log.info(`agent running: ${agent.tokens.size} tokens; watching ${o.configFile}`);
-  return {
+  let control: ControlServer | undefined;
+  const service: RunningService = {
     agent,
+    queue,
     idle: () => chain.then(() => undefined),
     async stop() {
       for (const t of timers) clearInterval(t);
       await watcher.close();
+      await control?.close();
       await chain;
       // The enclave keeps serving: a restarted agent finds it and provisions it again.
       log.info('agent stopped; the enclave and every written file stay in place');
     },
   };
+  const socket = o.controlSocket ?? DEFAULT_CONTROL_SOCKET;
+  control = socket === false ? undefined : await startControlServer(socket, {
+    status: async () => ({ ...(await agent.status()), configFile: o.configFile }),
+    sync: async () => ({ renewed: await queue('sync', () => agent.sync()) }),
+    ...o.controlHandlers?.(service),
+  }).catch(async (e) => { await service.stop(); throw e; });
+  log.info(`agent running: ${agent.tokens.size} tokens; watching ${o.configFile}${control ? `; status on ${control.path}` : ''}`);
+  return service;
 }
 
 /** Production: the enclave image under nitro-cli, reused if it is already running. */

@@ -1,9 +1,11 @@
 // nitro-acm local: the whole key path on one machine, for trying nitro-acm and
 // for development. A demo CA and a certificate for localhost (made on the first
-// run and kept in the state directory), the enclave app holding the key, the
-// PKCS#11 module registered with p11-kit, and nginx serving https://localhost:PORT
-// with ssl_engine pkcs11 and the stanza nitro-acm writes. Ctrl-C stops it all;
-// files are left in place (nothing is deleted on stop).
+// run and kept in the state directory) sealed into the local S3, the agent service
+// as in production (its acm.yaml generated in the runtime directory, its control
+// socket there too), the enclave app holding the key, the PKCS#11 module
+// registered with p11-kit, and nginx (or httpd) serving https://localhost:PORT
+// with the files nitro-acm writes. `renew` issues a new certificate into S3 and
+// lets the agent roll it out. Ctrl-C stops it all; files are left in place.
 import fs from 'node:fs';
 import path from 'node:path';
 import crypto from 'node:crypto';
@@ -17,24 +19,31 @@ import { measureEnclaveApp, simulatedNsmRoot } from '../../enclave/nsm.ts';
 import { pcrOf } from '../shared/pcr.ts';
 import type { Bundle } from '../shared/bundle.ts';
 import { registerWithP11Kit } from './p11kit.ts';
-import { handshake, fingerprintOf, launchNginx } from './webservers.ts';
+import { handshake, fingerprintOf, launchNginx, startHttpd, type RunningServer } from './webservers.ts';
 import { writeAtomic } from '../agent/targets.ts';
-import { Agent } from '../agent/agent.ts';
-import { parseConfig } from '../agent/config.ts';
+import { startService, type RunningService } from '../agent/service.ts';
 import { LocalEnclaveController } from './local-enclave-controller.ts';
+import { ProvisionError } from '../shared/provision-wire.ts';
 
 export interface LocalOptions {
   port: number;
   stateDir: string;
   runtimeDir: string;
-  /** Resolve once serving instead of waiting for a signal (tests). */
-  detach?: boolean;
+  /** The web server (default nginx). */
+  server?: 'nginx' | 'httpd';
 }
+
+export interface RenewResult { label: string; previous: string; fingerprint: string; notAfter: string; seconds: number }
 
 export interface LocalRun {
   caFile: string;
   url: string;
   curl: string;
+  controlSocket: string;
+  service: RunningService;
+  server: RunningServer;
+  /** Issues a new certificate for the token into S3 and waits until the web server serves it. */
+  renew(label: string): Promise<RenewResult>;
   stop(): Promise<void>;
 }
 
@@ -42,39 +51,51 @@ const LABEL = 'localhost';
 
 const DEMO_CERT_ARN = 'arn:aws:acm:us-east-1:123456789012:certificate/nitro-acm-local-demo';
 
-/**
- * The demo CA (kept, to issue renewals) and a certificate for localhost whose
- * private key is sealed into the local S3 under the local KMS key right away and
- * never written to disk: from then on only the enclave app can decrypt it.
- */
-async function demoBundle(stateDir: string, cloud: LocalCloud, kmsKeyArn: string): Promise<{ caFile: string; certPem: string }> {
+interface DemoCA { caFile: string; caKeyFile: string }
+
+function demoCA(stateDir: string): DemoCA {
   fs.mkdirSync(stateDir, { recursive: true });
   fs.chmodSync(stateDir, 0o700);
   const caFile = path.join(stateDir, 'demo-ca.pem');
-  const caKey = path.join(stateDir, 'demo-ca.key');
-  if (!fs.existsSync(caFile) || !fs.existsSync(caKey)) {
+  const caKeyFile = path.join(stateDir, 'demo-ca.key');
+  if (!fs.existsSync(caFile) || !fs.existsSync(caKeyFile)) {
     // A name of its own per machine: two demo CAs with one name confuse clients that trust the other.
     const ca = createCA(`nitro-acm local demo CA ${crypto.randomBytes(4).toString('hex')}`);
-    writeAtomic(caKey, ca.keyPem, 0o600);
+    writeAtomic(caKeyFile, ca.keyPem, 0o600);
     writeAtomic(caFile, ca.certPem, 0o644);
     log.info(`first run: created a demo CA in ${caFile}`);
   }
-  const ctx = { partition: cloud.identity.partition, region: cloud.identity.region, roleArn: cloud.identity.roleArn };
-  const key = `${ctx.roleArn}/${DEMO_CERT_ARN}`;
-  const s3 = new S3Client({ region: ctx.region, endpoint: cloud.endpoint, forcePathStyle: true, credentials: cloud.identity.admin });
-  try {
-    const existing = await s3.send(new GetObjectCommand({ Bucket: cloud.bucket(), Key: key }));
-    const b = JSON.parse(await existing.Body!.transformToString()) as { certificate: string };
-    if (new Date(new crypto.X509Certificate(b.certificate).validTo).getTime() > Date.now() + 86400_000) return { caFile, certPem: b.certificate };
-  } catch { /* not sealed yet, or expiring: seal a new one */ }
-  const ca = { name: 'demo CA', certPem: fs.readFileSync(caFile, 'utf8'), keyPem: fs.readFileSync(caKey, 'utf8') };
-  const leaf = issueServerCert(ca, ['localhost', '127.0.0.1']);
-  const kms = new KMSClient({ region: ctx.region, endpoint: cloud.endpoint, credentials: cloud.identity.admin });
+  return { caFile, caKeyFile };
+}
+
+const s3Key = (cloud: LocalCloud) => `${cloud.identity.roleArn}/${DEMO_CERT_ARN}`;
+
+/**
+ * Issues a certificate for localhost from the demo CA and seals its private key
+ * into the local S3 under the local KMS key at once; the key is never written to
+ * disk: from then on only the enclave app can decrypt it.
+ */
+async function sealDemoCertificate(ca: DemoCA, cloud: LocalCloud, kmsKeyArn: string): Promise<string> {
+  const caPem = fs.readFileSync(ca.caFile, 'utf8');
+  const leaf = issueServerCert({ name: 'demo CA', certPem: caPem, keyPem: fs.readFileSync(ca.caKeyFile, 'utf8') }, ['localhost', '127.0.0.1']);
+  const kms = new KMSClient({ region: cloud.identity.region, endpoint: cloud.endpoint, credentials: cloud.identity.admin });
   const ct = (await kms.send(new EncryptCommand({ KeyId: kmsKeyArn, Plaintext: Buffer.from(leaf.keyPem) }))).CiphertextBlob!;
-  const bundle: Bundle = { certificate: leaf.certPem, certificateChain: ca.certPem, encryptedPrivateKey: Buffer.from(ct).toString('base64'), encryptionMethod: 'KMS' };
-  await s3.send(new PutObjectCommand({ Bucket: cloud.bucket(), Key: key, Body: JSON.stringify(bundle) }));
-  log.token(LABEL).info(`issued a certificate for localhost and sealed its key into s3://${cloud.bucket()}/${key}`);
-  return { caFile, certPem: leaf.certPem };
+  const bundle: Bundle = { certificate: leaf.certPem, certificateChain: caPem, encryptedPrivateKey: Buffer.from(ct).toString('base64'), encryptionMethod: 'KMS' };
+  await s3Client(cloud).send(new PutObjectCommand({ Bucket: cloud.bucket(), Key: s3Key(cloud), Body: JSON.stringify(bundle) }));
+  log.token(LABEL).info(`issued a certificate for localhost (serial ${new crypto.X509Certificate(leaf.certPem).serialNumber}) and sealed its key into s3://${cloud.bucket()}/${s3Key(cloud)}`);
+  return leaf.certPem;
+}
+
+const s3Client = (cloud: LocalCloud) => new S3Client({ region: cloud.identity.region, endpoint: cloud.endpoint, forcePathStyle: true, credentials: cloud.identity.admin });
+
+/** The sealed demo certificate in S3 from an earlier run, or a new one if there is none or it expires within a day. */
+async function demoBundle(ca: DemoCA, cloud: LocalCloud, kmsKeyArn: string): Promise<void> {
+  try {
+    const existing = await s3Client(cloud).send(new GetObjectCommand({ Bucket: cloud.bucket(), Key: s3Key(cloud) }));
+    const b = JSON.parse(await existing.Body!.transformToString()) as { certificate: string };
+    if (new Date(new crypto.X509Certificate(b.certificate).validTo).getTime() > Date.now() + 86400_000) return;
+  } catch { /* not sealed yet */ }
+  await sealDemoCertificate(ca, cloud, kmsKeyArn);
 }
 
 /** The local KMS key; its policy lets the instance role decrypt only from an enclave whose PCR0 is this code's. */
@@ -128,57 +149,83 @@ export async function runLocal(o: LocalOptions): Promise<LocalRun> {
 
 async function serve(o: LocalOptions, cloud: LocalCloud, nsmDir: string, kmsProxy: string, started: (() => Promise<void>)[]): Promise<LocalRun> {
   const kmsKeyArn = await demoKmsKey(o.stateDir, cloud);
-  const m = await demoBundle(o.stateDir, cloud, kmsKeyArn);
+  const ca = demoCA(o.stateDir);
+  await demoBundle(ca, cloud, kmsKeyArn);
+  const serverKind = o.server ?? 'nginx';
 
-  // The agent does the rest as in production: IMDS, S3, the enclave, KMS with
-  // attestation, the challenge signature, the stanza, chain and PIN files.
+  // The agent service does the rest as in production: IMDS, S3, the enclave, KMS
+  // with attestation, the challenge signature, the stanza, chain and PIN files;
+  // then it polls, re-attests, restarts a dead enclave and applies edits of acm.yaml.
   const controller = new LocalEnclaveController({ runtimeDir: o.runtimeDir, nsmDir, roleArn: cloud.identity.roleArn, instanceId: cloud.identity.instanceId, kmsProxySocket: kmsProxy, kmsCaFile: path.join(o.stateDir, 'cloud/tls-ca.pem') });
-  const config = parseConfig(`
-tokens:
-  - label: ${LABEL}
-    source:
-      Acm:
-        certificate_arn: "${DEMO_CERT_ARN}"
-    target:
-      NginxStanza:
-        path: ${path.join(o.runtimeDir, `${LABEL}.conf`)}
-`, 'local mode configuration');
-  const agent = new Agent({ config, enclave: controller, endpoints: { imds: cloud.endpoint, s3: cloud.endpoint, iam: cloud.endpoint }, reload: async () => { /* nginx starts after */ } });
-  started.push(() => agent.stop());
-  await agent.start();
-  const token = agent.tokens.get(LABEL)!;
+  const target = serverKind === 'nginx' ? `NginxStanza:\n        path: ${path.join(o.runtimeDir, `${LABEL}.conf`)}` : `Conf:\n        path: ${path.join(o.runtimeDir, `${LABEL}-httpd.conf`)}`;
+  const configFile = path.join(o.runtimeDir, 'acm.yaml');
+  writeAtomic(configFile, render('local/acm.yaml', { SERVICE: serverKind, LABEL, CERT_ARN: DEMO_CERT_ARN, TARGET: target }), 0o600);
+  let server: RunningServer | undefined;
+  const controlSocket = path.join(o.runtimeDir, 'agent.sock');
+  const service = await startService({
+    configFile,
+    controller: () => controller,
+    endpoints: { imds: cloud.endpoint, s3: cloud.endpoint, iam: cloud.endpoint },
+    // Before the web server runs there is nothing to reload; it starts on the files written.
+    reload: async () => { server?.reload(); if (server) log.info(`reloaded ${serverKind} (pid ${server.pid}) gracefully`); },
+    controlSocket,
+    controlHandlers: () => ({ renew: async (args) => ({ ...(await renew(String(args.label ?? ''))) }) }),
+  });
+  started.push(async () => { await service.stop(); await service.agent.stop(); });
+  const token = service.agent.tokens.get(LABEL)!;
   if (token.state !== 'serving') throw new Error(`token ${LABEL} could not be provisioned: ${token.error}`);
-  const enclave = controller.process!;
-  const address = agent.enclaveEndpoints!.keyAddress;
-  log.info(`enclave app up (pid ${enclave.proc.pid}) on ${address}`);
+  const address = service.agent.enclaveEndpoints!.keyAddress;
+  log.info(`enclave app up (pid ${controller.process!.proc.pid}) on ${address}`);
   const moduleFile = registerWithP11Kit(address);
   log.info(`PKCS#11 module registered with p11-kit in ${moduleFile}`);
-  const stanza = path.join(o.runtimeDir, `${LABEL}.conf`);
 
-  const prefix = path.join(o.runtimeDir, 'nginx');
-  fs.mkdirSync(path.join(prefix, 'tmp'), { recursive: true });
-  const conf = path.join(prefix, 'nginx.conf');
-  writeAtomic(conf, render('local/nginx.conf', { PREFIX: prefix, PORT: String(o.port), STANZA: stanza }), 0o644);
-  const nginx = await launchNginx({ prefix, conf, port: o.port }).catch((e: Error) => {
-    throw new Error(`${e.message}\n(is port ${o.port} taken? --port chooses another)`);
+  const prefix = path.join(o.runtimeDir, serverKind);
+  const hello = 'Hello from nitro-acm local mode: this TLS handshake was signed by the enclave app.\n';
+  const launched = serverKind === 'nginx' ? launchLocalNginx(o, prefix) : startHttpd({ dir: prefix, port: o.port, sites: [{ serverName: 'localhost', include: path.join(o.runtimeDir, `${LABEL}-httpd.conf`) }], body: hello });
+  server = await launched.catch((e: Error) => { throw new Error(`${e.message}\n(is port ${o.port} taken? --port chooses another)`); });
+  started.push(() => server!.stop());
+  const caPem = fs.readFileSync(ca.caFile, 'utf8');
+  const served = async () => (await handshake(o.port, { servername: 'localhost', ca: caPem, timeoutMs: 10_000 })).fingerprint256;
+  const h = await served().catch((e: Error) => {
+    throw new Error(`${serverKind} is not serving the demo certificate on port ${o.port}: ${e.message} (see ${path.join(prefix, 'error.log')})`);
   });
-  started.push(() => nginx.stop());
-  const caPem = fs.readFileSync(m.caFile, 'utf8');
-  const want = fingerprintOf(m.certPem);
-  const h = await handshake(o.port, { servername: 'localhost', ca: caPem, timeoutMs: 10_000 }).catch((e: Error) => {
-    throw new Error(`nginx is not serving the demo certificate on port ${o.port}: ${e.message} (see ${path.join(prefix, 'error.log')})`);
-  });
-  if (h.fingerprint256 !== want) throw new Error(`port ${o.port} serves another certificate (${h.subjectCN}): is another server listening there? --port chooses another`);
+  if (h !== fingerprintOf(token.bundle!.certificate)) throw new Error(`port ${o.port} serves another certificate: is another server listening there? --port chooses another`);
   const url = `https://localhost:${o.port}/`;
-  const curl = `curl --cacert ${m.caFile} ${url}`;
-  log.token(LABEL).info(`serving ${url} with the key in the enclave app (nginx pid ${nginx.pid})`);
+  const curl = `curl --cacert ${ca.caFile} ${url}`;
+  log.token(LABEL).info(`serving ${url} with the key in the enclave app (${serverKind} pid ${server.pid})`);
+
+  async function renew(label: string): Promise<RenewResult> {
+    if (!service.agent.tokens.has(label)) throw new ProvisionError('NoSuchToken', `no token "${label}" (local mode serves: ${[...service.agent.tokens.keys()].join(', ')})`);
+    const previous = await served();
+    const t0 = performance.now();
+    const certPem = await sealDemoCertificate(ca, cloud, kmsKeyArn);
+    const renewed = await service.queue('renew', () => service.agent.sync());
+    if (!renewed.includes(label)) throw new Error(`the agent did not roll out the new certificate: ${service.agent.tokens.get(label)?.error ?? 'unchanged in S3'}`);
+    const want = fingerprintOf(certPem);
+    for (const deadline = Date.now() + 20_000; (await served()) !== want;) {
+      if (Date.now() > deadline) throw new Error(`${serverKind} still serves the previous certificate 20 s after the reload (see ${path.join(prefix, 'error.log')})`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    const seconds = (performance.now() - t0) / 1000;
+    const notAfter = new Date(new crypto.X509Certificate(certPem).validTo).toISOString();
+    log.token(label).info(`renewed: ${serverKind} serves the new certificate ${seconds.toFixed(2)} s after it was put in S3`);
+    return { label, previous, fingerprint: want, notAfter, seconds };
+  }
+
   // If this process goes away without stop() (an uncaught error, process.exit), take the children along.
-  const orphanGuard = () => { nginx.proc.kill('SIGQUIT'); enclave.proc.kill('SIGTERM'); };
+  const orphanGuard = () => { server!.proc.kill('SIGTERM'); controller.process?.proc.kill('SIGTERM'); };
   process.once('exit', orphanGuard);
   const stop = async () => {
     process.removeListener('exit', orphanGuard);
     for (const f of started.reverse()) await f().catch(() => {});
     log.info('local mode stopped; files are kept in ' + o.runtimeDir);
   };
-  return { caFile: m.caFile, url, curl, stop };
+  return { caFile: ca.caFile, url, curl, controlSocket, service, server, renew, stop };
+}
+
+function launchLocalNginx(o: LocalOptions, prefix: string): Promise<RunningServer> {
+  fs.mkdirSync(path.join(prefix, 'tmp'), { recursive: true });
+  const conf = path.join(prefix, 'nginx.conf');
+  writeAtomic(conf, render('local/nginx.conf', { PREFIX: prefix, PORT: String(o.port), STANZA: path.join(o.runtimeDir, `${LABEL}.conf`) }), 0o644);
+  return launchNginx({ prefix, conf, port: o.port });
 }

@@ -158,11 +158,16 @@ async function waitForPort(port: number, proc: ChildProcess, log: () => string):
   }
 }
 
+/** A virtual host whose certificate lines live in a file of their own (an agent's Conf target). */
+export interface IncludedSite { serverName: string; include: string }
+
 export interface HttpdOptions {
   dir: string;
   port: number;
-  sites: SiteKey[];
+  sites: (SiteKey | IncludedSite)[];
   env?: Record<string, string>;
+  /** What GET / answers (default "ok"). */
+  body?: string;
 }
 
 const HTTPD_MODULES = '/usr/lib/apache2/modules';
@@ -172,8 +177,7 @@ export function httpdConfig(o: HttpdOptions): string {
 <VirtualHost 127.0.0.1:${o.port}>
     ServerName ${s.serverName}
     SSLEngine on
-    SSLCertificateFile ${s.certificateFile}
-    SSLCertificateKeyFile "${s.key}"
+${'include' in s ? `    Include ${s.include}` : `    SSLCertificateFile ${s.certificateFile}\n    SSLCertificateKeyFile "${s.key}"`}
 </VirtualHost>`).join('\n');
   return `
 ServerRoot "${o.dir}"
@@ -189,6 +193,8 @@ LoadModule mpm_event_module ${HTTPD_MODULES}/mod_mpm_event.so
 LoadModule authz_core_module ${HTTPD_MODULES}/mod_authz_core.so
 LoadModule ssl_module ${HTTPD_MODULES}/mod_ssl.so
 LoadModule env_module ${HTTPD_MODULES}/mod_env.so
+LoadModule dir_module ${HTTPD_MODULES}/mod_dir.so
+DirectoryIndex index.html
 StartServers 2
 ServerLimit 4
 ThreadsPerChild 16
@@ -206,7 +212,7 @@ ${vhosts}
 
 export async function startHttpd(o: HttpdOptions): Promise<RunningServer> {
   fs.mkdirSync(path.join(o.dir, 'htdocs'), { recursive: true });
-  fs.writeFileSync(path.join(o.dir, 'htdocs/index.html'), 'ok\n');
+  fs.writeFileSync(path.join(o.dir, 'htdocs/index.html'), o.body ?? 'ok\n');
   fs.chmodSync(o.dir, 0o755);
   const conf = path.join(o.dir, 'httpd.conf');
   fs.writeFileSync(conf, httpdConfig(o));

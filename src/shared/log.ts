@@ -45,7 +45,7 @@ export const log = logger();
 export function routeProcessWarnings(): void {
   process.removeAllListeners('warning');
   process.on('warning', (w) => {
-    if (w.name === 'NodeVersionSupportWarning') return;
+    if (w.name === 'NodeVersionSupportWarning' || w.message.startsWith('NodeVersionSupportWarning')) return;
     emit('warn', undefined, `${w.name}: ${w.message}`);
   });
 }

@@ -41,6 +41,37 @@ export function jsonFrame(obj: unknown): Buffer {
   return Buffer.concat([head, body]);
 }
 
+/**
+ * The server side of a framed-JSON channel (the provisioning channel, and the
+ * agent's control socket, which speaks the same frames): each request frame gets
+ * one reply frame with its id; a handler's ProvisionError becomes a typed error,
+ * anything else an Internal one. A frame that is not JSON gets a BadRequest; an
+ * oversized frame drops the client.
+ */
+export function serveJsonFrames(sock: net.Socket, handle: (m: Record<string, unknown>) => Promise<Record<string, unknown>>, onInternal: (op: string, message: string) => void, onDrop: (why: string) => void): void {
+  const split = new FrameSplitter(MAX_PROVISION_FRAME, (frame) => {
+    let msg: Record<string, unknown>;
+    try { msg = JSON.parse(frame.toString()) as Record<string, unknown>; } catch {
+      sock.write(jsonFrame({ v: PROVISION_VERSION, id: null, ok: false, error: { code: 'BadRequest', message: 'frame is not JSON' } }));
+      return;
+    }
+    const id = msg.id;
+    const reply = (body: Record<string, unknown>) => { if (!sock.destroyed) sock.write(jsonFrame({ v: PROVISION_VERSION, id, ...body })); };
+    handle(msg).then(
+      (result) => reply({ ok: true, ...result }),
+      (e) => {
+        const err = e instanceof ProvisionError ? e : new ProvisionError('Internal', (e as Error).message);
+        if (err.code === 'Internal') onInternal(String(msg.op), err.message);
+        reply({ ok: false, error: { code: err.code, message: err.message } });
+      },
+    );
+  });
+  sock.on('data', (d) => {
+    try { split.push(d); } catch (e) { onDrop((e as Error).message); sock.destroy(); }
+  });
+  sock.on('error', () => {});
+}
+
 /** A client for the provisioning channel; one request at a time is fine, several may be in flight. */
 export class ProvisionClient {
   private waiting = new Map<number, { resolve(v: Record<string, unknown>): void; reject(e: Error): void }>();

@@ -1,0 +1,48 @@
+// nitro-acm status: the running agent's view of every token, from its control socket.
+import fs from 'node:fs';
+import { controlCall, DEFAULT_CONTROL_SOCKET, LOCAL_CONTROL_SOCKET } from '../agent/control.ts';
+import type { AgentStatus } from '../agent/agent.ts';
+
+export type StatusReport = AgentStatus & { configFile: string; socket: string };
+
+/** The production agent's socket, else a local-mode agent's, else the production path (for its error). */
+export function findControlSocket(): string {
+  for (const p of [DEFAULT_CONTROL_SOCKET, LOCAL_CONTROL_SOCKET]) if (fs.existsSync(p)) return p;
+  return DEFAULT_CONTROL_SOCKET;
+}
+
+export async function readStatus(socket: string): Promise<StatusReport> {
+  return { ...(await controlCall<AgentStatus & { configFile: string }>(socket, 'status')), socket };
+}
+
+function ago(iso: string | undefined, now: number): string {
+  if (!iso) return 'never';
+  const s = Math.round((now - Date.parse(iso)) / 1000);
+  return s < 120 ? `${s} s ago` : s < 7200 ? `${Math.round(s / 60)} min ago` : `${(s / 3600).toFixed(1)} h ago`;
+}
+
+function daysLeft(iso: string, now: number): string {
+  const d = (Date.parse(iso) - now) / 86400_000;
+  return d < 0 ? 'EXPIRED' : `${Math.floor(d)} days left`;
+}
+
+export function formatStatus(r: StatusReport, now = Date.now()): string {
+  const e = r.enclave;
+  const lines = [`agent: ${r.configFile} (${r.socket})`,
+    e.reachable ? `enclave: healthy, ${e.health!.tokens} token(s), NSM ${e.health!.nsm}${e.health!.localMode ? ', LOCAL MODE' : ''} (${e.provisionAddress})` : `enclave: NOT REACHABLE: ${e.error}`];
+  for (const t of r.tokens) {
+    lines.push('', `${t.label}: ${t.state.toUpperCase()}${t.inEnclave ? '' : ' (not in the enclave)'}`);
+    if (t.subject) {
+      lines.push(`  certificate  ${t.subject}`, `  names        ${t.sans!.join(', ') || '(none)'}`, `  not after    ${t.notAfter} (${daysLeft(t.notAfter!, now)})`, `  key          ${t.keyType}`);
+    }
+    lines.push(`  source       ${t.source}`, `  target       ${t.target}`, `  last sync    ${ago(t.lastSync, now)}`, `  last refresh ${ago(t.lastRefresh, now)}${t.enclaveRefreshedAt ? ` (enclave: ${ago(t.enclaveRefreshedAt, now)})` : ''}`);
+    if (t.retiredKeys) lines.push(`  old keys     ${t.retiredKeys} in their grace period`);
+    if (t.error) lines.push(`  last error   ${t.error}`);
+  }
+  return lines.join('\n') + '\n';
+}
+
+/** Exit status for scripts: 0 all serving and the enclave healthy, 1 otherwise. */
+export function statusExitCode(r: StatusReport): number {
+  return r.enclave.reachable && r.tokens.every((t) => t.state === 'serving' && t.inEnclave) ? 0 : 1;
+}

@@ -1,0 +1,140 @@
+// The agent service with real nginx and real Apache httpd at once: three tokens
+// each (SNI picks every certificate), nitro-acm status over the control socket, a
+// renewal on both servers under continuous load with zero failed handshakes and
+// no restart, and the enclave app killed under load: serving resumes by itself;
+// the failed handshakes and the seconds to recover are printed.
+import test from 'ava';
+import fs from 'node:fs';
+import path from 'node:path';
+import { startService } from '../src/agent/service.ts';
+import { controlCall } from '../src/agent/control.ts';
+import { registerWithP11Kit } from '../src/local/p11kit.ts';
+import { launchNginx, startHttpd, freePort, handshake, fingerprintOf, type RunningServer } from '../src/local/webservers.ts';
+import { cli } from './helpers/cli.ts';
+import { tmpdir } from './helpers/enclave.ts';
+import { startTestCloud, type TestCloud } from './helpers/cloud.ts';
+
+const dir = tmpdir('serving');
+fs.chmodSync(dir, 0o755);
+let tc: TestCloud;
+test.before(async () => { tc = await startTestCloud(dir); });
+test.after.always(async () => { await tc?.stop(); fs.rmSync(dir, { recursive: true, force: true }); });
+
+const NGINX = ['n1', 'n2', 'n3'];
+const HTTPD = ['h1', 'h2', 'h3'];
+
+
+/** New TLS connections against every name, round robin, until stopped. */
+function load(targets: { port: number; name: string }[]) {
+  let stop = false, ok = 0, failed = 0;
+  let lastFailure = 0;
+  const errors = new Map<string, number>();
+  const failures: { at: number; server: string }[] = [];
+  const runners = [0, 1].map(async (k) => {
+    for (let i = k; !stop; i += 2) {
+      const tg = targets[i % targets.length];
+      try { await handshake(tg.port, { servername: `${tg.name}.test`, ca: tc.ca.certPem, timeoutMs: 5000 }); ok++; } catch (e) {
+        failed++; lastFailure = Date.now();
+        failures.push({ at: lastFailure, server: tg.name.startsWith('n') ? 'nginx' : 'httpd' });
+        const m = `${tg.name.startsWith('n') ? 'nginx' : 'httpd'}: ${(e as Error).message.replace(/^[0-9A-F]+:error:[0-9A-F]+:SSL routines:\w+:/, '').slice(0, 60)}`;
+        errors.set(m, (errors.get(m) ?? 0) + 1);
+      }
+    }
+  });
+  return { get ok() { return ok; }, get failed() { return failed; }, get lastFailure() { return lastFailure; }, errors, failures, async stop() { stop = true; await Promise.all(runners); } };
+}
+
+test('nginx and httpd, three tokens each: SNI, status, renewal under load with zero failures, enclave killed under load', async (t) => {
+  const etc = path.join(dir, 'etc');
+  fs.mkdirSync(etc);
+  const certs = new Map<string, string>();
+  for (const n of [...NGINX, ...HTTPD]) certs.set(n, await tc.publish(tc.cloud.bucket(), `bundles/${n}.json`, [`${n}.test`]));
+  const token = (n: string, kind: 'NginxStanza' | 'Conf') => `  - label: ${n}\n    source:\n      S3:\n        uri: "s3://${tc.cloud.bucket()}/bundles/${n}.json"\n    target:\n      ${kind}:\n        path: ${etc}/${n}.conf\n`;
+  const configFile = path.join(dir, 'acm.yaml');
+  fs.writeFileSync(configFile, `tokens:\n${NGINX.map((n) => token(n, 'NginxStanza')).join('')}${HTTPD.map((n) => token(n, 'Conf')).join('')}`);
+
+  let nginx: RunningServer | undefined, httpd: RunningServer | undefined;
+  const controller = tc.controller();
+  const socket = path.join(dir, 'agent.sock');
+  const service = await startService({
+    configFile, controller: () => controller, endpoints: tc.endpoints, controlSocket: socket, healthIntervalMs: 500,
+    reload: async () => { nginx?.reload(); httpd?.reload(); },
+  });
+  t.teardown(async () => { await nginx?.stop(); await httpd?.stop(); await service.stop(); await service.agent.stop(); });
+  const env = { NITRO_ACM_KEY_ADDRESS: service.agent.enclaveEndpoints!.keyAddress };
+  registerWithP11Kit();
+
+  const nginxPort = await freePort();
+  const prefix = path.join(dir, 'nginx');
+  fs.mkdirSync(path.join(prefix, 'tmp'), { recursive: true });
+  fs.writeFileSync(path.join(prefix, 'nginx.conf'), `daemon off;\nworker_processes 2;\nerror_log ${prefix}/error.log notice;\npid ${prefix}/nginx.pid;\nssl_engine pkcs11;\nenv NITRO_ACM_KEY_ADDRESS;\nevents { worker_connections 256; }\nhttp {\n  access_log off;\n  client_body_temp_path ${prefix}/tmp;\n${NGINX.map((n) => `  server {\n    listen 127.0.0.1:${nginxPort} ssl;\n    server_name ${n}.test;\n    include ${etc}/${n}.conf;\n    location / { return 200 "${n}\\n"; }\n  }\n`).join('')}}\n`);
+  nginx = await launchNginx({ prefix, conf: path.join(prefix, 'nginx.conf'), port: nginxPort, env });
+  const httpdPort = await freePort();
+  httpd = await startHttpd({ dir: path.join(dir, 'httpd'), port: httpdPort, env, sites: HTTPD.map((n) => ({ serverName: `${n}.test`, include: `${etc}/${n}.conf` })) });
+  const portOf = (n: string) => (n.startsWith('n') ? nginxPort : httpdPort);
+  const served = async (n: string) => (await handshake(portOf(n), { servername: `${n}.test`, ca: tc.ca.certPem, timeoutMs: 5000 })).fingerprint256;
+
+  // SNI picks each token's certificate, on both servers.
+  for (const n of [...NGINX, ...HTTPD]) t.is(await served(n), fingerprintOf(certs.get(n)!), `${n} serves its own certificate`);
+
+  // nitro-acm status, as an operator runs it.
+  const st = await cli(['status', '--socket', socket, '--json']);
+  t.is(st.status, 0, st.stderr);
+  const report = JSON.parse(st.stdout) as { enclave: { reachable: boolean; health: { tokens: number } }; tokens: { label: string; state: string; sans: string[]; keyType: string; notAfter: string; inEnclave: boolean }[] };
+  t.true(report.enclave.reachable);
+  t.is(report.enclave.health.tokens, 6);
+  t.deepEqual(report.tokens.map((x) => [x.label, x.state, x.sans.join(), x.keyType, x.inEnclave]), [...NGINX, ...HTTPD].map((n) => [n, 'serving', `DNS:${n}.test`, 'RSA-2048', true]));
+  const text = await cli(['status', '--socket', socket]);
+  t.regex(text.stdout, /^h2: SERVING\n {2}certificate {2}CN=h2\.test\n {2}names {8}DNS:h2\.test\n {2}not after {4}\S+ \(\d+ days left\)\n {2}key {10}RSA-2048$/m);
+
+  // Renewal of one nginx and one httpd token under continuous load: zero failures, no restart.
+  const pids = [nginx.pid, httpd.pid];
+  const targets = [...NGINX, ...HTTPD].map((name) => ({ name, port: portOf(name) }));
+  let l = load(targets);
+  await new Promise((r) => setTimeout(r, 500));
+  for (const n of ['n1', 'h2']) certs.set(n, await tc.publish(tc.cloud.bucket(), `bundles/${n}.json`, [`${n}.test`]));
+  const t0 = Date.now();
+  t.deepEqual((await controlCall<{ renewed: string[] }>(socket, 'sync')).renewed, ['n1', 'h2']);
+  for (const n of ['n1', 'h2']) {
+    while ((await served(n)) !== fingerprintOf(certs.get(n)!)) {
+      if (Date.now() - t0 > 20_000) { t.fail(`${n}: the renewed certificate is not served`); break; }
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+  await new Promise((r) => setTimeout(r, 1000));
+  await l.stop();
+  t.log(`renewal on nginx and httpd under load: ${l.ok} handshakes, ${l.failed} failed ${JSON.stringify([...l.errors])}`);
+  t.is(l.failed, 0, 'zero failed handshakes during the renewal');
+  t.true(l.ok > 20);
+  t.deepEqual([nginx.pid, httpd.pid, nginx.proc.exitCode, httpd.proc.exitCode], [...pids, null, null], 'reloaded, not restarted');
+  for (const n of [...NGINX, ...HTTPD]) t.is(await served(n), fingerprintOf(certs.get(n)!));
+
+  // The enclave app killed under load: the agent's health check starts a new one and
+  // provisions every token with the same PINs; the web servers are not touched.
+  l = load(targets);
+  await new Promise((r) => setTimeout(r, 500));
+  const killedAt = Date.now();
+  await controller.process!.stop('SIGKILL');
+  let recovered = 0;
+  while (!recovered) {
+    if (Date.now() - killedAt > 30_000) { t.fail('not serving again within 30 s'); break; }
+    await new Promise((r) => setTimeout(r, 100));
+    const all = await Promise.all(targets.map((x) => served(x.name).then(() => true, () => false)));
+    if (all.every(Boolean) && (await service.agent.status()).enclave.reachable) recovered = Date.now();
+  }
+  await new Promise((r) => setTimeout(r, 1000));
+  await l.stop();
+  const seconds = ((Math.max(recovered, l.lastFailure) - killedAt) / 1000).toFixed(2);
+  t.log(`enclave killed under load: ${l.failed} failed handshakes of ${l.ok + l.failed}; serving again ${seconds} s after the kill; ${JSON.stringify([...l.errors])}`);
+  const buckets = new Map<number, { nginx: number; httpd: number }>();
+  for (const f of l.failures) {
+    const b = Math.floor((f.at - killedAt) / 500) * 0.5;
+    const e = buckets.get(b) ?? { nginx: 0, httpd: 0 };
+    e[f.server as 'nginx' | 'httpd']++;
+    buckets.set(b, e);
+  }
+  t.log(`failed handshakes by half second after the kill: ${[...buckets].map(([b, e]) => `${b.toFixed(1)} s: nginx ${e.nginx}, httpd ${e.httpd}`).join('; ')}`);
+  t.true(l.lastFailure < recovered + 1000, 'no failures once serving again');
+  t.deepEqual([nginx.pid, httpd.pid, nginx.proc.exitCode, httpd.proc.exitCode], [...pids, null, null], 'the web servers were not restarted');
+  for (const n of [...NGINX, ...HTTPD]) t.is(await served(n), fingerprintOf(certs.get(n)!));
+});
