@@ -103,6 +103,39 @@ every token serves, 1 otherwise, 2 when no agent answers.
       return statusExitCode(r);
     },
   },
+  doctor: {
+    summary: 'check what breaks installs in practice (engine, p11-kit, nginx/httpd config, files, enclave), each finding with its fix',
+    help: `Usage: nitro-acm doctor [--config FILE] [--socket PATH] [--nginx-conf FILE] [--openssl-conf FILE] [--json]
+
+Checks, and for each problem says how to fix it:
+  - acm.yaml is valid
+  - the OpenSSL pkcs11 engine loads; on Amazon Linux 2023 (OpenSSL 3) openssl.cnf
+    configures it
+  - p11-kit lists the nitro-acm module
+  - nginx: nginx -t passes, "ssl_engine pkcs11;" is at the top level, every
+    NginxStanza file is included inside a server block
+  - httpd: "SSLCryptoDevice pkcs11" is set, every Conf file has the key line
+  - each token's files exist, are not world-readable and belong to user/group
+  - the agent answers and the enclave is reachable; every token serves
+Exits 1 if anything fails.
+
+  --config FILE        acm.yaml (default /etc/nitro_enclaves/acm.yaml)
+  --socket PATH        the agent's control socket (default as nitro-acm status)
+  --nginx-conf FILE    nginx's main file (default: nginx's own)
+  --openssl-conf FILE  (default: OPENSSL_CONF, else OPENSSLDIR/openssl.cnf)
+  --json               machine-readable findings
+`,
+    async run(argv) {
+      const { values } = parseArgs({ args: argv, options: { config: { type: 'string' }, socket: { type: 'string' }, 'nginx-conf': { type: 'string' }, 'openssl-conf': { type: 'string' }, json: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } }, strict: true });
+      if (values.help) { process.stdout.write(this.help); return 0; }
+      const { doctor, formatFindings } = await import('./commands/doctor.ts');
+      const { findControlSocket } = await import('./commands/status.ts');
+      const { DEFAULT_CONFIG } = await import('./agent/config.ts');
+      const findings = await doctor({ configFile: values.config ?? DEFAULT_CONFIG, socket: values.socket ?? findControlSocket(), nginxConf: values['nginx-conf'], opensslConf: values['openssl-conf'] });
+      process.stdout.write(values.json ? JSON.stringify({ ok: !findings.some((f) => f.verdict === 'fail'), findings }, null, 2) + '\n' : formatFindings(findings));
+      return findings.some((f) => f.verdict === 'fail') ? 1 : 0;
+    },
+  },
   'verify-attestation': {
     summary: 'verify a Nitro attestation document and print its module id, time and PCRs',
     help: `Usage: nitro-acm verify-attestation FILE [--root PEM] [--at TIME] [--json]

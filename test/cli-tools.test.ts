@@ -19,7 +19,7 @@ test.after.always(async () => { await cloud?.stop(); fs.rmSync(dir, { recursive:
 
 
 test('--help works for every command, and an unknown command or option says so', async (t) => {
-  for (const c of ['agent', 'status', 'verify-attestation', 'pcrs', 'seal', 'local-cloud', 'local']) {
+  for (const c of ['agent', 'status', 'doctor', 'verify-attestation', 'pcrs', 'seal', 'local-cloud', 'local']) {
     const r = await cli([c, '--help']);
     t.is(r.status, 0, c);
     t.regex(r.stdout, new RegExp(`^Usage: nitro-acm ${c}`), c);

@@ -28,6 +28,12 @@ test.serial('local mode serves https with a key only the enclave app decrypted, 
     t.is(h.subjectCN, 'localhost');
     served = h.fingerprint256;
     t.regex(first.curl, /^curl --cacert \S+demo-ca\.pem https:\/\/localhost:\d+\/$/);
+    // A working install, as nitro-acm doctor sees it.
+    const d = await cli(['doctor', '--config', path.join(o.runtimeDir, 'acm.yaml'), '--socket', first.controlSocket, '--nginx-conf', path.join(o.runtimeDir, 'nginx/nginx.conf')]);
+    t.is(d.status, 0, d.stdout + d.stderr);
+    t.regex(d.stdout, /^ok {4}stanza localhost: \S+localhost\.conf is included in a server block$/m);
+    t.regex(d.stdout, /^ok {4}token localhost: serving CN=localhost/m);
+    t.regex(d.stdout, /no problems found\n$/);
   } finally { await first.stop(); }
   // No private key of a serving certificate anywhere on disk: only the demo CA's.
   const keys = fs.readdirSync(dir, { recursive: true, withFileTypes: true }).filter((e) => e.isFile())

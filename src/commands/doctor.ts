@@ -1,0 +1,181 @@
+// nitro-acm doctor: checks what breaks installs in practice, each finding with its
+// fix. It only reads: configuration files, `nginx -T`, `openssl engine`,
+// `p11-kit list-modules`, file modes, and the agent's control socket.
+import fs from 'node:fs';
+import path from 'node:path';
+import { execFile } from 'node:child_process';
+import { loadConfig, ConfigError, type AcmConfig, type TokenConfig } from '../agent/config.ts';
+import { companionFiles, owner, type TargetSpec } from '../agent/targets.ts';
+import { controlCall } from '../agent/control.ts';
+import type { AgentStatus } from '../agent/agent.ts';
+
+export type Verdict = 'ok' | 'warn' | 'fail';
+export interface Finding { check: string; verdict: Verdict; detail: string; fix?: string }
+
+export interface DoctorOptions {
+  configFile: string;
+  /** The agent's control socket. */
+  socket: string;
+  /** nginx's main configuration (default: nginx's own, as `nginx -T` finds it). */
+  nginxConf?: string;
+  /** The OpenSSL configuration file (default: OPENSSL_CONF, else OPENSSLDIR/openssl.cnf). */
+  opensslConf?: string;
+  /** /etc/os-release, for the Amazon Linux 2023 rule. */
+  osRelease?: string;
+}
+
+function run(cmd: string, args: string[], timeoutMs = 15_000): Promise<{ code: number; out: string }> {
+  return new Promise((resolve) => execFile(cmd, args, { timeout: timeoutMs, env: { ...process.env, NITRO_ACM_P11_QUIET: '1' } }, (e, stdout, stderr) => {
+    const code = e ? (typeof (e as { code?: unknown }).code === 'number' ? (e as { code: number }).code : 127) : 0;
+    resolve({ code, out: `${stdout}${stderr}` });
+  }));
+}
+
+const spec = (t: TokenConfig): TargetSpec => ('NginxStanza' in t.target ? { kind: 'NginxStanza', ...t.target.NginxStanza } : { kind: 'Conf', ...t.target.Conf });
+
+/** Strips comments and quotes from `nginx -T` output and returns its directives with the block they sit in. */
+export function nginxDirectives(dump: string): { name: string; args: string[]; blocks: string[] }[] {
+  const out: { name: string; args: string[]; blocks: string[] }[] = [];
+  const stack: string[] = [];
+  // nginx -T prints each file after "# configuration file PATH:"; comments are dropped, quotes kept as tokens.
+  const text = dump.split('\n').map((l) => l.replace(/(^|\s)#.*$/, '')).join('\n');
+  const tokens = text.match(/"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|[{};]|[^\s{};]+/g) ?? [];
+  let words: string[] = [];
+  for (const tok of tokens) {
+    if (tok === ';') { if (words.length) out.push({ name: words[0], args: words.slice(1), blocks: [...stack] }); words = []; }
+    else if (tok === '{') { stack.push(words[0] ?? ''); words = []; }
+    else if (tok === '}') { stack.pop(); words = []; }
+    else words.push(tok.replace(/^["']|["']$/g, ''));
+  }
+  return out;
+}
+
+async function nginxFindings(c: AcmConfig, o: DoctorOptions): Promise<Finding[]> {
+  const stanzas = c.tokens.filter((t) => 'NginxStanza' in t.target).map((t) => ({ label: t.label, file: spec(t).path }));
+  const args = ['-T', ...(o.nginxConf ? ['-c', o.nginxConf] : [])];
+  const dump = await run('nginx', args);
+  const where = o.nginxConf ?? 'nginx.conf';
+  if (dump.code === 127 && /ENOENT|not found/i.test(dump.out)) return [{ check: 'nginx', verdict: 'fail', detail: 'nginx is not installed (options.service is nginx)', fix: 'dnf install nginx (Amazon Linux) or apt-get install nginx' }];
+  const findings: Finding[] = [];
+  if (dump.code !== 0) {
+    findings.push({ check: 'nginx -t', verdict: 'fail', detail: `nginx -t fails: ${dump.out.trim().split('\n').filter((l) => /emerg|error/.test(l)).join('; ') || dump.out.trim().slice(0, 300)}`, fix: 'fix the error nginx names, then: systemctl reload nginx' });
+  } else findings.push({ check: 'nginx -t', verdict: 'ok', detail: `${where}: syntax is ok` });
+  const ds = nginxDirectives(dump.out);
+  const engine = ds.find((d) => d.name === 'ssl_engine' && d.blocks.length === 0);
+  findings.push(engine?.args[0] === 'pkcs11'
+    ? { check: 'ssl_engine', verdict: 'ok', detail: 'ssl_engine pkcs11; is set at the top level' }
+    : { check: 'ssl_engine', verdict: 'fail', detail: engine ? `ssl_engine is "${engine.args[0]}", not pkcs11` : `no top-level "ssl_engine pkcs11;" in ${where}: nginx cannot load keys from the enclave`, fix: `add "ssl_engine pkcs11;" at the top level of ${where} (below the pid line), then: systemctl reload nginx` });
+  for (const s of stanzas) {
+    const inc = ds.filter((d) => d.name === 'include' && d.args[0] === s.file);
+    const inServer = inc.filter((d) => d.blocks.includes('server'));
+    if (inServer.length) findings.push({ check: `stanza ${s.label}`, verdict: 'ok', detail: `${s.file} is included in a server block` });
+    else findings.push({ check: `stanza ${s.label}`, verdict: 'fail', detail: inc.length ? `${s.file} is included outside any server block (in ${inc[0].blocks.join(' > ') || 'the top level'})` : `${s.file} is not included anywhere: nginx does not serve token ${s.label}`, fix: `add "include ${s.file};" inside the server { } block that should serve it (with "listen 443 ssl;"), then: systemctl reload nginx` });
+  }
+  return findings;
+}
+
+async function httpdFindings(c: AcmConfig): Promise<Finding[]> {
+  const findings: Finding[] = [];
+  for (const t of c.tokens.filter((x) => 'Conf' in x.target)) {
+    const file = spec(t).path;
+    let text = '';
+    try { text = fs.readFileSync(file, 'utf8'); } catch {
+      findings.push({ check: `conf ${t.label}`, verdict: 'warn', detail: `${file} does not exist yet (the agent writes it when the token is provisioned)`, fix: 'start the agent: systemctl start nitro-enclaves-acm' });
+      continue;
+    }
+    findings.push(/^\s*SSLCertificateKeyFile\s+"?pkcs11:/mi.test(text)
+      ? { check: `conf ${t.label}`, verdict: 'ok', detail: `${file} points SSLCertificateKeyFile at the enclave token` }
+      : { check: `conf ${t.label}`, verdict: 'fail', detail: `${file} has no SSLCertificateKeyFile line with a pkcs11: URI`, fix: `make sure ${file} has SSLCertificateKeyFile and SSLCertificateFile lines (any value) inside its VirtualHost; the agent rewrites them` });
+  }
+  // SSLCryptoDevice pkcs11 somewhere in the server's configuration.
+  const dirs = ['/etc/httpd', '/etc/apache2'].filter((d) => fs.existsSync(d));
+  const files = dirs.flatMap((d) => (fs.readdirSync(d, { recursive: true }) as string[]).map((f) => path.join(d, f)).filter((f) => f.endsWith('.conf')));
+  const hit = files.find((f) => { try { return /^\s*SSLCryptoDevice\s+pkcs11\b/mi.test(fs.readFileSync(f, 'utf8')); } catch { return false; } });
+  findings.push(hit
+    ? { check: 'SSLCryptoDevice', verdict: 'ok', detail: `SSLCryptoDevice pkcs11 in ${hit}` }
+    : { check: 'SSLCryptoDevice', verdict: 'fail', detail: `no "SSLCryptoDevice pkcs11" under ${dirs.join(' or ') || '/etc/httpd'}: httpd cannot load keys from the enclave`, fix: 'in /etc/httpd/conf.d/ssl.conf change "SSLCryptoDevice builtin" to "SSLCryptoDevice pkcs11", then: systemctl reload httpd' });
+  return findings;
+}
+
+async function opensslFindings(o: DoctorOptions): Promise<Finding[]> {
+  const findings: Finding[] = [];
+  const engine = await run('openssl', ['engine', '-t', 'pkcs11']);
+  findings.push(/\[ available \]/.test(engine.out)
+    ? { check: 'openssl engine', verdict: 'ok', detail: 'the OpenSSL pkcs11 engine loads' }
+    : { check: 'openssl engine', verdict: 'fail', detail: `openssl cannot load the pkcs11 engine: ${engine.out.trim().split('\n')[0] ?? ''}`, fix: 'dnf install openssl-pkcs11 (Amazon Linux) or apt-get install libengine-pkcs11-openssl' });
+  const version = (await run('openssl', ['version', '-d'])).out;
+  const conf = o.opensslConf ?? process.env.OPENSSL_CONF ?? path.join(/OPENSSLDIR: "([^"]+)"/.exec(version)?.[1] ?? '/etc/pki/tls', 'openssl.cnf');
+  let os = '';
+  try { os = fs.readFileSync(o.osRelease ?? '/etc/os-release', 'utf8'); } catch { /* unknown */ }
+  const al2023 = /^ID="?amzn"?$/m.test(os) && /^VERSION_ID="?2023/m.test(os);
+  let text = '';
+  try { text = fs.readFileSync(conf, 'utf8'); } catch { /* absent */ }
+  const configured = /^\s*engine_id\s*=\s*pkcs11\b/m.test(text) && /^\s*engines\s*=/m.test(text);
+  if (configured) findings.push({ check: 'openssl.cnf', verdict: 'ok', detail: `${conf} configures the pkcs11 engine` });
+  else findings.push({ check: 'openssl.cnf', verdict: al2023 ? 'fail' : 'ok', detail: al2023 ? `${conf} has no pkcs11 engine section; on Amazon Linux 2023 (OpenSSL 3) nginx then cannot use the enclave's keys` : `${conf} does not configure the pkcs11 engine (needed on Amazon Linux 2023 only)`, ...(al2023 ? { fix: `add to ${conf}: under [openssl_init] "engines = engine_section"; then [engine_section] "pkcs11 = pkcs11_section" and [pkcs11_section] "engine_id = pkcs11" and "init = 1"` } : {}) });
+  return findings;
+}
+
+async function p11kitFinding(): Promise<Finding> {
+  const r = await run('p11-kit', ['list-modules']);
+  if (r.code === 127 && !r.out) return { check: 'p11-kit', verdict: 'fail', detail: 'p11-kit is not installed', fix: 'dnf install p11-kit (Amazon Linux) or apt-get install p11-kit' };
+  return /^nitro-acm:/m.test(r.out)
+    ? { check: 'p11-kit', verdict: 'ok', detail: 'p11-kit lists the nitro-acm module' }
+    : { check: 'p11-kit', verdict: 'fail', detail: 'p11-kit does not list a module named nitro-acm: the OpenSSL engine will not find the enclave tokens', fix: 'reinstall the package (it puts nitro-acm.module in /usr/share/p11-kit/modules), or copy templates/nitro-acm.module to /etc/pkcs11/modules/' };
+}
+
+function fileFindings(c: AcmConfig): Finding[] {
+  const findings: Finding[] = [];
+  for (const t of c.tokens) {
+    const s = spec(t);
+    const own = (() => { try { return owner(s); } catch { return undefined; } })();
+    const files = [s.path, companionFiles(s).chain, ...(c.options.pin_in_config ? [] : [companionFiles(s).pin])];
+    const problems: string[] = [];
+    for (const f of files) {
+      let st: fs.Stats;
+      try { st = fs.statSync(f); } catch { problems.push(`${f} is missing`); continue; }
+      if (st.mode & 0o007) problems.push(`${f} is readable by everyone (mode ${(st.mode & 0o777).toString(8)})`);
+      if (own && (st.uid !== own.uid || st.gid !== own.gid)) problems.push(`${f} is owned by ${st.uid}:${st.gid}, not ${s.user ?? ''}:${s.group ?? ''} (${own.uid}:${own.gid})`);
+    }
+    findings.push(problems.length
+      ? { check: `files ${t.label}`, verdict: 'fail', detail: problems.join('; '), fix: problems.some((p) => p.endsWith('missing')) ? 'start the agent (systemctl start nitro-enclaves-acm); journalctl -u nitro-enclaves-acm says why a token is not written' : 'restart the agent: it writes the files with the owner and mode from acm.yaml (user/group)' }
+      : { check: `files ${t.label}`, verdict: 'ok', detail: `${files.length} files present, owner and mode right` });
+  }
+  return findings;
+}
+
+async function agentFindings(c: AcmConfig, o: DoctorOptions): Promise<Finding[]> {
+  let st: AgentStatus;
+  try { st = await controlCall<AgentStatus>(o.socket, 'status', {}, 15_000); } catch (e) {
+    return [{ check: 'agent', verdict: 'fail', detail: (e as Error).message, fix: 'systemctl start nitro-enclaves-acm; journalctl -u nitro-enclaves-acm shows why it stopped' }];
+  }
+  const findings: Finding[] = [st.enclave.reachable
+    ? { check: 'enclave', verdict: 'ok', detail: `the enclave answers (${st.enclave.health!.tokens} tokens${st.enclave.health!.localMode ? ', LOCAL MODE' : ''})` }
+    : { check: 'enclave', verdict: 'fail', detail: `the agent cannot reach the enclave: ${st.enclave.error}`, fix: 'nitro-cli describe-enclaves; check the allocator (systemctl status nitro-enclaves-allocator) has the CPUs and memory acm.yaml asks for' }];
+  for (const t of c.tokens) {
+    const s = st.tokens.find((x) => x.label === t.label);
+    if (!s) findings.push({ check: `token ${t.label}`, verdict: 'warn', detail: 'the running agent does not have this token yet (acm.yaml changed since it read it?)', fix: 'the agent applies saved edits by itself; see journalctl -u nitro-enclaves-acm' });
+    else if (s.state === 'serving' && s.inEnclave) findings.push({ check: `token ${t.label}`, verdict: 'ok', detail: `serving ${s.subject}, not after ${s.notAfter}` });
+    else findings.push({ check: `token ${t.label}`, verdict: 'fail', detail: `${s.state}${s.inEnclave ? '' : ', not in the enclave'}${s.error ? `: ${s.error}` : ''}`, fix: 'the error names the cause (IAM role, S3 object, KMS key policy); nitro-acm status shows it too' });
+  }
+  return findings;
+}
+
+export async function doctor(o: DoctorOptions): Promise<Finding[]> {
+  let c: AcmConfig;
+  try { c = loadConfig(o.configFile); } catch (e) {
+    const detail = e instanceof ConfigError ? e.message : `${o.configFile}: ${(e as Error).message}`;
+    return [{ check: 'acm.yaml', verdict: 'fail', detail, fix: `nitro-acm agent --check --config ${o.configFile} shows every problem` }];
+  }
+  const findings: Finding[] = [{ check: 'acm.yaml', verdict: 'ok', detail: `${o.configFile}: ${c.tokens.length} token(s), service ${c.options.service}` }];
+  findings.push(...await opensslFindings(o), await p11kitFinding());
+  findings.push(...(c.options.service === 'nginx' ? await nginxFindings(c, o) : await httpdFindings(c)));
+  findings.push(...fileFindings(c), ...await agentFindings(c, o));
+  return findings;
+}
+
+export function formatFindings(f: Finding[]): string {
+  const lines = f.map((x) => `${x.verdict === 'ok' ? 'ok  ' : x.verdict === 'warn' ? 'WARN' : 'FAIL'}  ${x.check}: ${x.detail}${x.fix ? `\n      fix: ${x.fix}` : ''}`);
+  const bad = f.filter((x) => x.verdict === 'fail').length;
+  return `${lines.join('\n')}\n\n${bad ? `${bad} problem${bad === 1 ? '' : 's'} found` : 'no problems found'}\n`;
+}
