@@ -109,7 +109,7 @@ function pinFor(t: TokenConfig): string {
 async function withRetries<T>(what: string, attempts: number, fn: () => Promise<T>): Promise<T> {
   for (let i = 1; ; i++) {
     try { return await fn(); } catch (e) {
-      if (i >= attempts || e instanceof ProvisionError && ['KeyMismatch', 'KeyInvalid', 'BadRequest', 'PlaintextRefused'].includes(e.code)) throw e;
+      if (i >= attempts || e instanceof ProvisionError && ['KeyMismatch', 'KeyInvalid', 'BadRequest', 'PlaintextRefused', 'KmsDenied'].includes(e.code)) throw e;
       const delay = Math.min(30_000, 250 * 2 ** (i - 1)) * (0.5 + Math.random());
       log.warn(`${what}: ${(e as Error).message}; retrying in ${Math.round(delay)} ms (${i}/${attempts})`);
       await new Promise((r) => setTimeout(r, delay));
@@ -169,6 +169,8 @@ export class Agent {
           else if (e instanceof ProvisionError && e.code === 'NoSuchToken') await this.provision!.call('add', args);
           else throw e;
         }
+      }).catch((e) => {
+        throw e instanceof ProvisionError ? new ProvisionError(e.code, `the enclave refused the bundle from ${source(t.config).replace(/^\w+ /, '')}: ${e.message}`) : e;
       });
       t.lastRefresh = Date.now();
       verifyTokenSigns({ address: this.endpoints!.keyAddress, label: t.config.label, pin: t.pin, certificatePem: t.bundle!.certificate });
@@ -193,12 +195,14 @@ export class Agent {
       try {
         const r = await fetchBundle(t.config.source, this.ctx!, t.bundle ? t.etag : undefined);
         t.lastSync = Date.now();
+        if (t.state === 'serving') t.error = undefined;
         if (!r.changed) continue;
         t.bundle = r.bundle;
         t.etag = r.etag;
         if (await this.provisionToken(t, t.state === 'failed' ? 'add' : 'update', false)) renewed.push(t.config.label);
       } catch (e) {
-        log.token(t.config.label).warn(`sync: ${(e as Error).message} (still serving the current certificate)`);
+        t.error = `sync: ${(e as Error).message}`;
+        log.token(t.config.label).warn(`sync: ${(e as Error).message} (${t.state === 'serving' ? 'still serving the current certificate' : 'not serving yet'})`);
       }
     }
     if (renewed.length) await this.o.reload();

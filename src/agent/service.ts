@@ -26,6 +26,9 @@ export interface ServiceOptions {
   controlHandlers?: (service: RunningService) => Record<string, ControlHandler>;
 }
 
+/** The last reload of the web server, as nitro-acm status shows it. */
+export interface WebServerState { reloadPending: boolean; lastReload?: string; error?: string }
+
 export interface RunningService {
   agent: Agent;
   /** Runs fn after every operation queued before it (syncs, refreshes, edits, health checks never interleave). */
@@ -46,7 +49,21 @@ export async function startService(o: ServiceOptions): Promise<RunningService> {
   let config = loadConfig(o.configFile);
   configureLog({ level: config.log.level, timestamps: config.log.enable_timestamp });
   const reload = o.reload ?? systemReload;
-  const agent = new Agent({ config, enclave: o.controller(config), endpoints: o.endpoints, reload: () => reload(config).catch((e) => log.error(`${(e as Error).message}; the web server keeps its previous configuration`)) });
+  const healthMs = o.healthIntervalMs ?? 5000;
+  // A failed reload leaves the web server on its previous files and keys (the
+  // enclave keeps a renewed token's old key for a grace period): retried with
+  // every health check until it works, and shown by nitro-acm status.
+  const webServer: WebServerState = { reloadPending: false };
+  const doReload = async () => {
+    try {
+      await reload(config);
+      Object.assign(webServer, { reloadPending: false, lastReload: new Date().toISOString(), error: undefined });
+    } catch (e) {
+      Object.assign(webServer, { reloadPending: true, error: (e as Error).message });
+      log.error(`${(e as Error).message}; the web server keeps its previous configuration; retrying every ${healthMs / 1000} s`);
+    }
+  };
+  const agent = new Agent({ config, enclave: o.controller(config), endpoints: o.endpoints, reload: doReload });
   await agent.start();
 
   // One operation at a time: a sync, a refresh, an edit and a health check never interleave.
@@ -59,7 +76,7 @@ export async function startService(o: ServiceOptions): Promise<RunningService> {
   const timers = [
     setInterval(() => void queue('sync', () => agent.sync()), config.options.sync_interval_secs * 1000),
     setInterval(() => void queue('refresh', () => agent.refresh()), Math.min(...config.tokens.map((t) => t.refresh_interval_secs), 43_200) * 1000),
-    setInterval(() => void queue('health', () => agent.healthCheck()), o.healthIntervalMs ?? 5000),
+    setInterval(() => void queue('health', async () => { if (webServer.reloadPending) await doReload(); await agent.healthCheck(); }), healthMs),
   ];
   const watcher = chokidar.watch(o.configFile, { ignoreInitial: true, awaitWriteFinish: { stabilityThreshold: 200, pollInterval: 50 } });
   watcher.on('all', (event) => {
@@ -92,7 +109,7 @@ export async function startService(o: ServiceOptions): Promise<RunningService> {
   };
   const socket = o.controlSocket ?? DEFAULT_CONTROL_SOCKET;
   control = socket === false ? undefined : await startControlServer(socket, {
-    status: async () => ({ ...(await agent.status()), configFile: o.configFile }),
+    status: async () => ({ ...(await agent.status()), configFile: o.configFile, webServer: { ...webServer } }),
     sync: async () => ({ renewed: await queue('sync', () => agent.sync()) }),
     ...o.controlHandlers?.(service),
   }).catch(async (e) => { await service.stop(); throw e; });

@@ -3,7 +3,7 @@
 // `nitro-acm seal`. Fetches are conditional (If-None-Match with the last ETag), so
 // an unchanged certificate costs one small request.
 import { S3Client, GetObjectCommand, S3ServiceException } from '@aws-sdk/client-s3';
-import { parseBundle, type Bundle } from '../shared/bundle.ts';
+import { parseBundle, BundleError, type Bundle } from '../shared/bundle.ts';
 import { parseS3Uri } from '../commands/seal.ts';
 import type { InstanceContext } from './aws.ts';
 
@@ -29,7 +29,8 @@ export async function fetchBundle(source: TokenSource, ctx: InstanceContext, eta
   } catch (e) {
     if (e instanceof S3ServiceException && e.$metadata.httpStatusCode === 304 && etag) return { changed: false, etag };
     if (e instanceof S3ServiceException) throw new Error(`s3://${bucket}/${key}: ${e.name}${e.message && e.message !== e.name ? `: ${e.message}` : ''}`);
-    throw e;
+    if (e instanceof BundleError) throw e;
+    throw new Error(`s3://${bucket}/${key}: cannot reach S3 (${ctx.endpoints.s3 ?? `s3.${ctx.region}.amazonaws.com`}): ${(e as Error).message}`);
   } finally {
     s3.destroy();
   }

@@ -2,8 +2,9 @@
 import fs from 'node:fs';
 import { controlCall, DEFAULT_CONTROL_SOCKET, LOCAL_CONTROL_SOCKET } from '../agent/control.ts';
 import type { AgentStatus } from '../agent/agent.ts';
+import type { WebServerState } from '../agent/service.ts';
 
-export type StatusReport = AgentStatus & { configFile: string; socket: string };
+export type StatusReport = AgentStatus & { configFile: string; socket: string; webServer?: WebServerState };
 
 /** The production agent's socket, else a local-mode agent's, else the production path (for its error). */
 export function findControlSocket(): string {
@@ -12,7 +13,7 @@ export function findControlSocket(): string {
 }
 
 export async function readStatus(socket: string): Promise<StatusReport> {
-  return { ...(await controlCall<AgentStatus & { configFile: string }>(socket, 'status')), socket };
+  return { ...(await controlCall<AgentStatus & { configFile: string; webServer?: WebServerState }>(socket, 'status')), socket };
 }
 
 function ago(iso: string | undefined, now: number): string {
@@ -29,6 +30,7 @@ function daysLeft(iso: string, now: number): string {
 export function formatStatus(r: StatusReport, now = Date.now()): string {
   const e = r.enclave;
   const lines = [`agent: ${r.configFile} (${r.socket})`,
+    ...(r.webServer?.reloadPending ? [`web server: LAST RELOAD FAILED (${r.webServer.error}); retrying`] : []),
     e.reachable ? `enclave: healthy, ${e.health!.tokens} token(s), NSM ${e.health!.nsm}${e.health!.localMode ? ', LOCAL MODE' : ''} (${e.provisionAddress})` : `enclave: NOT REACHABLE: ${e.error}`];
   for (const t of r.tokens) {
     lines.push('', `${t.label}: ${t.state.toUpperCase()}${t.inEnclave ? '' : ' (not in the enclave)'}`);
@@ -42,7 +44,7 @@ export function formatStatus(r: StatusReport, now = Date.now()): string {
   return lines.join('\n') + '\n';
 }
 
-/** Exit status for scripts: 0 all serving and the enclave healthy, 1 otherwise. */
+/** Exit status for scripts: 0 all serving, the enclave healthy and the last reload good; 1 otherwise. */
 export function statusExitCode(r: StatusReport): number {
-  return r.enclave.reachable && r.tokens.every((t) => t.state === 'serving' && t.inEnclave) ? 0 : 1;
+  return r.enclave.reachable && !r.webServer?.reloadPending && r.tokens.every((t) => t.state === 'serving' && t.inEnclave) ? 0 : 1;
 }

@@ -8,15 +8,21 @@ import { S3Client, PutObjectCommand } from '@aws-sdk/client-s3';
 import { startLocalCloud, type LocalCloud } from '../../src/local/cloud/server.ts';
 import { LocalEnclaveController } from '../../src/local/local-enclave-controller.ts';
 import { measureEnclaveApp, simulatedNsmRoot } from '../../enclave/nsm.ts';
-import { createCA, issueServerCert } from '../../src/local/pki.ts';
+import { createCA, issueServerCert, type CertAuthority } from '../../src/local/pki.ts';
 import type { Endpoints } from '../../src/agent/aws.ts';
 
 export interface TestCloud {
   cloud: LocalCloud;
-  ca: { certPem: string };
+  ca: CertAuthority;
   endpoints: Endpoints;
-  /** Issues a certificate for `names`, seals its key under the pinned KMS key, puts the bundle at s3://bucket/key; returns the certificate. */
-  publish(bucket: string, key: string, names: string[]): Promise<string>;
+  /** Issues a certificate for `names`, seals its key under the pinned KMS key (or kmsKeyArn), puts the bundle at s3://bucket/key; returns the certificate. */
+  publish(bucket: string, key: string, names: string[], kmsKeyArn?: string): Promise<string>;
+  /** A KMS key whose policy lets the instance role decrypt only from an enclave with this PCR0. */
+  createKey(pcr0Hex: string): Promise<string>;
+  /** A bundle (JSON) of this certificate and this private key, the key sealed under the pinned KMS key (or kmsKeyArn). */
+  seal(certPem: string, keyPem: string, kmsKeyArn?: string): Promise<string>;
+  /** Puts any bytes at s3://bucket/key. */
+  put(bucket: string, key: string, body: string): Promise<void>;
   /** Where an Acm source's bundle lives for this role. */
   acmKey(certificateArn: string): string;
   controller(runtimeDir?: string): LocalEnclaveController;
@@ -29,21 +35,29 @@ export async function startTestCloud(dir: string): Promise<TestCloud> {
   const cloud = await startLocalCloud({ stateDir: path.join(dir, 'state'), attestationRoots: () => [nsm.rootCert], kmsProxySocket: kmsSocket });
   const kms = new KMSClient({ region: cloud.identity.region, endpoint: cloud.endpoint, credentials: cloud.identity.admin });
   const s3 = new S3Client({ region: cloud.identity.region, endpoint: cloud.endpoint, forcePathStyle: true, credentials: cloud.identity.admin });
-  const keyArn = (await kms.send(new CreateKeyCommand({ Policy: JSON.stringify({ Statement: [
+  const createKey = async (pcr0Hex: string) => (await kms.send(new CreateKeyCommand({ Policy: JSON.stringify({ Statement: [
     { Effect: 'Allow', Principal: { AWS: cloud.identity.admin.arn }, Action: 'kms:*' },
-    { Effect: 'Allow', Principal: { AWS: cloud.identity.roleArn }, Action: 'kms:Decrypt', Condition: { StringEqualsIgnoreCase: { 'kms:RecipientAttestation:PCR0': measureEnclaveApp().pcr0.toString('hex') } } },
+    { Effect: 'Allow', Principal: { AWS: cloud.identity.roleArn }, Action: 'kms:Decrypt', Condition: { StringEqualsIgnoreCase: { 'kms:RecipientAttestation:PCR0': pcr0Hex } } },
   ] }) }))).KeyMetadata!.Arn!;
+  const keyArn = await createKey(measureEnclaveApp().pcr0.toString('hex'));
+  const seal = async (certPem: string, keyPem: string, kmsKeyArn = keyArn) => {
+    const ct = (await kms.send(new EncryptCommand({ KeyId: kmsKeyArn, Plaintext: Buffer.from(keyPem) }))).CiphertextBlob!;
+    return JSON.stringify({ certificate: certPem, certificateChain: ca.certPem, encryptedPrivateKey: Buffer.from(ct).toString('base64'), encryptionMethod: 'KMS' });
+  };
+  const put = async (bucket: string, key: string, body: string) => { await s3.send(new PutObjectCommand({ Bucket: bucket, Key: key, Body: body })); };
   const ca = createCA(`test CA ${path.basename(dir)}`);
   return {
     cloud,
     ca,
     endpoints: { imds: cloud.endpoint, s3: cloud.endpoint, iam: cloud.endpoint },
-    async publish(bucket, key, names) {
+    async publish(bucket, key, names, kmsKeyArn) {
       const leaf = issueServerCert(ca, names);
-      const ct = (await kms.send(new EncryptCommand({ KeyId: keyArn, Plaintext: Buffer.from(leaf.keyPem) }))).CiphertextBlob!;
-      await s3.send(new PutObjectCommand({ Bucket: bucket, Key: key, Body: JSON.stringify({ certificate: leaf.certPem, certificateChain: ca.certPem, encryptedPrivateKey: Buffer.from(ct).toString('base64'), encryptionMethod: 'KMS' }) }));
+      await put(bucket, key, await seal(leaf.certPem, leaf.keyPem, kmsKeyArn));
       return leaf.certPem;
     },
+    seal,
+    createKey,
+    put,
     acmKey: (arn) => `${cloud.identity.roleArn}/${arn}`,
     controller(runtimeDir = path.join(dir, 'run')) {
       fs.mkdirSync(runtimeDir, { recursive: true });
