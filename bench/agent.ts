@@ -1,0 +1,101 @@
+// npm run bench, second part: the agent's figures.
+//  1. Renewal: from a new certificate put in S3 to the web server serving it
+//     (nitro-acm local renew: the agent's sync is triggered at once, so the poll
+//     interval is not counted), nginx and httpd, BENCH_RENEWALS each (default 5).
+//  2. Provisioning BENCH_TOKENS tokens (default 1,100,1000) through the real path
+//     (S3 fetch, KMS Decrypt with an attestation document, challenge signature
+//     through PKCS#11, stanza files): time per token and the enclave app's memory.
+//  3. The agent idle: CPU and memory of `nitro-acm local` (agent + local cloud in
+//     one process) and of its enclave app over BENCH_IDLE_SECONDS (default 30).
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { spawn, execFileSync } from 'node:child_process';
+import { runLocal } from '../src/local/local-mode.ts';
+import { Agent } from '../src/agent/agent.ts';
+import { parseConfig } from '../src/agent/config.ts';
+import { freePort } from '../src/local/webservers.ts';
+import { startTestCloud } from '../test/helpers/cloud.ts';
+import { issueServerCert } from '../src/local/pki.ts';
+import { PROJECT_ROOT } from '../src/paths.ts';
+import { configureLog } from '../src/shared/log.ts';
+
+const RENEWALS = Number(process.env.BENCH_RENEWALS ?? 5);
+const TOKEN_COUNTS = (process.env.BENCH_TOKENS ?? '1,100,1000').split(',').map(Number);
+const IDLE_SECONDS = Number(process.env.BENCH_IDLE_SECONDS ?? 30);
+const CLK_TCK = Number(execFileSync('getconf', ['CLK_TCK']).toString().trim());
+
+function say(msg: string) { process.stderr.write(`bench: ${msg}\n`); }
+const pct = (xs: number[], p: number) => [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor((xs.length - 1) * p))];
+const rssMiB = (pid: number) => Number(/VmRSS:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'))![1]) / 1024;
+const cpuTicks = (pid: number) => { const f = fs.readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' '); return Number(f[11]) + Number(f[12]); };
+
+configureLog({ level: 'warn' });
+const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'nitro-acm-bench-agent-'));
+fs.chmodSync(dir, 0o755);
+const out: string[] = [];
+
+// 1. Renewal latency, nginx and httpd. One runtime directory: the challenge
+// signature's PKCS#11 module is loaded once per process, for one enclave address.
+for (const server of ['nginx', 'httpd'] as const) {
+  const local = await runLocal({ port: await freePort(), stateDir: path.join(dir, 'local-state'), runtimeDir: path.join(dir, 'local-run'), server });
+  const secs: number[] = [];
+  try {
+    for (let i = 0; i < RENEWALS; i++) secs.push((await local.renew('localhost')).seconds);
+  } finally { await local.stop(); }
+  const line = `renewal, ${server}: S3 put -> new certificate served: p50 ${pct(secs, 0.5).toFixed(2)} s, max ${Math.max(...secs).toFixed(2)} s (${RENEWALS} renewals)`;
+  say(line);
+  out.push(line);
+}
+
+// 2. Provisioning N tokens through the real path. One sealed bundle serves every token.
+const tc = await startTestCloud(path.join(dir, 'cloud'));
+const leaf = issueServerCert(tc.ca, ['bench.test']);
+await tc.put(tc.cloud.bucket(), 'bench/bundle.json', await tc.seal(leaf.certPem, leaf.keyPem));
+for (const n of TOKEN_COUNTS) {
+  const etc = path.join(dir, `etc-${n}`);
+  fs.mkdirSync(etc, { recursive: true });
+  const yaml = `tokens:\n${Array.from({ length: n }, (_, i) => `  - label: t${i}\n    source:\n      S3:\n        uri: "s3://${tc.cloud.bucket()}/bench/bundle.json"\n    target:\n      NginxStanza:\n        path: ${etc}/t${i}.conf\n`).join('')}`;
+  const controller = tc.controller(path.join(dir, 'local-run'));
+  let enclaveReady = 0, emptyRss = 0;
+  const timed = { start: async () => { const ep = await controller.start(); enclaveReady = performance.now(); emptyRss = rssMiB(controller.process!.proc.pid!); return ep; }, running: () => controller.running(), stop: () => controller.stop() };
+  const agent = new Agent({ config: parseConfig(yaml, 'bench acm.yaml'), enclave: timed, endpoints: tc.endpoints, reload: async () => {} });
+  const t0 = performance.now();
+  await agent.start();
+  const done = performance.now();
+  const serving = [...agent.tokens.values()].filter((t) => t.state === 'serving').length;
+  const rss = rssMiB(controller.process!.proc.pid!);
+  await agent.stop();
+  const line = `provisioning ${n} token${n === 1 ? '' : 's'}: ${serving} serving in ${((done - enclaveReady) / 1000).toFixed(1)} s after the enclave started (${((done - enclaveReady) / n).toFixed(0)} ms per token; enclave start ${((enclaveReady - t0) / 1000).toFixed(1)} s); enclave app RSS ${emptyRss.toFixed(0)} MiB empty -> ${rss.toFixed(0)} MiB`;
+  say(line);
+  out.push(line);
+}
+await tc.stop();
+
+// 3. Idle: nitro-acm local as a user runs it, sampled after it settles.
+const port = await freePort();
+const child = spawn(path.join(PROJECT_ROOT, 'bin/nitro-acm'), ['local', '--port', String(port), '--state-dir', path.join(dir, 'idle-state'), '--runtime-dir', path.join(dir, 'idle-run')], { stdio: ['ignore', 'pipe', 'pipe'] });
+await new Promise<void>((resolve, reject) => {
+  let text = '';
+  const t = setTimeout(() => reject(new Error(`nitro-acm local did not start: ${text}`)), 60_000);
+  const on = (d: Buffer) => { text += d; if (text.includes('Ctrl-C stops.')) { clearTimeout(t); resolve(); } };
+  child.stdout.on('data', on);
+  child.stderr.on('data', (d) => { text += d; });
+});
+// Let start-up work (JIT, GC, the first health checks) settle before sampling.
+await new Promise((r) => setTimeout(r, 10_000));
+// The node process under bin/nitro-acm (exec'd: same pid) and its enclave app child.
+const agentPid = child.pid!;
+const enclavePid = Number(execFileSync('pgrep', ['-P', String(agentPid), '-f', 'enclave/main.ts']).toString().trim().split('\n')[0]);
+const a0 = cpuTicks(agentPid), e0 = cpuTicks(enclavePid), s0 = performance.now();
+await new Promise((r) => setTimeout(r, IDLE_SECONDS * 1000));
+const elapsed = (performance.now() - s0) / 1000;
+const cpu = (ticks: number) => `${((ticks / CLK_TCK / elapsed) * 100).toFixed(2)} % of a CPU`;
+const line = `idle over ${IDLE_SECONDS} s (1 token, health check every 5 s): agent + local cloud process ${cpu(cpuTicks(agentPid) - a0)}, RSS ${rssMiB(agentPid).toFixed(0)} MiB; enclave app ${cpu(cpuTicks(enclavePid) - e0)}, RSS ${rssMiB(enclavePid).toFixed(0)} MiB`;
+say(line);
+out.push(line);
+child.kill('SIGTERM');
+await new Promise((r) => child.once('exit', r));
+fs.rmSync(dir, { recursive: true, force: true });
+
+process.stdout.write(`\n## Agent (bench/agent.ts)\n\n${out.map((l) => `- ${l}`).join('\n')}\n`);
