@@ -85,7 +85,8 @@ key type, last sync, last refresh, state (serving, pending, failed) and the last
 error; and whether the enclave answers. Exits 0 when the enclave is healthy and
 every token serves, 1 otherwise, 2 when no agent answers.
 
-  --socket PATH  the agent's control socket (default /run/nitro-acm/agent.sock, or
+  --socket PATH  the agent's control socket (default $NITRO_ACM_CONTROL_SOCKET, else
+                 /run/nitro-acm/agent.sock, or
                  /run/nitro-acm/local/agent.sock when only local mode runs)
   --json         machine-readable output
 `,

@@ -9,7 +9,8 @@ import { listen } from '../shared/transport.ts';
 import { ProvisionClient, ProvisionError, serveJsonFrames, PROVISION_VERSION } from '../shared/provision-wire.ts';
 import { log } from '../shared/log.ts';
 
-export const DEFAULT_CONTROL_SOCKET = '/run/nitro-acm/agent.sock';
+/** The agent's control socket; NITRO_ACM_CONTROL_SOCKET moves it (tests, a second agent). */
+export const DEFAULT_CONTROL_SOCKET = process.env.NITRO_ACM_CONTROL_SOCKET || '/run/nitro-acm/agent.sock';
 /** Where `nitro-acm local` (run as root) puts its control socket. */
 export const LOCAL_CONTROL_SOCKET = '/run/nitro-acm/local/agent.sock';
 

@@ -49,3 +49,19 @@ export async function terminateEnclave(id: string): Promise<boolean> {
   const v = (await call(['terminate-enclave', '--enclave-id', id], 60_000)) as { Terminated?: boolean };
   return v.Terminated === true;
 }
+
+export interface BuildEnclaveOptions { dockerUri: string; outputFile: string; privateKey?: string; signingCertificate?: string }
+/** PCR0/1/2 (and PCR8 when signed) as nitro-cli build-enclave prints them. */
+export interface ImageMeasurements { HashAlgorithm: string; PCR0: string; PCR1: string; PCR2: string; PCR8?: string }
+
+export async function buildEnclave(o: BuildEnclaveOptions): Promise<ImageMeasurements> {
+  if (Boolean(o.privateKey) !== Boolean(o.signingCertificate)) throw new Error('build-enclave: --private-key and --signing-certificate go together (they give PCR8)');
+  const args = ['build-enclave', '--docker-uri', o.dockerUri, '--output-file', o.outputFile];
+  if (o.privateKey) args.push('--private-key', o.privateKey, '--signing-certificate', o.signingCertificate!);
+  const v = (await call(args, 30 * 60_000)) as { Measurements?: Partial<ImageMeasurements> };
+  const m = v?.Measurements;
+  for (const k of ['PCR0', 'PCR1', 'PCR2'] as const) {
+    if (typeof m?.[k] !== 'string' || !/^[0-9a-f]{96}$/.test(m[k]!)) throw new Error(`nitro-cli build-enclave: output without a valid ${k}: ${JSON.stringify(v)}`);
+  }
+  return m as ImageMeasurements;
+}

@@ -117,6 +117,13 @@ export async function startService(o: ServiceOptions): Promise<RunningService> {
   return service;
 }
 
+/**
+ * The enclave's CID: fixed, because the PKCS#11 module's p11-kit registration
+ * (/usr/share/p11-kit/modules/nitro-acm.module) names it, and web servers read it
+ * when they start.
+ */
+export const ENCLAVE_CID = 16;
+
 /** Production: the enclave image under nitro-cli, reused if it is already running. */
 export class NitroCliEnclaveController implements EnclaveController {
   private id?: string;
@@ -124,7 +131,7 @@ export class NitroCliEnclaveController implements EnclaveController {
 
   async start(): Promise<EnclaveEndpoints> {
     const running = (await describeEnclaves().catch(() => [])).find((e) => e.EnclaveName === this.name && e.State === 'RUNNING');
-    const info = running ?? await runEnclave({ eifPath: this.c.image_path, cpuCount: this.c.cpu_count, memoryMib: this.c.memory_mib, name: this.name });
+    const info = running ?? await runEnclave({ eifPath: this.c.image_path, cpuCount: this.c.cpu_count, memoryMib: this.c.memory_mib, name: this.name, cid: ENCLAVE_CID });
     this.id = info.EnclaveID;
     log.info(`${running ? 'found' : 'started'} enclave ${info.EnclaveID} (CID ${info.EnclaveCID})`);
     const ep = { keyAddress: `vsock:cid=${info.EnclaveCID};port=${this.c.p11kit_port}`, provisionAddress: `vsock:cid=${info.EnclaveCID};port=${this.c.rpc_port}` };

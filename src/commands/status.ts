@@ -8,6 +8,7 @@ export type StatusReport = AgentStatus & { configFile: string; socket: string; w
 
 /** The production agent's socket, else a local-mode agent's, else the production path (for its error). */
 export function findControlSocket(): string {
+  if (process.env.NITRO_ACM_CONTROL_SOCKET) return DEFAULT_CONTROL_SOCKET;
   for (const p of [DEFAULT_CONTROL_SOCKET, LOCAL_CONTROL_SOCKET]) if (fs.existsSync(p)) return p;
   return DEFAULT_CONTROL_SOCKET;
 }

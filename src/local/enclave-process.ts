@@ -24,13 +24,16 @@ export interface LocalEnclave {
   stop(signal?: NodeJS.Signals): Promise<void>;
 }
 
-const ENCLAVE_MAIN = path.join(PROJECT_ROOT, 'enclave/main.ts');
+// The TypeScript source in a checkout (run through tsx); the compiled JavaScript in a package.
+const COMPILED = import.meta.url.endsWith('.js');
+const ENCLAVE_MAIN = path.join(PROJECT_ROOT, COMPILED ? 'enclave/main.js' : 'enclave/main.ts');
 // Resolved here, not by the child from its working directory.
-const TSX_LOADER = import.meta.resolve('tsx');
+const loaderArgs = (entry: string) => (entry.endsWith('.ts') ? ['--import', import.meta.resolve('tsx')] : []);
 
 /** Starts the enclave app and resolves once its key channel listens (rejects with its output if it exits). */
 export function startLocalEnclave(o: LocalEnclaveOptions): Promise<LocalEnclave> {
-  const args = ['--import', TSX_LOADER, o.entry ?? ENCLAVE_MAIN, '--local', '--key-address', o.keyAddress, ...(o.args ?? [])];
+  const entry = o.entry ?? ENCLAVE_MAIN;
+  const args = [...loaderArgs(entry), entry, '--local', '--key-address', o.keyAddress, ...(o.args ?? [])];
   if (o.plaintextKeys) args.push('--insecure-plaintext-keys', o.plaintextKeys);
   if (o.threads) args.push('--threads', String(o.threads));
   const proc = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], env: o.env ?? process.env });
