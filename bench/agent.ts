@@ -65,8 +65,9 @@ for (const n of TOKEN_COUNTS) {
   const done = performance.now();
   const serving = [...agent.tokens.values()].filter((t) => t.state === 'serving').length;
   const rss = rssMiB(controller.process!.proc.pid!);
+  const heap = (await agent.status()).enclave.health?.memory?.heapUsedMiB;
   await agent.stop();
-  const line = `provisioning ${n} token${n === 1 ? '' : 's'}: ${serving} serving in ${((done - enclaveReady) / 1000).toFixed(1)} s after the enclave started (${((done - enclaveReady) / n).toFixed(0)} ms per token; enclave start ${((enclaveReady - t0) / 1000).toFixed(1)} s); enclave app RSS ${emptyRss.toFixed(0)} MiB empty -> ${rss.toFixed(0)} MiB`;
+  const line = `provisioning ${n} token${n === 1 ? '' : 's'}: ${serving} serving in ${((done - enclaveReady) / 1000).toFixed(1)} s after the enclave started (${((done - enclaveReady) / n).toFixed(0)} ms per token; enclave start ${((enclaveReady - t0) / 1000).toFixed(1)} s); enclave app RSS ${emptyRss.toFixed(0)} MiB empty -> ${rss.toFixed(0)} MiB (V8 heap in use ${heap} MiB)`;
   say(line);
   out.push(line);
 }

@@ -47,7 +47,9 @@ export class ProvisionServer {
     if (m.v !== PROVISION_VERSION) throw new ProvisionError('UnsupportedVersion', `provisioning version ${String(m.v)}; this enclave speaks ${PROVISION_VERSION}`);
     switch (m.op) {
       case 'health': {
-        const h: Health = { ok: true, version: PROVISION_VERSION, nsm: this.o.nsm.kind, localMode: this.o.localMode, tokens: this.o.store.labels().length, generation: this.o.store.generation };
+        const m = process.memoryUsage();
+        const mib = (n: number) => Math.round(n / 1048576);
+        const h: Health = { ok: true, version: PROVISION_VERSION, nsm: this.o.nsm.kind, localMode: this.o.localMode, tokens: this.o.store.labels().length, generation: this.o.store.generation, memory: { rssMiB: mib(m.rss), heapUsedMiB: mib(m.heapUsed), externalMiB: mib(m.external) } };
         return { ...h };
       }
       case 'describe': return { tokens: this.o.store.labels().map((l) => this.describe(l)) };

@@ -113,8 +113,12 @@ static struct slot *slots;
 static size_t nslots;
 static struct object *objects;
 static size_t nobjects;
+/* Open addressing on the fingerprint (a SHA-256, so its first bytes hash well); capacity a power of two. */
 static struct handle_entry *handles;
-static size_t nhandles;
+static size_t nhandles, handles_cap;
+/* objects[] index of each handle (+1; 0 = none), rebuilt with the list: O(1) lookups per operation. */
+static size_t *object_at;
+static size_t object_at_len;
 static CK_OBJECT_HANDLE next_object_handle = 1;
 
 static struct session **sessions;
@@ -153,6 +157,9 @@ static void free_objects(void)
   free(objects);
   objects = NULL;
   nobjects = 0;
+  free(object_at);
+  object_at = NULL;
+  object_at_len = 0;
 }
 
 /* The slot, handle and token-list caches outlive C_Finalize (see reset_all_locked); they go when the module is unloaded. */
@@ -162,23 +169,50 @@ __attribute__((destructor)) static void free_process_tables(void)
   kw_token_list_free(&list);
   free(handles);
   handles = NULL;
-  nhandles = 0;
+  nhandles = handles_cap = 0;
   free(slots);
   slots = NULL;
   nslots = 0;
 }
 
+static size_t fp_slot(const uint8_t fp[32], size_t cap)
+{
+  uint64_t h;
+  memcpy(&h, fp, sizeof h);
+  return (size_t)h & (cap - 1);
+}
+
 /* Object handles stay the same for the same object across refreshes and enclave restarts. */
 static CK_OBJECT_HANDLE handle_for(const uint8_t fp[32])
 {
-  for (size_t i = 0; i < nhandles; i++)
-    if (memcmp(handles[i].fp, fp, 32) == 0) return handles[i].handle;
-  struct handle_entry *h = realloc(handles, (nhandles + 1) * sizeof *h);
-  if (!h) return CK_INVALID_HANDLE;
-  handles = h;
-  memcpy(handles[nhandles].fp, fp, 32);
-  handles[nhandles].handle = next_object_handle++;
-  return handles[nhandles++].handle;
+  if (handles_cap) {
+    for (size_t i = fp_slot(fp, handles_cap);; i = (i + 1) & (handles_cap - 1)) {
+      if (handles[i].handle == CK_INVALID_HANDLE) break;
+      if (memcmp(handles[i].fp, fp, 32) == 0) return handles[i].handle;
+    }
+  }
+  if ((nhandles + 1) * 2 > handles_cap) {
+    /* Grow (keep the load under one half) and re-insert. */
+    size_t cap = handles_cap ? handles_cap * 2 : 64;
+    if (cap > SIZE_MAX / sizeof *handles) return CK_INVALID_HANDLE;
+    struct handle_entry *grown = calloc(cap, sizeof *grown);
+    if (!grown) return CK_INVALID_HANDLE;
+    for (size_t i = 0; i < handles_cap; i++) {
+      if (handles[i].handle == CK_INVALID_HANDLE) continue;
+      size_t j = fp_slot(handles[i].fp, cap);
+      while (grown[j].handle != CK_INVALID_HANDLE) j = (j + 1) & (cap - 1);
+      grown[j] = handles[i];
+    }
+    free(handles);
+    handles = grown;
+    handles_cap = cap;
+  }
+  size_t i = fp_slot(fp, handles_cap);
+  while (handles[i].handle != CK_INVALID_HANDLE) i = (i + 1) & (handles_cap - 1);
+  memcpy(handles[i].fp, fp, 32);
+  handles[i].handle = next_object_handle++;
+  nhandles++;
+  return handles[i].handle;
 }
 
 static void fingerprint(uint8_t out[32], CK_OBJECT_CLASS cls, const char *slot_label, const uint8_t *p, size_t n)
@@ -296,6 +330,11 @@ static void apply_list(kw_token_list *fresh, uint32_t generation)
       }
     }
   }
+  object_at = calloc((size_t)next_object_handle, sizeof *object_at);
+  if (object_at) {
+    object_at_len = (size_t)next_object_handle;
+    for (size_t i = 0; i < nobjects; i++) object_at[objects[i].handle] = i + 1;
+  } /* else: no object is found until the next list, the same as an unreachable enclave */
   /* Slots whose token is gone keep their login and PIN: the token comes back after an enclave restart. */
 }
 
@@ -476,9 +515,8 @@ static void reset_all_locked(void)
 
 static struct object *object_get(CK_OBJECT_HANDLE h)
 {
-  for (size_t i = 0; i < nobjects; i++)
-    if (objects[i].handle == h) return &objects[i];
-  return NULL;
+  if (h == CK_INVALID_HANDLE || h >= object_at_len || object_at[h] == 0) return NULL;
+  return &objects[object_at[h] - 1];
 }
 
 /* Private objects are visible only to a logged-in application. */

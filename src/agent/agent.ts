@@ -266,7 +266,7 @@ export class Agent {
     try {
       if (!this.provision) throw new Error('not started');
       const h = await this.provision.call<Health>('health', {}, 5000);
-      enclave.health = { ok: true, version: h.version, nsm: h.nsm, localMode: h.localMode, tokens: h.tokens, generation: h.generation };
+      enclave.health = { ok: true, version: h.version, nsm: h.nsm, localMode: h.localMode, tokens: h.tokens, generation: h.generation, memory: h.memory };
       held = new Map((await this.provision.call<{ tokens: TokenDescription[] }>('describe', {}, 5000)).tokens.map((d) => [d.label, d]));
       enclave.reachable = true;
     } catch (e) { enclave.error = (e as Error).message; }

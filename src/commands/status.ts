@@ -32,7 +32,7 @@ export function formatStatus(r: StatusReport, now = Date.now()): string {
   const e = r.enclave;
   const lines = [`agent: ${r.configFile} (${r.socket})`,
     ...(r.webServer?.reloadPending ? [`web server: LAST RELOAD FAILED (${r.webServer.error}); retrying`] : []),
-    e.reachable ? `enclave: healthy, ${e.health!.tokens} token(s), NSM ${e.health!.nsm}${e.health!.localMode ? ', LOCAL MODE' : ''} (${e.provisionAddress})` : `enclave: NOT REACHABLE: ${e.error}`];
+    e.reachable ? `enclave: healthy, ${e.health!.tokens} token(s), NSM ${e.health!.nsm}${e.health!.localMode ? ', LOCAL MODE' : ''}${e.health!.memory ? `, ${e.health!.memory.rssMiB} MiB resident` : ''} (${e.provisionAddress})` : `enclave: NOT REACHABLE: ${e.error}`];
   for (const t of r.tokens) {
     lines.push('', `${t.label}: ${t.state.toUpperCase()}${t.inEnclave ? '' : ' (not in the enclave)'}`);
     if (t.subject) {

@@ -25,7 +25,7 @@ export interface TokenDescription {
   retiredKeys: number;
 }
 
-export interface Health { ok: true; version: number; nsm: 'device' | 'simulated'; localMode: boolean; tokens: number; generation: number }
+export interface Health { ok: true; version: number; nsm: 'device' | 'simulated'; localMode: boolean; tokens: number; generation: number; memory?: { rssMiB: number; heapUsedMiB: number; externalMiB: number } }
 
 export type ErrorCode = 'BadRequest' | 'TokenExists' | 'NoSuchToken' | 'PlaintextRefused' | 'KmsDenied' | 'KmsError' | 'KeyMismatch' | 'KeyInvalid' | 'Internal' | 'UnsupportedVersion';
 

@@ -1,0 +1,125 @@
+// Packaging: `npm run rpm` builds an RPM whose contents, permissions, relations
+// and scriptlets are right (checked with rpm -qlp / -qp --scripts, installing
+// nothing), and whose agent runs from the package's JavaScript alone (unpacked
+// with rpm2cpio into a scratch root: no TypeScript, no tsx, no dev dependencies).
+// `npm run build:eif` makes a Docker build context holding exactly what the enclave
+// needs, and turns the documented nitro-cli output into image-measurements.json
+// (stand-ins for docker and nitro-cli; neither can build here).
+import test from 'ava';
+import fs from 'node:fs';
+import path from 'node:path';
+import { spawnSync } from 'node:child_process';
+import { ROOT, tmpdir } from './helpers/enclave.ts';
+import { makeEnclaveContext } from '../scripts/build-eif.ts';
+
+const dir = tmpdir('packaging');
+test.after.always(() => fs.rmSync(dir, { recursive: true, force: true }));
+
+function sh(cmd: string, args: string[], env: NodeJS.ProcessEnv = {}, cwd = ROOT) {
+  const r = spawnSync(cmd, args, { cwd, env: { ...process.env, ...env }, encoding: 'utf8', maxBuffer: 64 * 1024 * 1024, timeout: 600_000 });
+  return { status: r.status, stdout: r.stdout ?? '', stderr: r.stderr ?? '' };
+}
+
+test.serial('npm run rpm: the package installs what an operator needs, with the right modes and scriptlets', (t) => {
+  const out = path.join(dir, 'rpm');
+  const b = sh('bash', ['scripts/build-rpm.sh'], { NITRO_ACM_RPM_DIR: out, NITRO_ACM_EIF_DIR: path.join(dir, 'no-eif') });
+  t.is(b.status, 0, b.stderr);
+  const rpm = b.stdout.trim().split('\n').pop()!;
+  t.regex(path.basename(rpm), /^nitro-acm-\d+\.\d+\.\d+-1\.x86_64\.rpm$/);
+  t.regex(b.stderr, /WARNING: no enclave image/, 'says clearly that this package has no enclave image');
+
+  // File list: rpm -qlp.
+  const files = sh('rpm', ['-qlp', rpm]).stdout.trim().split('\n');
+  for (const f of ['/usr/bin/nitro-acm', '/usr/lib/nitro-acm/src/cli.js', '/usr/lib/nitro-acm/enclave/main.js', '/usr/lib/nitro-acm/enclave/native/build/Release/native.node',
+    '/usr/lib/nitro-acm/templates/nginx-stanza.conf', '/usr/lib/nitro-acm/src/shared/trust/aws_nitro_enclaves_root_g1.pem', '/usr/lib64/pkcs11/nitro-acm-p11.so',
+    '/usr/share/p11-kit/modules/nitro-acm.module', '/usr/lib/systemd/system/nitro-enclaves-acm.service', '/etc/nitro_enclaves/acm.example.yaml',
+    '/etc/nitro_enclaves/acm-httpd.example.yaml', '/usr/share/doc/nitro-acm/operations.md', '/usr/share/licenses/nitro-acm/LICENSE',
+    '/usr/lib/nitro-acm/node_modules/@aws-sdk/client-kms/package.json', '/usr/lib/nitro-acm/node_modules/pkcs11js/package.json']) t.true(files.includes(f), `${f} is packaged`);
+  t.false(files.includes('/etc/nitro_enclaves/acm.yaml'), 'an operator\'s acm.yaml is never shipped (so never overwritten)');
+  const ours = files.filter((f) => f.startsWith('/usr/lib/nitro-acm/') && !f.includes('/node_modules/'));
+  t.deepEqual(ours.filter((f) => f.endsWith('.ts')), [], 'no TypeScript sources of ours');
+  t.deepEqual(ours.filter((f) => /\/(test|bench)\//.test(f)), [], 'no tests or benchmarks');
+  for (const dev of ['ava', 'typescript', 'tsx', 'esbuild', '@types/node']) t.false(files.some((f) => f.startsWith(`/usr/lib/nitro-acm/node_modules/${dev}/`)), `dev dependency ${dev} is not packaged`);
+
+  // Modes and config files.
+  const modes = new Map(sh('rpm', ['-qp', '--qf', '[%{FILEMODES:perms} %{FILENAMES}\\n]', rpm]).stdout.trim().split('\n').map((l) => { const [m, f] = l.split(' '); return [f, m]; }));
+  t.is(modes.get('/usr/bin/nitro-acm'), '-rwxr-xr-x');
+  t.is(modes.get('/usr/lib64/pkcs11/nitro-acm-p11.so'), '-rwxr-xr-x');
+  t.is(modes.get('/etc/nitro_enclaves/acm.example.yaml'), '-rw-r--r--');
+  t.is(modes.get('/usr/lib/systemd/system/nitro-enclaves-acm.service'), '-rw-r--r--');
+  t.deepEqual(sh('rpm', ['-qpc', rpm]).stdout.trim().split('\n').sort(), ['/etc/nitro_enclaves/acm-httpd.example.yaml', '/etc/nitro_enclaves/acm.example.yaml']);
+  t.regex(sh('rpm', ['-qp', '--qf', '[%{FILEFLAGS:fflags} %{FILENAMES}\\n]', rpm]).stdout, /^cn \/etc\/nitro_enclaves\/acm\.example\.yaml$/m, 'config(noreplace)');
+
+  // Relations.
+  const requires = sh('rpm', ['-qp', '--requires', rpm]).stdout;
+  for (const r of [/^nodejs >= 20$/m, /^p11-kit$/m, /^openssl-pkcs11$/m, /^aws-nitro-enclaves-cli$/m]) t.regex(requires, r);
+  t.notRegex(requires, /perl|python/, 'no automatic requirements from node_modules');
+  t.regex(sh('rpm', ['-qp', '--conflicts', rpm]).stdout, /^aws-nitro-enclaves-acm$/m);
+
+  // Scriptlets, as Fedora-family packages handle units.
+  const scripts = sh('rpm', ['-qp', '--scripts', rpm]).stdout;
+  t.regex(scripts, /postinstall scriptlet[\s\S]*if \[ \$1 -eq 1 \][\s\S]*systemctl --no-reload preset nitro-enclaves-acm\.service/);
+  t.regex(scripts, /preuninstall scriptlet[\s\S]*if \[ \$1 -eq 0 \][\s\S]*systemctl --no-reload disable --now nitro-enclaves-acm\.service[\s\S]*nitro-cli terminate-enclave --enclave-name nitro-acm/);
+  t.regex(scripts, /postuninstall scriptlet[\s\S]*systemctl daemon-reload[\s\S]*if \[ \$1 -ge 1 \][\s\S]*systemctl try-restart nitro-enclaves-acm\.service/);
+
+  // The p11-kit registration names the installed module and the enclave's fixed CID.
+  const root = path.join(dir, 'root');
+  fs.mkdirSync(root);
+  t.is(spawnSync('/bin/sh', ['-c', `rpm2cpio '${rpm}' | cpio -idm --quiet`], { cwd: root }).status, 0);
+  const moduleFile = fs.readFileSync(path.join(root, 'usr/share/p11-kit/modules/nitro-acm.module'), 'utf8');
+  t.regex(moduleFile, /^module: \/usr\/lib64\/pkcs11\/nitro-acm-p11\.so$/m);
+  t.regex(moduleFile, /^x-init-reserved: vsock:cid=16;port=9999 timeout-ms=\d+$/m);
+
+  // The packaged agent runs on its own JavaScript: --help, and a check of the shipped example.
+  const node = (args: string[]) => sh(process.execPath, [path.join(root, 'usr/lib/nitro-acm/src/cli.js'), ...args], { NODE_OPTIONS: '' }, root);
+  const help = node(['--help']);
+  t.is(help.status, 0, help.stderr);
+  t.regex(help.stdout, /^Usage: nitro-acm COMMAND/m);
+  const check = node(['agent', '--check', '--config', path.join(root, 'etc/nitro_enclaves/acm.example.yaml')]);
+  t.is(check.status, 0, check.stderr);
+  t.regex(check.stdout, /syntax is ok, 1 token/);
+  const enclaveHelp = sh(process.execPath, [path.join(root, 'usr/lib/nitro-acm/enclave/main.js'), '--help'], {}, root);
+  t.is(enclaveHelp.status, 0, enclaveHelp.stderr);
+});
+
+test('build:eif: the build context holds exactly the enclave app bundle, the addon source and the Dockerfile', async (t) => {
+  const ctx = path.join(dir, 'context');
+  const files = await makeEnclaveContext(ctx);
+  const chunks = files.filter((f) => /^app\/chunk-\w+\.js$/.test(f));
+  t.deepEqual(files.filter((f) => !chunks.includes(f)), ['Dockerfile', 'app/key-worker.js', 'app/main.js', 'native/native.c']);
+  const app = files.filter((f) => f.startsWith('app/')).map((f) => fs.readFileSync(path.join(ctx, f), 'utf8')).join('\n');
+  // The agent, local mode, tests and the PKCS#11 module are not in the enclave.
+  for (const absent of ['startService', 'chokidar', 'writeTarget', 'startLocalCloud', 'graphene', 'pkcs11js']) t.false(app.includes(absent), `${absent} is not in the enclave image`);
+  t.true(app.includes('KMSClient') || app.includes('DecryptCommand'), 'the KMS client is bundled');
+  // The bundle runs as the image's CMD would: the app answers --help with node alone.
+  fs.copyFileSync(path.join(ROOT, 'enclave/native/build/Release/native.node'), path.join(ctx, 'app/native.node'));
+  const r = sh(process.execPath, [path.join(ctx, 'app/main.js'), '--help'], {}, ctx);
+  t.is(r.status, 0, r.stderr);
+  t.regex(r.stdout, /--key-address/);
+  const docker = fs.readFileSync(path.join(ctx, 'Dockerfile'), 'utf8');
+  t.regex(docker, /^FROM \$\{BASE_RUN\}$/m);
+  t.regex(docker, /^CMD \["\/app\/main\.js"\]$/m);
+});
+
+test('build:eif: measurements from nitro-cli build-enclave land in image-measurements.json; without Docker it says so', (t) => {
+  // Stand-ins: docker that "builds", nitro-cli that prints the documented build-enclave output.
+  const bin = path.join(dir, 'bin');
+  fs.mkdirSync(bin, { recursive: true });
+  fs.writeFileSync(path.join(bin, 'docker'), '#!/bin/sh\necho "docker $*" >> "$(dirname "$0")/calls"\nexit 0\n', { mode: 0o755 });
+  const pcr = (c: string) => c.repeat(96);
+  fs.writeFileSync(path.join(bin, 'nitro-cli'), `#!/bin/sh\necho "nitro-cli $*" >> "$(dirname "$0")/calls"\n[ "$1" = "--version" ] && { echo "Nitro CLI 1.4.2"; exit 0; }\necho "Start building the Enclave Image..."\necho "Enclave Image successfully created."\ncat <<'JSON'\n{\n  "Measurements": {\n    "HashAlgorithm": "Sha384 { ... }",\n    "PCR0": "${pcr('a')}",\n    "PCR1": "${pcr('b')}",\n    "PCR2": "${pcr('c')}",\n    "PCR8": "${pcr('d')}"\n  }\n}\nJSON\n`, { mode: 0o755 });
+  const out = path.join(dir, 'eif');
+  const r = sh(process.execPath, ['--import', 'tsx', 'scripts/build-eif.ts', '--out', out, '--private-key', '/keys/k.pem', '--signing-certificate', '/keys/c.pem'], { PATH: `${bin}:${process.env.PATH}`, NITRO_CLI: path.join(bin, 'nitro-cli') });
+  t.is(r.status, 0, r.stderr);
+  const m = JSON.parse(fs.readFileSync(path.join(out, 'image-measurements.json'), 'utf8')) as { Measurements: Record<string, string> };
+  t.deepEqual([m.Measurements.PCR0, m.Measurements.PCR1, m.Measurements.PCR2, m.Measurements.PCR8], [pcr('a'), pcr('b'), pcr('c'), pcr('d')]);
+  const calls = fs.readFileSync(path.join(bin, 'calls'), 'utf8');
+  t.regex(calls, new RegExp(`^docker build -t nitro-acm-enclave:\\S+ ${out}/context$`, 'm'));
+  t.regex(calls, new RegExp(`^nitro-cli build-enclave --docker-uri nitro-acm-enclave:\\S+ --output-file ${out}/nitro-acm.eif --private-key /keys/k.pem --signing-certificate /keys/c.pem$`, 'm'));
+
+  // This machine's docker client cannot build: the context is made and the message says what to run where.
+  const none = sh(process.execPath, ['--import', 'tsx', 'scripts/build-eif.ts', '--out', path.join(dir, 'eif2')], { PATH: `/nonexistent:${process.env.PATH}`.replace(`${bin}:`, '') });
+  t.is(none.status, 3);
+  t.regex(none.stderr, /Docker cannot build images here \(.+\)\.\nThe build context is ready in \S+eif2\/context; on a machine with Docker and nitro-cli:\n {2}docker build -t nitro-acm-enclave:\S+ \S+\n {2}nitro-cli build-enclave/);
+  t.true(fs.existsSync(path.join(dir, 'eif2/context/app/main.js')));
+});
