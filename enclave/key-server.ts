@@ -26,6 +26,9 @@ export class KeyServer {
 
   constructor(private readonly store: KeyStore, opts: KeyServerOptions = {}) {
     const n = Math.max(1, opts.threads ?? os.availableParallelism());
+    // Every change is broadcast as it happens, so between changes the workers hold
+    // exactly the store's keys: the keys there now, which each worker's first snapshot has.
+    this.sent = new Set(store.snapshot().keys.map((k) => k.keyId));
     for (let i = 0; i < n; i++) this.slots.push(this.spawn());
     store.onChange(() => this.broadcast());
     this.server = net.createServer({ pauseOnConnect: true }, (s) => this.dispatch(s));
@@ -58,9 +61,12 @@ export class KeyServer {
     return slot;
   }
 
+  /** Key ids every worker holds (a worker started later gets a full snapshot first; re-adding is harmless). */
+  private sent: Set<number>;
+
   private broadcast(): void {
-    const snapshot = this.store.snapshot();
-    for (const s of this.slots) s.worker.postMessage({ type: 'snapshot', snapshot });
+    const delta = this.store.delta(this.sent);
+    for (const s of this.slots) s.worker.postMessage({ type: 'delta', delta });
   }
 
   private dispatch(sock: net.Socket): void {

@@ -190,6 +190,18 @@ export class KeyStore {
     for (const fn of this.listeners) fn();
   }
 
+  /** The changes since the workers got the keys in `sent` (which is updated to the keys now held). */
+  delta(sent: Set<number>): KeyStoreDelta {
+    const tokens = [...this.tokens.values()];
+    const now = tokens.flatMap((t) => [t.current, ...t.retired].map((k) => ({ keyId: k.keyId, tokenLabel: t.label, privateKey: k.privateKey, modulusBits: k.modulusBits })));
+    const ids = new Set(now.map((k) => k.keyId));
+    const removeKeyIds = [...sent].filter((id) => !ids.has(id));
+    const addKeys = now.filter((k) => !sent.has(k.keyId));
+    for (const id of removeKeyIds) sent.delete(id);
+    for (const k of addKeys) sent.add(k.keyId);
+    return { generation: this.generation, listBody: this.listBody(), tokens: tokens.map((t) => ({ label: t.label, pinDigest: t.pinDigest })), addKeys, removeKeyIds };
+  }
+
   /** What a key worker thread needs to serve the key channel; structured-cloneable (KeyObjects included). */
   snapshot(): KeyStoreSnapshot {
     const tokens = [...this.tokens.values()];
@@ -200,6 +212,20 @@ export class KeyStore {
       keys: tokens.flatMap((t) => [t.current, ...t.retired].map((k) => ({ keyId: k.keyId, tokenLabel: t.label, privateKey: k.privateKey, modulusBits: k.modulusBits }))),
     };
   }
+}
+
+/**
+ * What changed for the key workers since they were sent the keys in `sent`: the
+ * token list and PIN digests whole (small), private keys only when new. Cloning a
+ * KeyObject to a worker costs a key export and import, so sending every key on
+ * every change made provisioning N tokens cost O(N^2).
+ */
+export interface KeyStoreDelta {
+  generation: number;
+  listBody: Uint8Array;
+  tokens: { label: string; pinDigest: Uint8Array }[];
+  addKeys: KeyStoreSnapshot['keys'];
+  removeKeyIds: number[];
 }
 
 export interface KeyStoreSnapshot {
@@ -216,11 +242,19 @@ export class KeyView {
   private pins: Map<string, Buffer>;
   private keys: Map<number, KeyStoreSnapshot['keys'][number]>;
 
-  constructor(s: KeyStoreSnapshot) {
+  constructor(s: KeyStoreSnapshot, keys?: Map<number, KeyStoreSnapshot['keys'][number]>) {
     this.generation = s.generation;
     this.listBody = Buffer.from(s.listBody.buffer, s.listBody.byteOffset, s.listBody.byteLength);
     this.pins = new Map(s.tokens.map((t) => [t.label, Buffer.from(t.pinDigest)]));
-    this.keys = new Map(s.keys.map((k) => [k.keyId, k]));
+    this.keys = keys ?? new Map(s.keys.map((k) => [k.keyId, k]));
+  }
+
+  /** A new view with the changes applied; this one stays as it was for requests already under way. */
+  apply(d: KeyStoreDelta): KeyView {
+    const keys = new Map(this.keys);
+    for (const id of d.removeKeyIds) keys.delete(id);
+    for (const k of d.addKeys) keys.set(k.keyId, k);
+    return new KeyView({ generation: d.generation, listBody: d.listBody, tokens: d.tokens, keys: [] }, keys);
   }
 
   hasToken(label: string): boolean { return this.pins.has(label); }
