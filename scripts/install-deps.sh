@@ -22,5 +22,5 @@ apt-get update -qq
 apt-get install -y -qq --no-install-recommends \
   build-essential pkg-config python3 curl ca-certificates util-linux \
   libp11-kit-dev libssl-dev p11-kit p11-kit-modules libengine-pkcs11-openssl \
-  nginx-light apache2 opensc gnutls-bin softhsm2 wrk systemd rpm cpio clang >/dev/null
+  nginx-light apache2 opensc gnutls-bin softhsm2 wrk systemd rpm cpio clang valgrind >/dev/null
 echo "install-deps: done"

@@ -37,6 +37,24 @@ for (const [name, dir] of [['plain build', 'build'], ['ASan+UBSan build', 'build
   });
 }
 
+// The plain build under valgrind's memcheck: no invalid access, no uninitialised
+// value used, no leak (definite or indirect), including after fork.
+test('C API checks pass under valgrind: no memory errors, no leaks', (t) => {
+  const valgrind = spawnSync('valgrind', ['--version'], { encoding: 'utf8' });
+  t.is(valgrind.status, 0, 'valgrind is installed (scripts/install-deps.sh)');
+  const bin = path.join(ROOT, 'p11-module/build/api_test');
+  const mod = path.join(ROOT, 'p11-module/build/nitro-acm-p11.so');
+  const r = spawnSync('valgrind', ['--quiet', '--error-exitcode=99', '--leak-check=full', '--errors-for-leak-kinds=definite,indirect', '--show-leak-kinds=definite,indirect', '--trace-children=no', '--child-silent-after-fork=yes', bin, mod, 'capi', '86420000'], {
+    encoding: 'utf8',
+    timeout: 300_000,
+    env: { ...process.env, NITRO_ACM_KEY_ADDRESS: fx.address, NITRO_ACM_TIMEOUT_MS: '30000' },
+  });
+  const out = `${r.stdout}${r.stderr}`;
+  t.notRegex(out, /Invalid (read|write)|uninitialised|definitely lost: [1-9]|indirectly lost: [1-9]/, out);
+  t.regex(out, /^\d+ passed, 0 failed$/m, out);
+  t.is(r.status, 0, out);
+});
+
 // A fake enclave that answers the module with malformed replies. The module must
 // fail the calls (CKR_DEVICE_ERROR, no slots) without crashing, hanging or
 // tripping the sanitizers.
