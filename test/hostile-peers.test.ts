@@ -1,0 +1,143 @@
+// The enclave app's two servers against hostile peers: a flood of connections, a
+// client that sends one byte at a time, and (provisioning channel) frames that are
+// not JSON, too big, of another version or an unknown operation. Each server stays
+// up, its memory stays bounded, and well-behaved clients keep being served.
+import test from 'ava';
+import fs from 'node:fs';
+import net from 'node:net';
+import path from 'node:path';
+import crypto from 'node:crypto';
+import { startLocalEnclave, type LocalEnclave } from '../src/local/enclave-process.ts';
+import { simulatedNsmRoot } from '../enclave/nsm.ts';
+import { KeyClient } from './helpers/key-client.ts';
+import { ProvisionClient, jsonFrame, MAX_PROVISION_FRAME, PROVISION_VERSION } from '../src/shared/provision-wire.ts';
+import { Op, SignScheme, Hash, decodeTokenList, encodeRequest } from '../src/shared/key-wire.ts';
+import { CKR } from '../src/shared/pkcs11-rv.ts';
+import { createCA, issueServerCert } from '../src/local/pki.ts';
+import { tmpdir } from './helpers/enclave.ts';
+
+const dir = tmpdir('hostile');
+let enclave: LocalEnclave;
+const keySock = path.join(dir, 'keys.sock');
+const provSock = path.join(dir, 'provision.sock');
+const rssMiB = () => Number(/VmRSS:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${enclave.proc.pid}/status`, 'utf8'))![1]) / 1024;
+
+test.before(async () => {
+  const ca = createCA('hostile CA');
+  const leaf = issueServerCert(ca, ['hostile.test']);
+  fs.writeFileSync(path.join(dir, 'key.pem'), leaf.keyPem, { mode: 0o600 });
+  fs.writeFileSync(path.join(dir, 'cert.pem'), leaf.certPem);
+  fs.writeFileSync(path.join(dir, 'chain.pem'), ca.certPem);
+  fs.writeFileSync(path.join(dir, 'tokens.json'), JSON.stringify({ tokens: [{ label: 'hostile', pin: '2468', key: 'key.pem', certificate: 'cert.pem', chain: 'chain.pem' }] }), { mode: 0o600 });
+  simulatedNsmRoot(path.join(dir, 'nsm'));
+  enclave = await startLocalEnclave({ keyAddress: `unix:path=${keySock}`, plaintextKeys: path.join(dir, 'tokens.json'), args: ['--provision-address', `unix:path=${provSock}`, '--nsm-sim-dir', path.join(dir, 'nsm')] });
+});
+test.after.always(async () => { await enclave?.stop(); fs.rmSync(dir, { recursive: true, force: true }); });
+
+/** A well-behaved module: log in and sign; the signature must be a real one. */
+async function signs(): Promise<boolean> {
+  const c = await KeyClient.connect(keySock);
+  try {
+    const key = decodeTokenList((await c.call({ op: Op.LIST })).body)[0].keys[0];
+    if ((await c.call({ op: Op.LOGIN, label: 'hostile', pin: Buffer.from('2468') })).rv !== CKR.OK) return false;
+    const r = await c.call({ op: Op.SIGN, keyId: key.keyId, scheme: SignScheme.PKCS1, hash: Hash.SHA256, mgfHash: 0, saltLength: 0, data: crypto.createHash('sha256').update('x').digest() });
+    return r.rv === CKR.OK && r.body.length === 256;
+  } finally { c.close(); }
+}
+
+const connectRaw = (p: string) => new Promise<net.Socket>((resolve, reject) => { const s = net.connect(p, () => resolve(s)); s.on('error', reject); });
+
+test.serial('key channel: 1000 connections held open; a well-behaved client still signs and memory stays bounded', async (t) => {
+  const before = rssMiB();
+  const flood: net.Socket[] = [];
+  for (let i = 0; i < 1000; i++) {
+    const s = await connectRaw(keySock).catch(() => undefined);
+    if (!s) break;
+    s.on('error', () => {});
+    // Half of them also send the start of a frame and stop.
+    if (i % 2) s.write(encodeRequest(i, { op: Op.LIST }).subarray(0, 5));
+    flood.push(s);
+  }
+  t.true(flood.length >= 1000, `${flood.length} connections accepted`);
+  t.true(await signs(), 'a well-behaved client signs during the flood');
+  const during = rssMiB();
+  for (const s of flood) s.destroy();
+  await new Promise((r) => setTimeout(r, 500));
+  t.true(await signs(), 'and after it');
+  t.log(`enclave app RSS ${before.toFixed(0)} MiB before, ${during.toFixed(0)} MiB with 1000 connections open`);
+  t.true(during - before < 64, `memory bounded (+${(during - before).toFixed(0)} MiB)`);
+});
+
+test.serial('key channel: a client sending one byte every 20 ms does not hold up others, and gets its answer', async (t) => {
+  const slow = await connectRaw(keySock);
+  const frame = encodeRequest(1, { op: Op.PING });
+  let answered = false;
+  slow.on('data', () => { answered = true; });
+  const dripping = (async () => { for (const b of frame) { slow.write(Buffer.from([b])); await new Promise((r) => setTimeout(r, 20)); } })();
+  const started = Date.now();
+  t.true(await signs());
+  t.true(Date.now() - started < frame.length * 20, 'the well-behaved client finished before the slow one had sent its request');
+  await dripping;
+  await new Promise((r) => setTimeout(r, 200));
+  t.true(answered, 'the slow client got its reply');
+  slow.destroy();
+});
+
+async function provisionRaw(bytes: Buffer): Promise<{ reply?: Record<string, unknown>; closed: boolean }> {
+  const s = await connectRaw(provSock);
+  return new Promise((resolve) => {
+    let buf = Buffer.alloc(0);
+    const done = (closed: boolean) => { s.destroy(); resolve({ reply: buf.length >= 4 ? JSON.parse(buf.subarray(4, 4 + buf.readUInt32BE(0)).toString()) as Record<string, unknown> : undefined, closed }); };
+    s.on('data', (d) => { buf = Buffer.concat([buf, d]); if (buf.length >= 4 && buf.length >= 4 + buf.readUInt32BE(0)) done(false); });
+    s.on('close', () => done(true));
+    s.on('error', () => {});
+    setTimeout(() => done(false), 3000);
+    s.write(bytes);
+  });
+}
+
+for (const [name, bytes, expect] of [
+  ['a frame that is not JSON', (() => { const b = Buffer.from('{not json'); const h = Buffer.alloc(4); h.writeUInt32BE(b.length); return Buffer.concat([h, b]); })(), /BadRequest: frame is not JSON/],
+  ['another protocol version', jsonFrame({ v: 99, id: 1, op: 'health' }), /UnsupportedVersion: provisioning version 99; this enclave speaks 1/],
+  ['an unknown operation', jsonFrame({ v: PROVISION_VERSION, id: 1, op: 'format-disk' }), /BadRequest: unknown operation "format-disk" \(expected health, describe, add, update, refresh, remove\)/],
+  ['an add without a bundle', jsonFrame({ v: PROVISION_VERSION, id: 1, op: 'add', label: 'x', pin: '1234' }), /BadRequest: .*bundle/],
+] as const) {
+  test(`provisioning channel: ${name} gets a typed error naming it`, async (t) => {
+    const r = await provisionRaw(bytes);
+    const e = r.reply?.error as { code: string; message: string } | undefined;
+    t.regex(`${e?.code}: ${e?.message}`, expect);
+    t.true(await provisionHealthy());
+  });
+}
+
+async function provisionHealthy(): Promise<boolean> {
+  const c = await ProvisionClient.connect({ kind: 'unix', path: provSock });
+  try { return (await c.call<{ ok: boolean }>('health', {}, 5000)).ok; } finally { c.close(); }
+}
+
+test('provisioning channel: a frame over 1 MiB is dropped without being read', async (t) => {
+  const head = Buffer.alloc(4);
+  head.writeUInt32BE(MAX_PROVISION_FRAME + 1);
+  const r = await provisionRaw(Buffer.concat([head, Buffer.alloc(1024)]));
+  t.true(r.closed, 'the connection is closed');
+  t.true(await provisionHealthy());
+});
+
+test.serial('provisioning channel: a flood of connections does not cut off the agent\'s own connection', async (t) => {
+  const agent = await ProvisionClient.connect({ kind: 'unix', path: provSock });
+  const flood: net.Socket[] = [];
+  let closedByServer = 0;
+  for (let i = 0; i < 200; i++) {
+    const s = await connectRaw(provSock).catch(() => undefined);
+    if (s) { s.on('error', () => {}); s.on('close', () => { closedByServer++; }); flood.push(s); }
+  }
+  await new Promise((r) => setTimeout(r, 200));
+  t.true((await agent.call<{ ok: boolean }>('health', {}, 5000)).ok, 'the connected agent is still answered');
+  const held = flood.length - closedByServer;
+  for (const s of flood) s.destroy();
+  await new Promise((r) => setTimeout(r, 300));
+  t.true(await provisionHealthy(), 'new connections are accepted again once the flood is gone');
+  t.log(`the server kept ${held} of 200 flood connections open and closed the rest (it serves at most 64 at once)`);
+  t.true(held <= 64);
+  agent.close();
+});
