@@ -3,6 +3,7 @@
 import test from 'ava';
 import fs from 'node:fs';
 import path from 'node:path';
+import { spawnSync } from 'node:child_process';
 import { writeTarget, rewriteHttpdConf, TargetError, companionFiles } from '../src/agent/targets.ts';
 import { createCA, issueServerCert } from '../src/local/pki.ts';
 import { tmpdir } from './helpers/enclave.ts';
@@ -52,4 +53,23 @@ test('a bad target changes nothing: unknown user, missing directory; the last go
   t.is(fs.readFileSync(target.path, 'utf8'), before);
   t.is(fs.readFileSync(companionFiles(target).pin, 'utf8'), tok.pin);
   t.throws(() => writeTarget({ kind: 'NginxStanza', path: path.join(dir, 'missing/acm.conf') }, tok), { message: /directory .*missing does not exist/ });
+});
+
+test('disk full while writing: every previous file stays as it was, no temporary file is left, the error names the file', (t) => {
+  const dir = tmpdir('targets-full');
+  // A 64 KiB file system of its own, filled up after the first write.
+  t.is(spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=64k', 'tmpfs', dir]).status, 0, 'mount tmpfs (needs root)');
+  t.teardown(() => { spawnSync('umount', [dir]); fs.rmSync(dir, { recursive: true, force: true }); });
+  const spec = { kind: 'NginxStanza' as const, path: path.join(dir, 'www.conf') };
+  const first = writeTarget(spec, tok);
+  const before = Object.fromEntries([first.config, first.chain, first.pin!].map((f) => [f, fs.readFileSync(f, 'utf8')]));
+  // Fill what is left, leaving less than a certificate chain needs.
+  const filler = fs.openSync(path.join(dir, 'filler'), 'w');
+  try { for (;;) fs.writeSync(filler, Buffer.alloc(1024)); } catch { /* ENOSPC */ } finally { fs.closeSync(filler); }
+  fs.truncateSync(path.join(dir, 'filler'), fs.statSync(path.join(dir, 'filler')).size - 512);
+  const renewed = issueServerCert(ca, ['t.test']);
+  const e = t.throws(() => writeTarget(spec, { ...tok, certificatePem: renewed.certPem, pin: 'another-pin' }), { instanceOf: TargetError });
+  t.regex(e!.message, /www\.(chain\.pem|pin|conf): ENOSPC/);
+  for (const [f, content] of Object.entries(before)) t.is(fs.readFileSync(f, 'utf8'), content, `${f} is the last good one`);
+  t.deepEqual(fs.readdirSync(dir).filter((f) => f.startsWith('.')), [], 'no temporary files left');
 });

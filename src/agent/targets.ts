@@ -33,7 +33,10 @@ export function owner(t: TargetSpec): { uid: number; gid: number } | undefined {
   return { uid, gid };
 }
 
-export function writeAtomic(file: string, data: string, mode: number, own?: { uid: number; gid: number }): void {
+/** A file written beside its destination, not yet in place: commit() renames it over, abort() removes it. */
+export interface StagedFile { commit(): void; abort(): void }
+
+export function stageFile(file: string, data: string, mode: number, own?: { uid: number; gid: number }): StagedFile {
   const dir = path.dirname(file);
   if (!fs.existsSync(dir)) throw new TargetError(`${file}: directory ${dir} does not exist`);
   const tmp = path.join(dir, `.${path.basename(file)}.nitro-acm-${process.pid}`);
@@ -45,11 +48,37 @@ export function writeAtomic(file: string, data: string, mode: number, own?: { ui
       fs.fchmodSync(fd, mode);
       fs.fsyncSync(fd);
     } finally { fs.closeSync(fd); }
-    fs.renameSync(tmp, file);
   } catch (e) {
     fs.rmSync(tmp, { force: true });
-    throw e instanceof TargetError ? e : new TargetError(`${file}: ${(e as Error).message}`);
+    throw new TargetError(`${file}: ${(e as Error).message}`);
   }
+  return {
+    commit() {
+      try { fs.renameSync(tmp, file); } catch (e) { fs.rmSync(tmp, { force: true }); throw new TargetError(`${file}: ${(e as Error).message}`); }
+    },
+    abort() { fs.rmSync(tmp, { force: true }); },
+  };
+}
+
+/** Replaces a file atomically (temporary file, fsync, rename): readers see the old or the new, never half. */
+export function writeAtomic(file: string, data: string, mode: number, own?: { uid: number; gid: number }): void {
+  stageFile(file, data, mode, own).commit();
+}
+
+/**
+ * Writes several files as one change: all are written in full first (so a full
+ * disk or any other error leaves every old file as it was), then renamed into
+ * place in order.
+ */
+export function writeAllAtomic(files: { file: string; data: string; mode: number }[], own?: { uid: number; gid: number }): void {
+  const staged: StagedFile[] = [];
+  try {
+    for (const f of files) staged.push(stageFile(f.file, f.data, f.mode, own));
+  } catch (e) {
+    for (const s of staged) s.abort();
+    throw e;
+  }
+  for (const s of staged) s.commit();
 }
 
 /** Paths of the files that go with a target: <name>.chain.pem and <name>.pin beside it. */
@@ -81,15 +110,18 @@ export function writeTarget(t: TargetSpec, tok: TokenOutput): WrittenFiles {
   const own = owner(t);
   const { chain, pin } = companionFiles(t);
   const uri = keyUri(tok.label, tok.certificatePem, tok.pin, pin, Boolean(tok.pinInConfig));
-  // Chain first, stanza last: a web server reloaded in between still finds a consistent pair.
-  writeAtomic(chain, tok.certificatePem.trimEnd() + '\n' + tok.chainPem.trim() + '\n', 0o440, own);
-  if (!tok.pinInConfig) writeAtomic(pin, tok.pin, 0o400, own);
-  if (t.kind === 'NginxStanza') {
-    writeAtomic(t.path, render('nginx-stanza.conf', { LABEL: tok.label, SOURCE: tok.source, CHAIN_FILE: chain, KEY_URI: uri }), tok.pinInConfig ? 0o400 : 0o440, own);
-  } else if (fs.existsSync(t.path)) {
-    writeAtomic(t.path, rewriteHttpdConf(fs.readFileSync(t.path, 'utf8'), chain, uri, t.path), tok.pinInConfig ? 0o400 : 0o440, own);
-  } else {
-    writeAtomic(t.path, render('httpd-acm.conf', { LABEL: tok.label, SOURCE: tok.source, CHAIN_FILE: chain, KEY_URI: uri }), tok.pinInConfig ? 0o400 : 0o440, own);
-  }
+  const configMode = tok.pinInConfig ? 0o400 : 0o440;
+  const config = t.kind === 'NginxStanza'
+    ? render('nginx-stanza.conf', { LABEL: tok.label, SOURCE: tok.source, CHAIN_FILE: chain, KEY_URI: uri })
+    : fs.existsSync(t.path)
+      ? rewriteHttpdConf(fs.readFileSync(t.path, 'utf8'), chain, uri, t.path)
+      : render('httpd-acm.conf', { LABEL: tok.label, SOURCE: tok.source, CHAIN_FILE: chain, KEY_URI: uri });
+  // All or nothing; renamed chain first, stanza last: a web server reloaded in
+  // between still finds a consistent pair.
+  writeAllAtomic([
+    { file: chain, data: tok.certificatePem.trimEnd() + '\n' + tok.chainPem.trim() + '\n', mode: 0o440 },
+    ...(tok.pinInConfig ? [] : [{ file: pin, data: tok.pin, mode: 0o400 }]),
+    { file: t.path, data: config, mode: configMode },
+  ], own);
   return { config: t.path, chain, pin: tok.pinInConfig ? undefined : pin };
 }
