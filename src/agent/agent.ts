@@ -170,7 +170,7 @@ export class Agent {
           else throw e;
         }
       }).catch((e) => {
-        throw e instanceof ProvisionError ? new ProvisionError(e.code, `the enclave refused the bundle from ${source(t.config).replace(/^\w+ /, '')}: ${e.message}`) : e;
+        throw e instanceof ProvisionError ? new ProvisionError(e.code, `the enclave could not take the bundle from ${source(t.config).replace(/^\w+ /, '')}: ${e.message}`) : e;
       });
       t.lastRefresh = Date.now();
       verifyTokenSigns({ address: this.endpoints!.keyAddress, label: t.config.label, pin: t.pin, certificatePem: t.bundle!.certificate });

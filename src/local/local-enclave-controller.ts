@@ -4,6 +4,16 @@ import path from 'node:path';
 import fs from 'node:fs';
 import { startLocalEnclave, type LocalEnclave } from './enclave-process.ts';
 import type { EnclaveController, EnclaveEndpoints } from '../agent/agent.ts';
+import { ProvisionClient } from '../shared/provision-wire.ts';
+import { parseAddress } from '../shared/address.ts';
+import { log } from '../shared/log.ts';
+
+async function answers(address: string): Promise<boolean> {
+  try {
+    const c = await ProvisionClient.connect(parseAddress(address), 1000);
+    try { return (await c.call<{ ok: boolean }>('health', {}, 2000)).ok; } finally { c.close(); }
+  } catch { return false; }
+}
 
 export interface LocalEnclaveControllerOptions {
   runtimeDir: string;
@@ -16,6 +26,8 @@ export interface LocalEnclaveControllerOptions {
 
 export class LocalEnclaveController implements EnclaveController {
   private enclave?: LocalEnclave;
+  /** Set when start() found an enclave app already serving (left by an agent that stopped or died). */
+  private adopted?: string;
   constructor(private readonly o: LocalEnclaveControllerOptions) {}
 
   get process(): LocalEnclave | undefined { return this.enclave; }
@@ -24,6 +36,14 @@ export class LocalEnclaveController implements EnclaveController {
     fs.mkdirSync(this.o.runtimeDir, { recursive: true });
     const keyAddress = `unix:path=${path.join(this.o.runtimeDir, 'keys.sock')}`;
     const provisionAddress = `unix:path=${path.join(this.o.runtimeDir, 'provision.sock')}`;
+    // As the nitro-cli controller finds a running enclave: an agent that restarts
+    // keeps the enclave app that is serving, and provisions it again.
+    if (!this.enclave && await answers(provisionAddress)) {
+      this.adopted = provisionAddress;
+      log.info(`found the enclave app already serving on ${provisionAddress}`);
+      return { keyAddress, provisionAddress };
+    }
+    this.adopted = undefined;
     this.enclave = await startLocalEnclave({
       keyAddress,
       args: ['--provision-address', provisionAddress, '--nsm-sim-dir', this.o.nsmDir, '--nsm-sim-role-arn', this.o.roleArn, '--nsm-sim-instance-id', this.o.instanceId,
@@ -33,8 +53,10 @@ export class LocalEnclaveController implements EnclaveController {
   }
 
   async running(): Promise<boolean> {
+    if (this.adopted) return answers(this.adopted);
     return this.enclave !== undefined && this.enclave.proc.exitCode === null && this.enclave.proc.signalCode === null;
   }
 
-  async stop(): Promise<void> { await this.enclave?.stop(); }
+  /** Stops the enclave app this controller started (an adopted one is not its child: it is left alone). */
+  async stop(): Promise<void> { await this.enclave?.stop(); this.enclave = undefined; }
 }
