@@ -2,6 +2,11 @@
 // connections and hands each to the key worker thread serving the fewest, where
 // all of that connection's requests run (enclave/key-connection.ts). Workers get
 // a new snapshot of the key store whenever it changes.
+//
+// Connections are bounded by the open-file limit: at the limit, each new
+// connection makes the worker with the most close the one that has been idle
+// longest. A flood of idle connections therefore cannot lock out the web
+// servers' modules, and an evicted module just reconnects on its next request.
 import net from 'node:net';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -14,7 +19,26 @@ import type { KeyStore } from './keystore.ts';
 export interface KeyServerOptions {
   /** Key worker threads; default: the CPUs the enclave has. */
   threads?: number;
+  /** Connections held at once; default: what the open-file limit leaves room for, at most 4096. */
   maxConnections?: number;
+}
+
+/** File descriptors kept free for everything else (the provisioning channel, KMS, files, threads). */
+const FD_RESERVE = 128;
+/** Connections accepted beyond the limit while evictions are on their way; past this, new ones are closed at once. */
+const EVICTION_SLACK = 32;
+
+/** The soft RLIMIT_NOFILE (Node raises it to the hard limit at start). */
+export function openFileLimit(): number {
+  try {
+    const m = /^Max open files\s+(\d+|unlimited)/m.exec(fs.readFileSync('/proc/self/limits', 'utf8'));
+    if (m) return m[1] === 'unlimited' ? Infinity : Number(m[1]);
+  } catch { /* not Linux */ }
+  return 1024;
+}
+
+function defaultMaxConnections(): number {
+  return Math.max(16, Math.min(4096, openFileLimit() - FD_RESERVE - EVICTION_SLACK));
 }
 
 interface Slot { worker: Worker; connections: number; ready: Promise<void> }
@@ -23,6 +47,10 @@ export class KeyServer {
   readonly server: net.Server;
   private slots: Slot[] = [];
   private closing = false;
+  readonly maxConnections: number;
+  private evicted = 0;
+  private refused = 0;
+  private lastLimitLog = 0;
 
   constructor(private readonly store: KeyStore, opts: KeyServerOptions = {}) {
     const n = Math.max(1, opts.threads ?? os.availableParallelism());
@@ -32,10 +60,13 @@ export class KeyServer {
     for (let i = 0; i < n; i++) this.slots.push(this.spawn());
     store.onChange(() => this.broadcast());
     this.server = net.createServer({ pauseOnConnect: true }, (s) => this.dispatch(s));
-    this.server.maxConnections = opts.maxConnections ?? 4096;
+    this.maxConnections = opts.maxConnections ?? defaultMaxConnections();
   }
 
   get threads(): number { return this.slots.length; }
+
+  /** Connections the workers hold now. */
+  get connections(): number { return this.slots.reduce((n, s) => n + s.connections, 0); }
 
   private spawn(): Slot {
     const url = new URL(`./key-worker${import.meta.url.endsWith('.ts') ? '.ts' : '.js'}`, import.meta.url);
@@ -70,6 +101,21 @@ export class KeyServer {
   }
 
   private dispatch(sock: net.Socket): void {
+    const held = this.connections;
+    if (held >= this.maxConnections + EVICTION_SLACK) {
+      // Evictions asked for have not happened yet: refuse rather than run out of descriptors.
+      this.refused++;
+      sock.destroy();
+      this.logLimit(held);
+      return;
+    }
+    if (held >= this.maxConnections) {
+      let busiest = this.slots[0];
+      for (const s of this.slots) if (s.connections > busiest.connections) busiest = s;
+      busiest.worker.postMessage({ type: 'evict' });
+      this.evicted++;
+      this.logLimit(held);
+    }
     let best = this.slots[0];
     for (const s of this.slots) if (s.connections < best.connections) best = s;
     let fd: number;
@@ -82,9 +128,19 @@ export class KeyServer {
     best.worker.postMessage({ type: 'connection', fd });
   }
 
+  /** At most one line per 10 s while the limit is reached, with the counts since the start. */
+  private logLimit(held: number): void {
+    const now = Date.now();
+    if (now - this.lastLimitLog < 10_000) return;
+    this.lastLimitLog = now;
+    log.warn(`key channel: ${held} connections, at its limit of ${this.maxConnections}: closing those idle longest (${this.evicted} closed, ${this.refused} refused so far)`);
+  }
+
   async listen(address: Address): Promise<void> {
     await Promise.all(this.slots.map((s) => s.ready));
-    await listen(this.server, address);
+    // A deep backlog: a burst of connections (every web server worker reconnecting
+    // at once, or a flood) waits in the kernel, not in a refused connect (EAGAIN).
+    await listen(this.server, address, 4096);
     // Local mode: the web server's workers (another user) connect too; the PIN guards the keys.
     if (address.kind === 'unix') fs.chmodSync(address.path, 0o666);
   }

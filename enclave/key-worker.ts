@@ -1,19 +1,25 @@
 // A key worker thread: serves the key-channel connections the main thread hands
 // it, from its copy of the key store (a full copy when it starts, then the changes).
+// When the main thread says the enclave holds too many connections, it closes the
+// one of its own that has been quiet longest.
 import { parentPort } from 'node:worker_threads';
 import { socketFromFd } from '../src/shared/transport.ts';
 import { KeyView, type KeyStoreSnapshot, type KeyStoreDelta } from './keystore.ts';
 import { serveKeyConnection } from './key-connection.ts';
+import { ConnectionsByActivity } from './connections-by-activity.ts';
 
-type Msg = { type: 'snapshot'; snapshot: KeyStoreSnapshot } | { type: 'delta'; delta: KeyStoreDelta } | { type: 'connection'; fd: number };
+type Msg = { type: 'snapshot'; snapshot: KeyStoreSnapshot } | { type: 'delta'; delta: KeyStoreDelta } | { type: 'connection'; fd: number } | { type: 'evict' };
 
 let view: KeyView | undefined;
 const current = () => view!;
+const connections = new ConnectionsByActivity();
 
 parentPort!.on('message', (m: Msg) => {
   if (m.type === 'snapshot') { view = new KeyView(m.snapshot); return; }
   if (m.type === 'delta') { view = view!.apply(m.delta); return; }
+  if (m.type === 'evict') { connections.closeIdlest(); return; }
   const sock = socketFromFd(m.fd);
+  connections.track(sock);
   sock.on('close', () => parentPort!.postMessage({ type: 'closed' }));
   serveKeyConnection(sock, current);
 });

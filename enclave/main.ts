@@ -141,7 +141,7 @@ async function main(): Promise<number> {
     for (const l of store.expireStale(ttlHours * 3600_000)) log.token(l).warn(`dropped: not refreshed for ${ttlHours} h`);
   }, 30_000);
   expiry.unref();
-  log.info(`key channel listening on ${formatAddress(keyAddress)} with ${keys.threads} key worker threads, ${store.labels().length} tokens`);
+  log.info(`key channel listening on ${formatAddress(keyAddress)} with ${keys.threads} key worker threads, ${store.labels().length} tokens, at most ${keys.maxConnections} connections`);
   const stop = async (sig: string) => {
     log.info(`${sig}: stopping`);
     await Promise.all([keys.close(), provision?.close()]);
@@ -153,4 +153,8 @@ async function main(): Promise<number> {
 }
 
 routeProcessWarnings();
+// Whoever reads the logs may go away (the agent that started a local-mode enclave
+// app is killed; a console detaches): losing log lines must not stop the keys
+// being served, so a broken stdout or stderr is ignored.
+for (const stream of [process.stdout, process.stderr]) stream.on('error', () => {});
 main().then((code) => { if (code >= 0) process.exit(code); }, (e) => { log.error(String(e?.stack ?? e)); process.exit(1); });

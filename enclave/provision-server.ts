@@ -10,6 +10,7 @@ import { parseBundle, BundleError, type Bundle } from '../src/shared/bundle.ts';
 import { serveJsonFrames, PROVISION_VERSION, ProvisionError, type TokenDescription, type Health } from '../src/shared/provision-wire.ts';
 import { log } from '../src/shared/log.ts';
 import { KeyStore, KeyMaterialError } from './keystore.ts';
+import { ConnectionsByActivity } from './connections-by-activity.ts';
 import { attestedDecrypt, type KmsAccess, type AwsCredentials } from './kms-client.ts';
 import type { Nsm } from './nsm.ts';
 
@@ -27,19 +28,33 @@ function label(args: Record<string, unknown>): string {
   return l;
 }
 
+/** The agent needs one connection; at this many, a new one closes the one quiet longest. */
+const MAX_PROVISION_CONNECTIONS = 64;
+
 export class ProvisionServer {
   readonly server: net.Server;
   private busy = new Set<string>();
+  private readonly connections = new ConnectionsByActivity();
+  private closedIdle = 0;
+  private lastLimitLog = 0;
 
   constructor(private readonly o: ProvisionServerOptions) {
     this.server = net.createServer((s) => this.accept(s));
-    this.server.maxConnections = 64;
   }
 
   listen(address: Address): Promise<void> { return listen(this.server, address); }
   close(): Promise<void> { return new Promise((r) => this.server.close(() => r())); }
 
   private accept(sock: net.Socket): void {
+    if (this.connections.size >= MAX_PROVISION_CONNECTIONS) {
+      this.connections.closeIdlest();
+      this.closedIdle++;
+      if (Date.now() - this.lastLimitLog > 10_000) {
+        this.lastLimitLog = Date.now();
+        log.warn(`provisioning channel: ${MAX_PROVISION_CONNECTIONS} connections open, its limit: closing those idle longest (${this.closedIdle} so far)`);
+      }
+    }
+    this.connections.track(sock);
     serveJsonFrames(sock, (m) => this.handle(m), (op, message) => log.error(`provisioning ${op}: ${message}`), (why) => log.warn(`provisioning: dropping a client: ${why}`));
   }
 

@@ -2,8 +2,10 @@
 # Installs what nitro-acm needs to build, run locally and test on Debian/Ubuntu:
 # the C toolchain and PKCS#11 headers for the module, p11-kit and the OpenSSL
 # pkcs11 engine, nginx and Apache httpd, OpenSC/GnuTLS tools, SoftHSM2 and wrk for
-# the benchmark. Run as root (or with sudo). Web servers are installed but not
-# started: nitro-acm starts its own under private prefixes.
+# the benchmark, clang with its sanitizer and libFuzzer runtimes (compiler-rt is a
+# package of its own on Debian 12), valgrind, and gdb (gcore) for the secrets scan.
+# Run as root (or with sudo). Web servers are installed but not started: nitro-acm
+# starts its own under private prefixes.
 set -euo pipefail
 if [ "$(id -u)" -ne 0 ]; then
   echo "install-deps: run as root (sudo bash scripts/install-deps.sh)" >&2
@@ -22,5 +24,10 @@ apt-get update -qq
 apt-get install -y -qq --no-install-recommends \
   build-essential pkg-config python3 curl ca-certificates util-linux \
   libp11-kit-dev libssl-dev p11-kit p11-kit-modules libengine-pkcs11-openssl \
-  nginx-light apache2 opensc gnutls-bin softhsm2 wrk systemd rpm cpio clang valgrind >/dev/null
+  nginx-light apache2 opensc gnutls-bin softhsm2 wrk systemd rpm cpio clang valgrind gdb >/dev/null
+# Debian 12 and Ubuntu 24.04 ship libFuzzer and the sanitizer runtimes apart from
+# clang; older releases have them inside libclang-common-*-dev, already installed.
+if apt-cache show libclang-rt-dev >/dev/null 2>&1; then
+  apt-get install -y -qq --no-install-recommends libclang-rt-dev >/dev/null
+fi
 echo "install-deps: done"

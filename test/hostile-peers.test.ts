@@ -35,8 +35,8 @@ test.before(async () => {
 test.after.always(async () => { await enclave?.stop(); fs.rmSync(dir, { recursive: true, force: true }); });
 
 /** A well-behaved module: log in and sign; the signature must be a real one. */
-async function signs(): Promise<boolean> {
-  const c = await KeyClient.connect(keySock);
+async function signs(at = keySock): Promise<boolean> {
+  const c = await KeyClient.connect(at);
   try {
     const key = decodeTokenList((await c.call({ op: Op.LIST })).body)[0].keys[0];
     if ((await c.call({ op: Op.LOGIN, label: 'hostile', pin: Buffer.from('2468') })).rv !== CKR.OK) return false;
@@ -47,25 +47,57 @@ async function signs(): Promise<boolean> {
 
 const connectRaw = (p: string) => new Promise<net.Socket>((resolve, reject) => { const s = net.connect(p, () => resolve(s)); s.on('error', reject); });
 
-test.serial('key channel: 1000 connections held open; a well-behaved client still signs and memory stays bounded', async (t) => {
-  const before = rssMiB();
-  const flood: net.Socket[] = [];
-  for (let i = 0; i < 1000; i++) {
-    const s = await connectRaw(keySock).catch(() => undefined);
+/** Opens n connections one after another; half also send the start of a frame and stop. */
+async function flood(at: string, n: number): Promise<{ sockets: net.Socket[]; closedByServer: () => number }> {
+  const sockets: net.Socket[] = [];
+  let closed = 0;
+  for (let i = 0; i < n; i++) {
+    const s = await connectRaw(at).catch(() => undefined);
     if (!s) break;
     s.on('error', () => {});
-    // Half of them also send the start of a frame and stop.
+    s.on('close', () => { closed++; });
     if (i % 2) s.write(encodeRequest(i, { op: Op.LIST }).subarray(0, 5));
-    flood.push(s);
+    sockets.push(s);
   }
-  t.true(flood.length >= 1000, `${flood.length} connections accepted`);
-  t.true(await signs(), 'a well-behaved client signs during the flood');
-  const during = rssMiB();
-  for (const s of flood) s.destroy();
+  return { sockets, closedByServer: () => closed };
+}
+
+test.serial('key channel: 1000 connections held open; a well-behaved client still signs and memory stays bounded', async (t) => {
+  const before = rssMiB();
+  const f = await flood(keySock, 1000);
+  try {
+    t.is(f.sockets.length, 1000, `${f.sockets.length} connections accepted`);
+    t.true(await signs(), 'a well-behaved client signs during the flood');
+    const during = rssMiB();
+    t.log(`enclave app RSS ${before.toFixed(0)} MiB before, ${during.toFixed(0)} MiB with 1000 connections open (${f.closedByServer()} closed by the enclave app)`);
+    t.true(during - before < 64, `memory bounded (+${(during - before).toFixed(0)} MiB)`);
+  } finally { for (const s of f.sockets) s.destroy(); }
   await new Promise((r) => setTimeout(r, 500));
   t.true(await signs(), 'and after it');
-  t.log(`enclave app RSS ${before.toFixed(0)} MiB before, ${during.toFixed(0)} MiB with 1000 connections open`);
-  t.true(during - before < 64, `memory bounded (+${(during - before).toFixed(0)} MiB)`);
+});
+
+test.serial('key channel at its open-file limit (256): a flood of 1000 is taken in by closing the idlest; the enclave app stays within its limit and a well-behaved client signs', async (t) => {
+  const sock = path.join(dir, 'keys-limited.sock');
+  const limited = await startLocalEnclave({ keyAddress: `unix:path=${sock}`, plaintextKeys: path.join(dir, 'tokens.json'), wrapper: ['prlimit', '--nofile=256:256'] });
+  t.teardown(() => limited.stop());
+  const max = Number(/at most (\d+) connections/.exec(limited.output())?.[1]);
+  t.true(max > 0 && max <= 256 - 128, `the enclave app holds at most ${max} connections with 256 descriptors`);
+  const early = await KeyClient.connect(sock); // quiet from here on: the first to go
+  const fds = () => fs.readdirSync(`/proc/${limited.proc.pid}/fd`).length;
+  let peakFds = 0;
+  const f = await flood(sock, 1000);
+  try {
+    peakFds = fds();
+    t.is(f.sockets.length, 1000, 'every connection attempt got through (none refused by a full backlog)');
+    await new Promise((r) => setTimeout(r, 300));
+    t.true(f.closedByServer() >= 1000 - max - 32, `${f.closedByServer()} idle connections closed by the enclave app`);
+    await early.closed;
+    t.pass('the connection quiet longest was among them');
+    t.true(await signs(sock), 'a well-behaved client signs during the flood');
+    t.true(peakFds < 256, `${peakFds} descriptors in use at the peak, under the limit of 256`);
+    t.regex(limited.output(), /key channel: \d+ connections, at its limit of \d+: closing those idle longest/);
+  } finally { for (const s of f.sockets) s.destroy(); }
+  t.is(limited.proc.exitCode, null, 'the enclave app is still running');
 });
 
 test.serial('key channel: a client sending one byte every 20 ms does not hold up others, and gets its answer', async (t) => {
@@ -123,21 +155,25 @@ test('provisioning channel: a frame over 1 MiB is dropped without being read', a
   t.true(await provisionHealthy());
 });
 
-test.serial('provisioning channel: a flood of connections does not cut off the agent\'s own connection', async (t) => {
+test.serial('provisioning channel: a flood of connections does not lock the agent out', async (t) => {
+  // The agent talks now and then during the flood; the flood's connections stay quiet.
   const agent = await ProvisionClient.connect({ kind: 'unix', path: provSock });
   const flood: net.Socket[] = [];
   let closedByServer = 0;
+  let answered = 0;
   for (let i = 0; i < 200; i++) {
     const s = await connectRaw(provSock).catch(() => undefined);
     if (s) { s.on('error', () => {}); s.on('close', () => { closedByServer++; }); flood.push(s); }
+    if (i % 10 === 0 && (await agent.call<{ ok: boolean }>('health', {}, 5000)).ok) answered++;
   }
   await new Promise((r) => setTimeout(r, 200));
-  t.true((await agent.call<{ ok: boolean }>('health', {}, 5000)).ok, 'the connected agent is still answered');
+  t.is(flood.length, 200, 'every connection attempt got through');
+  t.is(answered, 20, 'the agent, talking during the flood, was answered every time');
+  t.false(agent.closed, 'and kept its connection');
+  t.true(await provisionHealthy(), 'a new connection during the flood is answered');
   const held = flood.length - closedByServer;
-  for (const s of flood) s.destroy();
-  await new Promise((r) => setTimeout(r, 300));
-  t.true(await provisionHealthy(), 'new connections are accepted again once the flood is gone');
-  t.log(`the server kept ${held} of 200 flood connections open and closed the rest (it serves at most 64 at once)`);
+  t.log(`the server kept ${held} of 200 flood connections open and closed the idlest of the rest (it holds at most 64 at once)`);
   t.true(held <= 64);
+  for (const s of flood) s.destroy();
   agent.close();
 });

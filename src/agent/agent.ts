@@ -143,7 +143,25 @@ export class Agent {
   private async startEnclave(): Promise<void> {
     this.endpoints = await this.o.enclave.start();
     this.provision?.close();
-    this.provision = await withRetries('provisioning channel', this.retries, () => ProvisionClient.connect(parseAddress(this.endpoints!.provisionAddress)));
+    this.provision = undefined;
+    await withRetries('provisioning channel', this.retries, () => this.channel());
+  }
+
+  /**
+   * The provisioning connection, opened again if it has closed: a dropped
+   * connection (the enclave closed it, a flood pushed it out) is not a dead enclave.
+   */
+  private async channel(): Promise<ProvisionClient> {
+    if (!this.endpoints) throw new Error('not started');
+    if (!this.provision || this.provision.closed) {
+      this.provision?.close();
+      this.provision = await ProvisionClient.connect(parseAddress(this.endpoints.provisionAddress));
+    }
+    return this.provision;
+  }
+
+  private async call<T = Record<string, unknown>>(op: string, args: Record<string, unknown> = {}, timeoutMs?: number): Promise<T> {
+    return (await this.channel()).call<T>(op, args, timeoutMs);
   }
 
   private async provisionAll(op: 'add' | 'update'): Promise<void> {
@@ -163,10 +181,10 @@ export class Agent {
       const creds = await this.ctx!.credentials();
       const args = { label: t.config.label, pin: t.pin, bundle: t.bundle, credentials: { accessKeyId: creds.accessKeyId, secretAccessKey: creds.secretAccessKey, sessionToken: creds.sessionToken }, region: this.ctx!.region };
       await withRetries(`[${t.config.label}] provisioning`, this.retries, async () => {
-        try { await this.provision!.call(op, args); } catch (e) {
+        try { await this.call(op, args); } catch (e) {
           // The enclave may already have it (agent restarted) or lost it (enclave restarted).
-          if (e instanceof ProvisionError && e.code === 'TokenExists') await this.provision!.call('update', args);
-          else if (e instanceof ProvisionError && e.code === 'NoSuchToken') await this.provision!.call('add', args);
+          if (e instanceof ProvisionError && e.code === 'TokenExists') await this.call('update', args);
+          else if (e instanceof ProvisionError && e.code === 'NoSuchToken') await this.call('add', args);
           else throw e;
         }
       }).catch((e) => {
@@ -218,7 +236,11 @@ export class Agent {
   async healthCheck(): Promise<'ok' | 'restarted'> {
     let ok = await this.o.enclave.running();
     if (ok) {
-      try { await this.provision!.call('health', {}, 5000); } catch { ok = false; }
+      try { await this.call('health', {}, 5000); } catch {
+        // Once more on a new connection before the enclave is given up for hung.
+        this.provision?.close();
+        try { await this.call('health', {}, 5000); } catch { ok = false; }
+      }
     }
     if (ok) return 'ok';
     log.warn('enclave is gone: starting a new one and provisioning every token again (the web server keeps running)');
@@ -252,7 +274,7 @@ export class Agent {
     // workers that still use them (a new token may have taken over their stanza).
     if (removed.length) await new Promise((r) => setTimeout(r, this.o.config.options.reload_wait_ms));
     for (const l of removed) {
-      try { await this.provision!.call('remove', { label: l }); } catch (e) { log.token(l).warn(`remove: ${(e as Error).message}`); }
+      try { await this.call('remove', { label: l }); } catch (e) { log.token(l).warn(`remove: ${(e as Error).message}`); }
       this.tokens.delete(l);
       log.token(l).info('removed from acm.yaml: dropped from the enclave (its files are left in place)');
     }
@@ -264,10 +286,9 @@ export class Agent {
     const enclave: AgentStatus['enclave'] = { reachable: false, keyAddress: this.endpoints?.keyAddress, provisionAddress: this.endpoints?.provisionAddress };
     let held = new Map<string, TokenDescription>();
     try {
-      if (!this.provision) throw new Error('not started');
-      const h = await this.provision.call<Health>('health', {}, 5000);
+      const h = await this.call<Health>('health', {}, 5000);
       enclave.health = { ok: true, version: h.version, nsm: h.nsm, localMode: h.localMode, tokens: h.tokens, generation: h.generation, memory: h.memory };
-      held = new Map((await this.provision.call<{ tokens: TokenDescription[] }>('describe', {}, 5000)).tokens.map((d) => [d.label, d]));
+      held = new Map((await this.call<{ tokens: TokenDescription[] }>('describe', {}, 5000)).tokens.map((d) => [d.label, d]));
       enclave.reachable = true;
     } catch (e) { enclave.error = (e as Error).message; }
     const tokens = [...this.tokens.values()].map((t): TokenStatus => {

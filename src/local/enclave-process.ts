@@ -15,11 +15,15 @@ export interface LocalEnclaveOptions {
   args?: string[];
   /** Another copy of enclave/main.ts to run (tests of changed enclave code). */
   entry?: string;
+  /** A command that runs the enclave app, such as ["prlimit", "--nofile=256"] (tests). */
+  wrapper?: string[];
+  /** Each line the enclave app logs, as it logs it (the agent passes them on to its own log). */
+  onLine?: (line: string) => void;
 }
 
 export interface LocalEnclave {
   proc: ChildProcess;
-  /** Everything the enclave app wrote to stdout and stderr so far. */
+  /** What the enclave app wrote to stdout and stderr (the last MiB of it). */
   output(): string;
   stop(signal?: NodeJS.Signals): Promise<void>;
 }
@@ -27,6 +31,7 @@ export interface LocalEnclave {
 // The TypeScript source in a checkout (run through tsx); the compiled JavaScript in a package.
 const COMPILED = import.meta.url.endsWith('.js');
 const ENCLAVE_MAIN = path.join(PROJECT_ROOT, COMPILED ? 'enclave/main.js' : 'enclave/main.ts');
+const OUTPUT_KEPT = 1024 * 1024;
 // Resolved here, not by the child from its working directory.
 const loaderArgs = (entry: string) => (entry.endsWith('.ts') ? ['--import', import.meta.resolve('tsx')] : []);
 
@@ -36,8 +41,10 @@ export function startLocalEnclave(o: LocalEnclaveOptions): Promise<LocalEnclave>
   const args = [...loaderArgs(entry), entry, '--local', '--key-address', o.keyAddress, ...(o.args ?? [])];
   if (o.plaintextKeys) args.push('--insecure-plaintext-keys', o.plaintextKeys);
   if (o.threads) args.push('--threads', String(o.threads));
-  const proc = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], env: o.env ?? process.env });
+  const command = [...(o.wrapper ?? []), process.execPath, ...args];
+  const proc = spawn(command[0], command.slice(1), { stdio: ['ignore', 'pipe', 'pipe'], env: o.env ?? process.env });
   let out = '';
+  let listening = false;
   const enclave: LocalEnclave = {
     proc,
     output: () => out,
@@ -52,12 +59,22 @@ export function startLocalEnclave(o: LocalEnclaveOptions): Promise<LocalEnclave>
   };
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => { proc.kill('SIGKILL'); reject(new Error(`enclave app did not start within 30 s:\n${out}`)); }, 30_000);
-    const onData = (d: Buffer) => {
-      out += d;
-      if (out.includes('key channel listening')) { clearTimeout(timer); resolve(enclave); }
+    const reader = () => {
+      let partial = ''; // a line not yet ended, per stream
+      return (d: Buffer) => {
+        out += d;
+        // Bounded: an enclave app serving for months keeps logging.
+        if (out.length > 2 * OUTPUT_KEPT) out = out.slice(-OUTPUT_KEPT);
+        if (o.onLine) {
+          const lines = (partial + d).split('\n');
+          partial = lines.pop()!;
+          for (const l of lines) o.onLine(l);
+        }
+        if (!listening && out.includes('key channel listening')) { listening = true; clearTimeout(timer); resolve(enclave); }
+      };
     };
-    proc.stdout!.on('data', onData);
-    proc.stderr!.on('data', onData);
+    proc.stdout!.on('data', reader());
+    proc.stderr!.on('data', reader());
     proc.once('exit', (code, sig) => { clearTimeout(timer); reject(new Error(`enclave app exited (${code ?? sig}):\n${out}`)); });
   });
 }

@@ -48,6 +48,8 @@ export class LocalEnclaveController implements EnclaveController {
       keyAddress,
       args: ['--provision-address', provisionAddress, '--nsm-sim-dir', this.o.nsmDir, '--nsm-sim-role-arn', this.o.roleArn, '--nsm-sim-instance-id', this.o.instanceId,
         '--kms-proxy', `unix:path=${this.o.kmsProxySocket}`, '--kms-ca', this.o.kmsCaFile],
+      // Its lines carry their own time and level; in production they are on the enclave's console.
+      onLine: (line) => { process.stderr.write(`enclave: ${line}\n`); },
     });
     return { keyAddress, provisionAddress };
   }

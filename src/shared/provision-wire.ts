@@ -76,6 +76,8 @@ export function serveJsonFrames(sock: net.Socket, handle: (m: Record<string, unk
 export class ProvisionClient {
   private waiting = new Map<number, { resolve(v: Record<string, unknown>): void; reject(e: Error): void }>();
   private nextId = 1;
+  /** True once the connection has ended (the enclave went away or closed it). */
+  closed = false;
   private constructor(private readonly sock: net.Socket) {
     const split = new FrameSplitter(MAX_PROVISION_FRAME, (f) => {
       const m = JSON.parse(f.toString()) as { id: number; ok: boolean; error?: { code: ErrorCode; message: string } } & Record<string, unknown>;
@@ -85,7 +87,7 @@ export class ProvisionClient {
       if (m.ok) w.resolve(m); else w.reject(new ProvisionError(m.error?.code ?? 'Internal', m.error?.message ?? 'unknown error'));
     });
     sock.on('data', (d) => { try { split.push(d); } catch (e) { sock.destroy(e as Error); } });
-    const fail = (e?: Error) => { for (const w of this.waiting.values()) w.reject(e ?? new Error('provisioning channel closed')); this.waiting.clear(); };
+    const fail = (e?: Error) => { this.closed = true; for (const w of this.waiting.values()) w.reject(e ?? new Error('provisioning channel closed')); this.waiting.clear(); };
     sock.on('error', fail);
     sock.on('close', () => fail());
   }
@@ -96,6 +98,7 @@ export class ProvisionClient {
 
   call<T = Record<string, unknown>>(op: string, args: Record<string, unknown> = {}, timeoutMs = 60_000): Promise<T> {
     const id = this.nextId++;
+    if (this.closed) return Promise.reject(new Error('provisioning channel closed'));
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => { this.waiting.delete(id); reject(new Error(`provisioning ${op} timed out after ${timeoutMs} ms`)); }, timeoutMs);
       this.waiting.set(id, { resolve: (v) => { clearTimeout(timer); resolve(v as T); }, reject: (e) => { clearTimeout(timer); reject(e); } });
@@ -103,5 +106,5 @@ export class ProvisionClient {
     });
   }
 
-  close(): void { this.sock.destroy(); }
+  close(): void { this.closed = true; this.sock.destroy(); }
 }

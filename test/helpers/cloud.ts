@@ -6,7 +6,7 @@ import path from 'node:path';
 import { KMSClient, CreateKeyCommand, EncryptCommand } from '@aws-sdk/client-kms';
 import { S3Client, PutObjectCommand } from '@aws-sdk/client-s3';
 import { startLocalCloud, type LocalCloud } from '../../src/local/cloud/server.ts';
-import { LocalEnclaveController } from '../../src/local/local-enclave-controller.ts';
+import { LocalEnclaveController, type LocalEnclaveControllerOptions } from '../../src/local/local-enclave-controller.ts';
 import { measureEnclaveApp, simulatedNsmRoot } from '../../enclave/nsm.ts';
 import { createCA, issueServerCert, type CertAuthority } from '../../src/local/pki.ts';
 import type { Endpoints } from '../../src/agent/aws.ts';
@@ -26,6 +26,8 @@ export interface TestCloud {
   /** Where an Acm source's bundle lives for this role. */
   acmKey(certificateArn: string): string;
   controller(runtimeDir?: string): LocalEnclaveController;
+  /** The same controller's options (for an agent in another process). */
+  controllerOptions(runtimeDir?: string): LocalEnclaveControllerOptions;
   stop(): Promise<void>;
 }
 
@@ -40,6 +42,11 @@ export async function startTestCloud(dir: string): Promise<TestCloud> {
     { Effect: 'Allow', Principal: { AWS: cloud.identity.roleArn }, Action: 'kms:Decrypt', Condition: { StringEqualsIgnoreCase: { 'kms:RecipientAttestation:PCR0': pcr0Hex } } },
   ] }) }))).KeyMetadata!.Arn!;
   const keyArn = await createKey(measureEnclaveApp().pcr0.toString('hex'));
+  const controllerOptions = (runtimeDir = path.join(dir, 'run')): LocalEnclaveControllerOptions => {
+    fs.mkdirSync(runtimeDir, { recursive: true });
+    fs.chmodSync(runtimeDir, 0o711);
+    return { runtimeDir, nsmDir: path.join(dir, 'nsm'), roleArn: cloud.identity.roleArn, instanceId: cloud.identity.instanceId, kmsProxySocket: kmsSocket, kmsCaFile: path.join(dir, 'state/cloud/tls-ca.pem') };
+  };
   const seal = async (certPem: string, keyPem: string, kmsKeyArn = keyArn) => {
     const ct = (await kms.send(new EncryptCommand({ KeyId: kmsKeyArn, Plaintext: Buffer.from(keyPem) }))).CiphertextBlob!;
     return JSON.stringify({ certificate: certPem, certificateChain: ca.certPem, encryptedPrivateKey: Buffer.from(ct).toString('base64'), encryptionMethod: 'KMS' });
@@ -59,11 +66,8 @@ export async function startTestCloud(dir: string): Promise<TestCloud> {
     createKey,
     put,
     acmKey: (arn) => `${cloud.identity.roleArn}/${arn}`,
-    controller(runtimeDir = path.join(dir, 'run')) {
-      fs.mkdirSync(runtimeDir, { recursive: true });
-      fs.chmodSync(runtimeDir, 0o711);
-      return new LocalEnclaveController({ runtimeDir, nsmDir: path.join(dir, 'nsm'), roleArn: cloud.identity.roleArn, instanceId: cloud.identity.instanceId, kmsProxySocket: kmsSocket, kmsCaFile: path.join(dir, 'state/cloud/tls-ca.pem') });
-    },
+    controller: (runtimeDir) => new LocalEnclaveController(controllerOptions(runtimeDir)),
+    controllerOptions,
     stop: () => cloud.stop(),
   };
 }
