@@ -106,7 +106,7 @@ every token serves, 1 otherwise, 2 when no agent answers.
   },
   doctor: {
     summary: 'check what breaks installs in practice (engine, p11-kit, nginx/httpd config, files, enclave), each finding with its fix',
-    help: `Usage: nitro-acm doctor [--config FILE] [--socket PATH] [--nginx-conf FILE] [--openssl-conf FILE] [--json]
+    help: `Usage: nitro-acm doctor [--config FILE] [--socket PATH] [--web-server-conf FILE] [--openssl-conf FILE] [--json]
 
 Checks, and for each problem says how to fix it:
   - acm.yaml is valid
@@ -120,19 +120,22 @@ Checks, and for each problem says how to fix it:
   - the agent answers and the enclave is reachable; every token serves
 Exits 1 if anything fails.
 
-  --config FILE        acm.yaml (default /etc/nitro_enclaves/acm.yaml)
+  --config FILE        acm.yaml (default: the one the running agent serves, else
+                       /etc/nitro_enclaves/acm.yaml)
   --socket PATH        the agent's control socket (default as nitro-acm status)
-  --nginx-conf FILE    nginx's main file (default: nginx's own)
+  --web-server-conf FILE
+                       nginx's or httpd's main file (default: the one the running
+                       agent names (local mode), else nginx's own, /etc/httpd or
+                       /etc/apache2); --nginx-conf is the same
   --openssl-conf FILE  (default: OPENSSL_CONF, else OPENSSLDIR/openssl.cnf)
   --json               machine-readable findings
 `,
     async run(argv) {
-      const { values } = parseArgs({ args: argv, options: { config: { type: 'string' }, socket: { type: 'string' }, 'nginx-conf': { type: 'string' }, 'openssl-conf': { type: 'string' }, json: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } }, strict: true });
+      const { values } = parseArgs({ args: argv, options: { config: { type: 'string' }, socket: { type: 'string' }, 'web-server-conf': { type: 'string' }, 'nginx-conf': { type: 'string' }, 'openssl-conf': { type: 'string' }, json: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } }, strict: true });
       if (values.help) { process.stdout.write(this.help); return 0; }
       const { doctor, formatFindings } = await import('./commands/doctor.ts');
       const { findControlSocket } = await import('./commands/status.ts');
-      const { DEFAULT_CONFIG } = await import('./agent/config.ts');
-      const findings = await doctor({ configFile: values.config ?? DEFAULT_CONFIG, socket: values.socket ?? findControlSocket(), nginxConf: values['nginx-conf'], opensslConf: values['openssl-conf'] });
+      const findings = await doctor({ configFile: values.config, socket: values.socket ?? findControlSocket(), webServerConf: values['web-server-conf'] ?? values['nginx-conf'], opensslConf: values['openssl-conf'] });
       process.stdout.write(values.json ? JSON.stringify({ ok: !findings.some((f) => f.verdict === 'fail'), findings }, null, 2) + '\n' : formatFindings(findings));
       return findings.some((f) => f.verdict === 'fail') ? 1 : 0;
     },
@@ -279,7 +282,7 @@ Options:
       if (!Number.isInteger(port) || port < 1 || port > 65535) { log.error(`--port: expected 1..65535, got "${values.port}"`); return 2; }
       const { runLocal } = await import('./local/local-mode.ts');
       const local = await runLocal({ port, stateDir: path.resolve(values['state-dir']!), runtimeDir: path.resolve(values['runtime-dir']!), server: values.httpd ? 'httpd' : 'nginx' });
-      process.stdout.write(`\nnitro-acm local mode is serving ${local.url} (${values.httpd ? 'Apache httpd' : 'nginx'})\nProve it (the handshake is signed by the enclave app):\n\n  ${local.curl}\n\nWatch a renewal:  ${SELF} local renew localhost${values['runtime-dir'] === DEFAULT_RUNTIME ? '' : ` --runtime-dir ${values['runtime-dir']}`}\nSee the token:    ${SELF} status${values['runtime-dir'] === DEFAULT_RUNTIME ? '' : ` --socket ${local.controlSocket}`}\nCtrl-C stops.\n`);
+      process.stdout.write(`\nnitro-acm local mode is serving ${local.url} (${values.httpd ? 'Apache httpd' : 'nginx'})\nProve it (the handshake is signed by the enclave app):\n\n  ${local.curl}\n\nWatch a renewal:  ${SELF} local renew localhost${values['runtime-dir'] === DEFAULT_RUNTIME ? '' : ` --runtime-dir ${values['runtime-dir']}`}\nSee the token:    ${SELF} status${values['runtime-dir'] === DEFAULT_RUNTIME ? '' : ` --socket ${local.controlSocket}`}\nCheck the set-up: ${SELF} doctor${values['runtime-dir'] === DEFAULT_RUNTIME ? '' : ` --socket ${local.controlSocket}`}\nCtrl-C stops.\n`);
       await new Promise<void>((resolve) => {
         const stop = () => { void local.stop().then(resolve); };
         process.once('SIGINT', stop);

@@ -48,7 +48,7 @@ test('a broken nginx install: every problem found, each with its fix; exit 1', a
   fs.writeFileSync(osRelease, 'NAME="Amazon Linux"\nVERSION="2023"\nID="amzn"\nVERSION_ID="2023"\n');
   const opensslConf = path.join(dir, 'openssl.cnf');
   fs.writeFileSync(opensslConf, '[openssl_init]\nproviders = provider_sect\n');
-  const f = await doctor({ configFile: acmYaml([notIncluded, outside]), socket: path.join(dir, 'no-agent.sock'), nginxConf: conf, opensslConf, osRelease });
+  const f = await doctor({ configFile: acmYaml([notIncluded, outside]), socket: path.join(dir, 'no-agent.sock'), webServerConf: conf, opensslConf, osRelease });
   const byCheck = Object.fromEntries(f.map((x) => [x.check, x]));
   t.is(byCheck['nginx -t'].verdict, 'ok');
   t.is(byCheck.ssl_engine.verdict, 'fail');
@@ -77,7 +77,7 @@ test('a correct nginx configuration passes the nginx checks; a broken acm.yaml i
   const stanza = path.join(dir, 'stanza-ok.conf');
   fs.writeFileSync(stanza, '# written by nitro-acm\n');
   const conf = nginxConf('good', { top: 'ssl_engine pkcs11;', server: `    include ${stanza};` });
-  const f = await doctor({ configFile: acmYaml([stanza]), socket: path.join(dir, 'no-agent.sock'), nginxConf: conf });
+  const f = await doctor({ configFile: acmYaml([stanza]), socket: path.join(dir, 'no-agent.sock'), webServerConf: conf });
   const byCheck = Object.fromEntries(f.map((x) => [x.check, x]));
   t.is(byCheck.ssl_engine.verdict, 'ok');
   t.is(byCheck['stanza t0'].verdict, 'ok');

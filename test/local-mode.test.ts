@@ -28,9 +28,12 @@ test.serial('local mode serves https with a key only the enclave app decrypted, 
     t.is(h.subjectCN, 'localhost');
     served = h.fingerprint256;
     t.regex(first.curl, /^curl --cacert \S+demo-ca\.pem https:\/\/localhost:\d+\/$/);
-    // A working install, as nitro-acm doctor sees it.
-    const d = await cli(['doctor', '--config', path.join(o.runtimeDir, 'acm.yaml'), '--socket', first.controlSocket, '--nginx-conf', path.join(o.runtimeDir, 'nginx/nginx.conf')]);
+    // A working install, as nitro-acm doctor sees it: the running agent tells it
+    // which acm.yaml and which nginx configuration to check.
+    const d = await cli(['doctor', '--socket', first.controlSocket]);
     t.is(d.status, 0, d.stdout + d.stderr);
+    t.regex(d.stdout, /^ok {4}acm\.yaml: \S+\/run\/acm\.yaml: 1 token\(s\), service nginx \(the file the running agent serves\)$/m);
+    t.regex(d.stdout, /^ok {4}nginx -t: \S+\/run\/nginx\/nginx\.conf: syntax is ok$/m);
     t.regex(d.stdout, /^ok {4}stanza localhost: \S+localhost\.conf is included in a server block$/m);
     t.regex(d.stdout, /^ok {4}token localhost: serving CN=localhost/m);
     t.regex(d.stdout, /no problems found\n$/);
@@ -61,6 +64,10 @@ test.serial('local mode with --httpd: nitro-acm status and nitro-acm local renew
   t.regex(status.stdout, /^enclave: healthy, 1 token\(s\), NSM simulated, LOCAL MODE/m);
   t.regex(status.stdout, /^localhost: SERVING\n {2}certificate {2}CN=localhost\n {2}names {8}DNS:localhost, IP Address:127\.0\.0\.1\n/m);
   t.regex(status.stdout, /^ {2}target {7}Conf \S+localhost-httpd\.conf$/m);
+  const d = await cli(['doctor', '--socket', local.controlSocket]);
+  t.is(d.status, 0, d.stdout + d.stderr);
+  t.regex(d.stdout, /^ok {4}SSLCryptoDevice: SSLCryptoDevice pkcs11 in \S+\/run\/httpd\/httpd\.conf$/m);
+  t.regex(d.stdout, /^ok {4}conf localhost: \S+localhost-httpd\.conf points SSLCertificateKeyFile at the enclave token$/m);
 
   const renew = await cli(['local', 'renew', 'localhost', '--runtime-dir', o.runtimeDir, '--json']);
   t.is(renew.status, 0, renew.stderr);

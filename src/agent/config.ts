@@ -22,7 +22,8 @@ export interface AcmConfig {
 
 export class ConfigError extends Error {
   constructor(readonly file: string, readonly line: number, readonly col: number, readonly detail: string) {
-    super(`${file}:${line}:${col}: ${detail}`);
+    // Line 0: about the file as a whole (it cannot be read).
+    super(line > 0 ? `${file}:${line}:${col}: ${detail}` : `${file}: ${detail}`);
   }
 }
 
@@ -52,7 +53,11 @@ const SCHEMA: Record<'enclave' | 'log' | 'options', Record<string, Field>> = {
 
 export function loadConfig(file: string): AcmConfig {
   let text: string;
-  try { text = fs.readFileSync(file, 'utf8'); } catch (e) { throw new ConfigError(file, 0, 0, `cannot read: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`); }
+  try { text = fs.readFileSync(file, 'utf8'); } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    const why = code === 'ENOENT' ? 'no such file (start from /etc/nitro_enclaves/acm.example.yaml)' : code === 'EACCES' ? 'permission denied' : code === 'EISDIR' ? 'is a directory' : (e as Error).message;
+    throw new ConfigError(file, 0, 0, `cannot read: ${why}`);
+  }
   return parseConfig(text, file);
 }
 

@@ -22,12 +22,14 @@ export interface ServiceOptions {
   healthIntervalMs?: number;
   /** The control socket for `nitro-acm status` (default /run/nitro-acm/agent.sock); false for none. */
   controlSocket?: string | false;
+  /** The web server's main configuration file, when the agent knows it (local mode): nitro-acm doctor checks it. */
+  webServerConfig?: string;
   /** More control operations (local mode adds "renew"). */
   controlHandlers?: (service: RunningService) => Record<string, ControlHandler>;
 }
 
 /** The last reload of the web server, as nitro-acm status shows it. */
-export interface WebServerState { reloadPending: boolean; lastReload?: string; error?: string }
+export interface WebServerState { reloadPending: boolean; lastReload?: string; error?: string; configFile?: string }
 
 export interface RunningService {
   agent: Agent;
@@ -53,7 +55,7 @@ export async function startService(o: ServiceOptions): Promise<RunningService> {
   // A failed reload leaves the web server on its previous files and keys (the
   // enclave keeps a renewed token's old key for a grace period): retried with
   // every health check until it works, and shown by nitro-acm status.
-  const webServer: WebServerState = { reloadPending: false };
+  const webServer: WebServerState = { reloadPending: false, configFile: o.webServerConfig };
   const doReload = async () => {
     try {
       await reload(config);

@@ -4,20 +4,22 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { execFile } from 'node:child_process';
-import { loadConfig, ConfigError, type AcmConfig, type TokenConfig } from '../agent/config.ts';
+import { loadConfig, ConfigError, DEFAULT_CONFIG, type AcmConfig, type TokenConfig } from '../agent/config.ts';
 import { companionFiles, owner, type TargetSpec } from '../agent/targets.ts';
 import { controlCall } from '../agent/control.ts';
 import type { AgentStatus } from '../agent/agent.ts';
+import type { StatusReport } from './status.ts';
 
 export type Verdict = 'ok' | 'warn' | 'fail';
 export interface Finding { check: string; verdict: Verdict; detail: string; fix?: string }
 
 export interface DoctorOptions {
-  configFile: string;
+  /** acm.yaml (default: the one the running agent serves, else /etc/nitro_enclaves/acm.yaml). */
+  configFile?: string;
   /** The agent's control socket. */
   socket: string;
-  /** nginx's main configuration (default: nginx's own, as `nginx -T` finds it). */
-  nginxConf?: string;
+  /** The web server's main configuration (default: the one the agent names, else the server's own). */
+  webServerConf?: string;
   /** The OpenSSL configuration file (default: OPENSSL_CONF, else OPENSSLDIR/openssl.cnf). */
   opensslConf?: string;
   /** /etc/os-release, for the Amazon Linux 2023 rule. */
@@ -52,9 +54,9 @@ export function nginxDirectives(dump: string): { name: string; args: string[]; b
 
 async function nginxFindings(c: AcmConfig, o: DoctorOptions): Promise<Finding[]> {
   const stanzas = c.tokens.filter((t) => 'NginxStanza' in t.target).map((t) => ({ label: t.label, file: spec(t).path }));
-  const args = ['-T', ...(o.nginxConf ? ['-c', o.nginxConf] : [])];
+  const args = ['-T', ...(o.webServerConf ? ['-c', o.webServerConf] : [])];
   const dump = await run('nginx', args);
-  const where = o.nginxConf ?? 'nginx.conf';
+  const where = o.webServerConf ?? 'nginx.conf';
   if (dump.code === 127 && /ENOENT|not found/i.test(dump.out)) return [{ check: 'nginx', verdict: 'fail', detail: 'nginx is not installed (options.service is nginx)', fix: 'dnf install nginx (Amazon Linux) or apt-get install nginx' }];
   const findings: Finding[] = [];
   if (dump.code !== 0) {
@@ -74,7 +76,7 @@ async function nginxFindings(c: AcmConfig, o: DoctorOptions): Promise<Finding[]>
   return findings;
 }
 
-async function httpdFindings(c: AcmConfig): Promise<Finding[]> {
+async function httpdFindings(c: AcmConfig, o: DoctorOptions): Promise<Finding[]> {
   const findings: Finding[] = [];
   for (const t of c.tokens.filter((x) => 'Conf' in x.target)) {
     const file = spec(t).path;
@@ -88,7 +90,7 @@ async function httpdFindings(c: AcmConfig): Promise<Finding[]> {
       : { check: `conf ${t.label}`, verdict: 'fail', detail: `${file} has no SSLCertificateKeyFile line with a pkcs11: URI`, fix: `make sure ${file} has SSLCertificateKeyFile and SSLCertificateFile lines (any value) inside its VirtualHost; the agent rewrites them` });
   }
   // SSLCryptoDevice pkcs11 somewhere in the server's configuration.
-  const dirs = ['/etc/httpd', '/etc/apache2'].filter((d) => fs.existsSync(d));
+  const dirs = (o.webServerConf ? [path.dirname(o.webServerConf)] : ['/etc/httpd', '/etc/apache2']).filter((d) => fs.existsSync(d));
   const files = dirs.flatMap((d) => (fs.readdirSync(d, { recursive: true }) as string[]).map((f) => path.join(d, f)).filter((f) => f.endsWith('.conf')));
   const hit = files.find((f) => { try { return /^\s*SSLCryptoDevice\s+pkcs11\b/mi.test(fs.readFileSync(f, 'utf8')); } catch { return false; } });
   findings.push(hit
@@ -144,11 +146,11 @@ function fileFindings(c: AcmConfig): Finding[] {
   return findings;
 }
 
-async function agentFindings(c: AcmConfig, o: DoctorOptions): Promise<Finding[]> {
-  let st: AgentStatus;
-  try { st = await controlCall<AgentStatus>(o.socket, 'status', {}, 15_000); } catch (e) {
-    return [{ check: 'agent', verdict: 'fail', detail: (e as Error).message, fix: 'systemctl start nitro-enclaves-acm; journalctl -u nitro-enclaves-acm shows why it stopped' }];
+function agentFindings(c: AcmConfig, running: AgentStatus | Error): Finding[] {
+  if (running instanceof Error) {
+    return [{ check: 'agent', verdict: 'fail', detail: running.message, fix: 'systemctl start nitro-enclaves-acm; journalctl -u nitro-enclaves-acm shows why it stopped' }];
   }
+  const st = running;
   const findings: Finding[] = [st.enclave.reachable
     ? { check: 'enclave', verdict: 'ok', detail: `the enclave answers (${st.enclave.health!.tokens} tokens${st.enclave.health!.localMode ? ', LOCAL MODE' : ''})` }
     : { check: 'enclave', verdict: 'fail', detail: `the agent cannot reach the enclave: ${st.enclave.error}`, fix: 'nitro-cli describe-enclaves; check the allocator (systemctl status nitro-enclaves-allocator) has the CPUs and memory acm.yaml asks for' }];
@@ -161,16 +163,21 @@ async function agentFindings(c: AcmConfig, o: DoctorOptions): Promise<Finding[]>
   return findings;
 }
 
-export async function doctor(o: DoctorOptions): Promise<Finding[]> {
+export async function doctor(given: DoctorOptions): Promise<Finding[]> {
+  // What the running agent serves is what matters (local mode runs from its own
+  // directory, with its own web server configuration); flags override it.
+  const running = await controlCall<StatusReport>(given.socket, 'status', {}, 15_000).catch((e: Error) => e);
+  const agent = running instanceof Error ? undefined : running;
+  const o = { ...given, configFile: given.configFile ?? agent?.configFile ?? DEFAULT_CONFIG, webServerConf: given.webServerConf ?? agent?.webServer?.configFile };
   let c: AcmConfig;
   try { c = loadConfig(o.configFile); } catch (e) {
     const detail = e instanceof ConfigError ? e.message : `${o.configFile}: ${(e as Error).message}`;
     return [{ check: 'acm.yaml', verdict: 'fail', detail, fix: `nitro-acm agent --check --config ${o.configFile} shows every problem` }];
   }
-  const findings: Finding[] = [{ check: 'acm.yaml', verdict: 'ok', detail: `${o.configFile}: ${c.tokens.length} token(s), service ${c.options.service}` }];
+  const findings: Finding[] = [{ check: 'acm.yaml', verdict: 'ok', detail: `${o.configFile}: ${c.tokens.length} token(s), service ${c.options.service}${agent && !given.configFile ? ' (the file the running agent serves)' : ''}` }];
   findings.push(...await opensslFindings(o), await p11kitFinding());
-  findings.push(...(c.options.service === 'nginx' ? await nginxFindings(c, o) : await httpdFindings(c)));
-  findings.push(...fileFindings(c), ...await agentFindings(c, o));
+  findings.push(...(c.options.service === 'nginx' ? await nginxFindings(c, o) : await httpdFindings(c, o)));
+  findings.push(...fileFindings(c), ...agentFindings(c, running));
   return findings;
 }
 

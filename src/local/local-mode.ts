@@ -162,6 +162,7 @@ async function serve(o: LocalOptions, cloud: LocalCloud, nsmDir: string, kmsProx
   writeAtomic(configFile, render('local/acm.yaml', { SERVICE: serverKind, LABEL, CERT_ARN: DEMO_CERT_ARN, TARGET: target }), 0o600);
   let server: RunningServer | undefined;
   const controlSocket = path.join(o.runtimeDir, 'agent.sock');
+  const prefix = path.join(o.runtimeDir, serverKind);
   const service = await startService({
     configFile,
     controller: () => controller,
@@ -169,6 +170,7 @@ async function serve(o: LocalOptions, cloud: LocalCloud, nsmDir: string, kmsProx
     // Before the web server runs there is nothing to reload; it starts on the files written.
     reload: async () => { server?.reload(); if (server) log.info(`reloaded ${serverKind} (pid ${server.pid}) gracefully`); },
     controlSocket,
+    webServerConfig: path.join(prefix, `${serverKind}.conf`),
     controlHandlers: () => ({ renew: async (args) => ({ ...(await renew(String(args.label ?? ''))) }) }),
   });
   started.push(async () => { await service.stop(); await service.agent.stop(); });
@@ -179,7 +181,6 @@ async function serve(o: LocalOptions, cloud: LocalCloud, nsmDir: string, kmsProx
   const moduleFile = registerWithP11Kit(address);
   log.info(`PKCS#11 module registered with p11-kit in ${moduleFile}`);
 
-  const prefix = path.join(o.runtimeDir, serverKind);
   const hello = 'Hello from nitro-acm local mode: this TLS handshake was signed by the enclave app.\n';
   const launched = serverKind === 'nginx' ? launchLocalNginx(o, prefix) : startHttpd({ dir: prefix, port: o.port, sites: [{ serverName: 'localhost', include: path.join(o.runtimeDir, `${LABEL}-httpd.conf`) }], body: hello });
   server = await launched.catch((e: Error) => { throw new Error(`${e.message}\n(is port ${o.port} taken? --port chooses another)`); });
