@@ -1,5 +1,5 @@
 // KMS Decrypt from inside the enclave, the way only the enclave can: a fresh
-// RSA-2048 key pair per request, its public key in an NSM attestation document
+// RSA-2048 key pair per request (made ahead), its public key in an NSM attestation document
 // sent as the Recipient, and the answer (CiphertextForRecipient) unwrapped with the
 // private key that never leaves this function. The HTTPS connection to KMS is
 // dialed through the parent's proxy (vsock in production, a unix socket in local
@@ -27,14 +27,64 @@ export interface KmsAccess {
 
 const generateKeyPair = promisify(crypto.generateKeyPair);
 
+// RSA-2048 key generation is the slowest step of a decrypt (tens to hundreds of
+// ms, and random). A few key pairs are made ahead, as many as the agent sends
+// requests at once (after an enclave restart every token comes at once), while
+// the enclave waits for KMS or for the next request; each is still used for
+// exactly one request and then dropped.
+const RECIPIENT_KEYS_AHEAD = 4;
+const recipientKeys: Promise<crypto.KeyPairKeyObjectResult>[] = [];
+
+/** Tops up the key pairs made ahead (the enclave app calls it when it starts, before any request). */
+export function prepareRecipientKeys(): void {
+  while (recipientKeys.length < RECIPIENT_KEYS_AHEAD) {
+    const k = generateKeyPair('rsa', { modulusLength: 2048 });
+    k.catch(() => { const i = recipientKeys.indexOf(k); if (i >= 0) recipientKeys.splice(i, 1); });
+    recipientKeys.push(k);
+  }
+}
+
+function recipientKey(): Promise<crypto.KeyPairKeyObjectResult> {
+  const key = recipientKeys.shift() ?? generateKeyPair('rsa', { modulusLength: 2048 });
+  prepareRecipientKeys();
+  return key;
+}
+
+// Node's roots plus one (local mode's KMS): parsing ~150 certificates costs more
+// than the rest of a TLS handshake, so it is done once.
+let extraCaContext: { pem: string; context: tls.SecureContext } | undefined;
+function contextWithExtraCa(pem: string): tls.SecureContext {
+  if (extraCaContext?.pem !== pem) extraCaContext = { pem, context: tls.createSecureContext({ ca: [...tls.rootCertificates, pem] }) };
+  return extraCaContext.context;
+}
+
+/**
+ * Runs one Decrypt through the SDK up to the point where it would be sent (with
+ * made-up values, to a handler that refuses it): the SDK's first request loads
+ * and compiles most of its code, about a second on a small enclave, and after an
+ * enclave restart every token waits for that first request.
+ */
+export async function warmUpKmsClient(): Promise<void> {
+  const client = new KMSClient({
+    region: 'us-east-1',
+    credentials: { accessKeyId: 'WARMUP', secretAccessKey: 'WARMUP' },
+    maxAttempts: 1,
+    requestHandler: { handle: () => Promise.reject(new Error('warm-up: not sent')) },
+  });
+  try {
+    await client.send(new DecryptCommand({ CiphertextBlob: Buffer.alloc(16), Recipient: { KeyEncryptionAlgorithm: 'RSAES_OAEP_SHA_256', AttestationDocument: Buffer.alloc(16) } }));
+  } catch { /* expected */ } finally { client.destroy(); }
+}
+
 export async function attestedDecrypt(o: { ciphertext: Buffer; region: string; credentials: AwsCredentials; encryptionContext?: Record<string, string>; nsm: Nsm; kms: KmsAccess }): Promise<Buffer> {
-  const { publicKey, privateKey } = await generateKeyPair('rsa', { modulusLength: 2048 });
+  const { publicKey, privateKey } = await recipientKey();
   const attestation = o.nsm.attestation({ publicKey: publicKey.export({ type: 'spki', format: 'der' }) });
   const host = `kms.${o.region}.amazonaws.com`;
   const agent = new https.Agent({ keepAlive: false });
+  const secureContext = o.kms.extraCa ? contextWithExtraCa(o.kms.extraCa) : undefined;
   // Every connection KMS needs goes through the proxy; the TLS session is ours.
   (agent as unknown as { createConnection: (opts: tls.ConnectionOptions) => tls.TLSSocket }).createConnection = () =>
-    tls.connect({ socket: dialSync(o.kms.proxy, o.kms.timeoutMs ?? 5000), servername: host, ca: o.kms.extraCa ? [...tls.rootCertificates, o.kms.extraCa] : undefined });
+    tls.connect({ socket: dialSync(o.kms.proxy, o.kms.timeoutMs ?? 5000), servername: host, secureContext });
   const client = new KMSClient({
     region: o.region,
     credentials: o.credentials,

@@ -11,7 +11,7 @@ import { serveJsonFrames, PROVISION_VERSION, ProvisionError, type TokenDescripti
 import { log } from '../src/shared/log.ts';
 import { KeyStore, KeyMaterialError } from './keystore.ts';
 import { ConnectionsByActivity } from './connections-by-activity.ts';
-import { attestedDecrypt, type KmsAccess, type AwsCredentials } from './kms-client.ts';
+import { attestedDecrypt, prepareRecipientKeys, warmUpKmsClient, type KmsAccess, type AwsCredentials } from './kms-client.ts';
 import type { Nsm } from './nsm.ts';
 
 export interface ProvisionServerOptions { store: KeyStore; nsm: Nsm; kms: KmsAccess; localMode: boolean }
@@ -42,7 +42,11 @@ export class ProvisionServer {
     this.server = net.createServer((s) => this.accept(s));
   }
 
-  listen(address: Address): Promise<void> { return listen(this.server, address); }
+  async listen(address: Address): Promise<void> {
+    prepareRecipientKeys();
+    await warmUpKmsClient();
+    await listen(this.server, address);
+  }
   close(): Promise<void> { return new Promise((r) => this.server.close(() => r())); }
 
   private accept(sock: net.Socket): void {

@@ -12,13 +12,13 @@ test.before(async () => {
 });
 test.after.always(async () => { await fx?.cleanup(); });
 
-test.serial('a token that signs with its certificate\'s key passes', (t) => {
-  t.notThrows(() => verifyTokenSigns({ address: fx.address, label: 'good', pin: '11223344', certificatePem: fx.tokens[0].certPem, modulePath: MODULE_PATH }));
+test.serial('a token that signs with its certificate\'s key passes', async (t) => {
+  await t.notThrowsAsync(verifyTokenSigns({ address: fx.address, label: 'good', pin: '11223344', certificatePem: fx.tokens[0].certPem, modulePath: MODULE_PATH }));
 });
 
-test.serial('wrong PIN, wrong certificate, unknown token: each refused with the reason', (t) => {
+test.serial('wrong PIN, wrong certificate, unknown token: each refused with the reason', async (t) => {
   const base = { address: fx.address, modulePath: MODULE_PATH };
-  t.throws(() => verifyTokenSigns({ ...base, label: 'other', pin: '00000000', certificatePem: fx.tokens[1].certPem }), { instanceOf: ChallengeError, message: /token "other": login refused \(CKR_PIN_INCORRECT/ });
-  t.throws(() => verifyTokenSigns({ ...base, label: 'good', pin: '11223344', certificatePem: fx.tokens[1].certPem }), { instanceOf: ChallengeError, message: /does not verify with the certificate's public key/ });
-  t.throws(() => verifyTokenSigns({ ...base, label: 'nope', pin: '11223344', certificatePem: fx.tokens[0].certPem }), { instanceOf: ChallengeError, message: /token "nope" is not listed/ });
+  await t.throwsAsync(verifyTokenSigns({ ...base, label: 'other', pin: '00000000', certificatePem: fx.tokens[1].certPem }), { instanceOf: ChallengeError, message: /token "other": login refused \(CKR_PIN_INCORRECT/ });
+  await t.throwsAsync(verifyTokenSigns({ ...base, label: 'good', pin: '11223344', certificatePem: fx.tokens[1].certPem }), { instanceOf: ChallengeError, message: /does not verify with the certificate's public key/ });
+  await t.throwsAsync(verifyTokenSigns({ ...base, label: 'nope', pin: '11223344', certificatePem: fx.tokens[0].certPem }), { instanceOf: ChallengeError, message: /token "nope" is not listed/ });
 });

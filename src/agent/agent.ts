@@ -25,7 +25,8 @@ export interface EnclaveController {
   start(): Promise<EnclaveEndpoints>;
   /** True while the enclave is there (the process or the nitro-cli enclave). */
   running(): Promise<boolean>;
-  stop(): Promise<void>;
+  /** Stops the enclave; `force`: it is hung or gone, do not wait for it to stop by itself. */
+  stop(opts?: { force?: boolean }): Promise<void>;
 }
 
 export type TokenStateName = 'pending' | 'serving' | 'failed';
@@ -88,6 +89,18 @@ export interface AgentOptions {
   reload: () => Promise<void>;
   /** Attempts per operation before a token is marked failed (with backoff and jitter). */
   retries?: number;
+  /** Called when the provisioning connection ends by itself: the enclave may be gone (check it now rather than at the next health check). */
+  onEnclaveLost?: () => void;
+}
+
+/** Tokens provisioned at once: each waits mostly on KMS and the enclave's key generation. */
+const PROVISION_CONCURRENCY = 4;
+
+/** Runs fn on every item, at most `limit` at a time. */
+async function eachLimited<T>(items: T[], limit: number, fn: (item: T) => Promise<unknown>): Promise<void> {
+  let next = 0;
+  const lane = async () => { while (next < items.length) await fn(items[next++]); };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, lane));
 }
 
 function source(t: TokenConfig): string {
@@ -122,6 +135,7 @@ export class Agent {
   private ctx?: InstanceContext;
   private endpoints?: EnclaveEndpoints;
   private provision?: ProvisionClient;
+  private connecting?: Promise<ProvisionClient>;
   private readonly retries: number;
 
   constructor(private o: AgentOptions) {
@@ -153,11 +167,18 @@ export class Agent {
    */
   private async channel(): Promise<ProvisionClient> {
     if (!this.endpoints) throw new Error('not started');
-    if (!this.provision || this.provision.closed) {
-      this.provision?.close();
-      this.provision = await ProvisionClient.connect(parseAddress(this.endpoints.provisionAddress));
-    }
-    return this.provision;
+    if (this.provision && !this.provision.closed) return this.provision;
+    // Callers that find it closed at the same time share one new connection.
+    this.connecting ??= (async () => {
+      try {
+        this.provision?.close();
+        const client = await ProvisionClient.connect(parseAddress(this.endpoints!.provisionAddress));
+        client.onLost = () => { if (this.provision === client) this.o.onEnclaveLost?.(); };
+        this.provision = client;
+        return client;
+      } finally { this.connecting = undefined; }
+    })();
+    return this.connecting;
   }
 
   private async call<T = Record<string, unknown>>(op: string, args: Record<string, unknown> = {}, timeoutMs?: number): Promise<T> {
@@ -165,8 +186,8 @@ export class Agent {
   }
 
   private async provisionAll(op: 'add' | 'update'): Promise<void> {
-    // One after another: each is a KMS round trip and an attestation; the enclave serializes them anyway.
-    for (const t of this.tokens.values()) await this.provisionToken(t, op, true);
+    // A few at a time: after an enclave restart every token is down until it is provisioned again.
+    await eachLimited([...this.tokens.values()], PROVISION_CONCURRENCY, (t) => this.provisionToken(t, op, true));
   }
 
   /** Fetches (unless `refetch` is false and a bundle is cached), provisions, checks, writes the target. */
@@ -191,7 +212,7 @@ export class Agent {
         throw e instanceof ProvisionError ? new ProvisionError(e.code, `the enclave could not take the bundle from ${source(t.config).replace(/^\w+ /, '')}: ${e.message}`) : e;
       });
       t.lastRefresh = Date.now();
-      verifyTokenSigns({ address: this.endpoints!.keyAddress, label: t.config.label, pin: t.pin, certificatePem: t.bundle!.certificate });
+      await verifyTokenSigns({ address: this.endpoints!.keyAddress, label: t.config.label, pin: t.pin, certificatePem: t.bundle!.certificate });
       if (op !== 'refresh') writeTarget(targetSpec(t.config), { label: t.config.label, source: source(t.config), pin: t.pin, certificatePem: t.bundle!.certificate, chainPem: t.bundle!.certificateChain, pinInConfig: this.o.config.options.pin_in_config });
       t.state = 'serving';
       t.error = undefined;
@@ -237,14 +258,15 @@ export class Agent {
     let ok = await this.o.enclave.running();
     if (ok) {
       try { await this.call('health', {}, 5000); } catch {
-        // Once more on a new connection before the enclave is given up for hung.
-        this.provision?.close();
-        try { await this.call('health', {}, 5000); } catch { ok = false; }
+        // A connection that ended is tried once more, anew (the enclave may have
+        // closed it); one that did not answer in time means a hung enclave.
+        if (!this.provision?.closed) ok = false;
+        else try { await this.call('health', {}, 5000); } catch { ok = false; }
       }
     }
     if (ok) return 'ok';
     log.warn('enclave is gone: starting a new one and provisioning every token again (the web server keeps running)');
-    await this.o.enclave.stop().catch(() => {});
+    await this.o.enclave.stop({ force: true }).catch(() => {});
     await this.startEnclave();
     await this.provisionAll('add');
     return 'restarted';

@@ -3,7 +3,7 @@
 // local mode only; in production they are AWS's.
 import { fromInstanceMetadata } from '@aws-sdk/credential-providers';
 import { IAMClient, GetRoleCommand } from '@aws-sdk/client-iam';
-import type { AwsCredentialIdentityProvider } from '@aws-sdk/types';
+import type { AwsCredentialIdentity, AwsCredentialIdentityProvider } from '@aws-sdk/types';
 
 export interface Endpoints { imds?: string; s3?: string; iam?: string }
 
@@ -23,6 +23,25 @@ async function imds(base: string, path: string, token: string): Promise<string |
   return (await r.text()).trim();
 }
 
+/**
+ * The role's credentials, fetched from IMDS again only when they are within 5
+ * minutes of expiring: every token's provisioning needs them, and IMDS throttles
+ * an instance that asks hundreds of times a second.
+ */
+function reuseUntilNearExpiry(fetch: AwsCredentialIdentityProvider): AwsCredentialIdentityProvider {
+  let current: Promise<AwsCredentialIdentity> | undefined;
+  let expires = 0;
+  return () => {
+    if (!current || Date.now() > expires - 5 * 60_000) {
+      const p = fetch();
+      current = p;
+      expires = Infinity; // until the answer says when
+      p.then((c) => { if (current === p) expires = c.expiration?.getTime() ?? Date.now() + 15 * 60_000; }, () => { if (current === p) current = undefined; });
+    }
+    return current;
+  };
+}
+
 /** Region, partition, instance id, the role ARN (instance tag InstanceRoleArn, else iam:GetRole keeping the path) and credentials. */
 export async function instanceContext(endpoints: Endpoints = {}): Promise<InstanceContext> {
   const base = endpoints.imds ?? 'http://169.254.169.254';
@@ -34,7 +53,7 @@ export async function instanceContext(endpoints: Endpoints = {}): Promise<Instan
   const partition = (await imds(base, '/latest/meta-data/services/partition', token)) ?? 'aws';
   const instanceId = await need('/latest/meta-data/instance-id');
   if (endpoints.imds) process.env.AWS_EC2_METADATA_SERVICE_ENDPOINT = endpoints.imds;
-  const credentials = fromInstanceMetadata({ maxRetries: 2, timeout: 3000 });
+  const credentials = reuseUntilNearExpiry(fromInstanceMetadata({ maxRetries: 2, timeout: 3000 }));
   let roleArn = await imds(base, '/latest/meta-data/tags/instance/InstanceRoleArn', token);
   if (!roleArn) {
     const roleName = await need('/latest/meta-data/iam/security-credentials/');

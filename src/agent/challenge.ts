@@ -22,12 +22,25 @@ function moduleFor(address: string, modulePath: string): graphene.Module {
   return mod;
 }
 
-/** Signs a fresh challenge with the token's key through PKCS#11 and verifies it; throws ChallengeError saying what failed. */
-export function verifyTokenSigns(o: { address: string; label: string; pin: string; certificatePem: string; modulePath?: string }): void {
-  const mod = moduleFor(o.address, o.modulePath ?? BUILT_MODULE);
+function findSlot(mod: graphene.Module, label: string): graphene.Slot | undefined {
   const slots = mod.getSlots(true);
-  let slot: graphene.Slot | undefined;
-  for (let i = 0; i < slots.length; i++) if (slots.items(i).getToken().label.trim() === o.label) slot = slots.items(i);
+  for (let i = 0; i < slots.length; i++) if (slots.items(i).getToken().label.trim() === label) return slots.items(i);
+  return undefined;
+}
+
+/** The module asks the enclave for changes at most every 20 ms (p11-module SYNC_INTERVAL_MS); a look after that sees them. */
+const MODULE_SYNC_MS = 25;
+
+/** Signs a fresh challenge with the token's key through PKCS#11 and verifies it; rejects with a ChallengeError saying what failed. */
+export async function verifyTokenSigns(o: { address: string; label: string; pin: string; certificatePem: string; modulePath?: string }): Promise<void> {
+  const mod = moduleFor(o.address, o.modulePath ?? BUILT_MODULE);
+  // A token added a moment after the module's last look (another token's
+  // challenge) is listed on the next one.
+  let slot = findSlot(mod, o.label);
+  if (!slot) {
+    await new Promise((r) => setTimeout(r, MODULE_SYNC_MS));
+    slot = findSlot(mod, o.label);
+  }
   if (!slot) throw new ChallengeError(`token "${o.label}" is not listed by the PKCS#11 module`);
   const session = slot.open(graphene.SessionFlag.SERIAL_SESSION);
   try {

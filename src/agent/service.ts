@@ -65,9 +65,6 @@ export async function startService(o: ServiceOptions): Promise<RunningService> {
       log.error(`${(e as Error).message}; the web server keeps its previous configuration; retrying every ${healthMs / 1000} s`);
     }
   };
-  const agent = new Agent({ config, enclave: o.controller(config), endpoints: o.endpoints, reload: doReload });
-  await agent.start();
-
   // One operation at a time: a sync, a refresh, an edit and a health check never interleave.
   let chain: Promise<unknown> = Promise.resolve();
   const queue = <T>(what: string, fn: () => Promise<T>): Promise<T> => {
@@ -75,10 +72,26 @@ export async function startService(o: ServiceOptions): Promise<RunningService> {
     chain = result.catch((e) => log.error(`${what}: ${(e as Error).message}`));
     return result;
   };
+  let started = false;
+  let healthQueued = false;
+  const checkHealth = () => {
+    if (healthQueued) return;
+    healthQueued = true;
+    void queue('health', async () => {
+      healthQueued = false;
+      if (webServer.reloadPending) await doReload();
+      await agent.healthCheck();
+    });
+  };
+  // The provisioning connection ending is the first sign of a dead enclave: check
+  // at once instead of at the next health check (every handshake fails meanwhile).
+  const agent = new Agent({ config, enclave: o.controller(config), endpoints: o.endpoints, reload: doReload, onEnclaveLost: () => { if (started) checkHealth(); } });
+  await agent.start();
+  started = true;
   const timers = [
     setInterval(() => void queue('sync', () => agent.sync()), config.options.sync_interval_secs * 1000),
     setInterval(() => void queue('refresh', () => agent.refresh()), Math.min(...config.tokens.map((t) => t.refresh_interval_secs), 43_200) * 1000),
-    setInterval(() => void queue('health', async () => { if (webServer.reloadPending) await doReload(); await agent.healthCheck(); }), healthMs),
+    setInterval(checkHealth, healthMs),
   ];
   const watcher = chokidar.watch(o.configFile, { ignoreInitial: true, awaitWriteFinish: { stabilityThreshold: 200, pollInterval: 50 } });
   watcher.on('all', (event) => {
@@ -101,6 +114,7 @@ export async function startService(o: ServiceOptions): Promise<RunningService> {
     queue,
     idle: () => chain.then(() => undefined),
     async stop() {
+      started = false; // a lost provisioning connection from here on is the stop's doing
       for (const t of timers) clearInterval(t);
       await watcher.close();
       await control?.close();

@@ -28,6 +28,8 @@ export class LocalEnclaveController implements EnclaveController {
   private enclave?: LocalEnclave;
   /** Set when start() found an enclave app already serving (left by an agent that stopped or died). */
   private adopted?: string;
+  /** Only the first start looks for an enclave app to adopt; a later one replaces a dead or hung one. */
+  private firstStart = true;
   constructor(private readonly o: LocalEnclaveControllerOptions) {}
 
   get process(): LocalEnclave | undefined { return this.enclave; }
@@ -38,7 +40,9 @@ export class LocalEnclaveController implements EnclaveController {
     const provisionAddress = `unix:path=${path.join(this.o.runtimeDir, 'provision.sock')}`;
     // As the nitro-cli controller finds a running enclave: an agent that restarts
     // keeps the enclave app that is serving, and provisions it again.
-    if (!this.enclave && await answers(provisionAddress)) {
+    const mayAdopt = this.firstStart;
+    this.firstStart = false;
+    if (mayAdopt && !this.enclave && await answers(provisionAddress)) {
       this.adopted = provisionAddress;
       log.info(`found the enclave app already serving on ${provisionAddress}`);
       return { keyAddress, provisionAddress };
@@ -60,5 +64,9 @@ export class LocalEnclaveController implements EnclaveController {
   }
 
   /** Stops the enclave app this controller started (an adopted one is not its child: it is left alone). */
-  async stop(): Promise<void> { await this.enclave?.stop(); this.enclave = undefined; }
+  async stop(opts: { force?: boolean } = {}): Promise<void> {
+    this.adopted = undefined;
+    await this.enclave?.stop(opts.force ? 'SIGKILL' : 'SIGTERM');
+    this.enclave = undefined;
+  }
 }

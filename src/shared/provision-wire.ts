@@ -78,6 +78,8 @@ export class ProvisionClient {
   private nextId = 1;
   /** True once the connection has ended (the enclave went away or closed it). */
   closed = false;
+  /** Called once when the connection ends by itself (not by close()). */
+  onLost?: () => void;
   private constructor(private readonly sock: net.Socket) {
     const split = new FrameSplitter(MAX_PROVISION_FRAME, (f) => {
       const m = JSON.parse(f.toString()) as { id: number; ok: boolean; error?: { code: ErrorCode; message: string } } & Record<string, unknown>;
@@ -87,7 +89,11 @@ export class ProvisionClient {
       if (m.ok) w.resolve(m); else w.reject(new ProvisionError(m.error?.code ?? 'Internal', m.error?.message ?? 'unknown error'));
     });
     sock.on('data', (d) => { try { split.push(d); } catch (e) { sock.destroy(e as Error); } });
-    const fail = (e?: Error) => { this.closed = true; for (const w of this.waiting.values()) w.reject(e ?? new Error('provisioning channel closed')); this.waiting.clear(); };
+    const fail = (e?: Error) => {
+      if (!this.closed) { this.closed = true; this.onLost?.(); }
+      for (const w of this.waiting.values()) w.reject(e ?? new Error('provisioning channel closed'));
+      this.waiting.clear();
+    };
     sock.on('error', fail);
     sock.on('close', () => fail());
   }
