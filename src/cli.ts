@@ -117,6 +117,7 @@ Checks, and for each problem says how to fix it:
     NginxStanza file is included inside a server block
   - httpd: "SSLCryptoDevice pkcs11" is set, every Conf file has the key line
   - each token's files exist, are not world-readable and belong to user/group
+  - vsock-proxy forwards port 8000 to KMS (nitro-enclaves-vsock-proxy.service)
   - the agent answers and the enclave is reachable; every token serves
 Exits 1 if anything fails.
 

@@ -6,12 +6,16 @@
 import test from 'ava';
 import fs from 'node:fs';
 import path from 'node:path';
-import { doctor, nginxDirectives } from '../src/commands/doctor.ts';
+import { doctor, nginxDirectives, processStartedAt } from '../src/commands/doctor.ts';
+import { startControlServer } from '../src/agent/control.ts';
+import { launchNginx, freePort } from '../src/local/webservers.ts';
 import { registerWithP11Kit, P11KIT_MODULE_FILE } from '../src/local/p11kit.ts';
 import { cli } from './helpers/cli.ts';
 import { tmpdir } from './helpers/enclave.ts';
 
 const dir = tmpdir('doctor');
+// No enclave here: p11-kit's module listing should fail fast, not wait out a vsock connect.
+process.env.NITRO_ACM_KEY_ADDRESS = `unix:path=${path.join(dir, 'no-enclave.sock')}`;
 // p11-kit must list the module (other tests write the same file; keep theirs).
 test.before(() => { if (!fs.existsSync(P11KIT_MODULE_FILE)) registerWithP11Kit(); });
 test.after.always(() => fs.rmSync(dir, { recursive: true, force: true }));
@@ -23,6 +27,32 @@ function nginxConf(name: string, body: { top?: string; http?: string; server?: s
   fs.writeFileSync(file, `error_log ${prefix}/error.log;\npid ${prefix}/nginx.pid;\n${body.top ?? ''}\nevents {}\nhttp {\n  access_log off;\n  client_body_temp_path ${prefix};\n  proxy_temp_path ${prefix};\n  fastcgi_temp_path ${prefix};\n  uwsgi_temp_path ${prefix};\n  scgi_temp_path ${prefix};\n${body.http ?? ''}\n  server {\n    listen 127.0.0.1:1;\n${body.server ?? ''}\n  }\n}\n`);
   return file;
 }
+
+/** A /proc with the given processes (pid -> [comm, argv]). */
+function fakeProc(ps: Record<string, [string, string[]]>): string {
+  const root = fs.mkdtempSync(path.join(dir, 'proc-'));
+  for (const [pid, [comm, argv]] of Object.entries(ps)) {
+    fs.mkdirSync(path.join(root, pid));
+    fs.writeFileSync(path.join(root, pid, 'comm'), `${comm}\n`);
+    fs.writeFileSync(path.join(root, pid, 'cmdline'), argv.join('\0') + '\0');
+  }
+  return root;
+}
+
+test('kms proxy: the stock vsock-proxy service passes; one to another host, or none, fails with the fix', async (t) => {
+  const stanza = path.join(dir, 'stanza-kms.conf');
+  fs.writeFileSync(stanza, '# written by nitro-acm\n');
+  const check = async (ps: Record<string, [string, string[]]>) => (await doctor({ configFile: acmYaml([stanza]), socket: path.join(dir, 'no-agent.sock'), webServerConf: nginxConf('kms', {}), proc: fakeProc(ps) })).find((f) => f.check === 'kms proxy')!;
+  const stock = await check({ 1: ['systemd', ['/sbin/init']], 812: ['vsock-proxy', ['/usr/bin/vsock-proxy', '8000', 'kms.eu-west-1.amazonaws.com', '443', '--config', '/etc/nitro_enclaves/vsock-proxy.yaml']] });
+  t.is(stock.verdict, 'ok');
+  t.regex(stock.detail, /port 8000 to KMS \(\/usr\/bin\/vsock-proxy 8000 kms\.eu-west-1\.amazonaws\.com 443/);
+  const other = await check({ 812: ['vsock-proxy', ['/usr/bin/vsock-proxy', '8001', 'dynamodb.us-east-1.amazonaws.com', '443']] });
+  t.is(other.verdict, 'fail');
+  t.regex(other.detail, /not on port 8000 to kms\.<region>\.amazonaws\.com \(\/usr\/bin\/vsock-proxy 8001 dynamodb/);
+  const none = await check({ 1: ['systemd', ['/sbin/init']] });
+  t.is(none.verdict, 'fail');
+  t.regex(none.detail, /no vsock-proxy is running: the enclave cannot reach KMS/);
+});
 
 function acmYaml(stanzas: string[]): string {
   const file = path.join(dir, `acm-${stanzas.length}.yaml`);
@@ -48,7 +78,7 @@ test('a broken nginx install: every problem found, each with its fix; exit 1', a
   fs.writeFileSync(osRelease, 'NAME="Amazon Linux"\nVERSION="2023"\nID="amzn"\nVERSION_ID="2023"\n');
   const opensslConf = path.join(dir, 'openssl.cnf');
   fs.writeFileSync(opensslConf, '[openssl_init]\nproviders = provider_sect\n');
-  const f = await doctor({ configFile: acmYaml([notIncluded, outside]), socket: path.join(dir, 'no-agent.sock'), webServerConf: conf, opensslConf, osRelease });
+  const f = await doctor({ configFile: acmYaml([notIncluded, outside]), socket: path.join(dir, 'no-agent.sock'), webServerConf: conf, opensslConf, osRelease, proc: fakeProc({}) });
   const byCheck = Object.fromEntries(f.map((x) => [x.check, x]));
   t.is(byCheck['nginx -t'].verdict, 'ok');
   t.is(byCheck.ssl_engine.verdict, 'fail');
@@ -62,6 +92,8 @@ test('a broken nginx install: every problem found, each with its fix; exit 1', a
   t.regex(byCheck['openssl.cnf'].fix!, /engine_id = pkcs11/);
   t.is(byCheck['files t0'].verdict, 'fail');
   t.regex(byCheck['files t0'].detail, /stanza-a\.chain\.pem is missing; .*stanza-a\.pin is missing/);
+  t.is(byCheck['kms proxy'].verdict, 'fail', 'no vsock-proxy process in this (empty) /proc');
+  t.regex(byCheck['kms proxy'].fix!, /systemctl enable --now nitro-enclaves-vsock-proxy\.service/);
   t.is(byCheck.agent.verdict, 'fail');
   t.regex(byCheck.agent.detail, /no-agent\.sock: no agent is running there/);
   t.regex(byCheck.agent.fix!, /systemctl start nitro-enclaves-acm/);
@@ -91,4 +123,30 @@ test('a correct nginx configuration passes the nginx checks; a broken acm.yaml i
   t.is(b[0].verdict, 'fail');
   t.regex(b[0].detail, /bad\.yaml:3:\d+: /);
   t.regex(b[0].fix!, /nitro-acm agent --check --config .*bad\.yaml/);
+});
+
+test('a token added after the running nginx master started: a reload cannot load it, doctor says restart', async (t) => {
+  const startedAt = processStartedAt(process.pid)!;
+  t.true(Math.abs(startedAt - (Date.now() - process.uptime() * 1000)) < 2000, 'process start times read from /proc are right');
+  const stanza = path.join(dir, 'stanza-added.conf');
+  fs.writeFileSync(stanza, '# written by nitro-acm\n');
+  const port = await freePort();
+  const conf = nginxConf('added', { top: 'daemon off;', server: `    include ${stanza};` });
+  fs.writeFileSync(conf, fs.readFileSync(conf, 'utf8').replace('listen 127.0.0.1:1;', `listen 127.0.0.1:${port};`));
+  const nginx = await launchNginx({ prefix: path.dirname(conf), conf, port });
+  t.teardown(() => nginx.stop());
+  // An agent whose token t0 an acm.yaml edit added just now, after nginx started.
+  await new Promise((r) => setTimeout(r, 50));
+  let addedAt = new Date().toISOString();
+  const socket = path.join(dir, 'added-agent.sock');
+  const agent = await startControlServer(socket, { status: async () => ({ configFile: '', enclave: { reachable: true, health: { ok: true, tokens: 1, localMode: true } }, tokens: [{ label: 't0', state: 'serving', inEnclave: true, addedAt }] }) });
+  t.teardown(() => agent.close());
+  const finding = async () => (await doctor({ configFile: acmYaml([stanza]), socket, webServerConf: conf })).find((f) => f.check === 'stanza t0')!;
+  const late = await finding();
+  t.is(late.verdict, 'fail');
+  t.regex(late.detail, new RegExp(`token t0 was added \\(${addedAt.replace(/\./g, '\\.')}\\) after the running nginx master \\(pid ${nginx.pid}\\) started`));
+  t.regex(late.fix!, /systemctl restart nginx/);
+  // Added before this nginx started (it was restarted since): fine.
+  addedAt = new Date(Date.now() - 3600_000).toISOString();
+  t.is((await finding()).verdict, 'ok');
 });

@@ -39,6 +39,8 @@ export interface TokenState {
   error?: string;
   lastSync?: number;
   lastRefresh?: number;
+  /** When an edit of acm.yaml added it while the agent ran (web servers started before cannot load it). */
+  addedAt?: number;
 }
 
 /** One token as `nitro-acm status` shows it: what the agent knows and what the enclave holds. */
@@ -55,6 +57,8 @@ export interface TokenStatus {
   fingerprint256?: string;
   lastSync?: string;
   lastRefresh?: string;
+  /** Set when an edit of acm.yaml added the token while the agent ran. */
+  addedAt?: string;
   /** From the enclave: whether it holds the token, when it last re-attested, old keys still in their grace period. */
   inEnclave: boolean;
   enclaveRefreshedAt?: string;
@@ -287,9 +291,14 @@ export class Agent {
     this.o.config = next;
     for (const tc of next.tokens) {
       if (!added.includes(tc.label) && !changed.includes(tc.label)) { this.tokens.get(tc.label)!.config = tc; continue; }
-      const t: TokenState = changed.includes(tc.label) ? { ...this.tokens.get(tc.label)!, config: tc, pin: tc.pin ?? this.tokens.get(tc.label)!.pin } : { config: tc, pin: pinFor(tc), state: 'pending' };
+      const t: TokenState = changed.includes(tc.label) ? { ...this.tokens.get(tc.label)!, config: tc, pin: tc.pin ?? this.tokens.get(tc.label)!.pin } : { config: tc, pin: pinFor(tc), state: 'pending', addedAt: Date.now() };
       this.tokens.set(tc.label, t);
-      await this.provisionToken(t, added.includes(tc.label) ? 'add' : 'update', true);
+      if (await this.provisionToken(t, added.includes(tc.label) ? 'add' : 'update', true) && added.includes(tc.label)) {
+        // libp11 (the OpenSSL pkcs11 engine) reads the token list once, when the
+        // web server's main process starts; a reload does not read it again.
+        const svc = next.options.service;
+        log.token(tc.label).warn(`added: ${svc} serves it once its main process starts afresh (systemctl restart ${svc}); a reload cannot load a token that did not exist when ${svc} started`);
+      }
     }
     if (added.length || changed.length) await this.o.reload();
     // Removed tokens leave the enclave only after the reload had time to retire the
@@ -324,6 +333,7 @@ export class Agent {
         ...(t.bundle ? certificateFacts(t.bundle.certificate) : {}),
         lastSync: iso(t.lastSync),
         lastRefresh: iso(t.lastRefresh),
+        addedAt: iso(t.addedAt),
         inEnclave: d !== undefined,
         enclaveRefreshedAt: d?.refreshedAt,
         retiredKeys: d?.retiredKeys,

@@ -1,13 +1,13 @@
 // nitro-acm doctor: checks what breaks installs in practice, each finding with its
 // fix. It only reads: configuration files, `nginx -T`, `openssl engine`,
-// `p11-kit list-modules`, file modes, and the agent's control socket.
+// `p11-kit list-modules`, file modes, /proc (for vsock-proxy), and the agent's
+// control socket.
 import fs from 'node:fs';
 import path from 'node:path';
 import { execFile } from 'node:child_process';
 import { loadConfig, ConfigError, DEFAULT_CONFIG, type AcmConfig, type TokenConfig } from '../agent/config.ts';
 import { companionFiles, owner, type TargetSpec } from '../agent/targets.ts';
 import { controlCall } from '../agent/control.ts';
-import type { AgentStatus } from '../agent/agent.ts';
 import type { StatusReport } from './status.ts';
 
 export type Verdict = 'ok' | 'warn' | 'fail';
@@ -24,6 +24,8 @@ export interface DoctorOptions {
   opensslConf?: string;
   /** /etc/os-release, for the Amazon Linux 2023 rule. */
   osRelease?: string;
+  /** Where to look for the vsock-proxy process (tests). */
+  proc?: string;
 }
 
 function run(cmd: string, args: string[], timeoutMs = 15_000): Promise<{ code: number; out: string }> {
@@ -52,7 +54,17 @@ export function nginxDirectives(dump: string): { name: string; args: string[]; b
   return out;
 }
 
-async function nginxFindings(c: AcmConfig, o: DoctorOptions): Promise<Finding[]> {
+/** When a process started (ms since the epoch), from /proc; undefined if it is not running. */
+export function processStartedAt(pid: number, proc = '/proc'): number | undefined {
+  try {
+    const stat = fs.readFileSync(path.join(proc, String(pid), 'stat'), 'utf8');
+    const ticks = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19]); // field 22, starttime
+    const btime = Number(/^btime (\d+)$/m.exec(fs.readFileSync(path.join(proc, 'stat'), 'utf8'))![1]);
+    return btime * 1000 + ticks * 10; // USER_HZ is 100 for /proc on Linux
+  } catch { return undefined; }
+}
+
+async function nginxFindings(c: AcmConfig, o: DoctorOptions, running: StatusReport | Error): Promise<Finding[]> {
   const stanzas = c.tokens.filter((t) => 'NginxStanza' in t.target).map((t) => ({ label: t.label, file: spec(t).path }));
   const args = ['-T', ...(o.webServerConf ? ['-c', o.webServerConf] : [])];
   const dump = await run('nginx', args);
@@ -67,10 +79,21 @@ async function nginxFindings(c: AcmConfig, o: DoctorOptions): Promise<Finding[]>
   findings.push(engine?.args[0] === 'pkcs11'
     ? { check: 'ssl_engine', verdict: 'ok', detail: 'ssl_engine pkcs11; is set at the top level' }
     : { check: 'ssl_engine', verdict: 'fail', detail: engine ? `ssl_engine is "${engine.args[0]}", not pkcs11` : `no top-level "ssl_engine pkcs11;" in ${where}: nginx cannot load keys from the enclave`, fix: `add "ssl_engine pkcs11;" at the top level of ${where} (below the pid line), then: systemctl reload nginx` });
+  // A token added after nginx's master started cannot be loaded by a reload (libp11 reads the token list once).
+  const pidFile = ds.find((d) => d.name === 'pid' && d.blocks.length === 0)?.args[0] ?? '/run/nginx.pid';
+  let master: { pid: number; startedAt: number } | undefined;
+  try {
+    const pid = Number(fs.readFileSync(pidFile, 'utf8').trim());
+    const startedAt = processStartedAt(pid, o.proc);
+    if (startedAt !== undefined) master = { pid, startedAt };
+  } catch { /* nginx is not running */ }
   for (const s of stanzas) {
     const inc = ds.filter((d) => d.name === 'include' && d.args[0] === s.file);
     const inServer = inc.filter((d) => d.blocks.includes('server'));
-    if (inServer.length) findings.push({ check: `stanza ${s.label}`, verdict: 'ok', detail: `${s.file} is included in a server block` });
+    const addedAt = running instanceof Error ? undefined : running.tokens.find((x) => x.label === s.label)?.addedAt;
+    if (inServer.length && master && addedAt && Date.parse(addedAt) > master.startedAt) {
+      findings.push({ check: `stanza ${s.label}`, verdict: 'fail', detail: `token ${s.label} was added (${addedAt}) after the running nginx master (pid ${master.pid}) started (${new Date(master.startedAt).toISOString()}): a reload cannot load its key (the OpenSSL pkcs11 engine reads the token list once, when nginx starts)`, fix: 'systemctl restart nginx (once; renewals only need reloads)' });
+    } else if (inServer.length) findings.push({ check: `stanza ${s.label}`, verdict: 'ok', detail: `${s.file} is included in a server block` });
     else findings.push({ check: `stanza ${s.label}`, verdict: 'fail', detail: inc.length ? `${s.file} is included outside any server block (in ${inc[0].blocks.join(' > ') || 'the top level'})` : `${s.file} is not included anywhere: nginx does not serve token ${s.label}`, fix: `add "include ${s.file};" inside the server { } block that should serve it (with "listen 443 ssl;"), then: systemctl reload nginx` });
   }
   return findings;
@@ -146,7 +169,33 @@ function fileFindings(c: AcmConfig): Finding[] {
   return findings;
 }
 
-function agentFindings(c: AcmConfig, running: AgentStatus | Error): Finding[] {
+/** The command lines of running processes named `name` (from /proc). */
+function processesNamed(name: string, proc = '/proc'): string[] {
+  const found: string[] = [];
+  for (const pid of fs.readdirSync(proc).filter((d) => /^\d+$/.test(d))) {
+    try {
+      if (fs.readFileSync(path.join(proc, pid, 'comm'), 'utf8').trim() !== name) continue;
+      found.push(fs.readFileSync(path.join(proc, pid, 'cmdline'), 'utf8').split('\0').filter(Boolean).join(' '));
+    } catch { /* gone meanwhile */ }
+  }
+  return found;
+}
+
+/** The enclave reaches KMS only through the parent's vsock-proxy on port 8000 (nitro-enclaves-vsock-proxy.service). */
+function kmsProxyFinding(running: StatusReport | Error, proc?: string): Finding {
+  if (!(running instanceof Error) && running.enclave.health?.localMode) return { check: 'kms proxy', verdict: 'ok', detail: 'local mode: the local cloud stands in for the KMS proxy' };
+  const proxies = processesNamed('vsock-proxy', proc);
+  const kms = proxies.find((c) => /\b8000\b/.test(c) && /kms\.[a-z0-9-]+\.amazonaws\.com/.test(c));
+  if (kms) return { check: 'kms proxy', verdict: 'ok', detail: `vsock-proxy forwards port 8000 to KMS (${kms})` };
+  return {
+    check: 'kms proxy',
+    verdict: 'fail',
+    detail: proxies.length ? `vsock-proxy runs, but not on port 8000 to kms.<region>.amazonaws.com (${proxies.join('; ')}): the enclave cannot decrypt keys` : 'no vsock-proxy is running: the enclave cannot reach KMS, so no key can be decrypted or refreshed',
+    fix: 'systemctl enable --now nitro-enclaves-vsock-proxy.service (it forwards vsock port 8000 to this region\'s KMS; the allowlist in /etc/nitro_enclaves/vsock-proxy.yaml must list kms.<region>.amazonaws.com)',
+  };
+}
+
+function agentFindings(c: AcmConfig, running: StatusReport | Error): Finding[] {
   if (running instanceof Error) {
     return [{ check: 'agent', verdict: 'fail', detail: running.message, fix: 'systemctl start nitro-enclaves-acm; journalctl -u nitro-enclaves-acm shows why it stopped' }];
   }
@@ -176,8 +225,8 @@ export async function doctor(given: DoctorOptions): Promise<Finding[]> {
   }
   const findings: Finding[] = [{ check: 'acm.yaml', verdict: 'ok', detail: `${o.configFile}: ${c.tokens.length} token(s), service ${c.options.service}${agent && !given.configFile ? ' (the file the running agent serves)' : ''}` }];
   findings.push(...await opensslFindings(o), await p11kitFinding());
-  findings.push(...(c.options.service === 'nginx' ? await nginxFindings(c, o) : await httpdFindings(c, o)));
-  findings.push(...fileFindings(c), ...agentFindings(c, running));
+  findings.push(...(c.options.service === 'nginx' ? await nginxFindings(c, o, running) : await httpdFindings(c, o)));
+  findings.push(...fileFindings(c), kmsProxyFinding(running, given.proc), ...agentFindings(c, running));
   return findings;
 }
 
