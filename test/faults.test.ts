@@ -2,8 +2,9 @@
 // whole time: the agent killed and started again (it finds the enclave app still
 // serving, provisions it with the same PINs, does not restart nginx); the enclave
 // app hung (stops answering; the agent replaces it); KMS unreachable during a
-// refresh (tokens keep serving from the enclave). For each, the failed handshakes
-// and the seconds to recover are printed (docs/RELIABILITY.md).
+// refresh (tokens keep serving from the enclave); IMDS, S3 and KMS all unreachable
+// during a poll and a refresh, then all slow during a renewal. For each, the
+// failed handshakes and the seconds to recover are printed (docs/RELIABILITY.md).
 import test from 'ava';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -32,7 +33,7 @@ function load(port: number, names: string[]) {
   return { get ok() { return ok; }, get failed() { return failed; }, get first() { return first; }, get last() { return last; }, async stop() { stop = true; await Promise.all(runners); } };
 }
 
-test.serial('faults under load: agent restarted, enclave hung, KMS unreachable during a refresh', async (t) => {
+test.serial('faults under load: agent restarted, enclave hung, KMS unreachable during a refresh, AWS unreachable then slow', async (t) => {
   const names = ['f1', 'f2'];
   const etc = path.join(dir, 'etc');
   fs.mkdirSync(etc);
@@ -118,5 +119,64 @@ test.serial('faults under load: agent restarted, enclave hung, KMS unreachable d
   t.true([...service.agent.tokens.values()].every((x) => x.state === 'serving'), 'tokens stay serving');
   await service.queue('refresh', () => service.agent.refresh());
   t.true([...service.agent.tokens.values()].every((x) => x.error === undefined), 'the next refresh works again');
+
+  // 4. IMDS, S3 and KMS all unreachable (connections reset) during a poll and a
+  // refresh: both fail and say why, every token keeps serving; once AWS is back
+  // the next poll and refresh are clean. The role credentials the agent holds are
+  // still valid, so IMDS being away costs nothing.
+  const tokens = () => [...service.agent.tokens.values()];
+  Object.assign(tc.cloud.faults, { imds: 'down', s3: 'down', kms: 'down' });
+  l = load(port, names);
+  const outageStarted = Date.now();
+  await service.queue('sync', () => service.agent.sync());
+  const syncErrors = tokens().map((x) => x.error ?? '');
+  await service.queue('refresh', () => service.agent.refresh());
+  const refreshErrors = tokens().map((x) => x.error ?? '');
+  const outageSeconds = (Date.now() - outageStarted) / 1000;
+  await l.stop();
+  for (const k of ['imds', 's3', 'kms'] as const) delete tc.cloud.faults[k];
+  t.log(`IMDS, S3 and KMS unreachable for ${outageSeconds.toFixed(1)} s (a poll and a refresh): ${l.failed} failed of ${l.ok + l.failed} handshakes; poll: ${syncErrors[0]}; refresh: ${refreshErrors[0]}`);
+  t.is(l.failed, 0);
+  for (const e of syncErrors) t.regex(e, /^sync: s3:\/\/\S+: /);
+  for (const e of refreshErrors) t.regex(e, /KMS decrypt failed/);
+  t.true(tokens().every((x) => x.state === 'serving'), 'tokens stay serving through the outage');
+  await service.queue('sync', () => service.agent.sync());
+  await service.queue('refresh', () => service.agent.refresh());
+  t.true(tokens().every((x) => x.error === undefined), 'once AWS is back, the next poll and refresh are clean');
+
+  // 5. IMDS, S3 and KMS slow (2 s per request) during a renewal: it takes longer,
+  // nothing fails, and the renewed certificate is served.
+  Object.assign(tc.cloud.faults, { imds: { delayMs: 2000 }, s3: { delayMs: 2000 }, kms: { delayMs: 2000 } });
+  const renewed = await tc.publish(tc.cloud.bucket(), 'faults/f1.json', ['f1.test']);
+  l = load(port, names);
+  const slowStarted = Date.now();
+  const renewedLabels = await service.queue('sync', () => service.agent.sync());
+  const slowSeconds = (Date.now() - slowStarted) / 1000;
+  await l.stop();
+  for (const k of ['imds', 's3', 'kms'] as const) delete tc.cloud.faults[k];
+  t.log(`IMDS, S3 and KMS answering after 2 s each: a renewal took ${slowSeconds.toFixed(1)} s; ${l.failed} failed of ${l.ok + l.failed} handshakes`);
+  t.deepEqual(renewedLabels, ['f1']);
+  t.is(l.failed, 0);
+  // The reload is graceful: new workers serve it a moment later.
+  let served = '';
+  for (const until = Date.now() + 10_000; served !== fingerprintOf(renewed) && Date.now() < until; await new Promise((r) => setTimeout(r, 100))) {
+    served = (await handshake(port, { servername: 'f1.test', ca: tc.ca.certPem })).fingerprint256;
+  }
+  t.is(served, fingerprintOf(renewed), 'the renewed certificate is served');
   t.true(reloads >= 1);
+  t.deepEqual([nginx.pid, nginx.proc.exitCode], [nginxPid, null], 'nginx never restarted');
+
+  // 6. A token added while KMS is unreachable fails; once KMS is back, the next
+  // poll provisions it, though its S3 object did not change.
+  await tc.publish(tc.cloud.bucket(), 'faults/f3.json', ['f3.test']);
+  fs.appendFileSync(configFile, `  - label: f3\n    source:\n      S3:\n        uri: "s3://${tc.cloud.bucket()}/faults/f3.json"\n    target:\n      NginxStanza:\n        path: ${etc}/f3.conf\n`);
+  tc.cloud.faults.kms = 'down';
+  const { loadConfig } = await import('../src/agent/config.ts');
+  await service.queue('configuration', () => service.agent.applyConfig(loadConfig(configFile)));
+  delete tc.cloud.faults.kms;
+  const f3 = service.agent.tokens.get('f3')!;
+  t.is(f3.state, 'failed');
+  t.regex(f3.error!, /KMS decrypt failed/);
+  t.deepEqual(await service.queue('sync', () => service.agent.sync()), ['f3'], 'the next poll provisions it');
+  t.is(f3.state, 'serving');
 });

@@ -728,12 +728,26 @@ EXPORT CK_RV C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR ppFunctionList)
  * does not know. So a slot must stay listed while its token is away (the enclave
  * restarting, the token being provisioned again): tokenPresent=FALSE lists them all.
  */
+/*
+ * Callers ask for the count, then for the list: the list must not grow between
+ * the two (a token added meanwhile), or the second call fails with
+ * CKR_BUFFER_TOO_SMALL, which libp11 and graphene-pk11 do not retry. So the
+ * enclave is asked for changes on the count query, and on a list query only when
+ * this thread made no count query in the last second.
+ */
+static _Thread_local struct timespec count_query_at;
+
 CK_RV C_GetSlotList(CK_BBOOL tokenPresent, CK_SLOT_ID_PTR pSlotList, CK_ULONG_PTR pulCount)
 {
   REQUIRE_INIT();
   if (!pulCount) return CKR_ARGUMENTS_BAD;
   /* Unreachable enclave: list what we had (or nothing) so p11-kit still serves other modules. */
-  (void)sync_list(1);
+  if (!pSlotList) {
+    (void)sync_list(1);
+    clock_gettime(CLOCK_MONOTONIC, &count_query_at);
+  } else if (count_query_at.tv_sec == 0 || ms_since(&count_query_at) > 1000) {
+    (void)sync_list(1);
+  }
   pthread_mutex_lock(&M);
   CK_ULONG n = 0;
   for (size_t i = 0; i < nslots; i++) if (slots[i].present || !tokenPresent) n++;

@@ -231,18 +231,20 @@ export class Agent {
     }
   }
 
-  /** One poll of every token's source: an unchanged object costs one conditional request. Returns the labels renewed. */
+  /** One poll of every token's source: an unchanged object costs one conditional request. Returns the labels renewed (or serving now after a failure). */
   async sync(): Promise<string[]> {
     const renewed: string[] = [];
     for (const t of this.tokens.values()) {
       try {
-        const r = await fetchBundle(t.config.source, this.ctx!, t.bundle ? t.etag : undefined);
+        // A token that is not serving is tried again whether or not its object
+        // changed: what failed may have been passing (KMS, the enclave, the challenge).
+        const serving = t.state === 'serving';
+        const r = await fetchBundle(t.config.source, this.ctx!, serving && t.bundle ? t.etag : undefined);
         t.lastSync = Date.now();
-        if (t.state === 'serving') t.error = undefined;
-        if (!r.changed) continue;
-        t.bundle = r.bundle;
-        t.etag = r.etag;
-        if (await this.provisionToken(t, t.state === 'failed' ? 'add' : 'update', false)) renewed.push(t.config.label);
+        if (serving) t.error = undefined;
+        if (!r.changed && serving) continue;
+        if (r.changed) { t.bundle = r.bundle; t.etag = r.etag; }
+        if (await this.provisionToken(t, serving ? 'update' : 'add', false)) renewed.push(t.config.label);
       } catch (e) {
         t.error = `sync: ${(e as Error).message}`;
         log.token(t.config.label).warn(`sync: ${(e as Error).message} (${t.state === 'serving' ? 'still serving the current certificate' : 'not serving yet'})`);

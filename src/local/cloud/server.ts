@@ -37,8 +37,14 @@ export interface LocalCloudOptions {
   kmsProxySocket?: string;
 }
 
+/** A service of the local cloud that is away ('down': connections are reset) or slow (each request waits). */
+export type Fault = 'down' | { delayMs: number };
+export type CloudService = 'imds' | 'iam' | 's3' | 'kms';
+
 export interface LocalCloud {
   identity: LocalIdentity;
+  /** Faults to inject, by service (tests of how the agent and the enclave live with an AWS outage). */
+  faults: Partial<Record<CloudService, Fault>>;
   endpoint: string; // http://host:port (IMDS, S3, IAM, KMS)
   kmsTlsEndpoint: string; // https://kms.<region>.amazonaws.com:port, resolved to loopback by the caller
   httpsPort: number;
@@ -178,9 +184,18 @@ export async function startLocalCloud(o: LocalCloudOptions): Promise<LocalCloud>
     res.writeHead(200, { 'content-type': 'text/xml' }).end(`<GetRoleResponse xmlns="https://iam.amazonaws.com/doc/2010-05-08/"><GetRoleResult><Role><Path>${id.rolePath}</Path><RoleName>${id.roleName}</RoleName><RoleId>AROALOCAL</RoleId><Arn>${id.roleArn}</Arn><CreateDate>2026-01-01T00:00:00Z</CreateDate><AssumeRolePolicyDocument>%7B%7D</AssumeRolePolicyDocument></Role></GetRoleResult><ResponseMetadata><RequestId>${crypto.randomUUID()}</RequestId></ResponseMetadata></GetRoleResponse>`);
   };
 
+  const faults: LocalCloud['faults'] = {};
+  const serviceOf = (req: http.IncomingMessage, url: URL): CloudService =>
+    url.pathname.startsWith('/latest/') ? 'imds'
+      : String(req.headers['x-amz-target'] ?? '').startsWith('TrentService.') ? 'kms'
+        : req.method === 'POST' && String(req.headers['content-type'] ?? '').startsWith('application/x-www-form-urlencoded') ? 'iam' : 's3';
+
   const handler = (req: http.IncomingMessage, res: http.ServerResponse) => {
     void (async () => {
       const url = new URL(req.url ?? '/', 'http://local');
+      const fault = faults[serviceOf(req, url)];
+      if (fault === 'down') { req.socket.destroy(); return; }
+      if (fault) await new Promise((r) => setTimeout(r, fault.delayMs));
       if (url.pathname.startsWith('/latest/')) return imds(req, res, url);
       const target = String(req.headers['x-amz-target'] ?? '');
       const caller = callerOf(req);
@@ -225,6 +240,7 @@ export async function startLocalCloud(o: LocalCloudOptions): Promise<LocalCloud>
   log.info(`local cloud on http://${host}:${port} (IMDS, IAM, S3, KMS) and https://${host}:${httpsPort} (KMS over TLS)${o.kmsProxySocket ? `, KMS proxy on ${o.kmsProxySocket}` : ''}`);
   return {
     identity: id,
+    faults,
     endpoint: `http://${host}:${port}`,
     kmsTlsEndpoint: `https://${kmsHostname}:${httpsPort}`,
     httpsPort,
