@@ -59,11 +59,14 @@ test('C API checks pass under valgrind: no memory errors, no leaks', (t) => {
 // fail the calls (CKR_DEVICE_ERROR, no slots) without crashing, hanging or
 // tripping the sanitizers.
 
-function validList(): Buffer {
-  const ca = createCA('fake');
-  const leaf = issueServerCert(ca, ['fake.test']);
+/** A token list with `n` tokens (fake0, fake1, ...) holding the same key. */
+let fakePki: { ca: ReturnType<typeof createCA>; leaf: ReturnType<typeof issueServerCert> } | undefined;
+function validList(n = 1): Buffer {
+  fakePki ??= (() => { const ca = createCA('fake'); return { ca, leaf: issueServerCert(ca, ['fake.test']) }; })();
+  const { ca, leaf } = fakePki;
   const jwk = crypto.createPublicKey(leaf.certPem).export({ format: 'jwk' });
-  return encodeTokenList([{ label: 'fake', serial: '0011223344556677', keys: [{ keyId: 7, flags: 0, ckaId: Buffer.alloc(20, 1), label: 'fake', modulus: Buffer.from(jwk.n!, 'base64url'), publicExponent: Buffer.from(jwk.e!, 'base64url'), certificates: [{ category: 1, der: new crypto.X509Certificate(leaf.certPem).raw }, { category: 2, der: new crypto.X509Certificate(ca.certPem).raw }] }] }]);
+  const certificates = [{ category: 1, der: new crypto.X509Certificate(leaf.certPem).raw }, { category: 2, der: new crypto.X509Certificate(ca.certPem).raw }];
+  return encodeTokenList(Array.from({ length: n }, (_, i) => ({ label: n === 1 ? 'fake' : `fake${i}`, serial: `00112233445566${String(i).padStart(2, '0')}`, keys: [{ keyId: 7 + i, flags: 0, ckaId: Buffer.alloc(20, 1 + i), label: 'fake', modulus: Buffer.from(jwk.n!, 'base64url'), publicExponent: Buffer.from(jwk.e!, 'base64url'), certificates }] })));
 }
 
 type Scenario = (op: number, id: number, list: Buffer) => Buffer | null | 'close';
@@ -119,3 +122,41 @@ for (const [name, scenario] of Object.entries(SCENARIOS)) {
     t.regex(r.out, /survived/);
   });
 }
+
+// A token added between a caller's count query and its list query must not fail
+// the list query with CKR_BUFFER_TOO_SMALL: libp11 and graphene-pk11 do not retry
+// it (the agent's challenge failed this way when it provisioned tokens in parallel).
+test('the token list grows on every LIST: counting then listing the slots agrees (ASan build)', async (t) => {
+  const lists = Array.from({ length: 30 }, (_, i) => validList(i + 1));
+  let listed = 0;
+  const dir = tmpdir('growing');
+  const sock = path.join(dir, 'fake.sock');
+  const server = net.createServer((c) => {
+    c.on('error', () => {});
+    const split = new FrameSplitter(MAX_REQUEST, (frame) => {
+      const h = readRequestHeader(frame);
+      // Every reply announces a change, so the module wants a new list each time it syncs.
+      const generation = listed + 1;
+      if (h.op === Op.LIST) c.write(encodeResponse(h.op, h.id, CKR.OK, generation, lists[Math.min(listed++, lists.length - 1)]));
+      else c.write(encodeResponse(h.op, h.id, CKR.OK, generation));
+    });
+    c.on('data', (d) => { try { split.push(d); } catch { c.destroy(); } });
+  });
+  await new Promise<void>((r) => server.listen(sock, r));
+  t.teardown(() => { server.close(); fs.rmSync(dir, { recursive: true, force: true }); });
+  // Spawned, not spawnSync: the fake enclave answers from this process's event loop.
+  const r = await new Promise<{ status: number | null; out: string }>((resolve) => {
+    let out = '';
+    const p = spawn(path.join(ROOT, 'p11-module/build/asan/api_test'), [path.join(ROOT, 'p11-module/build/asan/nitro-acm-p11.so'), '--growing', '1234'], {
+      env: { ...process.env, NITRO_ACM_KEY_ADDRESS: `unix:path=${sock}`, NITRO_ACM_P11_QUIET: '1', ASAN_OPTIONS: 'detect_leaks=1:exitcode=99', UBSAN_OPTIONS: 'halt_on_error=1:print_stacktrace=1' },
+    });
+    p.stdout.on('data', (d) => { out += d; });
+    p.stderr.on('data', (d) => { out += d; });
+    const timer = setTimeout(() => p.kill('SIGKILL'), 60_000);
+    p.on('exit', (status) => { clearTimeout(timer); resolve({ status, out }); });
+  });
+  const out = r.out;
+  t.true(listed >= 10, `the module asked for the list ${listed} times`);
+  t.regex(out, /^0 of 20 count-then-list calls disagreed$/m, out);
+  t.is(r.status, 0, out);
+});

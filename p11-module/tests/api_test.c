@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <openssl/bn.h>
@@ -143,18 +144,44 @@ static int hostile(void)
   return 0;
 }
 
+/*
+ * --growing: against a fake enclave that adds a token every time it is asked for
+ * the list, count the slots, wait past the module's sync interval, then ask for
+ * the list: it must be the one just counted (callers such as libp11 do not retry
+ * CKR_BUFFER_TOO_SMALL).
+ */
+static int growing(void)
+{
+  if (f->C_Initialize(NULL) != CKR_OK) return 1;
+  int bad = 0;
+  for (int round = 0; round < 20; round++) {
+    CK_ULONG n = 0;
+    if (f->C_GetSlotList(CK_TRUE, NULL, &n) != CKR_OK) { bad++; continue; }
+    CK_SLOT_ID *slots = calloc(n ? n : 1, sizeof *slots);
+    struct timespec pause = { 0, 40 * 1000000L };
+    nanosleep(&pause, NULL);
+    CK_ULONG m = n;
+    CK_RV rv = f->C_GetSlotList(CK_TRUE, slots, &m);
+    if (rv != CKR_OK || m != n) { printf("round %d: counted %lu slots, then the list call gave 0x%lx with %lu\n", round, n, rv, m); bad++; }
+    free(slots);
+  }
+  f->C_Finalize(NULL);
+  printf("%d of 20 count-then-list calls disagreed\n", bad);
+  return bad ? 1 : 0;
+}
+
 int main(int argc, char **argv)
 {
-  if (argc == 4 && strcmp(argv[2], "--hostile") == 0) {
+  if (argc == 4 && (strcmp(argv[2], "--hostile") == 0 || strcmp(argv[2], "--growing") == 0)) {
     pin = argv[3];
     void *h = dlopen(argv[1], RTLD_NOW | RTLD_LOCAL);
     CK_C_GetFunctionList gfl = h ? (CK_C_GetFunctionList)dlsym(h, "C_GetFunctionList") : NULL;
     if (!gfl || gfl(&f) != CKR_OK) return 2;
-    int rc = hostile();
+    int rc = strcmp(argv[2], "--hostile") == 0 ? hostile() : growing();
     dlclose(h);
     return rc;
   }
-  if (argc != 4) { fprintf(stderr, "usage: %s MODULE.so TOKEN_LABEL PIN | MODULE.so --hostile PIN\n", argv[0]); return 2; }
+  if (argc != 4) { fprintf(stderr, "usage: %s MODULE.so TOKEN_LABEL PIN | MODULE.so --hostile PIN | MODULE.so --growing PIN\n", argv[0]); return 2; }
   label = argv[2];
   pin = argv[3];
   void *h = dlopen(argv[1], RTLD_NOW | RTLD_LOCAL);
