@@ -190,13 +190,32 @@ export class Agent {
   }
 
   private async provisionAll(op: 'add' | 'update'): Promise<void> {
-    // A few at a time: after an enclave restart every token is down until it is provisioned again.
-    await eachLimited([...this.tokens.values()], PROVISION_CONCURRENCY, (t) => this.provisionToken(t, op, true));
+    await this.provisionMany([...this.tokens.values()].map((t) => ({ t, op })));
+  }
+
+  /**
+   * Several tokens: into the enclave a few at a time (after an enclave restart
+   * every token is down until it is back, and each waits mostly on KMS), then
+   * each checked and rolled out. Checking after all are in means the PKCS#11
+   * module reads the token list once, not once per token (the list changes with
+   * every token added, and reading it costs as much as it is long). Returns the
+   * tokens rolled out.
+   */
+  private async provisionMany(items: { t: TokenState; op: 'add' | 'update' }[]): Promise<TokenState[]> {
+    const delivered: typeof items = [];
+    await eachLimited(items, PROVISION_CONCURRENCY, async (it) => { if (await this.deliver(it.t, it.op, true)) delivered.push(it); });
+    const out: TokenState[] = [];
+    for (const it of delivered) if (await this.rollOut(it.t, it.op)) out.push(it.t);
+    return out;
   }
 
   /** Fetches (unless `refetch` is false and a bundle is cached), provisions, checks, writes the target. */
   private async provisionToken(t: TokenState, op: 'add' | 'update' | 'refresh', refetch: boolean): Promise<boolean> {
-    const tlog = log.token(t.config.label);
+    return await this.deliver(t, op, refetch) && this.rollOut(t, op);
+  }
+
+  /** Step 1: the bundle into the enclave (fetched first unless `refetch` is false and one is cached). */
+  private async deliver(t: TokenState, op: 'add' | 'update' | 'refresh', refetch: boolean): Promise<boolean> {
     try {
       if (refetch || !t.bundle) {
         const r = await withRetries(`[${t.config.label}] S3`, this.retries, () => fetchBundle(t.config.source, this.ctx!, undefined));
@@ -216,19 +235,28 @@ export class Agent {
         throw e instanceof ProvisionError ? new ProvisionError(e.code, `the enclave could not take the bundle from ${source(t.config).replace(/^\w+ /, '')}: ${e.message}`) : e;
       });
       t.lastRefresh = Date.now();
+      return true;
+    } catch (e) { return this.failed(t, op, e as Error); }
+  }
+
+  /** Step 2: prove it signs through PKCS#11, then point the web server at it. */
+  private async rollOut(t: TokenState, op: 'add' | 'update' | 'refresh'): Promise<boolean> {
+    try {
       await verifyTokenSigns({ address: this.endpoints!.keyAddress, label: t.config.label, pin: t.pin, certificatePem: t.bundle!.certificate });
       if (op !== 'refresh') writeTarget(targetSpec(t.config), { label: t.config.label, source: source(t.config), pin: t.pin, certificatePem: t.bundle!.certificate, chainPem: t.bundle!.certificateChain, pinInConfig: this.o.config.options.pin_in_config });
       t.state = 'serving';
       t.error = undefined;
-      tlog.info(op === 'refresh' ? 'refreshed (re-attested)' : `serving ${new crypto.X509Certificate(t.bundle!.certificate).subject.replace(/\n/g, ', ')}`);
+      log.token(t.config.label).info(op === 'refresh' ? 'refreshed (re-attested)' : `serving ${new crypto.X509Certificate(t.bundle!.certificate).subject.replace(/\n/g, ', ')}`);
       return true;
-    } catch (e) {
-      t.error = (e as Error).message;
-      // A token that was serving keeps serving from the enclave's copy and the last good files.
-      if (t.state !== 'serving') t.state = 'failed';
-      tlog.error(`${op} failed: ${t.error}`);
-      return false;
-    }
+    } catch (e) { return this.failed(t, op, e as Error); }
+  }
+
+  private failed(t: TokenState, op: string, e: Error): false {
+    t.error = e.message;
+    // A token that was serving keeps serving from the enclave's copy and the last good files.
+    if (t.state !== 'serving') t.state = 'failed';
+    log.token(t.config.label).error(`${op} failed: ${t.error}`);
+    return false;
   }
 
   /** One poll of every token's source: an unchanged object costs one conditional request. Returns the labels renewed (or serving now after a failure). */
@@ -291,16 +319,19 @@ export class Agent {
     const removed = [...before.keys()].filter((l) => !after.has(l));
     const changed = [...after.keys()].filter((l) => before.has(l) && before.get(l) !== after.get(l));
     this.o.config = next;
+    const work: { t: TokenState; op: 'add' | 'update' }[] = [];
     for (const tc of next.tokens) {
       if (!added.includes(tc.label) && !changed.includes(tc.label)) { this.tokens.get(tc.label)!.config = tc; continue; }
       const t: TokenState = changed.includes(tc.label) ? { ...this.tokens.get(tc.label)!, config: tc, pin: tc.pin ?? this.tokens.get(tc.label)!.pin } : { config: tc, pin: pinFor(tc), state: 'pending', addedAt: Date.now() };
       this.tokens.set(tc.label, t);
-      if (await this.provisionToken(t, added.includes(tc.label) ? 'add' : 'update', true) && added.includes(tc.label)) {
-        // libp11 (the OpenSSL pkcs11 engine) reads the token list once, when the
-        // web server's main process starts; a reload does not read it again.
-        const svc = next.options.service;
-        log.token(tc.label).warn(`added: ${svc} serves it once its main process starts afresh (systemctl restart ${svc}); a reload cannot load a token that did not exist when ${svc} started`);
-      }
+      work.push({ t, op: added.includes(tc.label) ? 'add' : 'update' });
+    }
+    for (const t of await this.provisionMany(work)) {
+      if (!added.includes(t.config.label)) continue;
+      // libp11 (the OpenSSL pkcs11 engine) reads the token list once, when the
+      // web server's main process starts; a reload does not read it again.
+      const svc = next.options.service;
+      log.token(t.config.label).warn(`added: ${svc} serves it once its main process starts afresh (systemctl restart ${svc}); a reload cannot load a token that did not exist when ${svc} started`);
     }
     if (added.length || changed.length) await this.o.reload();
     // Removed tokens leave the enclave only after the reload had time to retire the
