@@ -1,7 +1,8 @@
 // Packaging: `npm run rpm` builds an RPM whose contents, permissions, relations
-// and scriptlets are right (checked with rpm -qlp / -qp --scripts, installing
-// nothing), and whose agent runs from the package's JavaScript alone (unpacked
-// with rpm2cpio into a scratch root: no TypeScript, no tsx, no dev dependencies).
+// and scriptlets are right (checked with rpm -qlp / -qp --scripts), whose agent
+// runs from the package's JavaScript alone (unpacked with rpm2cpio into a scratch
+// root: no TypeScript, no tsx, no dev dependencies), and that rpm installs,
+// verifies and upgrades in a scratch root of its own.
 // `npm run build:eif` makes a Docker build context holding exactly what the enclave
 // needs, and turns the documented nitro-cli output into image-measurements.json
 // (stand-ins for docker and nitro-cli; neither can build here).
@@ -80,6 +81,25 @@ test.serial('npm run rpm: the package installs what an operator needs, with the 
   t.regex(check.stdout, /syntax is ok, 1 token/);
   const enclaveHelp = sh(process.execPath, [path.join(root, 'usr/lib/nitro-acm/enclave/main.js'), '--help'], {}, root);
   t.is(enclaveHelp.status, 0, enclaveHelp.stderr);
+
+  // rpm itself installs it (into a scratch root with its own database; no
+  // dependencies or scriptlets, which need Amazon Linux), verifies it, and an
+  // upgrade keeps an acm.yaml the operator wrote.
+  const sysroot = path.join(dir, 'sysroot');
+  const rpmIn = (args: string[]) => sh('rpm', ['--root', sysroot, '--dbpath', '/var/lib/rpm', ...args]);
+  fs.mkdirSync(sysroot);
+  t.is(rpmIn(['--initdb']).status, 0);
+  const inst = rpmIn(['-i', '--nodeps', '--noscripts', '--nosignature', rpm]);
+  t.is(inst.status, 0, inst.stderr);
+  t.regex(rpmIn(['-q', 'nitro-acm']).stdout, /^nitro-acm-\d+\.\d+\.\d+-1\.x86_64$/m);
+  const verify = rpmIn(['-V', '--nodeps', '--noscripts', 'nitro-acm']);
+  t.is(verify.status, 0, `rpm -V: ${verify.stdout}${verify.stderr}`);
+  fs.writeFileSync(path.join(sysroot, 'etc/nitro_enclaves/acm.yaml'), 'tokens: []\n');
+  fs.appendFileSync(path.join(sysroot, 'etc/nitro_enclaves/acm.example.yaml'), '# edited by the operator\n');
+  const again = rpmIn(['-U', '--replacepkgs', '--nodeps', '--noscripts', '--nosignature', rpm]);
+  t.is(again.status, 0, again.stderr);
+  t.is(fs.readFileSync(path.join(sysroot, 'etc/nitro_enclaves/acm.yaml'), 'utf8'), 'tokens: []\n', 'acm.yaml untouched by an upgrade');
+  t.regex(fs.readFileSync(path.join(sysroot, 'etc/nitro_enclaves/acm.example.yaml'), 'utf8'), /# edited by the operator\n$/, 'an edited example stays (config noreplace)');
 });
 
 test('build:eif: the build context holds exactly the enclave app bundle, the addon source and the Dockerfile', async (t) => {
