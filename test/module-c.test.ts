@@ -88,35 +88,48 @@ const SCENARIOS: Record<string, Scenario> = {
   'generation changes on every reply': (op, id, list) => encodeResponse(op, id, CKR.OK, crypto.randomInt(1e9), op === Op.LIST ? list : op === Op.SIGN ? Buffer.alloc(256) : undefined),
 };
 
+/** A fake enclave on a unix socket: `answer` says what to send back for each request (nothing, a frame, or hang up). */
+async function fakeEnclave(prefix: string, answer: (op: number, id: number) => Buffer | null | 'close'): Promise<{ address: string; close(): void }> {
+  const dir = tmpdir(prefix);
+  const sock = path.join(dir, 'fake.sock');
+  const server = net.createServer((c) => {
+    c.on('error', () => {});
+    const split = new FrameSplitter(MAX_REQUEST, (frame) => {
+      const h = readRequestHeader(frame);
+      const reply = answer(h.op, h.id);
+      if (reply === 'close') c.destroy();
+      else if (reply) c.write(reply);
+    });
+    c.on('data', (d) => { try { split.push(d); } catch { c.destroy(); } });
+  });
+  await new Promise<void>((r) => server.listen(sock, r));
+  return { address: `unix:path=${sock}`, close: () => { server.close(); fs.rmSync(dir, { recursive: true, force: true }); } };
+}
+
+/**
+ * The ASan+UBSan api_test in one of its modes against an enclave address.
+ * Spawned, not spawnSync: a fake enclave answers from this process's event loop.
+ */
+function asanApiTest(mode: '--hostile' | '--growing', address: string, env: NodeJS.ProcessEnv = {}): Promise<{ status: number | null; out: string }> {
+  return new Promise((resolve) => {
+    let out = '';
+    const p = spawn(path.join(ROOT, 'p11-module/build/asan/api_test'), [path.join(ROOT, 'p11-module/build/asan/nitro-acm-p11.so'), mode, '1234'], {
+      env: { ...process.env, NITRO_ACM_KEY_ADDRESS: address, NITRO_ACM_P11_QUIET: '1', ASAN_OPTIONS: 'detect_leaks=1:exitcode=99', UBSAN_OPTIONS: 'halt_on_error=1:print_stacktrace=1', ...env },
+    });
+    p.stdout.on('data', (d) => { out += d; });
+    p.stderr.on('data', (d) => { out += d; });
+    const timer = setTimeout(() => p.kill('SIGKILL'), 60_000);
+    p.on('exit', (status) => { clearTimeout(timer); resolve({ status, out }); });
+  });
+}
+
 let list: Buffer;
 for (const [name, scenario] of Object.entries(SCENARIOS)) {
   test(`hostile enclave (${name}): no crash, no hang, sanitizers clean`, async (t) => {
     list ??= validList();
-    const dir = tmpdir('hostile');
-    const sock = path.join(dir, 'fake.sock');
-    const server = net.createServer((c) => {
-      c.on('error', () => {});
-      const split = new FrameSplitter(MAX_REQUEST, (frame) => {
-        const h = readRequestHeader(frame);
-        const reply = scenario(h.op, h.id, list);
-        if (reply === 'close') c.destroy();
-        else if (reply) c.write(reply);
-      });
-      c.on('data', (d) => { try { split.push(d); } catch { c.destroy(); } });
-    });
-    await new Promise<void>((r) => server.listen(sock, r));
-    const r = await new Promise<{ status: number | null; out: string }>((resolve) => {
-      let out = '';
-      const p = spawn(path.join(ROOT, 'p11-module/build/asan/api_test'), [path.join(ROOT, 'p11-module/build/asan/nitro-acm-p11.so'), '--hostile', '1234'], {
-        env: { ...process.env, NITRO_ACM_KEY_ADDRESS: `unix:path=${sock}`, NITRO_ACM_TIMEOUT_MS: '200', NITRO_ACM_P11_QUIET: '1', ASAN_OPTIONS: 'detect_leaks=1:exitcode=99', UBSAN_OPTIONS: 'halt_on_error=1:print_stacktrace=1' },
-      });
-      p.stdout.on('data', (d) => { out += d; });
-      p.stderr.on('data', (d) => { out += d; });
-      const timer = setTimeout(() => p.kill('SIGKILL'), 60_000);
-      p.on('exit', (status) => { clearTimeout(timer); resolve({ status, out }); });
-    });
-    server.close();
-    fs.rmSync(dir, { recursive: true, force: true });
+    const fake = await fakeEnclave('hostile', (op, id) => scenario(op, id, list));
+    const r = await asanApiTest('--hostile', fake.address, { NITRO_ACM_TIMEOUT_MS: '200' });
+    fake.close();
     t.notRegex(r.out, /ERROR: (AddressSanitizer|LeakSanitizer)|runtime error:/, r.out);
     t.is(r.status, 0, r.out);
     t.regex(r.out, /survived/);
@@ -129,34 +142,13 @@ for (const [name, scenario] of Object.entries(SCENARIOS)) {
 test('the token list grows on every LIST: counting then listing the slots agrees (ASan build)', async (t) => {
   const lists = Array.from({ length: 30 }, (_, i) => validList(i + 1));
   let listed = 0;
-  const dir = tmpdir('growing');
-  const sock = path.join(dir, 'fake.sock');
-  const server = net.createServer((c) => {
-    c.on('error', () => {});
-    const split = new FrameSplitter(MAX_REQUEST, (frame) => {
-      const h = readRequestHeader(frame);
-      // Every reply announces a change, so the module wants a new list each time it syncs.
-      const generation = listed + 1;
-      if (h.op === Op.LIST) c.write(encodeResponse(h.op, h.id, CKR.OK, generation, lists[Math.min(listed++, lists.length - 1)]));
-      else c.write(encodeResponse(h.op, h.id, CKR.OK, generation));
-    });
-    c.on('data', (d) => { try { split.push(d); } catch { c.destroy(); } });
-  });
-  await new Promise<void>((r) => server.listen(sock, r));
-  t.teardown(() => { server.close(); fs.rmSync(dir, { recursive: true, force: true }); });
-  // Spawned, not spawnSync: the fake enclave answers from this process's event loop.
-  const r = await new Promise<{ status: number | null; out: string }>((resolve) => {
-    let out = '';
-    const p = spawn(path.join(ROOT, 'p11-module/build/asan/api_test'), [path.join(ROOT, 'p11-module/build/asan/nitro-acm-p11.so'), '--growing', '1234'], {
-      env: { ...process.env, NITRO_ACM_KEY_ADDRESS: `unix:path=${sock}`, NITRO_ACM_P11_QUIET: '1', ASAN_OPTIONS: 'detect_leaks=1:exitcode=99', UBSAN_OPTIONS: 'halt_on_error=1:print_stacktrace=1' },
-    });
-    p.stdout.on('data', (d) => { out += d; });
-    p.stderr.on('data', (d) => { out += d; });
-    const timer = setTimeout(() => p.kill('SIGKILL'), 60_000);
-    p.on('exit', (status) => { clearTimeout(timer); resolve({ status, out }); });
-  });
-  const out = r.out;
+  // Every reply announces a change, so the module wants a new list each time it syncs.
+  const fake = await fakeEnclave('growing', (op, id) => op === Op.LIST
+    ? encodeResponse(op, id, CKR.OK, listed + 1, lists[Math.min(listed++, lists.length - 1)])
+    : encodeResponse(op, id, CKR.OK, listed + 1));
+  t.teardown(() => fake.close());
+  const r = await asanApiTest('--growing', fake.address);
   t.true(listed >= 10, `the module asked for the list ${listed} times`);
-  t.regex(out, /^0 of 20 count-then-list calls disagreed$/m, out);
-  t.is(r.status, 0, out);
+  t.regex(r.out, /^0 of 20 count-then-list calls disagreed$/m, r.out);
+  t.is(r.status, 0, r.out);
 });
