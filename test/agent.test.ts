@@ -7,6 +7,8 @@ import test from 'ava';
 import fs from 'node:fs';
 import path from 'node:path';
 import { Agent } from '../src/agent/agent.ts';
+import { ProvisionClient, type TokenDescription } from '../src/shared/provision-wire.ts';
+import { parseAddress } from '../src/shared/address.ts';
 import { parseConfig } from '../src/agent/config.ts';
 import { registerWithP11Kit } from '../src/local/p11kit.ts';
 import { launchNginx, freePort, handshake, fingerprintOf, type RunningServer } from '../src/local/webservers.ts';
@@ -83,7 +85,7 @@ tokens:
   let stop = false, ok = 0, failed = 0;
   const load = (async () => { while (!stop) { try { await hs('acm.test'); ok++; } catch { failed++; } } })();
   await new Promise((r) => setTimeout(r, 300));
-  const renewed = await publish(tc.cloud.bucket(), `${tc.cloud.identity.roleArn}/${CERT_ARN}`, 'acm.test');
+  let renewed = await publish(tc.cloud.bucket(), `${tc.cloud.identity.roleArn}/${CERT_ARN}`, 'acm.test');
   t.deepEqual(await agent.sync(), ['acm-token']);
   const deadline = Date.now() + 10_000;
   while ((await hs('acm.test')).fingerprint256 !== fingerprintOf(renewed)) {
@@ -98,6 +100,32 @@ tokens:
   t.true(ok > 10);
   t.is(nginx.proc.exitCode, null, 'nginx was reloaded, not restarted');
   t.is(fs.readFileSync(`${etc}/acm.pin`, 'utf8'), acmPin, 'same PIN after the renewal');
+
+  // A renewal that stops half way: the enclave takes the new key but the stanza
+  // files cannot be written (a directory stands where the chain's temporary file
+  // goes). nginx keeps its files and is not reloaded; the enclave makes the
+  // previous key current again (a retired key would be dropped after its grace
+  // period, and nginx with it); the next poll rolls the new certificate out.
+  const describeCurrent = async () => {
+    const c = await ProvisionClient.connect(parseAddress(agent.enclaveEndpoints!.provisionAddress));
+    try { return (await c.call<{ tokens: TokenDescription[] }>('describe')).tokens.find((x) => x.label === 'acm-token')!.fingerprint256; } finally { c.close(); }
+  };
+  const blocker = path.join(etc, `.acm.chain.pem.nitro-acm-${process.pid}`);
+  fs.mkdirSync(blocker);
+  const stalled = await publish(tc.cloud.bucket(), `${tc.cloud.identity.roleArn}/${CERT_ARN}`, 'acm.test');
+  const reloadsBefore = reloads;
+  t.deepEqual(await agent.sync(), [], 'nothing rolled out');
+  t.regex(agent.tokens.get('acm-token')!.error!, /acm\.chain\.pem: EISDIR/);
+  t.is(agent.tokens.get('acm-token')!.state, 'serving');
+  t.is(reloads, reloadsBefore, 'nginx not reloaded');
+  t.is(await describeCurrent(), fingerprintOf(renewed), 'the enclave serves the previous key as the current one');
+  t.is((await hs('acm.test')).fingerprint256, fingerprintOf(renewed));
+  fs.rmdirSync(blocker);
+  t.deepEqual(await agent.sync(), ['acm-token'], 'the next poll tries again although S3 did not change since');
+  t.is(await describeCurrent(), fingerprintOf(stalled));
+  renewed = stalled;
+  for (const until = Date.now() + 10_000; (await hs('acm.test')).fingerprint256 !== fingerprintOf(renewed) && Date.now() < until;) await new Promise((r) => setTimeout(r, 100));
+  t.is((await hs('acm.test')).fingerprint256, fingerprintOf(renewed), 'and nginx serves it');
 
   // The enclave dies; the agent brings it back with every token.
   await controller.process!.stop('SIGKILL');

@@ -123,10 +123,13 @@ function pinFor(t: TokenConfig): string {
   return crypto.randomBytes(16).toString('base64url');
 }
 
+/** The enclave cannot be reached at all: waiting will not help, the health check starts another. */
+class EnclaveUnreachable extends Error {}
+
 async function withRetries<T>(what: string, attempts: number, fn: () => Promise<T>): Promise<T> {
   for (let i = 1; ; i++) {
     try { return await fn(); } catch (e) {
-      if (i >= attempts || e instanceof ProvisionError && ['KeyMismatch', 'KeyInvalid', 'BadRequest', 'PlaintextRefused', 'KmsDenied'].includes(e.code)) throw e;
+      if (i >= attempts || e instanceof EnclaveUnreachable || e instanceof ProvisionError && ['KeyMismatch', 'KeyInvalid', 'BadRequest', 'PlaintextRefused', 'KmsDenied'].includes(e.code)) throw e;
       const delay = Math.min(30_000, 250 * 2 ** (i - 1)) * (0.5 + Math.random());
       log.warn(`${what}: ${(e as Error).message}; retrying in ${Math.round(delay)} ms (${i}/${attempts})`);
       await new Promise((r) => setTimeout(r, delay));
@@ -185,8 +188,17 @@ export class Agent {
     return this.connecting;
   }
 
+  /** Set while the enclave cannot be reached: token-by-token work stops and leaves it to the health check. */
+  private unreachable = false;
+
   private async call<T = Record<string, unknown>>(op: string, args: Record<string, unknown> = {}, timeoutMs?: number): Promise<T> {
-    return (await this.channel()).call<T>(op, args, timeoutMs);
+    let ch: ProvisionClient;
+    try { ch = await this.channel(); } catch (e) {
+      this.unreachable = true;
+      throw new EnclaveUnreachable(`the enclave does not answer on ${this.endpoints?.provisionAddress}: ${(e as Error).message}`);
+    }
+    this.unreachable = false;
+    return ch.call<T>(op, args, timeoutMs);
   }
 
   private async provisionAll(op: 'add' | 'update'): Promise<void> {
@@ -203,7 +215,7 @@ export class Agent {
    */
   private async provisionMany(items: { t: TokenState; op: 'add' | 'update' }[]): Promise<TokenState[]> {
     const delivered: typeof items = [];
-    await eachLimited(items, PROVISION_CONCURRENCY, async (it) => { if (await this.deliver(it.t, it.op, true)) delivered.push(it); });
+    await eachLimited(items, PROVISION_CONCURRENCY, async (it) => { if (!this.unreachable && await this.deliver(it.t, it.op, true)) delivered.push(it); });
     const out: TokenState[] = [];
     for (const it of delivered) if (await this.rollOut(it.t, it.op)) out.push(it.t);
     return out;
@@ -271,8 +283,25 @@ export class Agent {
         t.lastSync = Date.now();
         if (serving) t.error = undefined;
         if (!r.changed && serving) continue;
+        if (this.unreachable) continue; // the health check provisions every token anew
+        const previous = t.bundle;
         if (r.changed) { t.bundle = r.bundle; t.etag = r.etag; }
-        if (await this.provisionToken(t, serving ? 'update' : 'add', false)) renewed.push(t.config.label);
+        const op = serving ? 'update' : 'add';
+        const delivered = await this.deliver(t, op, false);
+        if (delivered && await this.rollOut(t, op)) { renewed.push(t.config.label); continue; }
+        if (serving && previous) {
+          // The renewal stopped half way. The web server still has the previous
+          // certificate's files; the enclave must keep its key as the current one
+          // (a retired key is dropped after its grace period). The next poll tries
+          // the new certificate again.
+          t.bundle = previous;
+          t.etag = undefined;
+          if (delivered) {
+            const error = t.error;
+            if (await this.deliver(t, 'update', false)) log.token(t.config.label).warn('the enclave serves the previous certificate\'s key again; the renewal is retried at the next poll');
+            t.error = error;
+          }
+        }
       } catch (e) {
         t.error = `sync: ${(e as Error).message}`;
         log.token(t.config.label).warn(`sync: ${(e as Error).message} (${t.state === 'serving' ? 'still serving the current certificate' : 'not serving yet'})`);
@@ -284,7 +313,8 @@ export class Agent {
 
   /** Re-attests and re-decrypts every token (the enclave drops tokens not refreshed within its TTL). */
   async refresh(): Promise<void> {
-    for (const t of this.tokens.values()) if (t.bundle) await this.provisionToken(t, 'refresh', false);
+    // A few at a time, like provisioning; a dead enclave ends it (the health check provisions every token anew).
+    await eachLimited([...this.tokens.values()].filter((t) => t.bundle), PROVISION_CONCURRENCY, async (t) => { if (!this.unreachable) await this.provisionToken(t, 'refresh', false); });
   }
 
   /** If the enclave is gone, starts a new one and provisions every token again with the same PINs. */

@@ -40,6 +40,8 @@ export function stageFile(file: string, data: string, mode: number, own?: { uid:
   const dir = path.dirname(file);
   if (!fs.existsSync(dir)) throw new TargetError(`${file}: directory ${dir} does not exist`);
   const tmp = path.join(dir, `.${path.basename(file)}.nitro-acm-${process.pid}`);
+  // Removes the temporary file; never something else that happens to have its name.
+  const drop = () => { try { fs.unlinkSync(tmp); } catch { /* absent, or not a file */ } };
   try {
     const fd = fs.openSync(tmp, 'w', 0o600);
     try {
@@ -49,14 +51,14 @@ export function stageFile(file: string, data: string, mode: number, own?: { uid:
       fs.fsyncSync(fd);
     } finally { fs.closeSync(fd); }
   } catch (e) {
-    fs.rmSync(tmp, { force: true });
+    drop();
     throw new TargetError(`${file}: ${(e as Error).message}`);
   }
   return {
     commit() {
-      try { fs.renameSync(tmp, file); } catch (e) { fs.rmSync(tmp, { force: true }); throw new TargetError(`${file}: ${(e as Error).message}`); }
+      try { fs.renameSync(tmp, file); } catch (e) { drop(); throw new TargetError(`${file}: ${(e as Error).message}`); }
     },
-    abort() { fs.rmSync(tmp, { force: true }); },
+    abort: drop,
   };
 }
 
