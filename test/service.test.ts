@@ -56,3 +56,28 @@ test('service: serves acm.yaml, ignores a broken edit, applies a valid one', asy
   t.is(service.agent.tokens.get('one')!.state, 'serving');
   t.is(reloads, 2);
 });
+
+// The production reload: `systemctl reload <service>`; with force_start (AWS's
+// nginx_force_start) a web server that is not running is started instead. A
+// stand-in systemctl records what it is asked.
+test.serial('systemReload: reloads a running web server, starts a stopped one only with force_start, reports a failure', async (t) => {
+  const bin = path.join(dir, 'bin');
+  fs.mkdirSync(bin, { recursive: true });
+  const calls = path.join(bin, 'calls');
+  fs.writeFileSync(path.join(bin, 'systemctl'), `#!/bin/sh\necho "$*" >> ${calls}\ncase "$1" in\n  is-active) [ -e ${bin}/active ] && exit 0; exit 3;;\n  reload) [ -e ${bin}/active ] && exit 0; echo "nginx.service is not active, cannot reload." >&2; exit 1;;\nesac\nexit 0\n`, { mode: 0o755 });
+  const path0 = process.env.PATH;
+  process.env.PATH = `${bin}:${path0}`;
+  t.teardown(() => { process.env.PATH = path0; });
+  const { systemReload } = await import('../src/agent/service.ts');
+  const { parseConfig } = await import('../src/agent/config.ts');
+  const config = (extra: string) => parseConfig(`options:\n  service: nginx\n${extra}tokens: []\n`, 'acm.yaml');
+  const run = async (extra: string) => { fs.rmSync(calls, { force: true }); const r = await systemReload(config(extra)).then(() => 'ok', (e: Error) => e.message); return { r, calls: fs.readFileSync(calls, 'utf8').trim().split('\n') }; };
+
+  fs.writeFileSync(path.join(bin, 'active'), '');
+  t.deepEqual(await run('  nginx_force_start: true\n'), { r: 'ok', calls: ['is-active --quiet nginx', 'reload nginx'] }, 'running: reloaded');
+  fs.rmSync(path.join(bin, 'active'));
+  t.deepEqual(await run('  nginx_force_start: true\n'), { r: 'ok', calls: ['is-active --quiet nginx', 'start nginx'] }, 'stopped, force_start: started');
+  const off = await run('');
+  t.deepEqual(off.calls, ['reload nginx'], 'stopped, no force_start: only a reload is tried');
+  t.is(off.r, '"systemctl reload nginx" failed: nginx.service is not active, cannot reload.');
+});

@@ -236,7 +236,8 @@ export class Agent {
       }
       const creds = await this.ctx!.credentials();
       const args = { label: t.config.label, pin: t.pin, bundle: t.bundle, credentials: { accessKeyId: creds.accessKeyId, secretAccessKey: creds.secretAccessKey, sessionToken: creds.sessionToken }, region: this.ctx!.region };
-      await withRetries(`[${t.config.label}] provisioning`, this.retries, async () => {
+      // acm.yaml's enclave.attestation_retry_count: retries of the enclave's attested KMS decrypt.
+      await withRetries(`[${t.config.label}] provisioning`, this.o.retries ?? this.o.config.enclave.attestation_retry_count + 1, async () => {
         try { await this.call(op, args); } catch (e) {
           // The enclave may already have it (agent restarted) or lost it (enclave restarted).
           if (e instanceof ProvisionError && e.code === 'TokenExists') await this.call('update', args);

@@ -39,12 +39,25 @@ export interface RunningService {
   idle(): Promise<void>;
 }
 
-/** `options.reload_command`, else `systemctl reload <service>`: a graceful reload, never a restart. */
-export function systemReload(config: AcmConfig): Promise<void> {
-  const cmd = config.options.reload_command ?? `systemctl reload ${config.options.service}`;
-  return new Promise((resolve, reject) => execFile('/bin/sh', ['-c', cmd], { timeout: 60_000 }, (err, _out, stderr) => {
-    if (err) reject(new Error(`"${cmd}" failed: ${stderr.trim() || err.message}`)); else { log.info(`reloaded the web server (${cmd})`); resolve(); }
-  }));
+function sh(cmd: string): Promise<{ ok: boolean; stderr: string; message: string }> {
+  return new Promise((resolve) => execFile('/bin/sh', ['-c', cmd], { timeout: 60_000 }, (err, _out, stderr) => resolve({ ok: !err, stderr: stderr.trim(), message: err?.message ?? '' })));
+}
+
+/**
+ * `options.reload_command`, else `systemctl reload <service>`: a graceful reload,
+ * never a restart. With `force_start` (AWS's `nginx_force_start`), a web server
+ * that is not running is started instead, as AWS's agent does.
+ */
+export async function systemReload(config: AcmConfig): Promise<void> {
+  const svc = config.options.service;
+  let cmd = config.options.reload_command ?? `systemctl reload ${svc}`;
+  if (config.options.force_start && !config.options.reload_command && !(await sh(`systemctl is-active --quiet ${svc}`)).ok) {
+    cmd = `systemctl start ${svc}`;
+    log.warn(`${svc} is not running: starting it (options.force_start)`);
+  }
+  const r = await sh(cmd);
+  if (!r.ok) throw new Error(`"${cmd}" failed: ${r.stderr || r.message}`);
+  log.info(`${cmd.startsWith('systemctl start') ? 'started' : 'reloaded'} the web server (${cmd})`);
 }
 
 export async function startService(o: ServiceOptions): Promise<RunningService> {
