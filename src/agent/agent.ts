@@ -166,6 +166,7 @@ export class Agent {
     this.provision?.close();
     this.provision = undefined;
     await withRetries('provisioning channel', this.retries, () => this.channel());
+    this.unreachable = false;
   }
 
   /**
@@ -320,21 +321,33 @@ export class Agent {
 
   /** If the enclave is gone, starts a new one and provisions every token again with the same PINs. */
   async healthCheck(): Promise<'ok' | 'restarted'> {
-    let ok = await this.o.enclave.running();
-    if (ok) {
-      try { await this.call('health', {}, 5000); } catch {
-        // A connection that ended is tried once more, anew (the enclave may have
-        // closed it); one that did not answer in time means a hung enclave.
-        if (!this.provision?.closed) ok = false;
-        else try { await this.call('health', {}, 5000); } catch { ok = false; }
-      }
-    }
-    if (ok) return 'ok';
+    if (await this.probe()) return 'ok';
     log.warn('enclave is gone: starting a new one and provisioning every token again (the web server keeps running)');
     await this.o.enclave.stop({ force: true }).catch(() => {});
     await this.startEnclave();
     await this.provisionAll('add');
     return 'restarted';
+  }
+
+  /** Whether the enclave is there and answers within 5 s. Safe to call while other work runs. */
+  async probe(): Promise<boolean> {
+    if (!await this.o.enclave.running()) return false;
+    try { await this.call('health', {}, 5000); return true; } catch {
+      // A connection that ended is tried once more, anew (the enclave may have
+      // closed it); one that did not answer in time means a hung enclave.
+      if (!this.provision?.closed) return false;
+      try { await this.call('health', {}, 5000); return true; } catch { return false; }
+    }
+  }
+
+  /**
+   * The enclave failed a probe: work under way stops (calls in flight fail at
+   * once, token-by-token loops end) so that the health check can replace it
+   * without waiting for every remaining token to time out.
+   */
+  abandonEnclave(): void {
+    this.unreachable = true;
+    this.provision?.close();
   }
 
   /**

@@ -96,15 +96,28 @@ export async function startService(o: ServiceOptions): Promise<RunningService> {
       await agent.healthCheck();
     });
   };
+  // The enclave is probed outside the queue, so a long refresh or sync cannot
+  // hold up noticing it is dead or hung; a failed probe stops that work and
+  // queues the replacement next.
+  let probing = false;
+  const probe = async () => {
+    if (probing || healthQueued || !started) return;
+    probing = true;
+    try {
+      if (await agent.probe()) { if (webServer.reloadPending) checkHealth(); return; }
+      agent.abandonEnclave();
+      checkHealth();
+    } finally { probing = false; }
+  };
   // The provisioning connection ending is the first sign of a dead enclave: check
   // at once instead of at the next health check (every handshake fails meanwhile).
-  const agent = new Agent({ config, enclave: o.controller(config), endpoints: o.endpoints, reload: doReload, onEnclaveLost: () => { if (started) checkHealth(); } });
+  const agent = new Agent({ config, enclave: o.controller(config), endpoints: o.endpoints, reload: doReload, onEnclaveLost: () => { if (started) void probe(); } });
   await agent.start();
   started = true;
   const timers = [
     setInterval(() => void queue('sync', () => agent.sync()), config.options.sync_interval_secs * 1000),
     setInterval(() => void queue('refresh', () => agent.refresh()), Math.min(...config.tokens.map((t) => t.refresh_interval_secs), 43_200) * 1000),
-    setInterval(checkHealth, healthMs),
+    setInterval(() => void probe(), healthMs),
   ];
   const watcher = chokidar.watch(o.configFile, { ignoreInitial: true, awaitWriteFinish: { stabilityThreshold: 200, pollInterval: 50 } });
   watcher.on('all', (event) => {
