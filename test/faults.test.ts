@@ -156,6 +156,7 @@ test.serial('faults under load: agent restarted, enclave hung, KMS unreachable d
   for (const k of ['imds', 's3', 'kms'] as const) delete tc.cloud.faults[k];
   t.log(`IMDS, S3 and KMS answering after 2 s each: a renewal took ${slowSeconds.toFixed(1)} s; ${l.failed} failed of ${l.ok + l.failed} handshakes`);
   t.deepEqual(renewedLabels, ['f1']);
+  certs.f1 = renewed;
   t.is(l.failed, 0);
   // The reload is graceful: new workers serve it a moment later.
   let served = '';
@@ -179,4 +180,32 @@ test.serial('faults under load: agent restarted, enclave hung, KMS unreachable d
   t.regex(f3.error!, /KMS decrypt failed/);
   t.deepEqual(await service.queue('sync', () => service.agent.sync()), ['f3'], 'the next poll provisions it');
   t.is(f3.state, 'serving');
+
+  // 7. The enclave app hangs in the middle of a refresh (KMS slow, so every token's
+  // decrypt is under way): the probe, which does not wait behind the refresh,
+  // gives it up; the refresh ends at once instead of waiting out each token's
+  // timeouts and retries (minutes), and the replacement serves every token.
+  tc.cloud.faults.kms = { delayMs: 3000 };
+  const busy = controllers[controllers.length - 1];
+  const stuck = busy.process!;
+  const refreshing = service.queue('refresh', () => service.agent.refresh());
+  await new Promise((r) => setTimeout(r, 1000));
+  const stuckAt = Date.now();
+  stuck.proc.kill('SIGSTOP');
+  delete tc.cloud.faults.kms;
+  await refreshing;
+  const refreshEnded = (Date.now() - stuckAt) / 1000;
+  for (const until = Date.now() + 60_000; Date.now() < until;) {
+    if (busy.process && busy.process !== stuck) {
+      const st = await service.agent.status();
+      if (st.enclave.reachable && st.tokens.every((x) => x.state === 'serving' && x.inEnclave)) break;
+    }
+    await new Promise((r) => setTimeout(r, 250));
+  }
+  const replacedAfter = (Date.now() - stuckAt) / 1000;
+  stuck.proc.kill('SIGKILL');
+  t.log(`enclave app hung during a refresh: the refresh ended ${refreshEnded.toFixed(1)} s after, every token served by a new enclave app ${replacedAfter.toFixed(1)} s after`);
+  t.true(refreshEnded < 20, 'the refresh does not wait out every token against a hung enclave');
+  t.true(replacedAfter < 30, 'replaced well before the refresh could have timed out token by token');
+  await serves();
 });

@@ -189,16 +189,20 @@ export class Agent {
     return this.connecting;
   }
 
-  /** Set while the enclave cannot be reached: token-by-token work stops and leaves it to the health check. */
+  /**
+   * Set when the enclave cannot be reached or failed a probe: token-by-token work
+   * stops and every call fails at once, leaving it to the health check (a new
+   * enclave, or a probe that passes, clears it).
+   */
   private unreachable = false;
 
-  private async call<T = Record<string, unknown>>(op: string, args: Record<string, unknown> = {}, timeoutMs?: number): Promise<T> {
+  private async call<T = Record<string, unknown>>(op: string, args: Record<string, unknown> = {}, timeoutMs?: number, probing = false): Promise<T> {
+    if (this.unreachable && !probing) throw new EnclaveUnreachable('the enclave was given up (it did not answer); the health check replaces it');
     let ch: ProvisionClient;
     try { ch = await this.channel(); } catch (e) {
       this.unreachable = true;
       throw new EnclaveUnreachable(`the enclave does not answer on ${this.endpoints?.provisionAddress}: ${(e as Error).message}`);
     }
-    this.unreachable = false;
     return ch.call<T>(op, args, timeoutMs);
   }
 
@@ -332,11 +336,12 @@ export class Agent {
   /** Whether the enclave is there and answers within 5 s. Safe to call while other work runs. */
   async probe(): Promise<boolean> {
     if (!await this.o.enclave.running()) return false;
-    try { await this.call('health', {}, 5000); return true; } catch {
+    const answers = () => this.call('health', {}, 5000, true).then(() => { this.unreachable = false; return true; });
+    try { return await answers(); } catch {
       // A connection that ended is tried once more, anew (the enclave may have
       // closed it); one that did not answer in time means a hung enclave.
       if (!this.provision?.closed) return false;
-      try { await this.call('health', {}, 5000); return true; } catch { return false; }
+      try { return await answers(); } catch { return false; }
     }
   }
 
