@@ -167,6 +167,7 @@ export class Agent {
     this.provision = undefined;
     await withRetries('provisioning channel', this.retries, () => this.channel());
     this.unreachable = false;
+    this.givenUp = false;
   }
 
   /**
@@ -325,7 +326,9 @@ export class Agent {
 
   /** If the enclave is gone, starts a new one and provisions every token again with the same PINs. */
   async healthCheck(): Promise<'ok' | 'restarted'> {
-    if (await this.probe()) return 'ok';
+    // An enclave given up by a failed probe just now is not probed again (a hung
+    // one would cost another 5 s timeout).
+    if (!this.givenUp && await this.probe()) return 'ok';
     log.warn('enclave is gone: starting a new one and provisioning every token again (the web server keeps running)');
     await this.o.enclave.stop({ force: true }).catch(() => {});
     await this.startEnclave();
@@ -352,8 +355,11 @@ export class Agent {
    */
   abandonEnclave(): void {
     this.unreachable = true;
+    this.givenUp = true;
     this.provision?.close();
   }
+
+  private givenUp = false;
 
   /**
    * Applies an edited acm.yaml as a diff: new tokens are provisioned, removed ones
