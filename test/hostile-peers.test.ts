@@ -10,6 +10,7 @@ import crypto from 'node:crypto';
 import { startLocalEnclave, type LocalEnclave } from '../src/local/enclave-process.ts';
 import { simulatedNsmRoot } from '../enclave/nsm.ts';
 import { KeyClient } from './helpers/key-client.ts';
+import { openFileLimit } from '../enclave/key-server.ts';
 import { ProvisionClient, jsonFrame, MAX_PROVISION_FRAME, PROVISION_VERSION } from '../src/shared/provision-wire.ts';
 import { Op, SignScheme, Hash, decodeTokenList, encodeRequest } from '../src/shared/key-wire.ts';
 import { CKR } from '../src/shared/pkcs11-rv.ts';
@@ -62,14 +63,17 @@ async function flood(at: string, n: number): Promise<{ sockets: net.Socket[]; cl
   return { sockets, closedByServer: () => closed };
 }
 
-test.serial('key channel: 1000 connections held open; a well-behaved client still signs and memory stays bounded', async (t) => {
+test.serial('key channel: a flood of up to 1000 connections held open; a well-behaved client still signs and memory stays bounded', async (t) => {
+  // This process holds the flood's sockets too: where its own open-file limit is
+  // 1024 (CI machines), it opens what fits beside its other descriptors.
+  const n = Math.min(1000, openFileLimit() - 128);
   const before = rssMiB();
-  const f = await flood(keySock, 1000);
+  const f = await flood(keySock, n);
   try {
-    t.is(f.sockets.length, 1000, `${f.sockets.length} connections accepted`);
+    t.is(f.sockets.length, n, `${f.sockets.length} connections accepted`);
     t.true(await signs(), 'a well-behaved client signs during the flood');
     const during = rssMiB();
-    t.log(`enclave app RSS ${before.toFixed(0)} MiB before, ${during.toFixed(0)} MiB with 1000 connections open (${f.closedByServer()} closed by the enclave app)`);
+    t.log(`enclave app RSS ${before.toFixed(0)} MiB before, ${during.toFixed(0)} MiB with ${n} connections open (${f.closedByServer()} closed by the enclave app)`);
     t.true(during - before < 64, `memory bounded (+${(during - before).toFixed(0)} MiB)`);
   } finally { for (const s of f.sockets) s.destroy(); }
   await new Promise((r) => setTimeout(r, 500));
