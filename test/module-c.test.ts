@@ -119,7 +119,8 @@ function asanApiTest(mode: '--hostile' | '--growing', address: string, env: Node
     p.stdout.on('data', (d) => { out += d; });
     p.stderr.on('data', (d) => { out += d; });
     const timer = setTimeout(() => p.kill('SIGKILL'), 60_000);
-    p.on('exit', (status) => { clearTimeout(timer); resolve({ status, out }); });
+    // 'close', not 'exit': output can still be in flight when the process has exited.
+    p.on('close', (status) => { clearTimeout(timer); resolve({ status, out }); });
   });
 }
 

@@ -15,7 +15,8 @@ export function run(cmd: string, args: string[], env: NodeJS.ProcessEnv = proces
     p.stdout.on('data', (d) => { out += d; });
     p.stderr.on('data', (d) => { out += d; });
     p.on('error', reject);
-    p.on('exit', (status) => resolve({ status, out }));
+    // 'close', not 'exit': output can still be in flight when the process has exited.
+    p.on('close', (status) => resolve({ status, out }));
   });
 }
 

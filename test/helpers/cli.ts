@@ -11,6 +11,7 @@ export function cli(args: string[], env: NodeJS.ProcessEnv = {}): Promise<CliRes
     let stdout = '', stderr = '';
     p.stdout.on('data', (d) => { stdout += d; });
     p.stderr.on('data', (d) => { stderr += d; });
-    p.on('exit', (status) => resolve({ status, stdout, stderr }));
+    // 'close', not 'exit': output can still be in flight when the process has exited.
+    p.on('close', (status) => resolve({ status, stdout, stderr }));
   });
 }
