@@ -9,7 +9,7 @@ import path from 'node:path';
 import crypto from 'node:crypto';
 import { startLocalEnclave, type LocalEnclave } from '../src/local/enclave-process.ts';
 import { simulatedNsmRoot } from '../enclave/nsm.ts';
-import { KeyClient } from './helpers/key-client.ts';
+import { KeyClient, ConnectionClosed } from './helpers/key-client.ts';
 import { openFileLimit } from '../enclave/key-server.ts';
 import { ProvisionClient, jsonFrame, MAX_PROVISION_FRAME, PROVISION_VERSION } from '../src/shared/provision-wire.ts';
 import { Op, SignScheme, Hash, decodeTokenList, encodeRequest } from '../src/shared/key-wire.ts';
@@ -35,15 +35,24 @@ test.before(async () => {
 });
 test.after.always(async () => { await enclave?.stop(); fs.rmSync(dir, { recursive: true, force: true }); });
 
-/** A well-behaved module: log in and sign; the signature must be a real one. */
+/**
+ * A well-behaved module: log in and sign; the signature must be a real one. Like
+ * the PKCS#11 module, it connects again when the enclave closed its connection
+ * (an enclave at its connection limit closes its idlest, or a new one at once).
+ */
 async function signs(at = keySock): Promise<boolean> {
-  const c = await KeyClient.connect(at);
-  try {
-    const key = decodeTokenList((await c.call({ op: Op.LIST })).body)[0].keys[0];
-    if ((await c.call({ op: Op.LOGIN, label: 'hostile', pin: Buffer.from('2468') })).rv !== CKR.OK) return false;
-    const r = await c.call({ op: Op.SIGN, keyId: key.keyId, scheme: SignScheme.PKCS1, hash: Hash.SHA256, mgfHash: 0, saltLength: 0, data: crypto.createHash('sha256').update('x').digest() });
-    return r.rv === CKR.OK && r.body.length === 256;
-  } finally { c.close(); }
+  for (let attempt = 1; ; attempt++) {
+    const c = await KeyClient.connect(at);
+    try {
+      const key = decodeTokenList((await c.call({ op: Op.LIST })).body)[0].keys[0];
+      if ((await c.call({ op: Op.LOGIN, label: 'hostile', pin: Buffer.from('2468') })).rv !== CKR.OK) return false;
+      const r = await c.call({ op: Op.SIGN, keyId: key.keyId, scheme: SignScheme.PKCS1, hash: Hash.SHA256, mgfHash: 0, saltLength: 0, data: crypto.createHash('sha256').update('x').digest() });
+      return r.rv === CKR.OK && r.body.length === 256;
+    } catch (e) {
+      if (!(e instanceof ConnectionClosed) || attempt >= 5) throw e;
+      await new Promise((r) => setTimeout(r, 200));
+    } finally { c.close(); }
+  }
 }
 
 const connectRaw = (p: string) => new Promise<net.Socket>((resolve, reject) => { const s = net.connect(p, () => resolve(s)); s.on('error', reject); });
