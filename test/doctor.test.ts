@@ -54,8 +54,10 @@ test('kms proxy: the stock vsock-proxy service passes; one to another host, or n
   t.regex(none.detail, /no vsock-proxy is running: the enclave cannot reach KMS/);
 });
 
+/** A new acm.yaml with one token per stanza (a file of its own: the tests run at once). */
+let acmFiles = 0;
 function acmYaml(stanzas: string[]): string {
-  const file = path.join(dir, `acm-${stanzas.length}.yaml`);
+  const file = path.join(dir, `acm-${++acmFiles}.yaml`);
   fs.writeFileSync(file, `tokens:\n${stanzas.map((s, i) => `  - label: t${i}\n    source:\n      S3:\n        uri: "s3://bucket/t${i}.json"\n    target:\n      NginxStanza:\n        path: ${s}\n`).join('')}`);
   return file;
 }
