@@ -144,6 +144,13 @@ export class Agent {
   private provision?: ProvisionClient;
   private connecting?: Promise<ProvisionClient>;
   private readonly retries: number;
+  /**
+   * Set when the enclave could not be reached ('unreachable') or failed a probe
+   * ('given up'): token-by-token work stops and every call fails at once, leaving
+   * it to the health check. A probe that passes, or a new enclave, clears it; a
+   * given-up enclave is replaced without being probed again.
+   */
+  private lost?: 'unreachable' | 'given up';
 
   constructor(private o: AgentOptions) {
     this.retries = o.retries ?? 4;
@@ -166,8 +173,7 @@ export class Agent {
     this.provision?.close();
     this.provision = undefined;
     await withRetries('provisioning channel', this.retries, () => this.channel());
-    this.unreachable = false;
-    this.givenUp = false;
+    this.lost = undefined;
   }
 
   /**
@@ -190,18 +196,11 @@ export class Agent {
     return this.connecting;
   }
 
-  /**
-   * Set when the enclave cannot be reached or failed a probe: token-by-token work
-   * stops and every call fails at once, leaving it to the health check (a new
-   * enclave, or a probe that passes, clears it).
-   */
-  private unreachable = false;
-
   private async call<T = Record<string, unknown>>(op: string, args: Record<string, unknown> = {}, timeoutMs?: number, probing = false): Promise<T> {
-    if (this.unreachable && !probing) throw new EnclaveUnreachable('the enclave was given up (it did not answer); the health check replaces it');
+    if (this.lost && !probing) throw new EnclaveUnreachable('the enclave was given up (it did not answer); the health check replaces it');
     let ch: ProvisionClient;
     try { ch = await this.channel(); } catch (e) {
-      this.unreachable = true;
+      this.lost ??= 'unreachable';
       throw new EnclaveUnreachable(`the enclave does not answer on ${this.endpoints?.provisionAddress}: ${(e as Error).message}`);
     }
     return ch.call<T>(op, args, timeoutMs);
@@ -221,7 +220,7 @@ export class Agent {
    */
   private async provisionMany(items: { t: TokenState; op: 'add' | 'update' }[]): Promise<TokenState[]> {
     const delivered: typeof items = [];
-    await eachLimited(items, PROVISION_CONCURRENCY, async (it) => { if (!this.unreachable && await this.deliver(it.t, it.op, true)) delivered.push(it); });
+    await eachLimited(items, PROVISION_CONCURRENCY, async (it) => { if (!this.lost && await this.deliver(it.t, it.op, true)) delivered.push(it); });
     const out: TokenState[] = [];
     for (const it of delivered) if (await this.rollOut(it.t, it.op)) out.push(it.t);
     return out;
@@ -290,7 +289,7 @@ export class Agent {
         t.lastSync = Date.now();
         if (serving) t.error = undefined;
         if (!r.changed && serving) continue;
-        if (this.unreachable) continue; // the health check provisions every token anew
+        if (this.lost) continue; // the health check provisions every token anew
         const previous = t.bundle;
         if (r.changed) { t.bundle = r.bundle; t.etag = r.etag; }
         const op = serving ? 'update' : 'add';
@@ -321,14 +320,14 @@ export class Agent {
   /** Re-attests and re-decrypts every token (the enclave drops tokens not refreshed within its TTL). */
   async refresh(): Promise<void> {
     // A few at a time, like provisioning; a dead enclave ends it (the health check provisions every token anew).
-    await eachLimited([...this.tokens.values()].filter((t) => t.bundle), PROVISION_CONCURRENCY, async (t) => { if (!this.unreachable) await this.provisionToken(t, 'refresh', false); });
+    await eachLimited([...this.tokens.values()].filter((t) => t.bundle), PROVISION_CONCURRENCY, async (t) => { if (!this.lost) await this.provisionToken(t, 'refresh', false); });
   }
 
   /** If the enclave is gone, starts a new one and provisions every token again with the same PINs. */
   async healthCheck(): Promise<'ok' | 'restarted'> {
     // An enclave given up by a failed probe just now is not probed again (a hung
     // one would cost another 5 s timeout).
-    if (!this.givenUp && await this.probe()) return 'ok';
+    if (this.lost !== 'given up' && await this.probe()) return 'ok';
     log.warn('enclave is gone: starting a new one and provisioning every token again (the web server keeps running)');
     await this.o.enclave.stop({ force: true }).catch(() => {});
     await this.startEnclave();
@@ -339,7 +338,7 @@ export class Agent {
   /** Whether the enclave is there and answers within 5 s. Safe to call while other work runs. */
   async probe(): Promise<boolean> {
     if (!await this.o.enclave.running()) return false;
-    const answers = () => this.call('health', {}, 5000, true).then(() => { this.unreachable = false; return true; });
+    const answers = () => this.call('health', {}, 5000, true).then(() => { this.lost = undefined; return true; });
     try { return await answers(); } catch {
       // A connection that ended is tried once more, anew (the enclave may have
       // closed it); one that did not answer in time means a hung enclave.
@@ -354,12 +353,9 @@ export class Agent {
    * without waiting for every remaining token to time out.
    */
   abandonEnclave(): void {
-    this.unreachable = true;
-    this.givenUp = true;
+    this.lost = 'given up';
     this.provision?.close();
   }
-
-  private givenUp = false;
 
   /**
    * Applies an edited acm.yaml as a diff: new tokens are provisioned, removed ones

@@ -193,14 +193,15 @@ export async function startLocalCloud(o: LocalCloudOptions): Promise<LocalCloud>
   const handler = (req: http.IncomingMessage, res: http.ServerResponse) => {
     void (async () => {
       const url = new URL(req.url ?? '/', 'http://local');
-      const fault = faults[serviceOf(req, url)];
+      // One classification decides both the fault to inject and where the request goes.
+      const service = serviceOf(req, url);
+      const fault = faults[service];
       if (fault === 'down') { req.socket.destroy(); return; }
       if (fault) await new Promise((r) => setTimeout(r, fault.delayMs));
-      if (url.pathname.startsWith('/latest/')) return imds(req, res, url);
-      const target = String(req.headers['x-amz-target'] ?? '');
+      if (service === 'imds') return imds(req, res, url);
       const caller = callerOf(req);
-      if (target.startsWith('TrentService.')) {
-        const op = target.slice('TrentService.'.length);
+      if (service === 'kms') {
+        const op = String(req.headers['x-amz-target']).slice('TrentService.'.length);
         const send = (status: number, body: unknown, type?: string) => res.writeHead(status, { 'content-type': 'application/x-amz-json-1.1', ...(type ? { 'x-amzn-errortype': type } : {}) }).end(JSON.stringify(body));
         try {
           if (!caller) throw new AwsError('UnrecognizedClientException', 'The security token included in the request is invalid.');
@@ -212,7 +213,7 @@ export async function startLocalCloud(o: LocalCloudOptions): Promise<LocalCloud>
         }
         return;
       }
-      if (req.method === 'POST' && String(req.headers['content-type'] ?? '').startsWith('application/x-www-form-urlencoded')) {
+      if (service === 'iam') {
         if (!caller) { res.writeHead(403).end(); return; }
         return iam(res, new URLSearchParams((await readBody(req)).toString()));
       }
