@@ -1,7 +1,10 @@
 // The key channel's listener on the enclave app's main thread. It accepts
 // connections and hands each to the key worker thread serving the fewest, where
 // all of that connection's requests run (enclave/key-connection.ts). Workers get
-// a new snapshot of the key store whenever it changes.
+// the key store's changes as they happen, and say when they have applied one:
+// the provisioning channel answers only once every worker serves the change
+// (settled()), so a web server reloaded right after a renewal finds the new key
+// on whichever worker its connection is on.
 //
 // Connections are bounded by the open-file limit: at the limit, each new
 // connection makes the worker with the most close the one that has been idle
@@ -41,7 +44,13 @@ function defaultMaxConnections(): number {
   return Math.max(16, Math.min(4096, openFileLimit() - FD_RESERVE - EVICTION_SLACK));
 }
 
-interface Slot { worker: Worker; connections: number; ready: Promise<void> }
+interface Slot { worker: Worker; connections: number; ready: Promise<void>; /** The store generation this worker serves; undefined until its first snapshot. */ generation?: number }
+
+/** a is b or later, for generations that count up modulo 2^32. */
+const atOrAfter = (a: number, b: number) => ((a - b) >>> 0) < 0x80000000;
+
+/** How long a provisioning reply waits for a busy worker before it goes anyway. */
+const SETTLE_TIMEOUT_MS = 5000;
 
 export class KeyServer {
   readonly server: net.Server;
@@ -78,9 +87,13 @@ export class KeyServer {
     const worker = new Worker(boot, { eval: true });
     let ready!: () => void;
     const slot: Slot = { worker, connections: 0, ready: new Promise((r) => { ready = r; }) };
-    worker.on('message', (m: { type: string }) => {
-      if (m.type === 'ready') { worker.postMessage({ type: 'snapshot', snapshot: this.store.snapshot() }); ready(); }
+    // Posted now, so it comes before any connection handed to this worker (messages
+    // wait in the port until the worker listens).
+    worker.postMessage({ type: 'snapshot', snapshot: this.store.snapshot() });
+    worker.on('message', (m: { type: string; generation?: number }) => {
+      if (m.type === 'ready') ready();
       else if (m.type === 'closed') slot.connections--;
+      else if (m.type === 'applied') { slot.generation = m.generation; this.wakeSettled(); }
     });
     worker.on('error', (e) => {
       if (this.closing) return;
@@ -94,6 +107,37 @@ export class KeyServer {
 
   /** Key ids every worker holds (a worker started later gets a full snapshot first; re-adding is harmless). */
   private sent: Set<number>;
+
+  private settleWaiters: { generation: number; done: (settled: boolean) => void }[] = [];
+
+  /**
+   * Resolves once every worker serves the key store as it is now (true), or after
+   * `timeoutMs` if one has not caught up (false, logged): a worker busy with a
+   * burst of signatures takes the change after it.
+   */
+  settled(timeoutMs = SETTLE_TIMEOUT_MS): Promise<boolean> {
+    const generation = this.store.generation;
+    if (this.allAt(generation)) return Promise.resolve(true);
+    return new Promise((resolve) => {
+      const waiter = { generation, done: (ok: boolean) => { clearTimeout(timer); resolve(ok); } };
+      const timer = setTimeout(() => {
+        this.settleWaiters = this.settleWaiters.filter((w) => w !== waiter);
+        log.warn(`key channel: a key worker has not taken the latest change after ${timeoutMs} ms; answering anyway (the module finds the change on its next request)`);
+        waiter.done(false);
+      }, timeoutMs);
+      this.settleWaiters.push(waiter);
+    });
+  }
+
+  private allAt(generation: number): boolean {
+    return this.slots.every((s) => s.generation !== undefined && atOrAfter(s.generation, generation));
+  }
+
+  private wakeSettled(): void {
+    const waiting = this.settleWaiters;
+    this.settleWaiters = waiting.filter((w) => !this.allAt(w.generation));
+    for (const w of waiting) if (!this.settleWaiters.includes(w)) w.done(true);
+  }
 
   private broadcast(): void {
     const delta = this.store.delta(this.sent);
@@ -147,6 +191,8 @@ export class KeyServer {
 
   async close(): Promise<void> {
     this.closing = true;
+    for (const w of this.settleWaiters) w.done(false);
+    this.settleWaiters = [];
     await new Promise<void>((r) => this.server.close(() => r()));
     await Promise.all(this.slots.map((s) => s.worker.terminate()));
   }

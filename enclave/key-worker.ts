@@ -14,9 +14,13 @@ let view: KeyView | undefined;
 const current = () => view!;
 const connections = new ConnectionsByActivity();
 
+// The main thread waits for 'applied' before it answers the provisioning request
+// that made the change (enclave/key-server.ts, settled()).
+const applied = () => parentPort!.postMessage({ type: 'applied', generation: view!.generation });
+
 parentPort!.on('message', (m: Msg) => {
-  if (m.type === 'snapshot') { view = new KeyView(m.snapshot); return; }
-  if (m.type === 'delta') { view = view!.apply(m.delta); return; }
+  if (m.type === 'snapshot') { view = new KeyView(m.snapshot); applied(); return; }
+  if (m.type === 'delta') { view = view!.apply(m.delta); applied(); return; }
   if (m.type === 'evict') { connections.closeIdlest(); return; }
   const sock = socketFromFd(m.fd);
   connections.track(sock);

@@ -14,7 +14,11 @@ import { ConnectionsByActivity } from './connections-by-activity.ts';
 import { attestedDecrypt, prepareRecipientKeys, warmUpKmsClient, type KmsAccess, type AwsCredentials } from './kms-client.ts';
 import type { Nsm } from './nsm.ts';
 
-export interface ProvisionServerOptions { store: KeyStore; nsm: Nsm; kms: KmsAccess; localMode: boolean }
+export interface ProvisionServerOptions {
+  store: KeyStore; nsm: Nsm; kms: KmsAccess; localMode: boolean;
+  /** Resolves once the key channel serves the store as it is now (KeyServer.settled); a reply to a change waits for it. */
+  keysServed?: () => Promise<unknown>;
+}
 
 function field(args: Record<string, unknown>, name: string): string {
   const v = args[name];
@@ -76,6 +80,7 @@ export class ProvisionServer {
         const l = label(m);
         if (!this.o.store.remove(l)) throw new ProvisionError('NoSuchToken', `no token "${l}"`);
         log.token(l).info('token removed');
+        await this.o.keysServed?.();
         return {};
       }
       case 'add': case 'update': case 'refresh': return this.provision(m.op, m);
@@ -140,6 +145,8 @@ export class ProvisionServer {
       } finally {
         keyPem.fill(0);
       }
+      // "Done" means the key channel serves it: the agent reloads the web server next.
+      await this.o.keysServed?.();
       return { token: this.describe(l) };
     } finally {
       this.busy.delete(l);

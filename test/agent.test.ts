@@ -123,9 +123,12 @@ tokens:
   fs.rmdirSync(blocker);
   t.deepEqual(await agent.sync(), ['acm-token'], 'the next poll tries again although S3 did not change since');
   t.is(await describeCurrent(), fingerprintOf(stalled));
+  const stalledBefore = renewed;
   renewed = stalled;
   for (const until = Date.now() + 10_000; (await hs('acm.test')).fingerprint256 !== fingerprintOf(renewed) && Date.now() < until;) await new Promise((r) => setTimeout(r, 100));
-  t.is((await hs('acm.test')).fingerprint256, fingerprintOf(renewed), 'and nginx serves it');
+  const served = (await hs('acm.test')).fingerprint256;
+  const which = new Map([[fingerprintOf(acmCert), 'the first'], [fingerprintOf(renewed), 'the retried'], [fingerprintOf(stalledBefore), 'the one before the stall']]);
+  t.is(served, fingerprintOf(renewed), `and nginx serves it (it serves ${which.get(served) ?? 'an unknown'} certificate): ${nginx.errorLog().slice(-1500)}`);
 
   // The enclave dies; the agent brings it back with every token.
   await controller.process!.stop('SIGKILL');

@@ -8,6 +8,12 @@ import { startEnclave, type EnclaveFixture } from './helpers/enclave.ts';
 import { KeyClient } from './helpers/key-client.ts';
 import { Op, SignScheme, Hash, decodeTokenList, encodeRequest, KEY_WIRE_VERSION } from '../src/shared/key-wire.ts';
 import { CKR } from '../src/shared/pkcs11-rv.ts';
+import fs from 'node:fs';
+import path from 'node:path';
+import { KeyStore } from '../enclave/keystore.ts';
+import { KeyServer } from '../enclave/key-server.ts';
+import { createCA, issueServerCert } from '../src/local/pki.ts';
+import { tmpdir } from './helpers/enclave.ts';
 
 let fx: EnclaveFixture;
 test.before(async () => { fx = await startEnclave([{ label: 'proto', pin: '5555', names: ['proto.test'] }], { prefix: 'proto' }); });
@@ -113,4 +119,45 @@ test('a truncated frame followed by a hang-up leaves the server serving', async 
   s.end(encodeRequest(7, { op: Op.LIST }).subarray(0, 6));
   await new Promise((r) => s.once('close', r));
   t.true(await stillServes());
+});
+
+test('a renewal counts as done only once every key worker serves it, a worker busy with a burst of signatures included', async (t) => {
+  // What the provisioning channel waits for before it answers (enclave/provision-server.ts):
+  // the agent reloads the web server right after, and a web server whose connection
+  // sits on a worker still holding the previous list would not find the new key.
+  const ca = createCA('settle CA');
+  const [before, after] = [issueServerCert(ca, ['settle.test'], { bits: 4096 }), issueServerCert(ca, ['settle.test'], { bits: 4096 })];
+  const store = new KeyStore();
+  const pin = Buffer.from('5555');
+  store.put('settle', pin, { privateKeyPem: before.keyPem, certificatePem: before.certPem });
+  const server = new KeyServer(store, { threads: 1 });
+  const dir = tmpdir('settle');
+  await server.listen({ kind: 'unix', path: path.join(dir, 'keys.sock') });
+  try {
+    const busy = await KeyClient.connect(path.join(dir, 'keys.sock'));
+    const watcher = await KeyClient.connect(path.join(dir, 'keys.sock'));
+    const key = await listKey(busy);
+    t.is((await busy.call({ op: Op.LOGIN, label: 'settle', pin })).rv, CKR.OK);
+    // One write of 150 RSA-4096 signatures keeps the only worker busy for a while.
+    let answered = 0;
+    const digest = crypto.createHash('sha256').update('x').digest();
+    const burst = Promise.all(Array.from({ length: 150 }, () => busy.call({ op: Op.SIGN, keyId: key.keyId, scheme: SignScheme.PSS, hash: Hash.SHA256, mgfHash: Hash.SHA256, saltLength: 32, data: digest }).then((r) => { answered++; return r.rv; })));
+    await new Promise((r) => setTimeout(r, 20));
+    store.put('settle', pin, { privateKeyPem: after.keyPem, certificatePem: after.certPem });
+    const settled = await server.settled();
+    const answeredWhenSettled = answered;
+    const listed = await watcher.call({ op: Op.LIST });
+    t.true(settled);
+    t.true(answeredWhenSettled >= 75, `the worker took the change after the signatures it was busy with (${answeredWhenSettled} of 150 answered when it said so)`);
+    t.is(listed.generation, store.generation, 'a connection opened before the change lists the new generation at once');
+    const current = decodeTokenList(listed.body)[0].keys.find((k) => k.flags === 0)!;
+    t.deepEqual(current.modulus, Buffer.from(crypto.createPublicKey(after.certPem).export({ format: 'jwk' }).n!, 'base64url'), 'and the renewed key as the current one');
+    t.true((await burst).every((rv) => rv === CKR.OK));
+    t.true(await server.settled(), 'with nothing changed it is settled at once');
+    busy.close();
+    watcher.close();
+  } finally {
+    await server.close();
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
 });
