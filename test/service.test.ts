@@ -58,13 +58,15 @@ test('service: serves acm.yaml, ignores a broken edit, applies a valid one', asy
 });
 
 // The production reload: `systemctl reload <service>`; with force_start (AWS's
-// nginx_force_start) a web server that is not running is started instead. A
-// stand-in systemctl records what it is asked.
-test.serial('systemReload: reloads a running web server, starts a stopped one only with force_start, reports a failure', async (t) => {
+// nginx_force_start) a web server that is not running is started instead; the
+// web server's configuration test runs first. A stand-in systemctl and nginx
+// record what they are asked.
+test.serial('systemReload: tests the configuration, reloads a running web server, starts a stopped one only with force_start, reports a failure', async (t) => {
   const bin = path.join(dir, 'bin');
   fs.mkdirSync(bin, { recursive: true });
   const calls = path.join(bin, 'calls');
   fs.writeFileSync(path.join(bin, 'systemctl'), `#!/bin/sh\necho "$*" >> ${calls}\ncase "$1" in\n  is-active) [ -e ${bin}/active ] && exit 0; exit 3;;\n  reload) [ -e ${bin}/active ] && exit 0; echo "nginx.service is not active, cannot reload." >&2; exit 1;;\nesac\nexit 0\n`, { mode: 0o755 });
+  fs.writeFileSync(path.join(bin, 'nginx'), `#!/bin/sh\necho "nginx $*" >> ${calls}\nif [ -e ${bin}/broken ]; then echo '2026/12/01 10:00:36 [emerg] 4242#4242: unknown directive "ssl_certificat" in /etc/nginx/conf.d/site.conf:7' >&2; echo 'nginx: configuration file /etc/nginx/nginx.conf test failed' >&2; exit 1; fi\nexit 0\n`, { mode: 0o755 });
   const path0 = process.env.PATH;
   process.env.PATH = `${bin}:${path0}`;
   t.teardown(() => { process.env.PATH = path0; });
@@ -74,10 +76,14 @@ test.serial('systemReload: reloads a running web server, starts a stopped one on
   const run = async (extra: string) => { fs.rmSync(calls, { force: true }); const r = await systemReload(config(extra)).then(() => 'ok', (e: Error) => e.message); return { r, calls: fs.readFileSync(calls, 'utf8').trim().split('\n') }; };
 
   fs.writeFileSync(path.join(bin, 'active'), '');
-  t.deepEqual(await run('  nginx_force_start: true\n'), { r: 'ok', calls: ['is-active --quiet nginx', 'reload nginx'] }, 'running: reloaded');
+  t.deepEqual(await run('  nginx_force_start: true\n'), { r: 'ok', calls: ['is-active --quiet nginx', 'nginx -t -q', 'reload nginx'] }, 'running: tested, reloaded');
+  fs.writeFileSync(path.join(bin, 'broken'), '');
+  t.deepEqual(await run(''), { r: '"nginx -t -q" failed, so nginx was not reloaded: [emerg] unknown directive "ssl_certificat" in /etc/nginx/conf.d/site.conf:7', calls: ['nginx -t -q'] }, 'a configuration nginx rejects: not reloaded, and the error names the file and line');
+  t.deepEqual(await run('  reload_command: "systemctl reload nginx"\n'), { r: 'ok', calls: ['reload nginx'] }, 'an operator\'s reload_command runs as it is');
+  fs.rmSync(path.join(bin, 'broken'));
   fs.rmSync(path.join(bin, 'active'));
-  t.deepEqual(await run('  nginx_force_start: true\n'), { r: 'ok', calls: ['is-active --quiet nginx', 'start nginx'] }, 'stopped, force_start: started');
+  t.deepEqual(await run('  nginx_force_start: true\n'), { r: 'ok', calls: ['is-active --quiet nginx', 'nginx -t -q', 'start nginx'] }, 'stopped, force_start: started');
   const off = await run('');
-  t.deepEqual(off.calls, ['reload nginx'], 'stopped, no force_start: only a reload is tried');
+  t.deepEqual(off.calls, ['nginx -t -q', 'reload nginx'], 'stopped, no force_start: only a reload is tried');
   t.is(off.r, '"systemctl reload nginx" failed: nginx.service is not active, cannot reload.');
 });

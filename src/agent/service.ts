@@ -39,8 +39,24 @@ export interface RunningService {
   idle(): Promise<void>;
 }
 
-function sh(cmd: string): Promise<{ ok: boolean; stderr: string; message: string }> {
-  return new Promise((resolve) => execFile('/bin/sh', ['-c', cmd], { timeout: 60_000 }, (err, _out, stderr) => resolve({ ok: !err, stderr: stderr.trim(), message: err?.message ?? '' })));
+function sh(cmd: string): Promise<{ ok: boolean; code?: number | string | null; stderr: string; message: string }> {
+  return new Promise((resolve) => execFile('/bin/sh', ['-c', cmd], { timeout: 60_000 }, (err, _out, stderr) => resolve({ ok: !err, code: err?.code, stderr: stderr.trim(), message: err?.message ?? '' })));
+}
+
+/**
+ * The web server's own configuration test. A reload by signal cannot fail: a
+ * configuration the server rejects (a typo in another file, a key it cannot load)
+ * leaves it on the previous one and says so only in its error log. Tested first,
+ * the reason reaches the agent's log and nitro-acm status.
+ */
+const CONFIG_TEST = { nginx: 'nginx -t -q', httpd: 'apachectl -t' } as const;
+
+/** The lines of a failed configuration test that say what is wrong, on one line, without nginx's timestamp and pid. */
+function configTestErrors(stderr: string): string {
+  return stderr.split('\n')
+    .filter((l) => l.trim() && !/test failed$/.test(l))
+    .map((l) => l.replace(/^\d{4}\/\d\d\/\d\d [\d:]+ (\[\w+\]) \d+#\d+: /, '$1 '))
+    .join('; ');
 }
 
 /**
@@ -54,6 +70,12 @@ export async function systemReload(config: AcmConfig): Promise<void> {
   if (config.options.force_start && !config.options.reload_command && !(await sh(`systemctl is-active --quiet ${svc}`)).ok) {
     cmd = `systemctl start ${svc}`;
     log.warn(`${svc} is not running: starting it (options.force_start)`);
+  }
+  if (!config.options.reload_command) {
+    const test = CONFIG_TEST[svc];
+    const t = await sh(test);
+    // 127: not installed under that name (a web server built elsewhere); the reload still goes.
+    if (!t.ok && t.code !== 127) throw new Error(`"${test}" failed, so ${svc} was not reloaded: ${configTestErrors(t.stderr) || t.message}`);
   }
   const r = await sh(cmd);
   if (!r.ok) throw new Error(`"${cmd}" failed: ${r.stderr || r.message}`);
