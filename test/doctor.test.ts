@@ -107,6 +107,32 @@ test('a broken nginx install: every problem found, each with its fix; exit 1', a
   t.regex(r.stdout, /\d+ problems found\n$/);
 });
 
+test('Amazon Linux 2023: the pkcs11 engine counts wherever OpenSSL loads it from, a directory openssl.cnf includes too', async (t) => {
+  // AWS's own set-up now writes the engine into /etc/pki/tls/openssl.d/ (openssl.cnf
+  // includes it from Amazon Linux 2023.7 on). The real openssl decides.
+  const osRelease = path.join(dir, 'os-release-al2023');
+  fs.writeFileSync(osRelease, 'NAME="Amazon Linux"\nVERSION="2023"\nID="amzn"\nVERSION_ID="2023"\n');
+  const tls = path.join(dir, 'pki-tls');
+  fs.mkdirSync(path.join(tls, 'openssl.d'), { recursive: true });
+  const opensslConf = path.join(tls, 'openssl.cnf');
+  fs.writeFileSync(opensslConf, `openssl_conf = openssl_init\n.include ${tls}/openssl.d\n\n[openssl_init]\nproviders = provider_sect\n\n[provider_sect]\ndefault = default_sect\n\n[default_sect]\nactivate = 1\n`);
+  const finding = async () => (await doctor({ configFile: acmYaml([]), socket: path.join(dir, 'no-agent.sock'), opensslConf, osRelease, proc: fakeProc({}) })).find((x) => x.check === 'openssl.cnf')!;
+
+  const missing = await finding();
+  t.is(missing.verdict, 'fail');
+  t.is(missing.fix, `put in a new file ${tls}/openssl.d/nitro-acm.cnf (${opensslConf} includes that directory): [openssl_init] "engines = engine_section"; [engine_section] "pkcs11 = pkcs11_section"; [pkcs11_section] "engine_id = pkcs11" and "init = 1"; check with: openssl engine (it lists "(pkcs11)")`);
+
+  // Done as the fix says (and as AWS's set-up script does, in a file of its own name).
+  fs.writeFileSync(path.join(tls, 'openssl.d', 'openssl-acm.cnf'), '[openssl_init]\nengines = engine_section\n\n[engine_section]\npkcs11 = pkcs11_section\n\n[pkcs11_section]\nengine_id = pkcs11\ninit = 1\n');
+  const fixed = await finding();
+  t.is(fixed.verdict, 'ok');
+  t.regex(fixed.detail, /with what it includes\) loads the pkcs11 engine/);
+
+  // A section that names the engine but is not reached from openssl_init loads nothing.
+  fs.writeFileSync(path.join(tls, 'openssl.d', 'openssl-acm.cnf'), '[pkcs11_section]\nengine_id = pkcs11\ninit = 1\n');
+  t.is((await finding()).verdict, 'fail', 'engine_id alone is not enough');
+});
+
 test('a correct nginx configuration passes the nginx checks; a broken acm.yaml is reported with its line', async (t) => {
   const stanza = path.join(dir, 'stanza-ok.conf');
   fs.writeFileSync(stanza, '# written by nitro-acm\n');

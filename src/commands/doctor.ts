@@ -28,8 +28,8 @@ export interface DoctorOptions {
   proc?: string;
 }
 
-function run(cmd: string, args: string[], timeoutMs = 15_000): Promise<{ code: number; out: string }> {
-  return new Promise((resolve) => execFile(cmd, args, { timeout: timeoutMs, env: { ...process.env, NITRO_ACM_P11_QUIET: '1' } }, (e, stdout, stderr) => {
+function run(cmd: string, args: string[], timeoutMs = 15_000, env: NodeJS.ProcessEnv = {}): Promise<{ code: number; out: string }> {
+  return new Promise((resolve) => execFile(cmd, args, { timeout: timeoutMs, env: { ...process.env, NITRO_ACM_P11_QUIET: '1', ...env } }, (e, stdout, stderr) => {
     const code = e ? (typeof (e as { code?: unknown }).code === 'number' ? (e as { code: number }).code : 127) : 0;
     resolve({ code, out: `${stdout}${stderr}` });
   }));
@@ -133,11 +133,23 @@ async function opensslFindings(o: DoctorOptions): Promise<Finding[]> {
   let os = '';
   try { os = fs.readFileSync(o.osRelease ?? '/etc/os-release', 'utf8'); } catch { /* unknown */ }
   const al2023 = /^ID="?amzn"?$/m.test(os) && /^VERSION_ID="?2023/m.test(os);
+  // Asked of OpenSSL itself: "openssl engine" lists the engines its configuration
+  // loads at start, as nginx's OpenSSL loads them, with every .include followed
+  // (Amazon Linux 2023.7 and later include /etc/pki/tls/openssl.d/, where AWS's
+  // own set-up now puts the engine).
+  const loaded = await run('openssl', ['engine'], 15_000, { OPENSSL_CONF: conf });
+  if (/^\(pkcs11\)/m.test(loaded.out)) {
+    findings.push({ check: 'openssl.cnf', verdict: 'ok', detail: `${conf} (with what it includes) loads the pkcs11 engine` });
+    return findings;
+  }
   let text = '';
   try { text = fs.readFileSync(conf, 'utf8'); } catch { /* absent */ }
-  const configured = /^\s*engine_id\s*=\s*pkcs11\b/m.test(text) && /^\s*engines\s*=/m.test(text);
-  if (configured) findings.push({ check: 'openssl.cnf', verdict: 'ok', detail: `${conf} configures the pkcs11 engine` });
-  else findings.push({ check: 'openssl.cnf', verdict: al2023 ? 'fail' : 'ok', detail: al2023 ? `${conf} has no pkcs11 engine section; on Amazon Linux 2023 (OpenSSL 3) nginx then cannot use the enclave's keys` : `${conf} does not configure the pkcs11 engine (needed on Amazon Linux 2023 only)`, ...(al2023 ? { fix: `add to ${conf}: under [openssl_init] "engines = engine_section"; then [engine_section] "pkcs11 = pkcs11_section" and [pkcs11_section] "engine_id = pkcs11" and "init = 1"` } : {}) });
+  const includedDir = /^\s*\.include\s*=?\s*(\S+)\s*$/m.exec(text)?.[1];
+  const where = includedDir && !/\.(cnf|conf)$/.test(includedDir) ? `a new file ${path.join(includedDir, 'nitro-acm.cnf')} (${conf} includes that directory)` : conf;
+  const sections = '[openssl_init] "engines = engine_section"; [engine_section] "pkcs11 = pkcs11_section"; [pkcs11_section] "engine_id = pkcs11" and "init = 1"';
+  findings.push(al2023
+    ? { check: 'openssl.cnf', verdict: 'fail', detail: `${conf} (with what it includes) does not load the pkcs11 engine; on Amazon Linux 2023 (OpenSSL 3) nginx then cannot use the enclave's keys`, fix: `put in ${where}: ${sections}; check with: openssl engine (it lists "(pkcs11)")` }
+    : { check: 'openssl.cnf', verdict: 'ok', detail: `${conf} does not load the pkcs11 engine (needed on Amazon Linux 2023 only)` });
   return findings;
 }
 
