@@ -6,7 +6,8 @@
 import test from 'ava';
 import fs from 'node:fs';
 import path from 'node:path';
-import { doctor, nginxDirectives, processStartedAt } from '../src/commands/doctor.ts';
+import { doctor, nginxDirectives } from '../src/commands/doctor.ts';
+import { processStartedAt } from '../src/agent/process-start.ts';
 import { startControlServer } from '../src/agent/control.ts';
 import { launchNginx, freePort } from '../src/local/webservers.ts';
 import { registerWithP11Kit, P11KIT_MODULE_FILE } from '../src/local/p11kit.ts';

@@ -75,6 +75,7 @@ test.serial('faults under load: agent restarted, enclave hung, KMS unreachable d
   t.deepEqual(names.map((n) => fs.readFileSync(`${etc}/${n}.pin`, 'utf8')), pins, 'the same PINs');
   t.is(controllers.length, 2);
   t.is(controllers[1].process, undefined, 'the new agent kept the enclave app that was serving');
+  t.deepEqual(service.agent.addedTokens(), [], 'and adds no token to it: nothing would make it restart the web server');
   t.deepEqual([nginx.pid, nginx.proc.exitCode], [nginxPid, null], 'nginx not restarted');
   await serves();
 

@@ -2,6 +2,7 @@
 // a broken edit is reported with its line and column and ignored while the token
 // keeps serving; a valid edit adding a token is applied without a restart.
 import test from 'ava';
+import { spawn, execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { startService } from '../src/agent/service.ts';
@@ -22,17 +23,19 @@ test('service: serves acm.yaml, ignores a broken edit, applies a valid one', asy
   const tokenYaml = (name: string) => `  - label: ${name}\n    source:\n      S3:\n        uri: "s3://${tc.cloud.bucket()}/${name}.json"\n    target:\n      NginxStanza:\n        path: ${etc}/${name}.conf\n`;
   fs.writeFileSync(file, `log:\n  level: info\ntokens:\n${tokenYaml('one')}`);
   let reloads = 0;
+  let lastAdded: string[] = [];
   const service = await startService({
     configFile: file,
     controller: () => tc.controller(),
     endpoints: tc.endpoints,
     controlSocket: path.join(dir, 'agent.sock'),
-    reload: async () => { reloads++; },
+    reload: async (_config, added) => { reloads++; lastAdded = added.map((x) => x.label); },
   });
   t.teardown(async () => { await service.stop(); await service.agent.stop(); });
   t.is(service.agent.tokens.get('one')!.state, 'serving');
   t.true(fs.existsSync(`${etc}/one.conf`));
   t.is(reloads, 1);
+  t.deepEqual(lastAdded, ['one'], 'a token new to the enclave is new to a web server already running (the reload restarts one that predates it)');
 
   // A broken edit: reported, ignored, nothing stops.
   const stderr: string[] = [];
@@ -55,17 +58,23 @@ test('service: serves acm.yaml, ignores a broken edit, applies a valid one', asy
   t.true(fs.existsSync(`${etc}/two.conf`));
   t.is(service.agent.tokens.get('one')!.state, 'serving');
   t.is(reloads, 2);
+  t.deepEqual(lastAdded, ['one', 'two']);
 });
 
 // The production reload: `systemctl reload <service>`; with force_start (AWS's
 // nginx_force_start) a web server that is not running is started instead; the
 // web server's configuration test runs first. A stand-in systemctl and nginx
 // record what they are asked.
-test.serial('systemReload: tests the configuration, reloads a running web server, starts a stopped one only with force_start, reports a failure', async (t) => {
+test.serial('systemReload: tests the configuration, reloads a running web server, starts a stopped one only with force_start, restarts one that predates a new token, reports a failure', async (t) => {
   const bin = path.join(dir, 'bin');
   fs.mkdirSync(bin, { recursive: true });
   const calls = path.join(bin, 'calls');
-  fs.writeFileSync(path.join(bin, 'systemctl'), `#!/bin/sh\necho "$*" >> ${calls}\ncase "$1" in\n  is-active) [ -e ${bin}/active ] && exit 0; exit 3;;\n  reload) [ -e ${bin}/active ] && exit 0; echo "nginx.service is not active, cannot reload." >&2; exit 1;;\nesac\nexit 0\n`, { mode: 0o755 });
+  // The "nginx main process": a real process, so that its start time comes from /proc.
+  const master = spawn('sleep', ['600'], { stdio: 'ignore' });
+  t.teardown(() => master.kill());
+  await new Promise((r) => setTimeout(r, 100));
+  const masterStarted = Date.now();
+  fs.writeFileSync(path.join(bin, 'systemctl'), `#!/bin/sh\necho "$*" >> ${calls}\ncase "$1" in\n  show) if [ -e ${bin}/active ]; then echo ${master.pid}; else echo 0; fi; exit 0;;\n  reload) [ -e ${bin}/active ] && exit 0; echo "nginx.service is not active, cannot reload." >&2; exit 1;;\nesac\nexit 0\n`, { mode: 0o755 });
   fs.writeFileSync(path.join(bin, 'nginx'), `#!/bin/sh\necho "nginx $*" >> ${calls}\nif [ -e ${bin}/broken ]; then echo '2026/12/01 10:00:36 [emerg] 4242#4242: unknown directive "ssl_certificat" in /etc/nginx/conf.d/site.conf:7' >&2; echo 'nginx: configuration file /etc/nginx/nginx.conf test failed' >&2; exit 1; fi\nexit 0\n`, { mode: 0o755 });
   const path0 = process.env.PATH;
   process.env.PATH = `${bin}:${path0}`;
@@ -73,17 +82,102 @@ test.serial('systemReload: tests the configuration, reloads a running web server
   const { systemReload } = await import('../src/agent/service.ts');
   const { parseConfig } = await import('../src/agent/config.ts');
   const config = (extra: string) => parseConfig(`options:\n  service: nginx\n${extra}tokens: []\n`, 'acm.yaml');
-  const run = async (extra: string) => { fs.rmSync(calls, { force: true }); const r = await systemReload(config(extra)).then(() => 'ok', (e: Error) => e.message); return { r, calls: fs.readFileSync(calls, 'utf8').trim().split('\n') }; };
+  const run = async (extra: string, added: { label: string; addedAt: number }[] = []) => { fs.rmSync(calls, { force: true }); const r = await systemReload(config(extra), added).then(() => 'ok', (e: Error) => e.message); return { r, calls: fs.readFileSync(calls, 'utf8').trim().split('\n') }; };
+  const show = 'show --property=MainPID --value nginx';
 
   fs.writeFileSync(path.join(bin, 'active'), '');
-  t.deepEqual(await run('  nginx_force_start: true\n'), { r: 'ok', calls: ['is-active --quiet nginx', 'nginx -t -q', 'reload nginx'] }, 'running: tested, reloaded');
+  t.deepEqual(await run('  nginx_force_start: true\n'), { r: 'ok', calls: [show, 'nginx -t -q', 'reload nginx'] }, 'running: tested, reloaded');
+  t.deepEqual(await run('', [{ label: 'old', addedAt: masterStarted - 60_000 }]), { r: 'ok', calls: [show, 'nginx -t -q', 'reload nginx'] }, 'a token nginx had when it started: reloaded');
+  t.deepEqual(await run('', [{ label: 'old', addedAt: masterStarted - 60_000 }, { label: 'new', addedAt: masterStarted + 1000 }]), { r: 'ok', calls: [show, 'nginx -t -q', 'restart nginx'] }, 'a token added after nginx started: restarted');
+  t.deepEqual(await run('  restart_for_new_tokens: false\n', [{ label: 'new', addedAt: masterStarted + 1000 }]), { r: 'ok', calls: [show, 'nginx -t -q', 'reload nginx'] }, 'restart_for_new_tokens off: reloaded');
   fs.writeFileSync(path.join(bin, 'broken'), '');
-  t.deepEqual(await run(''), { r: '"nginx -t -q" failed, so nginx was not reloaded: [emerg] unknown directive "ssl_certificat" in /etc/nginx/conf.d/site.conf:7', calls: ['nginx -t -q'] }, 'a configuration nginx rejects: not reloaded, and the error names the file and line');
+  t.deepEqual(await run(''), { r: '"nginx -t -q" failed, so nginx was not reloaded: [emerg] unknown directive "ssl_certificat" in /etc/nginx/conf.d/site.conf:7', calls: [show, 'nginx -t -q'] }, 'a configuration nginx rejects: not reloaded, and the error names the file and line');
+  t.deepEqual(await run('', [{ label: 'new', addedAt: masterStarted + 1000 }]), { r: '"nginx -t -q" failed, so nginx was not restarted: [emerg] unknown directive "ssl_certificat" in /etc/nginx/conf.d/site.conf:7', calls: [show, 'nginx -t -q'] }, 'nor restarted: a restart on a broken configuration would stop every site');
   t.deepEqual(await run('  reload_command: "systemctl reload nginx"\n'), { r: 'ok', calls: ['reload nginx'] }, 'an operator\'s reload_command runs as it is');
   fs.rmSync(path.join(bin, 'broken'));
   fs.rmSync(path.join(bin, 'active'));
-  t.deepEqual(await run('  nginx_force_start: true\n'), { r: 'ok', calls: ['is-active --quiet nginx', 'nginx -t -q', 'start nginx'] }, 'stopped, force_start: started');
+  t.deepEqual(await run('  nginx_force_start: true\n', [{ label: 'new', addedAt: masterStarted + 1000 }]), { r: 'ok', calls: [show, 'nginx -t -q', 'start nginx'] }, 'stopped, force_start: started');
   const off = await run('');
-  t.deepEqual(off.calls, ['nginx -t -q', 'reload nginx'], 'stopped, no force_start: only a reload is tried');
+  t.deepEqual(off.calls, [show, 'nginx -t -q', 'reload nginx'], 'stopped, no force_start: only a reload is tried');
   t.is(off.r, '"systemctl reload nginx" failed: nginx.service is not active, cannot reload.');
+});
+
+// What an operator of AWS's ACM for Nitro Enclaves does to add a certificate:
+// a token in acm.yaml and a server block in nginx.conf. Real nginx under a
+// stand-in systemctl that does what systemd would (show MainPID, reload by
+// SIGHUP, restart = graceful stop and start): the agent restarts nginx once,
+// because nginx's main process predates the token, and only reloads after that.
+test.serial('adding a certificate to a running nginx: the agent restarts it once and both names are served; a renewal after that only reloads', async (t) => {
+  const { freePort, handshake, fingerprintOf, waitForPort } = await import('../src/local/webservers.ts');
+  const { registerWithP11Kit } = await import('../src/local/p11kit.ts');
+  const root = path.join(dir, 'add');
+  const etc = path.join(root, 'etc');
+  const prefix = path.join(root, 'nginx');
+  const bin = path.join(root, 'bin');
+  for (const d of [etc, path.join(prefix, 'tmp'), bin]) fs.mkdirSync(d, { recursive: true });
+  const certs: Record<string, string> = {};
+  for (const name of ['first', 'second']) certs[name] = await tc.publish(tc.cloud.bucket(), `add-${name}.json`, [`${name}.test`]);
+  const tokenYaml = (name: string) => `  - label: ${name}\n    source:\n      S3:\n        uri: "s3://${tc.cloud.bucket()}/add-${name}.json"\n    target:\n      NginxStanza:\n        path: ${etc}/${name}.conf\n`;
+  const acmYaml = path.join(root, 'acm.yaml');
+  fs.writeFileSync(acmYaml, `options:\n  service: nginx\ntokens:\n${tokenYaml('first')}`);
+  const port = await freePort();
+  const conf = path.join(prefix, 'nginx.conf');
+  const nginxConf = (names: string[]) => `worker_processes 1;\nerror_log ${prefix}/error.log notice;\npid ${prefix}/nginx.pid;\nssl_engine pkcs11;\nenv NITRO_ACM_KEY_ADDRESS;\nevents { worker_connections 64; }\nhttp {\n  access_log off;\n  client_body_temp_path ${prefix}/tmp;\n${names.map((n) => `  server {\n    listen 127.0.0.1:${port} ssl;\n    server_name ${n}.test;\n    include ${etc}/${n}.conf;\n  }\n`).join('')}}\n`;
+
+  const calls = path.join(bin, 'calls');
+  const pidFile = path.join(prefix, 'nginx.pid');
+  const nginxCmd = `/usr/sbin/nginx -p ${prefix} -c ${conf} -e ${prefix}/error.log`;
+  fs.writeFileSync(path.join(bin, 'nginx'), `#!/bin/sh\nexec ${nginxCmd} "$@"\n`, { mode: 0o755 });
+  fs.writeFileSync(path.join(bin, 'systemctl'), `#!/bin/sh
+echo "$*" >> ${calls}
+pid=$(cat ${pidFile} 2>/dev/null)
+case "$1" in
+  show) if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then echo "$pid"; else echo 0; fi;;
+  reload) kill -HUP "$pid";;
+  restart) kill -QUIT "$pid"; while kill -0 "$pid" 2>/dev/null; do sleep 0.05; done; ${nginxCmd};;
+  *) exit 1;;
+esac
+`, { mode: 0o755 });
+  const path0 = process.env.PATH;
+  process.env.PATH = `${bin}:${path0}`;
+  t.teardown(() => { process.env.PATH = path0; });
+
+  const service = await startService({ configFile: acmYaml, controller: () => tc.controller(), endpoints: tc.endpoints, controlSocket: false });
+  t.teardown(async () => { await service.stop(); await service.agent.stop(); });
+  process.env.NITRO_ACM_KEY_ADDRESS = service.agent.enclaveEndpoints!.keyAddress;
+  t.teardown(() => { delete process.env.NITRO_ACM_KEY_ADDRESS; });
+  registerWithP11Kit();
+  fs.writeFileSync(conf, nginxConf(['first']));
+  // nginx starts after the agent, as systemd orders them, and as a daemon, as under systemd.
+  execFileSync('/bin/sh', ['-c', nginxCmd]);
+  t.teardown(() => { try { process.kill(Number(fs.readFileSync(pidFile, 'utf8')), 'SIGQUIT'); } catch { /* gone */ } });
+  await waitForPort(port);
+  const hs = (name: string) => handshake(port, { servername: `${name}.test`, ca: tc.ca.certPem, timeoutMs: 5000 });
+  const masterBefore = fs.readFileSync(pidFile, 'utf8').trim();
+  t.is((await hs('first')).fingerprint256, fingerprintOf(certs.first));
+
+  // The operator adds the certificate: a server block in nginx.conf, a token in acm.yaml.
+  fs.writeFileSync(conf, nginxConf(['first', 'second']));
+  fs.rmSync(calls, { force: true });
+  fs.writeFileSync(acmYaml, `options:\n  service: nginx\ntokens:\n${tokenYaml('first')}${tokenYaml('second')}`);
+  const until = Date.now() + 20_000;
+  while (!fs.existsSync(calls) || !fs.readFileSync(calls, 'utf8').includes('restart')) {
+    if (Date.now() > until) { t.fail(`no restart: ${fs.existsSync(calls) ? fs.readFileSync(calls, 'utf8') : 'systemctl not called'}`); return; }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  await service.idle();
+  t.deepEqual(fs.readFileSync(calls, 'utf8').trim().split('\n'), ['show --property=MainPID --value nginx', 'restart nginx']);
+  t.not(fs.readFileSync(pidFile, 'utf8').trim(), masterBefore, 'a new nginx main process');
+  t.is((await hs('second')).fingerprint256, fingerprintOf(certs.second), 'the added certificate is served');
+  t.is((await hs('first')).fingerprint256, fingerprintOf(certs.first), 'and the first one still');
+
+  // A renewal after that: a reload, the same main process.
+  const masterAfter = fs.readFileSync(pidFile, 'utf8').trim();
+  fs.rmSync(calls, { force: true });
+  const renewed = await tc.publish(tc.cloud.bucket(), 'add-second.json', ['second.test']);
+  t.deepEqual(await service.queue('sync', () => service.agent.sync()), ['second']);
+  t.deepEqual(fs.readFileSync(calls, 'utf8').trim().split('\n'), ['show --property=MainPID --value nginx', 'reload nginx']);
+  for (const end = Date.now() + 10_000; (await hs('second')).fingerprint256 !== fingerprintOf(renewed) && Date.now() < end;) await new Promise((r) => setTimeout(r, 100));
+  t.is((await hs('second')).fingerprint256, fingerprintOf(renewed));
+  t.is(fs.readFileSync(pidFile, 'utf8').trim(), masterAfter, 'reloaded, not restarted');
 });

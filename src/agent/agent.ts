@@ -89,7 +89,7 @@ export interface AgentOptions {
   config: AcmConfig;
   enclave: EnclaveController;
   endpoints?: Endpoints;
-  /** Reloads the web server gracefully (never a restart). */
+  /** Reloads the web server gracefully (the service restarts it instead for a token it cannot load otherwise: addedTokens()). */
   reload: () => Promise<void>;
   /** Attempts per operation before a token is marked failed (with backoff and jitter). */
   retries?: number;
@@ -163,7 +163,10 @@ export class Agent {
     this.ctx = await withRetries('IMDS', this.retries, () => instanceContext(this.o.endpoints));
     log.info(`instance ${this.ctx.instanceId} in ${this.ctx.region}, role ${this.ctx.roleArn}`);
     await this.startEnclave();
-    for (const t of this.o.config.tokens) this.tokens.set(t.label, { config: t, pin: pinFor(t), state: 'pending' });
+    // Tokens the enclave does not have yet are new to a web server already running, too.
+    const present = await this.call<{ tokens: TokenDescription[] }>('describe').then((r) => new Set(r.tokens.map((x) => x.label)), () => undefined);
+    const now = Date.now();
+    for (const t of this.o.config.tokens) this.tokens.set(t.label, { config: t, pin: pinFor(t), state: 'pending', ...(present && !present.has(t.label) ? { addedAt: now } : {}) });
     await this.provisionAll('add');
     if ([...this.tokens.values()].some((t) => t.state === 'serving')) await this.o.reload();
   }
@@ -377,13 +380,7 @@ export class Agent {
       this.tokens.set(tc.label, t);
       work.push({ t, op: added.includes(tc.label) ? 'add' : 'update' });
     }
-    for (const t of await this.provisionMany(work)) {
-      if (!added.includes(t.config.label)) continue;
-      // libp11 (the OpenSSL pkcs11 engine) reads the token list once, when the
-      // web server's main process starts; a reload does not read it again.
-      const svc = next.options.service;
-      log.token(t.config.label).warn(`added: ${svc} serves it once its main process starts afresh (systemctl restart ${svc}); a reload cannot load a token that did not exist when ${svc} started`);
-    }
+    await this.provisionMany(work);
     if (added.length || changed.length) await this.o.reload();
     // Removed tokens leave the enclave only after the reload had time to retire the
     // workers that still use them (a new token may have taken over their stanza).
@@ -394,6 +391,15 @@ export class Agent {
       log.token(l).info('removed from acm.yaml: dropped from the enclave (its files are left in place)');
     }
     return { added, removed, changed };
+  }
+
+  /**
+   * Serving tokens this agent added to the enclave, and when: a web server whose
+   * main process started before then cannot load them by a reload (libp11, the
+   * OpenSSL pkcs11 engine, reads the token list once, when that process starts).
+   */
+  addedTokens(): { label: string; addedAt: number }[] {
+    return [...this.tokens.values()].filter((t) => t.state === 'serving' && t.addedAt !== undefined).map((t) => ({ label: t.config.label, addedAt: t.addedAt! }));
   }
 
   /** Every token as the agent and the enclave see it; never a PIN or a key. */

@@ -16,7 +16,7 @@ export interface TokenConfig { label: string; pin?: string; source: Source; targ
 export interface AcmConfig {
   enclave: { cpu_count: number; memory_mib: number; image_path: string; boot_timeout_ms: number; p11kit_port: number; rpc_port: number; attestation_retry_count: number };
   log: { level: 'error' | 'warn' | 'info' | 'debug'; enable_timestamp: boolean };
-  options: { service: 'nginx' | 'httpd'; force_start: boolean; reload_wait_ms: number; sync_interval_secs: number; reload_command?: string; pin_in_config: boolean };
+  options: { service: 'nginx' | 'httpd'; force_start: boolean; reload_wait_ms: number; sync_interval_secs: number; reload_command?: string; pin_in_config: boolean; restart_for_new_tokens: boolean };
   tokens: TokenConfig[];
 }
 
@@ -30,7 +30,7 @@ export class ConfigError extends Error {
 const DEFAULTS: Omit<AcmConfig, 'tokens'> = {
   enclave: { cpu_count: 2, memory_mib: 256, image_path: '/usr/share/nitro_enclaves/nitro-acm/nitro-acm.eif', boot_timeout_ms: 5000, p11kit_port: 9999, rpc_port: 10000, attestation_retry_count: 5 },
   log: { level: 'info', enable_timestamp: true },
-  options: { service: 'nginx', force_start: false, reload_wait_ms: 1000, sync_interval_secs: 600, pin_in_config: false },
+  options: { service: 'nginx', force_start: false, reload_wait_ms: 1000, sync_interval_secs: 600, pin_in_config: false, restart_for_new_tokens: true },
 };
 
 type Kind = 'int' | 'bool' | 'string' | 'abs-path';
@@ -47,7 +47,7 @@ const SCHEMA: Record<'enclave' | 'log' | 'options', Record<string, Field>> = {
     service: { kind: 'string', oneOf: ['nginx', 'httpd'] }, force_start: { kind: 'bool' }, nginx_force_start: { kind: 'bool', aliasOf: 'force_start' },
     reload_wait_ms: { kind: 'int', min: 0, max: 600_000 }, nginx_reload_wait_ms: { kind: 'int', min: 0, max: 600_000, aliasOf: 'reload_wait_ms' },
     sync_interval_secs: { kind: 'int', min: 10, max: 86_400 * 7 },
-    reload_command: { kind: 'string' }, pin_in_config: { kind: 'bool' },
+    reload_command: { kind: 'string' }, pin_in_config: { kind: 'bool' }, restart_for_new_tokens: { kind: 'bool' },
   },
 };
 

@@ -12,13 +12,15 @@ import type { Endpoints } from './aws.ts';
 import { runEnclave, describeEnclaves, terminateEnclave } from './nitro-cli.ts';
 import { ProvisionClient } from '../shared/provision-wire.ts';
 import { parseAddress } from '../shared/address.ts';
+import { processStartedAt } from './process-start.ts';
 import { startControlServer, DEFAULT_CONTROL_SOCKET, type ControlHandler, type ControlServer } from './control.ts';
 
 export interface ServiceOptions {
   configFile: string;
   controller: (config: AcmConfig) => EnclaveController;
   endpoints?: Endpoints;
-  reload?: (config: AcmConfig) => Promise<void>;
+  /** Reloads (or starts, or restarts) the web server; default systemReload. */
+  reload?: (config: AcmConfig, added: AddedToken[]) => Promise<void>;
   healthIntervalMs?: number;
   /** The control socket for `nitro-acm status` (default /run/nitro-acm/agent.sock); false for none. */
   controlSocket?: string | false;
@@ -39,8 +41,8 @@ export interface RunningService {
   idle(): Promise<void>;
 }
 
-function sh(cmd: string): Promise<{ ok: boolean; code?: number | string | null; stderr: string; message: string }> {
-  return new Promise((resolve) => execFile('/bin/sh', ['-c', cmd], { timeout: 60_000 }, (err, _out, stderr) => resolve({ ok: !err, code: err?.code, stderr: stderr.trim(), message: err?.message ?? '' })));
+function sh(cmd: string): Promise<{ ok: boolean; code?: number | string | null; stdout: string; stderr: string; message: string }> {
+  return new Promise((resolve) => execFile('/bin/sh', ['-c', cmd], { timeout: 60_000 }, (err, stdout, stderr) => resolve({ ok: !err, code: err?.code, stdout: stdout.trim(), stderr: stderr.trim(), message: err?.message ?? '' })));
 }
 
 /**
@@ -59,27 +61,44 @@ function configTestErrors(stderr: string): string {
     .join('; ');
 }
 
+/** A token the agent added to the enclave, and when (Agent.addedTokens). */
+export interface AddedToken { label: string; addedAt: number }
+
 /**
- * `options.reload_command`, else `systemctl reload <service>`: a graceful reload,
- * never a restart. With `force_start` (AWS's `nginx_force_start`), a web server
- * that is not running is started instead, as AWS's agent does.
+ * `options.reload_command`, else `systemctl reload <service>`: a graceful reload.
+ * With `force_start` (AWS's `nginx_force_start`), a web server that is not running
+ * is started instead, as AWS's agent does. A web server whose main process started
+ * before a token was added is restarted instead, once, as AWS's agent does when it
+ * provisions a token (`restart_for_new_tokens`, default on): the OpenSSL pkcs11
+ * engine reads the token list when that process starts, and a reload cannot load
+ * a token it did not see. Renewals only ever reload.
  */
-export async function systemReload(config: AcmConfig): Promise<void> {
+export async function systemReload(config: AcmConfig, added: AddedToken[] = []): Promise<void> {
   const svc = config.options.service;
-  let cmd = config.options.reload_command ?? `systemctl reload ${svc}`;
-  if (config.options.force_start && !config.options.reload_command && !(await sh(`systemctl is-active --quiet ${svc}`)).ok) {
-    cmd = `systemctl start ${svc}`;
-    log.warn(`${svc} is not running: starting it (options.force_start)`);
-  }
+  const done = { reload: 'reloaded', start: 'started', restart: 'restarted' } as const;
+  let action: keyof typeof done = 'reload';
   if (!config.options.reload_command) {
+    const pid = Number((await sh(`systemctl show --property=MainPID --value ${svc}`)).stdout) || 0;
+    const startedAt = pid ? processStartedAt(pid) : undefined;
+    const unseen = startedAt === undefined ? [] : added.filter((t) => t.addedAt > startedAt).map((t) => t.label);
+    if (!pid && config.options.force_start) {
+      action = 'start';
+      log.warn(`${svc} is not running: starting it (options.force_start)`);
+    } else if (unseen.length && config.options.restart_for_new_tokens) {
+      action = 'restart';
+      log.warn(`restarting ${svc} once (options.restart_for_new_tokens): ${unseen.join(', ')} added after its main process (pid ${pid}) started, and a reload cannot load a token that process did not see`);
+    } else if (unseen.length) {
+      log.warn(`${unseen.join(', ')} added after ${svc}'s main process (pid ${pid}) started: a reload cannot load ${unseen.length > 1 ? 'them' : 'it'}; systemctl restart ${svc} once (options.restart_for_new_tokens is off)`);
+    }
     const test = CONFIG_TEST[svc];
     const t = await sh(test);
     // 127: not installed under that name (a web server built elsewhere); the reload still goes.
-    if (!t.ok && t.code !== 127) throw new Error(`"${test}" failed, so ${svc} was not reloaded: ${configTestErrors(t.stderr) || t.message}`);
+    if (!t.ok && t.code !== 127) throw new Error(`"${test}" failed, so ${svc} was not ${done[action]}: ${configTestErrors(t.stderr) || t.message}`);
   }
+  const cmd = config.options.reload_command ?? `systemctl ${action} ${svc}`;
   const r = await sh(cmd);
   if (!r.ok) throw new Error(`"${cmd}" failed: ${r.stderr || r.message}`);
-  log.info(`${cmd.startsWith('systemctl start') ? 'started' : 'reloaded'} the web server (${cmd})`);
+  log.info(`${done[action]} the web server (${cmd})`);
 }
 
 export async function startService(o: ServiceOptions): Promise<RunningService> {
@@ -93,7 +112,7 @@ export async function startService(o: ServiceOptions): Promise<RunningService> {
   const webServer: WebServerState = { reloadPending: false, configFile: o.webServerConfig };
   const doReload = async () => {
     try {
-      await reload(config);
+      await reload(config, agent.addedTokens());
       Object.assign(webServer, { reloadPending: false, lastReload: new Date().toISOString(), error: undefined });
     } catch (e) {
       Object.assign(webServer, { reloadPending: true, error: (e as Error).message });
@@ -150,8 +169,9 @@ export async function startService(o: ServiceOptions): Promise<RunningService> {
         if (e instanceof ConfigError) { log.error(`${e.message}; the edit is ignored and everything keeps serving`); return; }
         throw e;
       }
-      const d = await agent.applyConfig(next);
+      // Before the diff is applied: the reload it ends with follows the edited options.
       config = next;
+      const d = await agent.applyConfig(next);
       log.info(`${o.configFile} applied: ${d.added.length} added, ${d.removed.length} removed, ${d.changed.length} changed`);
     });
   });

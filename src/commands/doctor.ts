@@ -4,6 +4,7 @@
 // control socket.
 import fs from 'node:fs';
 import path from 'node:path';
+import { processStartedAt } from '../agent/process-start.ts';
 import { execFile } from 'node:child_process';
 import { loadConfig, ConfigError, DEFAULT_CONFIG, type AcmConfig, type TokenConfig } from '../agent/config.ts';
 import { companionFiles, owner, type TargetSpec } from '../agent/targets.ts';
@@ -54,15 +55,6 @@ export function nginxDirectives(dump: string): { name: string; args: string[]; b
   return out;
 }
 
-/** When a process started (ms since the epoch), from /proc; undefined if it is not running. */
-export function processStartedAt(pid: number, proc = '/proc'): number | undefined {
-  try {
-    const stat = fs.readFileSync(path.join(proc, String(pid), 'stat'), 'utf8');
-    const ticks = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19]); // field 22, starttime
-    const btime = Number(/^btime (\d+)$/m.exec(fs.readFileSync(path.join(proc, 'stat'), 'utf8'))![1]);
-    return btime * 1000 + ticks * 10; // USER_HZ is 100 for /proc on Linux
-  } catch { return undefined; }
-}
 
 async function nginxFindings(c: AcmConfig, o: DoctorOptions, running: StatusReport | Error): Promise<Finding[]> {
   const stanzas = c.tokens.filter((t) => 'NginxStanza' in t.target).map((t) => ({ label: t.label, file: spec(t).path }));

@@ -150,10 +150,11 @@ function tryConnect(port: number): Promise<boolean> {
   });
 }
 
-async function waitForPort(port: number, proc: ChildProcess, log: () => string): Promise<void> {
+/** Waits until something listens on the port; a server process given that exits first fails it at once. */
+export async function waitForPort(port: number, proc?: ChildProcess, log: () => string = () => ''): Promise<void> {
   const end = Date.now() + 20_000;
   while (!(await tryConnect(port))) {
-    if (proc.exitCode !== null) throw new Error(`server exited (${proc.exitCode}): ${log()}`);
+    if (proc && proc.exitCode !== null) throw new Error(`server exited (${proc.exitCode}): ${log()}`);
     if (Date.now() > end) throw new Error(`server did not listen on ${port}: ${log()}`);
     await new Promise((r) => setTimeout(r, 50));
   }
