@@ -11,7 +11,7 @@ import { ProvisionClient, type TokenDescription } from '../src/shared/provision-
 import { parseAddress } from '../src/shared/address.ts';
 import { parseConfig } from '../src/agent/config.ts';
 import { registerWithP11Kit } from '../src/local/p11kit.ts';
-import { launchNginx, freePort, handshake, fingerprintOf, type RunningServer } from '../src/local/webservers.ts';
+import { launchNginx, freePort, handshake, fingerprintOf, servedSteadily, type RunningServer } from '../src/local/webservers.ts';
 import { render } from '../src/templates.ts';
 import { tmpdir } from './helpers/enclave.ts';
 import { startTestCloud, type TestCloud } from './helpers/cloud.ts';
@@ -125,8 +125,7 @@ tokens:
   t.is(await describeCurrent(), fingerprintOf(stalled));
   const stalledBefore = renewed;
   renewed = stalled;
-  for (const until = Date.now() + 10_000; (await hs('acm.test')).fingerprint256 !== fingerprintOf(renewed) && Date.now() < until;) await new Promise((r) => setTimeout(r, 100));
-  const served = (await hs('acm.test')).fingerprint256;
+  const served = await servedSteadily(port, { servername: 'acm.test', ca: tc.ca.certPem, timeoutMs: 5000 }, fingerprintOf(renewed));
   const which = new Map([[fingerprintOf(acmCert), 'the first'], [fingerprintOf(renewed), 'the retried'], [fingerprintOf(stalledBefore), 'the one before the stall']]);
   t.is(served, fingerprintOf(renewed), `and nginx serves it (it serves ${which.get(served) ?? 'an unknown'} certificate): ${nginx.errorLog().slice(-1500)}`);
 

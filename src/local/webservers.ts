@@ -244,6 +244,23 @@ export function handshake(port: number, o: TlsProbeOptions): Promise<Handshake> 
   });
 }
 
+/**
+ * Handshakes until `inARow` in a row present the certificate with `fingerprint`,
+ * or `timeoutMs` passes; returns what the last handshake presented (or its
+ * error), for the caller to assert on. One match is not enough after a graceful
+ * reload: a worker of the previous generation can still accept a connection or
+ * two while it shuts down, and serves the previous certificate.
+ */
+export async function servedSteadily(port: number, o: TlsProbeOptions, fingerprint: string, { inARow = 5, timeoutMs = 10_000 } = {}): Promise<string> {
+  let last = '';
+  for (let streak = 0, end = Date.now() + timeoutMs; streak < inARow && Date.now() < end;) {
+    last = await handshake(port, o).then((h) => h.fingerprint256, (e: Error) => `handshake failed: ${e.message}`);
+    streak = last === fingerprint ? streak + 1 : 0;
+    if (streak === 0) await new Promise((r) => setTimeout(r, 100));
+  }
+  return last;
+}
+
 export function fingerprintOf(certPem: string): string {
   return new crypto.X509Certificate(certPem).fingerprint256;
 }
