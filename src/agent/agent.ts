@@ -85,6 +85,9 @@ function certificateFacts(pem: string): Pick<TokenStatus, 'subject' | 'sans' | '
 
 const iso = (t?: number) => (t === undefined ? undefined : new Date(t).toISOString());
 
+/** A token the agent added to the enclave, and when (Agent.addedTokens). */
+export interface AddedToken { label: string; addedAt: number }
+
 export interface AgentOptions {
   config: AcmConfig;
   enclave: EnclaveController;
@@ -398,7 +401,7 @@ export class Agent {
    * main process started before then cannot load them by a reload (libp11, the
    * OpenSSL pkcs11 engine, reads the token list once, when that process starts).
    */
-  addedTokens(): { label: string; addedAt: number }[] {
+  addedTokens(): AddedToken[] {
     return [...this.tokens.values()].filter((t) => t.state === 'serving' && t.addedAt !== undefined).map((t) => ({ label: t.config.label, addedAt: t.addedAt! }));
   }
 

@@ -7,7 +7,7 @@ import { execFile } from 'node:child_process';
 import chokidar from 'chokidar';
 import { log, configureLog } from '../shared/log.ts';
 import { loadConfig, ConfigError, type AcmConfig } from './config.ts';
-import { Agent, type EnclaveController, type EnclaveEndpoints } from './agent.ts';
+import { Agent, type AddedToken, type EnclaveController, type EnclaveEndpoints } from './agent.ts';
 import type { Endpoints } from './aws.ts';
 import { runEnclave, describeEnclaves, terminateEnclave } from './nitro-cli.ts';
 import { ProvisionClient } from '../shared/provision-wire.ts';
@@ -60,9 +60,6 @@ function configTestErrors(stderr: string): string {
     .map((l) => l.replace(/^\d{4}\/\d\d\/\d\d [\d:]+ (\[\w+\]) \d+#\d+: /, '$1 '))
     .join('; ');
 }
-
-/** A token the agent added to the enclave, and when (Agent.addedTokens). */
-export interface AddedToken { label: string; addedAt: number }
 
 /**
  * `options.reload_command`, else `systemctl reload <service>`: a graceful reload.
