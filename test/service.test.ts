@@ -102,6 +102,15 @@ test.serial('systemReload: tests the configuration, reloads a running web server
   t.is(off.r, '"systemctl reload nginx" failed: nginx.service is not active, cannot reload.');
 });
 
+test('a failed configuration test is reported on one line, each line once, without a PIN', async (t) => {
+  const { webServerErrors } = await import('../src/agent/service.ts');
+  // What nginx -t -q prints for a stanza whose token is gone, with the PIN in the URI (pin_in_config).
+  const stderr = 'No matching initialized token was found for private key\nNo matching initialized token was found for private key\nThe private key was not found at: pkcs11:token=gone;id=%01;type=private?pin-value=s3cr3t-PIN\nPKCS11_get_private_key returned NULL\n2026/12/01 10:00:36 [emerg] 4242#4242: cannot load certificate key "engine:pkcs11:pkcs11:token=gone;id=%01;type=private?pin-value=s3cr3t-PIN": ENGINE_load_private_key() failed\nnginx: configuration file /etc/nginx/nginx.conf test failed\n';
+  const line = webServerErrors(stderr);
+  t.false(line.includes('s3cr3t-PIN'), line);
+  t.is(line, 'No matching initialized token was found for private key; The private key was not found at: pkcs11:token=gone;id=%01;type=private?pin-value=(hidden); PKCS11_get_private_key returned NULL; [emerg] cannot load certificate key "engine:pkcs11:pkcs11:token=gone;id=%01;type=private?pin-value=(hidden)": ENGINE_load_private_key() failed');
+});
+
 // What an operator of AWS's ACM for Nitro Enclaves does to add a certificate:
 // a token in acm.yaml and a server block in nginx.conf. Real nginx under a
 // stand-in systemctl that does what systemd would (show MainPID, reload by

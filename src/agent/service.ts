@@ -53,11 +53,15 @@ function sh(cmd: string): Promise<{ ok: boolean; code?: number | string | null; 
  */
 const CONFIG_TEST = { nginx: 'nginx -t -q', httpd: 'apachectl -t' } as const;
 
-/** The lines of a failed configuration test that say what is wrong, on one line, without nginx's timestamp and pid. */
-function configTestErrors(stderr: string): string {
-  return stderr.split('\n')
+/**
+ * What a failed configuration test or reload printed, on one line,
+ * without nginx's timestamp and pid, and without a PIN: the engine repeats a key
+ * URI it cannot load, pin-value= included (options.pin_in_config).
+ */
+export function webServerErrors(stderr: string): string {
+  return [...new Set(stderr.split('\n'))]
     .filter((l) => l.trim() && !/test failed$/.test(l))
-    .map((l) => l.replace(/^\d{4}\/\d\d\/\d\d [\d:]+ (\[\w+\]) \d+#\d+: /, '$1 '))
+    .map((l) => l.replace(/^\d{4}\/\d\d\/\d\d [\d:]+ (\[\w+\]) \d+#\d+: /, '$1 ').replace(/pin-value=[^;&"'\s]*/g, 'pin-value=(hidden)'))
     .join('; ');
 }
 
@@ -90,11 +94,11 @@ export async function systemReload(config: AcmConfig, added: AddedToken[] = []):
     const test = CONFIG_TEST[svc];
     const t = await sh(test);
     // 127: not installed under that name (a web server built elsewhere); the reload still goes.
-    if (!t.ok && t.code !== 127) throw new Error(`"${test}" failed, so ${svc} was not ${done[action]}: ${configTestErrors(t.stderr) || t.message}`);
+    if (!t.ok && t.code !== 127) throw new Error(`"${test}" failed, so ${svc} was not ${done[action]}: ${webServerErrors(t.stderr) || t.message}`);
   }
   const cmd = config.options.reload_command ?? `systemctl ${action} ${svc}`;
   const r = await sh(cmd);
-  if (!r.ok) throw new Error(`"${cmd}" failed: ${r.stderr || r.message}`);
+  if (!r.ok) throw new Error(`"${cmd}" failed: ${webServerErrors(r.stderr) || r.message}`);
   log.info(`${done[action]} the web server (${cmd})`);
 }
 

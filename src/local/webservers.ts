@@ -245,18 +245,22 @@ export function handshake(port: number, o: TlsProbeOptions): Promise<Handshake> 
 }
 
 /**
- * Handshakes until `inARow` in a row present the certificate with `fingerprint`,
- * or `timeoutMs` passes; returns what the last handshake presented (or its
- * error), for the caller to assert on. One match is not enough after a graceful
- * reload: a worker of the previous generation can still accept a connection or
- * two while it shuts down, and serves the previous certificate.
+ * Handshakes until the certificate with `fingerprint` has been presented every
+ * time for `steadyMs` (and at least 3 times), or `timeoutMs` passes; returns what
+ * the last handshake presented (or its error), for the caller to assert on. One
+ * match is not enough after a graceful reload: nginx starts the new workers, waits
+ * 100 ms, then tells the old ones to stop, and until then either may accept a
+ * connection, the old ones with the previous certificate (httpd's graceful
+ * restart overlaps likewise).
  */
-export async function servedSteadily(port: number, o: TlsProbeOptions, fingerprint: string, { inARow = 5, timeoutMs = 10_000 } = {}): Promise<string> {
+export async function servedSteadily(port: number, o: TlsProbeOptions, fingerprint: string, { steadyMs = 1000, timeoutMs = 15_000 } = {}): Promise<string> {
   let last = '';
-  for (let streak = 0, end = Date.now() + timeoutMs; streak < inARow && Date.now() < end;) {
+  for (let since = 0, streak = 0, end = Date.now() + timeoutMs; Date.now() < end;) {
     last = await handshake(port, o).then((h) => h.fingerprint256, (e: Error) => `handshake failed: ${e.message}`);
-    streak = last === fingerprint ? streak + 1 : 0;
-    if (streak === 0) await new Promise((r) => setTimeout(r, 100));
+    if (last !== fingerprint) { streak = 0; await new Promise((r) => setTimeout(r, 100)); continue; }
+    if (streak++ === 0) since = Date.now();
+    if (streak >= 3 && Date.now() - since >= steadyMs) break;
+    await new Promise((r) => setTimeout(r, 50));
   }
   return last;
 }
