@@ -4,8 +4,8 @@
 // control socket.
 import fs from 'node:fs';
 import path from 'node:path';
-import { processStartedAt } from '../agent/process-start.ts';
 import { execFile } from 'node:child_process';
+import { processStartedAt } from '../agent/process-start.ts';
 import { loadConfig, ConfigError, DEFAULT_CONFIG, type AcmConfig, type TokenConfig } from '../agent/config.ts';
 import { companionFiles, owner, type TargetSpec } from '../agent/targets.ts';
 import { controlCall } from '../agent/control.ts';
@@ -54,7 +54,6 @@ export function nginxDirectives(dump: string): { name: string; args: string[]; b
   }
   return out;
 }
-
 
 async function nginxFindings(c: AcmConfig, o: DoctorOptions, running: StatusReport | Error): Promise<Finding[]> {
   const stanzas = c.tokens.filter((t) => 'NginxStanza' in t.target).map((t) => ({ label: t.label, file: spec(t).path }));
