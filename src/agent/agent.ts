@@ -39,7 +39,7 @@ export interface TokenState {
   error?: string;
   lastSync?: number;
   lastRefresh?: number;
-  /** When an edit of acm.yaml added it while the agent ran (web servers started before cannot load it). */
+  /** When this agent added it to the enclave (an edit of acm.yaml, or a start that found the enclave without it): a web server started before cannot load it. */
   addedAt?: number;
 }
 
@@ -57,7 +57,7 @@ export interface TokenStatus {
   fingerprint256?: string;
   lastSync?: string;
   lastRefresh?: string;
-  /** Set when an edit of acm.yaml added the token while the agent ran. */
+  /** When this agent added the token to the enclave (see TokenState.addedAt). */
   addedAt?: string;
   /** From the enclave: whether it holds the token, when it last re-attested, old keys still in their grace period. */
   inEnclave: boolean;
