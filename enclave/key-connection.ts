@@ -3,42 +3,101 @@
 // them, so the enclave app's main event loop (provisioning, health) never waits
 // on RSA, and a request costs no further hand-off between threads.
 import type net from 'node:net';
+import { PinThrottle, FREE_ATTEMPTS } from './pin-throttle.ts';
 import { FrameSplitter, FrameTooLarge } from '../src/shared/framing.ts';
 import { DecodeError } from '../src/shared/bytes.ts';
 import { CKR, P11Error } from '../src/shared/pkcs11-rv.ts';
-import { KEY_WIRE_VERSION, MAX_REQUEST, Op, REQUEST_HEADER, decodeRequest, encodeResponse, readRequestHeader, type Request } from '../src/shared/key-wire.ts';
+import { KEY_WIRE_VERSION, MAX_REQUEST, Op, REQUEST_HEADER, decodeRequest, encodeResponseHead, readRequestHeader, type Request } from '../src/shared/key-wire.ts';
 import { log } from '../src/shared/log.ts';
 import { sign, decrypt } from './rsa-ops.ts';
 import type { KeyView } from './keystore.ts';
 
 export interface ConnectionOptions {
-  /** Wrong PINs on one connection before each further attempt is delayed (doubling, at most 5 s). */
-  pinAttemptsBeforeDelay?: number;
-  /** Unsent reply bytes at which reading pauses until the client catches up. */
-  maxPendingWrite?: number;
+  /** Unsent reply bytes on one connection at which it stops taking requests until the client reads. */
+  maxUnsentPerConnection?: number;
+  /** Shared by the connections of one worker: the unsent bytes they may hold together. */
+  replies?: ReplyBudget;
+  /** Throttles wrong PINs across every connection and worker (enclave/pin-throttle.ts). */
+  pins?: PinThrottle;
+  /** Who is connected, for per-peer throttling and logs ("uid 33", "cid 3"); undefined when unknown. */
+  peer?: string;
 }
 
+/**
+ * The unsent reply bytes of every connection on a worker. Each connection stops
+ * taking requests at its own cap; this bounds the sum, so many clients that send
+ * and never read cannot fill the enclave's memory between them: over the total,
+ * the connection holding the most is closed.
+ */
+export class ReplyBudget {
+  private readonly unsent = new Map<net.Socket, number>();
+  private total = 0;
+  closed = 0;
+  constructor(readonly maxTotal = 32 * 1024 * 1024) {}
+
+  /** Records a connection's unsent bytes now; closes the worst offender while over the total. */
+  update(sock: net.Socket, bytes: number): void {
+    this.total += bytes - (this.unsent.get(sock) ?? 0);
+    if (bytes > 0) this.unsent.set(sock, bytes); else this.unsent.delete(sock);
+    while (this.total > this.maxTotal && this.unsent.size > 0) {
+      let worst = sock, most = -1;
+      for (const [s, n] of this.unsent) if (n > most) { worst = s; most = n; }
+      this.forget(worst);
+      this.closed++;
+      log.warn(`key channel: ${Math.round(this.total / 1048576 + most / 1048576)} MiB of replies unread on this worker: closing the client holding the most (${Math.round(most / 1024)} KiB; ${this.closed} closed so far)`);
+      worst.destroy();
+    }
+  }
+
+  forget(sock: net.Socket): void {
+    this.total -= this.unsent.get(sock) ?? 0;
+    this.unsent.delete(sock);
+  }
+
+  get unsentBytes(): number { return this.total; }
+}
+
+/** One line per 10 s per worker while PINs are being guessed. */
+let lastThrottleLog = 0;
+let throttledSinceLog = 0;
+
 export function serveKeyConnection(sock: net.Socket, view: () => KeyView, opts: ConnectionOptions = {}): void {
-  const pinAttemptsBeforeDelay = opts.pinAttemptsBeforeDelay ?? 3;
-  const maxPendingWrite = opts.maxPendingWrite ?? 1024 * 1024;
-  const loggedIn = new Set<string>();
-  let wrongPins = 0;
-  const queue: Buffer[] = [];
+  const maxUnsent = opts.maxUnsentPerConnection ?? 256 * 1024;
+  const replies = opts.replies ?? new ReplyBudget();
+  const pins = opts.pins ?? new PinThrottle();
+  const peer = opts.peer;
+  /** Tokens this connection logged in to, with the identity each had then (a re-added token is another). */
+  const loggedIn = new Map<string, string>();
   let waiting = false; // a throttled login holds the queue
 
-  const send = (frame: Buffer) => {
+  const send = (head: Buffer, body?: Uint8Array) => {
     if (sock.destroyed) return;
-    if (!sock.write(frame) && sock.writableLength > maxPendingWrite) {
-      sock.pause();
-      sock.once('drain', () => sock.resume());
+    if (!body?.length) sock.write(head);
+    else {
+      // One writev; the body is not copied, so a queued LIST reply shares the one list body.
+      sock.cork();
+      sock.write(head);
+      sock.write(body);
+      sock.uncork();
     }
+    replies.update(sock, sock.writableLength);
+  };
+
+  const throttleKeys = (label: string) => peer?.startsWith('uid ') ? [`token ${label}`, `peer ${peer}`] : [`token ${label}`];
+  const noteWrongPin = (label: string, inARow: number, locked: boolean) => {
+    throttledSinceLog++;
+    const now = Date.now();
+    if (now - lastThrottleLog < 10_000) return;
+    lastThrottleLog = now;
+    log.token(label).warn(`key channel: ${locked ? 'login refused unchecked, too many wrong PINs' : 'wrong PIN'} (${inARow} in a row for this token${peer ? `; this one from ${peer}` : ''}; ${throttledSinceLog} wrong or refused since the last such line); logins to it are throttled`);
+    throttledSinceLog = 0;
   };
 
   // Handles one request; returns a promise only when it must wait (PIN throttling).
   const handle = (frame: Buffer): Promise<void> | void => {
     const v = view();
     const hdr = readRequestHeader(frame);
-    const reply = (rv: number, body?: Uint8Array) => send(encodeResponse(hdr.op, hdr.id, rv, v.generation, body));
+    const reply = (rv: number, body?: Uint8Array) => send(encodeResponseHead(hdr.op, hdr.id, rv, v.generation, body?.length ?? 0), body);
     if (hdr.version !== KEY_WIRE_VERSION) {
       reply(CKR.DEVICE_ERROR, Buffer.from(`unsupported key channel version ${hdr.version}; this enclave speaks ${KEY_WIRE_VERSION}`));
       sock.end();
@@ -55,29 +114,28 @@ export function serveKeyConnection(sock: net.Socket, view: () => KeyView, opts: 
         case Op.LIST: reply(CKR.OK, v.listBody); return;
         case Op.LOGIN: {
           const login = req;
+          const keys = throttleKeys(login.label);
           const attempt = () => {
             const now = view();
             if (!now.hasToken(login.label)) { reply(CKR.TOKEN_NOT_PRESENT); return; }
-            if (!now.checkPin(login.label, login.pin)) {
-              wrongPins++;
-              log.token(login.label).warn(`key channel: wrong PIN (${wrongPins} in a row on this connection)`);
-              reply(CKR.PIN_INCORRECT);
-              return;
-            }
-            wrongPins = 0;
-            loggedIn.add(login.label);
+            const ok = now.checkPin(login.label, login.pin);
+            const inARow = pins.checked(keys, ok);
+            if (!ok) { noteWrongPin(login.label, inARow, false); reply(CKR.PIN_INCORRECT); return; }
+            loggedIn.set(login.label, now.identity(login.label)!);
             reply(CKR.OK);
           };
-          if (wrongPins < pinAttemptsBeforeDelay) { attempt(); return; }
-          const delay = Math.min(5000, 100 * 2 ** (wrongPins - pinAttemptsBeforeDelay));
-          return new Promise((resolve) => setTimeout(() => { attempt(); resolve(); }, delay));
+          const turn = pins.admit(keys);
+          if (turn === 'locked') { noteWrongPin(login.label, FREE_ATTEMPTS, true); reply(CKR.PIN_LOCKED, Buffer.from('too many wrong PINs for this token: try again in a few seconds')); return; }
+          if (turn.waitMs === 0) { attempt(); return; }
+          return new Promise((resolve) => setTimeout(() => { attempt(); resolve(); }, turn.waitMs));
         }
         case Op.LOGOUT: loggedIn.delete(req.label); reply(CKR.OK); return;
         case Op.SIGN:
         case Op.DECRYPT: {
           const key = v.key(req.keyId);
           if (!key) { reply(CKR.KEY_HANDLE_INVALID, Buffer.from(`no key ${req.keyId}`)); return; }
-          if (!loggedIn.has(key.tokenLabel)) { reply(CKR.USER_NOT_LOGGED_IN); return; }
+          const identity = loggedIn.get(key.tokenLabel);
+          if (identity === undefined || identity !== v.identity(key.tokenLabel)) { loggedIn.delete(key.tokenLabel); reply(CKR.USER_NOT_LOGGED_IN); return; }
           const out = req.op === Op.SIGN
             ? sign({ key: key.privateKey, modulusBits: key.modulusBits, scheme: req.scheme, hash: req.hash, mgfHash: req.mgfHash, saltLength: req.saltLength, data: req.data })
             : decrypt({ key: key.privateKey, modulusBits: key.modulusBits, scheme: req.scheme, hash: req.hash, mgfHash: req.mgfHash, oaepLabel: req.oaepLabel, data: req.data });
@@ -92,29 +150,40 @@ export function serveKeyConnection(sock: net.Socket, view: () => KeyView, opts: 
     }
   };
 
-  const drain = () => {
-    while (!waiting && queue.length > 0) {
-      const pending = handle(queue.shift()!);
-      if (pending) {
-        waiting = true;
-        sock.pause();
-        pending.then(() => { waiting = false; sock.resume(); drain(); }, () => sock.destroy());
+  // Requests are taken out of what was received only while this connection's
+  // unsent replies are under its cap and no throttled login holds it; otherwise
+  // the socket stops reading, so what a client sends waits in the kernel, not here.
+  const splitter = new FrameSplitter(MAX_REQUEST);
+  const pump = () => {
+    try {
+      while (!waiting && sock.writableLength <= maxUnsent && !sock.destroyed) {
+        const frame = splitter.next();
+        if (!frame) break;
+        if (frame.length < REQUEST_HEADER) throw new DecodeError(`request of ${frame.length} bytes is shorter than its header`);
+        const pending = handle(frame);
+        if (pending) {
+          waiting = true;
+          pending.then(() => { waiting = false; pump(); }, () => sock.destroy());
+        }
       }
-    }
-  };
-
-  const splitter = new FrameSplitter(MAX_REQUEST, (frame) => {
-    if (frame.length < REQUEST_HEADER) throw new DecodeError(`request of ${frame.length} bytes is shorter than its header`);
-    queue.push(frame);
-  });
-  sock.on('data', (chunk: Buffer) => {
-    try { splitter.push(chunk); } catch (e) {
+    } catch (e) {
       if (e instanceof FrameTooLarge || e instanceof DecodeError) log.warn(`key channel: dropping a client: ${e.message}`);
       else log.error(`key channel: ${(e as Error).message}`);
       sock.destroy();
       return;
     }
-    drain();
+    // Holding more than a frame's worth unanswered: stop reading until it is answered.
+    if (splitter.pending > REQUEST_HEADER + 4 && (waiting || sock.writableLength > maxUnsent)) sock.pause(); else sock.resume();
+  };
+  sock.on('drain', () => { replies.update(sock, sock.writableLength); pump(); });
+  sock.on('data', (chunk: Buffer) => {
+    try { splitter.feed(chunk); } catch (e) {
+      log.warn(`key channel: dropping a client: ${(e as Error).message}`);
+      sock.destroy();
+      return;
+    }
+    pump();
   });
+  sock.on('close', () => { replies.forget(sock); });
   sock.on('error', () => { /* the peer went away; 'close' follows */ });
 }

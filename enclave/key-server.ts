@@ -18,6 +18,7 @@ import { listen, detachSocket } from '../src/shared/transport.ts';
 import type { Address } from '../src/shared/address.ts';
 import { log } from '../src/shared/log.ts';
 import type { KeyStore } from './keystore.ts';
+import { PinThrottle } from './pin-throttle.ts';
 
 export interface KeyServerOptions {
   /** Key worker threads; default: the CPUs the enclave has. */
@@ -60,6 +61,8 @@ export class KeyServer {
   private evicted = 0;
   private refused = 0;
   private lastLimitLog = 0;
+  /** Shared by every worker, so PIN guesses are counted per token whichever worker takes them. */
+  private readonly pinThrottle = new PinThrottle();
 
   constructor(private readonly store: KeyStore, opts: KeyServerOptions = {}) {
     const n = Math.max(1, opts.threads ?? os.availableParallelism());
@@ -84,7 +87,7 @@ export class KeyServer {
     const boot = url.pathname.endsWith('.ts')
       ? `import('tsx/esm/api').then((m) => { m.register(); return import(${JSON.stringify(url.href)}); });`
       : `import(${JSON.stringify(url.href)});`;
-    const worker = new Worker(boot, { eval: true });
+    const worker = new Worker(boot, { eval: true, workerData: { pinThrottle: this.pinThrottle.shared } });
     let ready!: () => void;
     const slot: Slot = { worker, connections: 0, ready: new Promise((r) => { ready = r; }) };
     // Posted now, so it comes before any connection handed to this worker (messages

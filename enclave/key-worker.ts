@@ -2,10 +2,11 @@
 // it, from its copy of the key store (a full copy when it starts, then the changes).
 // When the main thread says the enclave holds too many connections, it closes the
 // one of its own that has been quiet longest.
-import { parentPort } from 'node:worker_threads';
-import { socketFromFd } from '../src/shared/transport.ts';
+import { parentPort, workerData } from 'node:worker_threads';
+import { socketFromFd, peerOf } from '../src/shared/transport.ts';
 import { KeyView, type KeyStoreSnapshot, type KeyStoreDelta } from './keystore.ts';
-import { serveKeyConnection } from './key-connection.ts';
+import { serveKeyConnection, ReplyBudget } from './key-connection.ts';
+import { PinThrottle } from './pin-throttle.ts';
 import { ConnectionsByActivity } from './connections-by-activity.ts';
 
 type Msg = { type: 'snapshot'; snapshot: KeyStoreSnapshot } | { type: 'delta'; delta: KeyStoreDelta } | { type: 'connection'; fd: number } | { type: 'evict' };
@@ -13,6 +14,16 @@ type Msg = { type: 'snapshot'; snapshot: KeyStoreSnapshot } | { type: 'delta'; d
 let view: KeyView | undefined;
 const current = () => view!;
 const connections = new ConnectionsByActivity();
+// One PIN throttle for all workers (the main thread made its memory), one reply budget for this worker.
+const pins = new PinThrottle((workerData as { pinThrottle: SharedArrayBuffer }).pinThrottle);
+const replies = new ReplyBudget();
+
+function describePeer(sock: ReturnType<typeof socketFromFd>): string | undefined {
+  try {
+    const p = peerOf(sock);
+    return p.family === 'unix' ? `uid ${p.uid}` : `cid ${p.cid}`;
+  } catch { return undefined; }
+}
 
 // The main thread waits for 'applied' before it answers the provisioning request
 // that made the change (enclave/key-server.ts, settled()).
@@ -25,6 +36,6 @@ parentPort!.on('message', (m: Msg) => {
   const sock = socketFromFd(m.fd);
   connections.track(sock);
   sock.on('close', () => parentPort!.postMessage({ type: 'closed' }));
-  serveKeyConnection(sock, current);
+  serveKeyConnection(sock, current, { pins, replies, peer: describePeer(sock) });
 });
 parentPort!.postMessage({ type: 'ready' });

@@ -27,7 +27,11 @@ export interface StoredKey {
   retiredUntil?: number;
 }
 
-export interface Token { label: string; pinDigest: Buffer; serial: string; current: StoredKey; retired: StoredKey[]; refreshedAt: number }
+export interface Token {
+  label: string; pinDigest: Buffer;
+  /** New each time a token is added (a PIN changes only by remove and add): a login holds it, so a re-added token logs everyone out. */
+  identity: string;
+  serial: string; current: StoredKey; retired: StoredKey[]; refreshedAt: number }
 
 export class KeyMaterialError extends Error {
   /** invalid: does not parse; mismatch: key and certificate disagree; unsupported: a key this enclave does not serve. */
@@ -101,13 +105,13 @@ export class KeyStore {
       const retiredUntil = Date.now() + this.graceMs;
       old.current.retiredUntil = retiredUntil;
       old.retired.push(old.current);
+      if (!crypto.timingSafeEqual(old.pinDigest, digest)) throw new KeyMaterialError('invalid', `token "${label}": a renewal cannot change its PIN`);
       old.current = key;
-      old.pinDigest = digest;
       old.refreshedAt = Date.now();
       token = old;
     } else {
       const serial = crypto.createHash('sha256').update(label).digest('hex').slice(0, 16);
-      token = { label, pinDigest: digest, serial, current: key, retired: [], refreshedAt: Date.now() };
+      token = { label, pinDigest: digest, identity: crypto.randomBytes(12).toString('hex'), serial, current: key, retired: [], refreshedAt: Date.now() };
       this.tokens.set(label, token);
     }
     this.keys.set(key.keyId, { token, key });
@@ -156,6 +160,12 @@ export class KeyStore {
     return pub.equals(crypto.createPublicKey(t.current.privateKey).export({ type: 'spki', format: 'der' }));
   }
 
+  /** The PIN is the token's (constant-time compare). */
+  pinMatches(label: string, pin: Uint8Array): boolean {
+    const t = this.tokens.get(label);
+    return t !== undefined && crypto.timingSafeEqual(t.pinDigest, pinDigest(pin));
+  }
+
   token(label: string): Token | undefined { return this.tokens.get(label); }
   labels(): string[] { return [...this.tokens.keys()]; }
   key(keyId: number): { token: Token; key: StoredKey } | undefined { return this.keys.get(keyId); }
@@ -199,7 +209,7 @@ export class KeyStore {
     const addKeys = now.filter((k) => !sent.has(k.keyId));
     for (const id of removeKeyIds) sent.delete(id);
     for (const k of addKeys) sent.add(k.keyId);
-    return { generation: this.generation, listBody: this.listBody(), tokens: tokens.map((t) => ({ label: t.label, pinDigest: t.pinDigest })), addKeys, removeKeyIds };
+    return { generation: this.generation, listBody: this.listBody(), tokens: tokens.map((t) => ({ label: t.label, pinDigest: t.pinDigest, identity: t.identity })), addKeys, removeKeyIds };
   }
 
   /** What a key worker thread needs to serve the key channel; structured-cloneable (KeyObjects included). */
@@ -208,7 +218,7 @@ export class KeyStore {
     return {
       generation: this.generation,
       listBody: this.listBody(),
-      tokens: tokens.map((t) => ({ label: t.label, pinDigest: t.pinDigest })),
+      tokens: tokens.map((t) => ({ label: t.label, pinDigest: t.pinDigest, identity: t.identity })),
       keys: tokens.flatMap((t) => [t.current, ...t.retired].map((k) => ({ keyId: k.keyId, tokenLabel: t.label, privateKey: k.privateKey, modulusBits: k.modulusBits }))),
     };
   }
@@ -223,15 +233,18 @@ export class KeyStore {
 export interface KeyStoreDelta {
   generation: number;
   listBody: Uint8Array;
-  tokens: { label: string; pinDigest: Uint8Array }[];
+  tokens: WorkerToken[];
   addKeys: KeyStoreSnapshot['keys'];
   removeKeyIds: number[];
 }
 
+/** What a key worker knows of a token besides its keys. */
+export interface WorkerToken { label: string; pinDigest: Uint8Array; identity: string }
+
 export interface KeyStoreSnapshot {
   generation: number;
   listBody: Uint8Array;
-  tokens: { label: string; pinDigest: Uint8Array }[];
+  tokens: WorkerToken[];
   keys: { keyId: number; tokenLabel: string; privateKey: KeyObject; modulusBits: number }[];
 }
 
@@ -239,13 +252,13 @@ export interface KeyStoreSnapshot {
 export class KeyView {
   readonly generation: number;
   readonly listBody: Buffer;
-  private pins: Map<string, Buffer>;
+  private tokens: Map<string, { pinDigest: Buffer; identity: string }>;
   private keys: Map<number, KeyStoreSnapshot['keys'][number]>;
 
   constructor(s: KeyStoreSnapshot, keys?: Map<number, KeyStoreSnapshot['keys'][number]>) {
     this.generation = s.generation;
     this.listBody = Buffer.from(s.listBody.buffer, s.listBody.byteOffset, s.listBody.byteLength);
-    this.pins = new Map(s.tokens.map((t) => [t.label, Buffer.from(t.pinDigest)]));
+    this.tokens = new Map(s.tokens.map((t) => [t.label, { pinDigest: Buffer.from(t.pinDigest), identity: t.identity }]));
     this.keys = keys ?? new Map(s.keys.map((k) => [k.keyId, k]));
   }
 
@@ -257,11 +270,13 @@ export class KeyView {
     return new KeyView({ generation: d.generation, listBody: d.listBody, tokens: d.tokens, keys: [] }, keys);
   }
 
-  hasToken(label: string): boolean { return this.pins.has(label); }
+  hasToken(label: string): boolean { return this.tokens.has(label); }
+  /** The token's identity now (see Token.identity); a login made under another one no longer counts. */
+  identity(label: string): string | undefined { return this.tokens.get(label)?.identity; }
   key(keyId: number): KeyStoreSnapshot['keys'][number] | undefined { return this.keys.get(keyId); }
 
   checkPin(label: string, pin: Uint8Array): boolean {
-    const want = this.pins.get(label);
+    const want = this.tokens.get(label)?.pinDigest;
     // Compare against something even for an unknown label, so timing says nothing either way.
     return crypto.timingSafeEqual(pinDigest(pin), want ?? UNKNOWN_TOKEN_DIGEST) && want !== undefined;
   }

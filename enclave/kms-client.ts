@@ -13,6 +13,7 @@ import { NodeHttpHandler } from '@smithy/node-http-handler';
 import { dialSync } from '../src/shared/transport.ts';
 import type { Address } from '../src/shared/address.ts';
 import { unwrapCiphertextForRecipient } from '../src/shared/cms.ts';
+import { kmsHost } from '../src/shared/aws-partition.ts';
 import type { Nsm } from './nsm.ts';
 
 export interface AwsCredentials { accessKeyId: string; secretAccessKey: string; sessionToken?: string }
@@ -79,7 +80,7 @@ export async function warmUpKmsClient(): Promise<void> {
 export async function attestedDecrypt(o: { ciphertext: Buffer; region: string; credentials: AwsCredentials; encryptionContext?: Record<string, string>; nsm: Nsm; kms: KmsAccess }): Promise<Buffer> {
   const { publicKey, privateKey } = await recipientKey();
   const attestation = o.nsm.attestation({ publicKey: publicKey.export({ type: 'spki', format: 'der' }) });
-  const host = `kms.${o.region}.amazonaws.com`;
+  const host = kmsHost(o.region); // throws for anything that is not a region
   const agent = new https.Agent({ keepAlive: false });
   const secureContext = o.kms.extraCa ? contextWithExtraCa(o.kms.extraCa) : undefined;
   // Every connection KMS needs goes through the proxy; the TLS session is ours.

@@ -4,11 +4,13 @@
 // document (enclave/kms-client.ts), checked against its certificate, and kept in
 // memory only; plaintext bundles are refused outside local mode.
 import net from 'node:net';
-import { listen } from '../src/shared/transport.ts';
+import { listen, peerOf } from '../src/shared/transport.ts';
+import type { PeerIdentity } from '../src/shared/native.ts';
 import type { Address } from '../src/shared/address.ts';
 import { parseBundle, BundleError, type Bundle } from '../src/shared/bundle.ts';
 import { serveJsonFrames, PROVISION_VERSION, ProvisionError, type TokenDescription, type Health } from '../src/shared/provision-wire.ts';
 import { log } from '../src/shared/log.ts';
+import { partitionOf } from '../src/shared/aws-partition.ts';
 import { KeyStore, KeyMaterialError } from './keystore.ts';
 import { ConnectionsByActivity } from './connections-by-activity.ts';
 import { attestedDecrypt, prepareRecipientKeys, warmUpKmsClient, type KmsAccess, type AwsCredentials } from './kms-client.ts';
@@ -32,6 +34,19 @@ function label(args: Record<string, unknown>): string {
   return l;
 }
 
+/**
+ * Whether a peer may provision (docs/protocol.md, "Trust model"): only root on the
+ * parent. Over vsock the enclave cannot see a uid, but a source port below 1024
+ * can only be bound with CAP_NET_BIND_SERVICE, which the root-owned agent has and
+ * no other parent process does; over unix (local mode, tests) the kernel says the
+ * peer's uid, and root or the enclave app's own user may provision.
+ * Returns why not, or undefined.
+ */
+export function provisioningRefusal(peer: PeerIdentity, ownUid = process.getuid?.() ?? 0): string | undefined {
+  if (peer.family === 'vsock') return peer.port < 1024 ? undefined : `vsock peer cid ${peer.cid} connected from port ${peer.port}, not a privileged (< 1024, root-only) port`;
+  return peer.uid === 0 || peer.uid === ownUid ? undefined : `unix peer uid ${peer.uid} (pid ${peer.pid}) is neither root nor uid ${ownUid}`;
+}
+
 /** The agent needs one connection; at this many, a new one closes the one quiet longest. */
 const MAX_PROVISION_CONNECTIONS = 64;
 
@@ -41,6 +56,8 @@ export class ProvisionServer {
   private readonly connections = new ConnectionsByActivity();
   private closedIdle = 0;
   private lastLimitLog = 0;
+  private refused = 0;
+  private lastRefusalLog = 0;
 
   constructor(private readonly o: ProvisionServerOptions) {
     this.server = net.createServer((s) => this.accept(s));
@@ -54,6 +71,18 @@ export class ProvisionServer {
   close(): Promise<void> { return new Promise((r) => this.server.close(() => r())); }
 
   private accept(sock: net.Socket): void {
+    // Unauthorised peers are refused before they count against any limit, so they cannot crowd out the agent.
+    let why: string | undefined;
+    try { why = provisioningRefusal(peerOf(sock)); } catch (e) { why = `cannot identify the peer (${(e as Error).message})`; }
+    if (why) {
+      sock.destroy();
+      this.refused++;
+      if (Date.now() - this.lastRefusalLog > 10_000) {
+        this.lastRefusalLog = Date.now();
+        log.warn(`provisioning channel: refused a connection: ${why} (${this.refused} refused so far; only root on the parent may provision)`);
+      }
+      return;
+    }
     if (this.connections.size >= MAX_PROVISION_CONNECTIONS) {
       this.connections.closeIdlest();
       this.closedIdle++;
@@ -101,6 +130,8 @@ export class ProvisionServer {
     const exists = this.o.store.token(l) !== undefined;
     if (op === 'add' && exists) throw new ProvisionError('TokenExists', `token "${l}" exists; use update to renew it`);
     if (op !== 'add' && !exists) throw new ProvisionError('NoSuchToken', `no token "${l}" to ${op}`);
+    // A PIN is set when a token is added and only then; changing it takes remove and add (which log every connection out).
+    if (op !== 'add' && !this.o.store.pinMatches(l, Buffer.from(pin))) throw new ProvisionError('PinChange', `token "${l}": ${op} cannot change a token's PIN; remove the token and add it again`);
     let bundle: Bundle;
     try { bundle = parseBundle(JSON.stringify(m.bundle ?? null), 'bundle'); } catch (e) { throw new ProvisionError('BadRequest', (e as BundleError).message); }
     if (this.busy.has(l)) throw new ProvisionError('BadRequest', `token "${l}" is being provisioned already`);
@@ -117,6 +148,7 @@ export class ProvisionServer {
         // Only these three: they are used for this one call and not kept.
         const creds: AwsCredentials = { accessKeyId: given.accessKeyId, secretAccessKey: given.secretAccessKey, sessionToken: typeof given.sessionToken === 'string' ? given.sessionToken : undefined };
         const region = field(m, 'region');
+        try { partitionOf(region); } catch (e) { throw new ProvisionError('BadRequest', `"region": ${(e as Error).message}`); }
         const started = Date.now();
         try {
           keyPem = await attestedDecrypt({ ciphertext: Buffer.from(bundle.encryptedPrivateKey, 'base64'), region, credentials: creds, encryptionContext: bundle.encryptionContext, nsm: this.o.nsm, kms: this.o.kms });

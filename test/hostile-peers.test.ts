@@ -16,6 +16,7 @@ import { Op, SignScheme, Hash, decodeTokenList, encodeRequest } from '../src/sha
 import { CKR } from '../src/shared/pkcs11-rv.ts';
 import { createCA, issueServerCert } from '../src/local/pki.ts';
 import { tmpdir } from './helpers/enclave.ts';
+import { runAsNobody } from './helpers/unprivileged.ts';
 
 const dir = tmpdir('hostile');
 let enclave: LocalEnclave;
@@ -168,25 +169,35 @@ test('provisioning channel: a frame over 1 MiB is dropped without being read', a
   t.true(await provisionHealthy());
 });
 
-test.serial('provisioning channel: a flood of connections does not lock the agent out', async (t) => {
-  // The agent talks now and then during the flood; the flood's connections stay quiet.
+test.serial('provisioning channel: a flood of connections from an unprivileged user is refused before it counts, so the agent is never locked out', async (t) => {
+  // The agent talks now and then during the flood; the flood comes from another user (nobody).
+  fs.chmodSync(dir, 0o711);
+  fs.chmodSync(provSock, 0o666);
   const agent = await ProvisionClient.connect({ kind: 'unix', path: provSock });
-  const flood: net.Socket[] = [];
-  let closedByServer = 0;
   let answered = 0;
-  for (let i = 0; i < 200; i++) {
-    const s = await connectRaw(provSock).catch(() => undefined);
-    if (s) { s.on('error', () => {}); s.on('close', () => { closedByServer++; }); flood.push(s); }
-    if (i % 10 === 0 && (await agent.call<{ ok: boolean }>('health', {}, 5000)).ok) answered++;
+  const flooding = runAsNobody<{ connected: number; closedByServer: number }>(`
+    let connected = 0, closedByServer = 0;
+    const sockets = [];
+    for (let i = 0; i < 200; i++) {
+      await new Promise((resolve) => {
+        const s = net.connect(args.path, () => { connected++; resolve(); });
+        s.on('error', () => resolve());
+        s.on('close', () => { closedByServer++; });
+        sockets.push(s);
+      });
+    }
+    await new Promise((r) => setTimeout(r, 500));
+    for (const s of sockets) s.destroy();
+    return { connected, closedByServer };`, { path: provSock });
+  for (let i = 0; i < 20; i++) {
+    if ((await agent.call<{ ok: boolean }>('health', {}, 5000)).ok) answered++;
+    await new Promise((r) => setTimeout(r, 20));
   }
-  await new Promise((r) => setTimeout(r, 200));
-  t.is(flood.length, 200, 'every connection attempt got through');
+  const f = await flooding;
+  t.is(f.connected, 200, 'every connection attempt reached the server');
+  t.is(f.closedByServer, 200, 'and each was closed by it at once');
   t.is(answered, 20, 'the agent, talking during the flood, was answered every time');
   t.false(agent.closed, 'and kept its connection');
   t.true(await provisionHealthy(), 'a new connection during the flood is answered');
-  const held = flood.length - closedByServer;
-  t.log(`the server kept ${held} of 200 flood connections open and closed the idlest of the rest (it holds at most 64 at once)`);
-  t.true(held <= 64);
-  for (const s of flood) s.destroy();
   agent.close();
 });

@@ -7,6 +7,10 @@
  *   tests run (this machine has AF_VSOCK but no vsock loopback);
  * - duplicate a descriptor, so an accepted connection can be handed from the
  *   enclave app's main thread to the key worker thread that will serve it;
+ * - say who is on the other end of a connection (the peer's uid over AF_UNIX,
+ *   its CID and source port over AF_VSOCK), and connect from a privileged
+ *   source port: the provisioning channel's proof that the peer is root
+ *   (docs/protocol.md, "Trust model");
  * - talk to the Nitro Security Module: one ioctl on /dev/nsm carrying a CBOR
  *   request and returning a CBOR response (enclave/nsm.ts builds and reads them).
  */
@@ -16,6 +20,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/time.h>
 #include <sys/ioctl.h>
 #include <sys/uio.h>
@@ -90,13 +95,41 @@ static struct sockaddr_vm vsock_address(uint32_t cid, uint32_t port)
   return sa;
 }
 
-/* connect(cid, port, timeoutMs) -> fd (blocking for at most timeoutMs; used rarely: by the agent and the KMS dialer) */
+/*
+ * Binds the lowest free source port in 512..1023, scanning down from 1023 as
+ * bindresvport(3) does for IP. Binding one needs CAP_NET_BIND_SERVICE, which only
+ * root has on the parent: the provisioning channel accepts nothing else.
+ */
+static int bind_privileged_port(int fd)
+{
+  for (uint32_t port = 1023; port >= 512; port--) {
+    struct sockaddr_vm sa = vsock_address(VMADDR_CID_ANY, port);
+    if (bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0) return 0;
+    if (errno != EADDRINUSE) return -1;
+  }
+  errno = EADDRINUSE;
+  return -1;
+}
+
+/*
+ * connect(cid, port, timeoutMs[, privilegedSource]) -> fd (blocking for at most
+ * timeoutMs; used rarely: by the agent and the KMS dialer)
+ */
 static napi_value js_connect(napi_env env, napi_callback_info info)
 {
+  size_t argc = 4;
+  napi_value argv[4];
   uint32_t a[3];
-  if (!three_u32(env, info, a, "connect(cid, port, timeoutMs): three unsigned integers expected")) return NULL;
+  bool privileged = false;
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc < 3 || !get_u32(env, argv[0], &a[0]) || !get_u32(env, argv[1], &a[1]) || !get_u32(env, argv[2], &a[2]) ||
+      (argc > 3 && napi_get_value_bool(env, argv[3], &privileged) != napi_ok)) {
+    napi_throw_type_error(env, NULL, "connect(cid, port, timeoutMs[, privilegedSource]): three unsigned integers and a boolean expected");
+    return NULL;
+  }
   int fd = socket(AF_VSOCK, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) return throw_errno(env, "vsock socket", errno);
+  if (privileged && bind_privileged_port(fd) < 0) return fail_vsock(env, fd, "vsock bind of a privileged source port (needs root) to reach", a[0], a[1]);
   struct timeval tv = { .tv_sec = a[2] / 1000, .tv_usec = (a[2] % 1000) * 1000 };
   /* Bounds connect() itself; failure to set it only leaves the kernel default (2 s). */
   (void)setsockopt(fd, AF_VSOCK, SO_VM_SOCKETS_CONNECT_TIMEOUT, &tv, sizeof tv);
@@ -105,6 +138,51 @@ static napi_value js_connect(napi_env env, napi_callback_info info)
   do rc = connect(fd, (struct sockaddr *)&sa, sizeof sa); while (rc < 0 && errno == EINTR);
   if (rc < 0) return fail_vsock(env, fd, "vsock connect to", a[0], a[1]);
   return make_fd(env, fd);
+}
+
+static void set_u32(napi_env env, napi_value obj, const char *name, uint32_t v)
+{
+  napi_value x;
+  napi_create_uint32(env, v, &x);
+  napi_set_named_property(env, obj, name, x);
+}
+
+/* peer(fd) -> { family: 'unix', uid, gid, pid } or { family: 'vsock', cid, port } */
+static napi_value js_peer(napi_env env, napi_callback_info info)
+{
+  size_t argc = 1;
+  napi_value argv[1], out, family;
+  int32_t fd;
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc < 1 || napi_get_value_int32(env, argv[0], &fd) != napi_ok || fd < 0) {
+    napi_throw_type_error(env, NULL, "peer(fd): a descriptor expected");
+    return NULL;
+  }
+  struct sockaddr_storage ss;
+  socklen_t len = sizeof ss;
+  memset(&ss, 0, sizeof ss);
+  if (getpeername(fd, (struct sockaddr *)&ss, &len) < 0) return throw_errno(env, "getpeername", errno);
+  napi_create_object(env, &out);
+  if (ss.ss_family == AF_UNIX) {
+    struct ucred cred;
+    socklen_t clen = sizeof cred;
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &clen) < 0) return throw_errno(env, "SO_PEERCRED", errno);
+    napi_create_string_utf8(env, "unix", NAPI_AUTO_LENGTH, &family);
+    napi_set_named_property(env, out, "family", family);
+    set_u32(env, out, "uid", cred.uid);
+    set_u32(env, out, "gid", cred.gid);
+    set_u32(env, out, "pid", (uint32_t)cred.pid);
+  } else if (ss.ss_family == AF_VSOCK && len >= sizeof(struct sockaddr_vm)) {
+    const struct sockaddr_vm *vm = (const struct sockaddr_vm *)&ss;
+    napi_create_string_utf8(env, "vsock", NAPI_AUTO_LENGTH, &family);
+    napi_set_named_property(env, out, "family", family);
+    set_u32(env, out, "cid", vm->svm_cid);
+    set_u32(env, out, "port", vm->svm_port);
+  } else {
+    napi_throw_error(env, "EAFNOSUPPORT", "peer: not a unix or vsock connection");
+    return NULL;
+  }
+  return out;
 }
 
 /* listen(cid, port, backlog) -> fd */
@@ -193,6 +271,7 @@ static napi_value init(napi_env env, napi_value exports)
     { "connect", NULL, js_connect, NULL, NULL, NULL, napi_default, NULL },
     { "listen", NULL, js_listen, NULL, NULL, NULL, napi_default, NULL },
     { "dup", NULL, js_dup, NULL, NULL, NULL, napi_default, NULL },
+    { "peer", NULL, js_peer, NULL, NULL, NULL, napi_default, NULL },
     { "nsmRequest", NULL, js_nsm_request, NULL, NULL, NULL, napi_default, NULL },
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);

@@ -251,9 +251,9 @@ export class Agent {
       await withRetries(`[${t.config.label}] provisioning`, this.o.retries ?? this.o.config.enclave.attestation_retry_count + 1, async () => {
         try { await this.call(op, args); } catch (e) {
           // The enclave may already have it (agent restarted) or lost it (enclave restarted).
-          if (e instanceof ProvisionError && e.code === 'TokenExists') await this.call('update', args);
+          if (e instanceof ProvisionError && e.code === 'TokenExists') await this.call('update', args).catch((u) => this.replaceOnPinChange(u, args));
           else if (e instanceof ProvisionError && e.code === 'NoSuchToken') await this.call('add', args);
-          else throw e;
+          else await this.replaceOnPinChange(e, args);
         }
       }).catch((e) => {
         throw e instanceof ProvisionError ? new ProvisionError(e.code, `the enclave could not take the bundle from ${source(t.config).replace(/^\w+ /, '')}: ${e.message}`) : e;
@@ -261,6 +261,18 @@ export class Agent {
       t.lastRefresh = Date.now();
       return true;
     } catch (e) { return this.failed(t, op, e as Error); }
+  }
+
+  /**
+   * The enclave never lets update or refresh change a PIN (a PIN change must log
+   * every web-server connection out): when acm.yaml's PIN changed, the agent
+   * removes the token and adds it again with the new one.
+   */
+  private async replaceOnPinChange(e: unknown, args: Record<string, unknown>): Promise<void> {
+    if (!(e instanceof ProvisionError && e.code === 'PinChange')) throw e;
+    log.token(String(args.label)).info('the PIN changed: removing the token and adding it again with the new PIN');
+    await this.call('remove', { label: args.label });
+    await this.call('add', args);
   }
 
   /** Step 2: prove it signs through PKCS#11, then point the web server at it. */

@@ -7,8 +7,9 @@ export class FrameTooLarge extends Error {
 }
 
 /**
- * Splits a byte stream into frames. Buffers at most one frame plus its header;
- * a header announcing more than `max` bytes is an error before any of it is read.
+ * Splits a byte stream into frames. With push(), buffers at most one frame plus
+ * its header; with feed() and next(), what was fed until it is taken. A header
+ * announcing more than `max` bytes is an error before any of it is read.
  */
 export class FrameSplitter {
   private chunks: Buffer[] = [];
@@ -17,25 +18,39 @@ export class FrameSplitter {
 
   constructor(
     private readonly max: number,
-    private readonly onFrame: (frame: Buffer) => void,
+    private readonly onFrame: (frame: Buffer) => void = () => {},
   ) {}
 
-  /** Feeds bytes; throws FrameTooLarge (the caller drops the connection). */
+  /** Feeds bytes and hands every whole frame to onFrame; throws FrameTooLarge (the caller drops the connection). */
   push(chunk: Buffer): void {
+    this.feed(chunk);
+    for (let f = this.next(); f; f = this.next()) this.onFrame(f);
+  }
+
+  /** Feeds bytes without taking frames out (a server that takes requests only as fast as it answers them). */
+  feed(chunk: Buffer): void {
     this.chunks.push(chunk);
     this.buffered += chunk.length;
-    for (;;) {
-      if (this.want < 0) {
-        if (this.buffered < 4) return;
-        const size = this.take(4).readUInt32BE(0);
-        if (size > this.max) throw new FrameTooLarge(size, this.max);
-        this.want = size;
-      }
-      if (this.buffered < this.want) return;
-      const frame = this.take(this.want);
-      this.want = -1;
-      this.onFrame(frame);
-    }
+    this.header();
+  }
+
+  /** The next whole frame, or undefined until more bytes come; throws FrameTooLarge. */
+  next(): Buffer | undefined {
+    if (!this.header() || this.buffered < this.want) return undefined;
+    const frame = this.take(this.want);
+    this.want = -1;
+    this.header(); // a too-large next frame is an error now, before its bytes are waited for
+    return frame;
+  }
+
+  /** Reads the next frame's length if it is here; true once it is known. */
+  private header(): boolean {
+    if (this.want >= 0) return true;
+    if (this.buffered < 4) return false;
+    const size = this.take(4).readUInt32BE(0);
+    if (size > this.max) throw new FrameTooLarge(size, this.max);
+    this.want = size;
+    return true;
   }
 
   /** Bytes held for an incomplete frame (for memory bounds and idle checks). */

@@ -98,10 +98,19 @@ export function encodeRequest(id: number, req: Request): Buffer {
 
 /** A whole response frame. `body` is the op's result on success, or a UTF-8 reason on failure. */
 export function encodeResponse(op: number, id: number, rv: number, generation: number, body?: Uint8Array): Buffer {
-  const w = new Writer(RESPONSE_HEADER + 4 + (body?.length ?? 0));
-  w.u32(0).u8(KEY_WIRE_VERSION).u8(op | REPLY_BIT).u16(0).u32(id).u32(rv).u32(generation);
-  if (body) w.raw(body);
-  return framed(w);
+  const head = encodeResponseHead(op, id, rv, generation, body?.length ?? 0);
+  return body?.length ? Buffer.concat([head, body]) : head;
+}
+
+/**
+ * A response frame's length prefix and header, for a body sent after it as it is:
+ * the enclave sends the shared LIST body this way, so a reply waiting in a socket's
+ * queue holds a reference to it, not a copy.
+ */
+export function encodeResponseHead(op: number, id: number, rv: number, generation: number, bodyLength: number): Buffer {
+  const w = new Writer(RESPONSE_HEADER + 4);
+  w.u32(RESPONSE_HEADER + bodyLength).u8(KEY_WIRE_VERSION).u8(op | REPLY_BIT).u16(0).u32(id).u32(rv).u32(generation);
+  return w.finish();
 }
 
 export interface Response { op: number; id: number; rv: number; generation: number; body: Buffer }

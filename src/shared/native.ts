@@ -5,11 +5,16 @@ import fs from 'node:fs';
 import { createRequire } from 'node:module';
 
 export interface NativeAddon {
-  connect(cid: number, port: number, timeoutMs: number): number;
+  /** privilegedSource: bind a source port below 1024 first (root only); the provisioning channel requires one. */
+  connect(cid: number, port: number, timeoutMs: number, privilegedSource?: boolean): number;
   listen(cid: number, port: number, backlog: number): number;
   dup(fd: number): number;
+  /** Who is on the other end of a connected socket. */
+  peer(fd: number): PeerIdentity;
   nsmRequest(fd: number, request: Buffer): Buffer;
 }
+
+export type PeerIdentity = { family: 'unix'; uid: number; gid: number; pid: number } | { family: 'vsock'; cid: number; port: number };
 
 let addon: NativeAddon | undefined;
 export function native(): NativeAddon {

@@ -27,7 +27,7 @@ export interface TokenDescription {
 
 export interface Health { ok: true; version: number; nsm: 'device' | 'simulated'; localMode: boolean; tokens: number; generation: number; memory?: { rssMiB: number; heapUsedMiB: number; externalMiB: number } }
 
-export type ErrorCode = 'BadRequest' | 'TokenExists' | 'NoSuchToken' | 'PlaintextRefused' | 'KmsDenied' | 'KmsError' | 'KeyMismatch' | 'KeyInvalid' | 'Internal' | 'UnsupportedVersion';
+export type ErrorCode = 'BadRequest' | 'TokenExists' | 'NoSuchToken' | 'PlaintextRefused' | 'KmsDenied' | 'KmsError' | 'KeyMismatch' | 'KeyInvalid' | 'Internal' | 'UnsupportedVersion' | 'PinChange';
 
 export class ProvisionError extends Error {
   constructor(readonly code: ErrorCode, message: string) { super(message); }
@@ -99,7 +99,8 @@ export class ProvisionClient {
   }
 
   static async connect(address: Address, timeoutMs = 5000): Promise<ProvisionClient> {
-    return new ProvisionClient(await connect(address, timeoutMs));
+    // Over vsock the enclave takes provisioning only from a root-bound source port.
+    return new ProvisionClient(await connect(address, timeoutMs, { privilegedSource: true }));
   }
 
   call<T = Record<string, unknown>>(op: string, args: Record<string, unknown> = {}, timeoutMs = 60_000): Promise<T> {

@@ -5,7 +5,7 @@
 // explicit wrap classes below.
 import net from 'node:net';
 import fs from 'node:fs';
-import { native } from './native.ts';
+import { native, type PeerIdentity } from './native.ts';
 import type { Address } from './address.ts';
 
 interface StreamHandleClass { new (type: number): { open(fd: number): number } }
@@ -13,7 +13,15 @@ interface StreamHandleClass { new (type: number): { open(fd: number): number } }
 // allow-list; they are the only way to give libuv a descriptor of a family it does not know.
 const binding = (process as unknown as { binding(name: string): Record<string, unknown> }).binding;
 
-export async function connect(address: Address, timeoutMs = 5000): Promise<net.Socket> {
+export interface ConnectOptions {
+  /**
+   * vsock: connect from a source port below 1024, which only root can bind on the
+   * parent; the provisioning channel accepts nothing else (docs/protocol.md, "Trust model").
+   */
+  privilegedSource?: boolean;
+}
+
+export async function connect(address: Address, timeoutMs = 5000, opts: ConnectOptions = {}): Promise<net.Socket> {
   if (address.kind === 'unix') {
     return new Promise((resolve, reject) => {
       const s = net.connect({ path: address.path });
@@ -22,7 +30,14 @@ export async function connect(address: Address, timeoutMs = 5000): Promise<net.S
       s.once('error', (e) => { clearTimeout(timer); reject(e); });
     });
   }
-  return socketFromFd(native().connect(address.cid, address.port, timeoutMs));
+  return socketFromFd(native().connect(address.cid, address.port, timeoutMs, opts.privilegedSource ?? false));
+}
+
+/** Who is on the other end of an accepted or connected socket (unix: its uid; vsock: its CID and source port). */
+export function peerOf(sock: net.Socket): PeerIdentity {
+  const fd = (sock as unknown as { _handle?: { fd?: number } })._handle?.fd;
+  if (fd === undefined || fd < 0) throw new Error('socket has no descriptor');
+  return native().peer(fd);
 }
 
 /**
