@@ -179,3 +179,23 @@ test('a token added after the running nginx master started: a reload cannot load
   addedAt = new Date(Date.now() - 3600_000).toISOString();
   t.is((await finding()).verdict, 'ok');
 });
+
+test('a target directory other users can write to, and a short PIN: doctor says so, with the fix (security, issue 11)', async (t) => {
+  const open = path.join(dir, 'world-writable');
+  fs.mkdirSync(open, { recursive: true });
+  fs.chmodSync(open, 0o777);
+  const file = path.join(dir, `acm-${++acmFiles}.yaml`);
+  fs.writeFileSync(file, `tokens:\n  - label: short\n    pin: "1234"\n    source:\n      S3:\n        uri: "s3://bucket/a.json"\n    target:\n      NginxStanza:\n        path: ${open}/a.conf\n`);
+  const f = await doctor({ configFile: file, socket: path.join(dir, 'no-agent.sock'), webServerConf: nginxConf('dirs', {}) });
+  const d = f.find((x) => x.check === 'directory short')!;
+  t.is(d.verdict, 'fail');
+  t.regex(d.detail, new RegExp(`refuses to write token short's files: directory ${open} is writable by everyone`));
+  t.is(d.fix, `chmod go-w ${open}`);
+  const p = f.find((x) => x.check === 'pin length')!;
+  t.is(p.verdict, 'warn');
+  t.regex(p.detail, /acm-\d+\.yaml:2: token "short": its pin is 4 characters/);
+  t.regex(p.fix ?? '', /Leave pin out/);
+  const check = await cli(["agent", "--check", "--config", file]);
+  t.is(check.status, 0, 'still a valid file');
+  t.regex(check.stderr, /warning: .*:2: token "short": its pin is 4 characters; under 16/);
+});

@@ -4,7 +4,7 @@ import test from 'ava';
 import fs from 'node:fs';
 import path from 'node:path';
 import { spawnSync } from 'node:child_process';
-import { writeTarget, rewriteHttpdConf, TargetError, companionFiles } from '../src/agent/targets.ts';
+import { writeTarget, rewriteHttpdConf, TargetError, companionFiles, readPinFile } from '../src/agent/targets.ts';
 import { createCA, issueServerCert } from '../src/local/pki.ts';
 import { tmpdir } from './helpers/enclave.ts';
 
@@ -58,7 +58,7 @@ test('a bad target changes nothing: unknown user, missing directory; the last go
 test('disk full while writing: every previous file stays as it was, no temporary file is left, the error names the file', (t) => {
   const dir = tmpdir('targets-full');
   // A 64 KiB file system of its own, filled up after the first write.
-  t.is(spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=64k', 'tmpfs', dir]).status, 0, 'mount tmpfs (needs root)');
+  t.is(spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=64k,mode=0755', 'tmpfs', dir]).status, 0, 'mount tmpfs (needs root)');
   t.teardown(() => { spawnSync('umount', [dir]); fs.rmSync(dir, { recursive: true, force: true }); });
   const spec = { kind: 'NginxStanza' as const, path: path.join(dir, 'www.conf') };
   const first = writeTarget(spec, tok);
@@ -72,4 +72,58 @@ test('disk full while writing: every previous file stays as it was, no temporary
   t.regex(e!.message, /www\.(chain\.pem|pin|conf): ENOSPC/);
   for (const [f, content] of Object.entries(before)) t.is(fs.readFileSync(f, 'utf8'), content, `${f} is the last good one`);
   t.deepEqual(fs.readdirSync(dir).filter((f) => f.startsWith('.')), [], 'no temporary files left');
+});
+
+// Security finding 3 (issue 11): temporary files and the directories they are made in.
+
+test('3. a target directory another user can write to is refused, naming it; the attacker\'s symlink trick changes nothing', (t) => {
+  const dir = tmpdir('targets-hostile');
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const victim = path.join(dir, 'victim');
+  fs.mkdirSync(victim, { mode: 0o700 });
+  fs.writeFileSync(path.join(victim, 'shadow'), 'root only\n', { mode: 0o600 });
+  const shared = path.join(dir, 'shared');
+  fs.mkdirSync(shared);
+  fs.chmodSync(shared, 0o777);
+  // What the attacker (any local user) did: a symlink at the name the agent used to write through.
+  for (const name of ['.nginx-acm.conf.nitro-acm-' + process.pid, '.nginx-acm.chain.pem.nitro-acm-' + process.pid, '.nginx-acm.pin.nitro-acm-' + process.pid]) fs.symlinkSync(path.join(victim, 'shadow'), path.join(shared, name));
+  const e = t.throws(() => writeTarget({ kind: 'NginxStanza', path: path.join(shared, 'nginx-acm.conf'), user: 'www-data' }, tok), { instanceOf: TargetError });
+  t.regex(e!.message, new RegExp(`directory ${shared} is writable by everyone \\(mode 777\\).*fix: chmod go-w ${shared}`));
+  const st = fs.statSync(path.join(victim, 'shadow'));
+  t.is(st.uid, 0, 'the root-owned file is still root\'s');
+  t.is(fs.readFileSync(path.join(victim, 'shadow'), 'utf8'), 'root only\n');
+  const groupWritable = path.join(dir, 'group');
+  fs.mkdirSync(groupWritable);
+  fs.chmodSync(groupWritable, 0o775);
+  t.throws(() => writeTarget({ kind: 'NginxStanza', path: path.join(groupWritable, 'a.conf') }, tok), { message: /writable by its group \(mode 775\)/ });
+  const notRoot = path.join(dir, 'nobody');
+  fs.mkdirSync(notRoot, { mode: 0o755 });
+  fs.chownSync(notRoot, 65534, 65534);
+  t.throws(() => writeTarget({ kind: 'NginxStanza', path: path.join(notRoot, 'a.conf') }, tok), { message: new RegExp(`directory ${notRoot} is owned by uid 65534, not root`) });
+  t.deepEqual(fs.readdirSync(notRoot), [], 'nothing written there');
+});
+
+test('3. temporary names are random and created new (O_EXCL|O_NOFOLLOW): a symlink planted in a good directory is never written through', (t) => {
+  const dir = tmpdir('targets-tmp');
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  fs.chmodSync(dir, 0o755);
+  const shadow = path.join(dir, 'shadow');
+  fs.writeFileSync(shadow, 'root only\n', { mode: 0o600 });
+  fs.symlinkSync(shadow, path.join(dir, `.nginx-acm.conf.nitro-acm-${process.pid}`));
+  const files = writeTarget({ kind: 'NginxStanza', path: path.join(dir, 'nginx-acm.conf'), user: 'www-data' }, tok);
+  t.is(fs.statSync(shadow).uid, 0);
+  t.is(fs.readFileSync(shadow, 'utf8'), 'root only\n', 'the symlink\'s target is untouched');
+  t.is(fs.statSync(files.config).uid, wwwData);
+  t.deepEqual(fs.readdirSync(dir).filter((f) => f.startsWith('.') && !fs.lstatSync(path.join(dir, f)).isSymbolicLink()), [], 'no temporary files left');
+});
+
+test('3. a PIN file is read only as a regular file, never through a symlink', (t) => {
+  const dir = tmpdir('targets-pin');
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  fs.writeFileSync(path.join(dir, 'secret'), 'not a pin of ours');
+  fs.symlinkSync(path.join(dir, 'secret'), path.join(dir, 'www.pin'));
+  t.is(readPinFile(path.join(dir, 'www.pin')), undefined);
+  fs.writeFileSync(path.join(dir, 'real.pin'), 'p1n-1234');
+  t.is(readPinFile(path.join(dir, 'real.pin')), 'p1n-1234');
+  t.is(readPinFile(path.join(dir, 'absent.pin')), undefined);
 });

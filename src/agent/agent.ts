@@ -13,7 +13,7 @@ import { ProvisionClient, ProvisionError } from '../shared/provision-wire.ts';
 import type { AcmConfig, TokenConfig } from './config.ts';
 import { instanceContext, type Endpoints, type InstanceContext } from './aws.ts';
 import { fetchBundle } from './source.ts';
-import { writeTarget, companionFiles, type TargetSpec } from './targets.ts';
+import { writeTarget, companionFiles, readPinFile, type TargetSpec } from './targets.ts';
 import { verifyTokenSigns } from './challenge.ts';
 import type { Bundle } from '../shared/bundle.ts';
 import type { Health, TokenDescription } from '../shared/provision-wire.ts';
@@ -122,7 +122,8 @@ function targetSpec(t: TokenConfig): TargetSpec {
 function pinFor(t: TokenConfig): string {
   if (t.pin) return t.pin;
   const file = companionFiles(targetSpec(t)).pin;
-  try { const p = fs.readFileSync(file, 'utf8').trim(); if (p.length >= 4) return p; } catch { /* none yet */ }
+  const p = readPinFile(file)?.trim();
+  if (p && p.length >= 4) return p;
   return crypto.randomBytes(16).toString('base64url');
 }
 

@@ -177,3 +177,17 @@ export function parseConfig(text: string, file: string): AcmConfig {
   }
   return out;
 }
+
+/** A PIN shorter than this can be found by guessing, however slowly the enclave answers (enclave/pin-throttle.ts). */
+export const MIN_SAFE_PIN_LENGTH = 16;
+
+/** What is allowed but unwise, each naming the file and line: `agent --check` and `doctor` print them. */
+export function configWarnings(c: AcmConfig, file: string): string[] {
+  const out: string[] = [];
+  for (const t of c.tokens) {
+    if (t.pin !== undefined && t.pin.length < MIN_SAFE_PIN_LENGTH) {
+      out.push(`${file}:${t.line}: token "${t.label}": its pin is ${t.pin.length} characters; under ${MIN_SAFE_PIN_LENGTH}, a local user who guesses one every 5 s finds it in time. Leave pin out (the agent then generates a random one) or use at least ${MIN_SAFE_PIN_LENGTH} random characters`);
+    }
+  }
+  return out;
+}

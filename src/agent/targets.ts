@@ -5,6 +5,7 @@
 // one, so a failure at any step leaves the last good files in place. Files are
 // never deleted when the service stops.
 import fs from 'node:fs';
+import crypto from 'node:crypto';
 import path from 'node:path';
 import { render } from '../templates.ts';
 import { ckaIdOf, uriId } from '../shared/key-id.ts';
@@ -36,14 +37,35 @@ export function owner(t: TargetSpec): { uid: number; gid: number } | undefined {
 /** A file written beside its destination, not yet in place: commit() renames it over, abort() removes it. */
 export interface StagedFile { commit(): void; abort(): void }
 
+/**
+ * Why the agent must not write into a directory, or undefined: it writes files
+ * the web server trusts and chowns them to the web server's user, so a directory
+ * another user can write to would let that user swap names under it. Root-owned
+ * (or owned by the agent's own user, when it does not run as root) and not
+ * writable by group or others, as /etc/nginx/conf.d is.
+ */
+export function targetDirProblem(dir: string): string | undefined {
+  let st: fs.Stats;
+  try { st = fs.statSync(dir); } catch { return `directory ${dir} does not exist`; }
+  if (!st.isDirectory()) return `${dir} is not a directory`;
+  const me = process.getuid?.() ?? 0;
+  if (st.uid !== 0 && st.uid !== me) return `directory ${dir} is owned by uid ${st.uid}, not root: its owner could replace what the agent writes there (fix: chown root ${dir}, or choose a root-owned directory)`;
+  if (st.mode & 0o022) return `directory ${dir} is writable by ${st.mode & 0o002 ? 'everyone' : 'its group'} (mode ${(st.mode & 0o7777).toString(8)}): another user could replace what the agent writes there (fix: chmod go-w ${dir})`;
+  return undefined;
+}
+
 export function stageFile(file: string, data: string, mode: number, own?: { uid: number; gid: number }): StagedFile {
   const dir = path.dirname(file);
-  if (!fs.existsSync(dir)) throw new TargetError(`${file}: directory ${dir} does not exist`);
-  const tmp = path.join(dir, `.${path.basename(file)}.nitro-acm-${process.pid}`);
-  // Removes the temporary file; never something else that happens to have its name.
-  const drop = () => { try { fs.unlinkSync(tmp); } catch { /* absent, or not a file */ } };
+  const problem = targetDirProblem(dir);
+  if (problem) throw new TargetError(`${file}: ${problem}`);
+  // A new name nobody can guess, created here and now (O_EXCL) and never through a symlink (O_NOFOLLOW).
+  const tmp = path.join(dir, `.${path.basename(file)}.nitro-acm-${crypto.randomBytes(8).toString('hex')}`);
+  let created = false;
+  // Removes the temporary file this call created; never something else.
+  const drop = () => { if (created) { created = false; try { fs.unlinkSync(tmp); } catch { /* gone already */ } } };
   try {
-    const fd = fs.openSync(tmp, 'w', 0o600);
+    const fd = fs.openSync(tmp, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_NOFOLLOW, 0o600);
+    created = true;
     try {
       fs.writeFileSync(fd, data);
       if (own && process.getuid?.() === 0) fs.fchownSync(fd, own.uid, own.gid);
@@ -56,10 +78,24 @@ export function stageFile(file: string, data: string, mode: number, own?: { uid:
   }
   return {
     commit() {
-      try { fs.renameSync(tmp, file); } catch (e) { drop(); throw new TargetError(`${file}: ${(e as Error).message}`); }
+      try { fs.renameSync(tmp, file); created = false; } catch (e) { drop(); throw new TargetError(`${file}: ${(e as Error).message}`); }
     },
     abort: drop,
   };
+}
+
+/**
+ * Reads a PIN file the agent wrote, never through a symlink and only a small
+ * regular file; undefined when there is none.
+ */
+export function readPinFile(file: string): string | undefined {
+  let fd: number;
+  try { fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK); } catch { return undefined; }
+  try {
+    const st = fs.fstatSync(fd);
+    if (!st.isFile() || st.size > 4096) return undefined;
+    return fs.readFileSync(fd, 'utf8');
+  } finally { fs.closeSync(fd); }
 }
 
 /** Replaces a file atomically (temporary file, fsync, rename): readers see the old or the new, never half. */

@@ -6,8 +6,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { execFile } from 'node:child_process';
 import { processStartedAt } from '../agent/process-start.ts';
-import { loadConfig, ConfigError, DEFAULT_CONFIG, type AcmConfig, type TokenConfig } from '../agent/config.ts';
-import { companionFiles, owner, type TargetSpec } from '../agent/targets.ts';
+import { loadConfig, ConfigError, DEFAULT_CONFIG, configWarnings, type AcmConfig, type TokenConfig } from '../agent/config.ts';
+import { companionFiles, owner, targetDirProblem, type TargetSpec } from '../agent/targets.ts';
 import { controlCall } from '../agent/control.ts';
 import type { StatusReport } from './status.ts';
 
@@ -159,6 +159,10 @@ function fileFindings(c: AcmConfig): Finding[] {
     const own = (() => { try { return owner(s); } catch { return undefined; } })();
     const files = [s.path, companionFiles(s).chain, ...(c.options.pin_in_config ? [] : [companionFiles(s).pin])];
     const problems: string[] = [];
+    const dirProblem = targetDirProblem(path.dirname(s.path));
+    if (dirProblem) {
+      findings.push({ check: `directory ${t.label}`, verdict: 'fail', detail: `the agent refuses to write token ${t.label}'s files: ${dirProblem.replace(/ \(fix: .*\)$/, '')}`, fix: /\(fix: (.*)\)$/.exec(dirProblem)?.[1] ?? `create ${path.dirname(s.path)} owned by root, mode 0755` });
+    }
     for (const f of files) {
       let st: fs.Stats;
       try { st = fs.statSync(f); } catch { problems.push(`${f} is missing`); continue; }
@@ -227,6 +231,10 @@ export async function doctor(given: DoctorOptions): Promise<Finding[]> {
     return [{ check: 'acm.yaml', verdict: 'fail', detail, fix: `nitro-acm agent --check --config ${o.configFile} shows every problem` }];
   }
   const findings: Finding[] = [{ check: 'acm.yaml', verdict: 'ok', detail: `${o.configFile}: ${c.tokens.length} token(s), service ${c.options.service}${agent && !given.configFile ? ' (the file the running agent serves)' : ''}` }];
+  for (const w of configWarnings(c, o.configFile)) {
+    const m = /^(.*?): (token "[^"]+": its pin is \d+ characters); (.*)$/.exec(w);
+    findings.push({ check: 'pin length', verdict: 'warn', detail: m ? `${m[1]}: ${m[2]}` : w, fix: m?.[3] });
+  }
   findings.push(...await opensslFindings(o), await p11kitFinding());
   findings.push(...(c.options.service === 'nginx' ? await nginxFindings(c, o, running) : await httpdFindings(c, o)));
   findings.push(...fileFindings(c), kmsProxyFinding(running, given.proc), ...agentFindings(c, running));
