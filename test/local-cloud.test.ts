@@ -4,6 +4,11 @@
 import test from 'ava';
 import fs from 'node:fs';
 import crypto from 'node:crypto';
+import path from 'node:path';
+import { execFile } from 'node:child_process';
+
+// curl runs beside the local cloud, which lives in this process: never synchronously.
+const curl = (args: string[]) => new Promise<string>((resolve) => execFile('curl', args, { encoding: 'utf8' }, (_e, stdout) => resolve(stdout)));
 import { S3Client, PutObjectCommand, GetObjectCommand, HeadObjectCommand, S3ServiceException } from '@aws-sdk/client-s3';
 import { IAMClient, GetRoleCommand } from '@aws-sdk/client-iam';
 import { KMSClient, CreateKeyCommand, EncryptCommand, DecryptCommand, PutKeyPolicyCommand, GetKeyPolicyCommand, KMSServiceException, NotFoundException, InvalidCiphertextException, MalformedPolicyDocumentException } from '@aws-sdk/client-kms';
@@ -77,4 +82,58 @@ test.serial('KMS state persists across a restart of the local cloud', async (t) 
   cloud = await startLocalCloud({ stateDir: dir });
   const again = new KMSClient({ region: 'us-east-1', endpoint: cloud.endpoint, credentials: admin() });
   t.is(Buffer.from((await again.send(new DecryptCommand({ CiphertextBlob }))).Plaintext!).toString(), 'kept');
+});
+
+// Security finding 4 (issue 11): local mode runs as root, so the local S3 must not read or write outside its store.
+
+/** curl with its own SigV4 signer and the instance role's credentials (which any local user can read from IMDS). */
+async function signedCurl(args: string[]): Promise<{ status: number; body: string }> {
+  const c = cloud.identity.instance;
+  const out = await curl(['-s', '--path-as-is', '-o', '-', '-w', '\n%{http_code}', '--aws-sigv4', 'aws:amz:us-east-1:s3', '--user', `${c.accessKeyId}:${c.secretAccessKey}`, '-H', `x-amz-security-token: ${c.sessionToken}`, '-H', 'x-amz-content-sha256: UNSIGNED-PAYLOAD', ...args]);
+  const lines = out.trimEnd().split('\n');
+  return { status: Number(lines.pop()), body: lines.join('\n') };
+}
+
+test('4. S3 path traversal: an encoded ../ bucket reads and writes nothing outside the store, even when signed', async (t) => {
+  const outside = tmpdir('cloud-outside');
+  t.teardown(() => fs.rmSync(outside, { recursive: true, force: true }));
+  fs.writeFileSync(path.join(outside, 'secret'), 'root only', { mode: 0o600 });
+  const rel = path.relative(path.join(dir, 'cloud', 's3'), outside); // ../../../tmp/nitro-acm-cloud-outside-XXXX
+  const bucket = encodeURIComponent(rel);
+  const key = 'secret';
+  const read = await signedCurl([`${cloud.endpoint}/${bucket}/${key}`]);
+  t.is(read.status, 400, `GET refused: ${read.body}`);
+  t.regex(read.body, /InvalidBucketName/);
+  t.false(read.body.includes('root only'));
+  const write = await signedCurl(['-X', 'PUT', '--data-binary', 'owned', `${cloud.endpoint}/${bucket}/planted`]);
+  t.is(write.status, 400);
+  t.deepEqual(fs.readdirSync(outside), ['secret'], 'nothing written outside the store');
+  const mkBucket = await signedCurl(['-X', 'PUT', `${cloud.endpoint}/${encodeURIComponent('../../../../tmp/nitro-acm-planted')}`]);
+  t.is(mkBucket.status, 400);
+  t.false(fs.existsSync('/tmp/nitro-acm-planted'));
+  // The same signer does reach a real bucket: the refusals above are about the names, not the signature.
+  const ok = await signedCurl([`${cloud.endpoint}/${cloud.bucket()}/nothing-here`]);
+  t.is(ok.status, 404);
+  t.regex(ok.body, /NoSuchKey/);
+});
+
+test('4. S3, KMS and IAM verify SigV4: no signature, a wrong secret, a tampered body or a stale date are refused', async (t) => {
+  const unsigned = await fetch(`${cloud.endpoint}/${cloud.bucket()}/x`);
+  t.is(unsigned.status, 403);
+  t.regex(await unsigned.text(), /MissingAuthenticationToken/);
+  const wrong = new S3Client({ region: 'us-east-1', endpoint: cloud.endpoint, forcePathStyle: true, credentials: { ...admin(), secretAccessKey: 'not-the-secret' } });
+  await t.throwsAsync(wrong.send(new GetObjectCommand({ Bucket: cloud.bucket(), Key: 'x' })), { name: 'SignatureDoesNotMatch' });
+  const kmsWrong = new KMSClient({ region: 'us-east-1', endpoint: cloud.endpoint, credentials: { ...admin(), secretAccessKey: 'not-the-secret' } });
+  await t.throwsAsync(kmsWrong.send(new CreateKeyCommand({})), { message: /signature we calculated does not match/ });
+  const noToken = new KMSClient({ region: 'us-east-1', endpoint: cloud.endpoint, credentials: { accessKeyId: cloud.identity.instance.accessKeyId, secretAccessKey: cloud.identity.instance.secretAccessKey } });
+  await t.throwsAsync(noToken.send(new CreateKeyCommand({})), { message: /security token included in the request is invalid/ });
+  // A signed request replayed with another body: the signature covers the body's hash.
+  const c = cloud.identity.admin;
+  const tampered = await curl(['-s', '-o', '-', '-w', '\n%{http_code}', '--aws-sigv4', 'aws:amz:us-east-1:kms', '--user', `${c.accessKeyId}:${c.secretAccessKey}`, '-H', 'x-amz-target: TrentService.CreateKey', '-H', 'content-type: application/x-amz-json-1.1', '-H', 'x-amz-content-sha256: ' + crypto.createHash('sha256').update('{}').digest('hex'), '--data-binary', '{"Description":"x"}', cloud.endpoint]);
+  const good = await curl(['-s', '-o', '-', '-w', '\n%{http_code}', '--aws-sigv4', 'aws:amz:us-east-1:kms', '--user', `${c.accessKeyId}:${c.secretAccessKey}`, '-H', 'x-amz-target: TrentService.CreateKey', '-H', 'content-type: application/x-amz-json-1.1', '--data-binary', '{"Description":"x"}', cloud.endpoint]);
+  t.regex(good, /\n200$/, `curl's own signature is accepted: ${good}`);
+  t.regex(tampered, /\n403$/, `a body other than the one signed is refused: ${tampered}`);
+  // A request signed 20 minutes ago.
+  const stale = new KMSClient({ region: 'us-east-1', endpoint: cloud.endpoint, credentials: admin(), systemClockOffset: -20 * 60 * 1000 });
+  await t.throwsAsync(stale.send(new CreateKeyCommand({})), { message: /request time .* too large|RequestTimeTooSkewed|Signature expired/i });
 });

@@ -11,6 +11,7 @@ import https from 'node:https';
 import net from 'node:net';
 import crypto, { X509Certificate } from 'node:crypto';
 import { LocalKms, AwsError, type Caller } from './kms.ts';
+import { verifySigV4, SignatureError } from './sigv4.ts';
 import { createCertificate } from '../../shared/x509.ts';
 import { log } from '../../shared/log.ts';
 
@@ -96,6 +97,15 @@ function readBody(req: http.IncomingMessage, max = 8 * 1024 * 1024): Promise<Buf
   });
 }
 
+/** Why S3 would refuse a bucket name (3-63 of a-z 0-9 . -, letters or digits at both ends, no "..", not an IP address), or undefined. */
+export function s3BucketNameProblem(b: string): string | undefined {
+  if (b.length < 3 || b.length > 63) return `"${b.slice(0, 70)}" is not 3 to 63 characters`;
+  if (!/^[a-z0-9][a-z0-9.-]*[a-z0-9]$/.test(b)) return `"${b}" may hold only a-z, 0-9, "." and "-", and must start and end with a letter or digit`;
+  if (b.includes('..')) return `"${b}" has two adjacent periods`;
+  if (/^\d+\.\d+\.\d+\.\d+$/.test(b)) return `"${b}" is formatted as an IP address`;
+  return undefined;
+}
+
 const xmlEscape = (s: string) => s.replace(/[<>&'"]/g, (c) => `&#${c.charCodeAt(0)};`);
 
 export async function startLocalCloud(o: LocalCloudOptions): Promise<LocalCloud> {
@@ -105,17 +115,16 @@ export async function startLocalCloud(o: LocalCloudOptions): Promise<LocalCloud>
   const kmsHostname = `kms.${id.region}.amazonaws.com`;
   const tls = tlsMaterial(dir, [kmsHostname, 'localhost']);
   const kms = new LocalKms({ stateDir: dir, region: id.region, account: id.account, trustedRoots: o.attestationRoots ?? (() => []) });
-  const s3dir = path.join(dir, 's3');
+  const s3dir = path.resolve(dir, 's3');
   const bucket = `${id.partition}-ec2-enclave-certificate-${id.region}-prod`;
   fs.mkdirSync(path.join(s3dir, bucket), { recursive: true });
   const tokens = new Map<string, number>();
 
-  const callerOf = (req: http.IncomingMessage): Caller | undefined => {
-    const m = /Credential=([^/,\s]+)\//.exec(String(req.headers.authorization ?? ''));
-    if (!m) return undefined;
-    if (m[1] === id.instance.accessKeyId) return { arn: id.roleArn, account: id.account };
-    if (m[1] === id.admin.accessKeyId) return { arn: id.admin.arn, account: id.account };
-    return undefined;
+  // Every request to S3, IAM and KMS must carry a valid SigV4 signature by one of the two local keys.
+  const signingKeys = new Map([[id.instance.accessKeyId, { secretAccessKey: id.instance.secretAccessKey, sessionToken: id.instance.sessionToken }], [id.admin.accessKeyId, { secretAccessKey: id.admin.secretAccessKey }]]);
+  const callerOf = (req: http.IncomingMessage, body: Buffer): Caller => {
+    const keyId = verifySigV4(req, body, (k) => signingKeys.get(k));
+    return keyId === id.instance.accessKeyId ? { arn: id.roleArn, account: id.account } : { arn: id.admin.arn, account: id.account };
   };
 
   const imds = (req: http.IncomingMessage, res: http.ServerResponse, url: URL) => {
@@ -145,20 +154,31 @@ export async function startLocalCloud(o: LocalCloudOptions): Promise<LocalCloud>
     res.writeHead(200, { 'content-type': 'text/plain' }).end(route());
   };
 
-  const s3path = (b: string, key: string) => path.join(s3dir, b, Buffer.from(key).toString('base64url'));
+  // Names are checked as S3 checks them, and every path is checked to stay in the store.
+  const s3path = (b: string, key?: string) => {
+    const p = path.resolve(s3dir, b, ...(key === undefined ? [] : [Buffer.from(key).toString('base64url')]));
+    if (!p.startsWith(s3dir + path.sep)) throw new AwsError('InvalidBucketName', 'The specified bucket is not valid.', 400);
+    return p;
+  };
   const s3error = (res: http.ServerResponse, status: number, code: string, message: string) =>
     res.writeHead(status, { 'content-type': 'application/xml' }).end(`<?xml version="1.0" encoding="UTF-8"?><Error><Code>${code}</Code><Message>${xmlEscape(message)}</Message></Error>`);
 
-  const s3 = async (req: http.IncomingMessage, res: http.ServerResponse, url: URL) => {
-    const parts = url.pathname.split('/').slice(1);
-    const b = decodeURIComponent(parts[0] ?? '');
-    const key = decodeURIComponent(parts.slice(1).join('/'));
+  const s3 = async (req: http.IncomingMessage, res: http.ServerResponse, url: URL, body: Buffer) => {
+    const raw = url.pathname.slice(1);
+    const slash = raw.indexOf('/');
+    let b: string, key: string;
+    try {
+      b = decodeURIComponent(slash < 0 ? raw : raw.slice(0, slash));
+      key = slash < 0 ? '' : decodeURIComponent(raw.slice(slash + 1));
+    } catch { s3error(res, 400, 'InvalidURI', 'Couldn\'t parse the specified URI.'); return; }
     if (!b) { s3error(res, 400, 'InvalidRequest', 'bucket name required (path-style)'); return; }
-    if (!key && req.method === 'PUT') { fs.mkdirSync(path.join(s3dir, b), { recursive: true }); res.writeHead(200).end(); return; }
-    if (!fs.existsSync(path.join(s3dir, b))) { s3error(res, 404, 'NoSuchBucket', `The specified bucket ${b} does not exist`); return; }
+    const badBucket = s3BucketNameProblem(b);
+    if (badBucket) { s3error(res, 400, 'InvalidBucketName', `The specified bucket is not valid: ${badBucket}`); return; }
+    if (Buffer.byteLength(key) > 1024) { s3error(res, 400, 'KeyTooLongError', 'Your key is too long'); return; }
+    if (!key && req.method === 'PUT') { fs.mkdirSync(s3path(b), { recursive: true }); res.writeHead(200).end(); return; }
+    if (!fs.existsSync(s3path(b))) { s3error(res, 404, 'NoSuchBucket', `The specified bucket ${b} does not exist`); return; }
     const file = s3path(b, key);
     if (req.method === 'PUT') {
-      const body = await readBody(req);
       const tmp = `${file}.tmp-${process.pid}`;
       fs.writeFileSync(tmp, body);
       fs.renameSync(tmp, file);
@@ -199,26 +219,31 @@ export async function startLocalCloud(o: LocalCloudOptions): Promise<LocalCloud>
       if (fault === 'down') { req.socket.destroy(); return; }
       if (fault) await new Promise((r) => setTimeout(r, fault.delayMs));
       if (service === 'imds') return imds(req, res, url);
-      const caller = callerOf(req);
+      let body: Buffer, caller: Caller;
+      try {
+        body = await readBody(req);
+        caller = callerOf(req, body);
+      } catch (e) {
+        const code = e instanceof SignatureError ? e.code : e instanceof AwsError ? e.type : 'InternalError';
+        const status = e instanceof AwsError ? e.status : code === 'MissingAuthenticationToken' ? 403 : code === 'IncompleteSignature' || code === 'XAmzContentSHA256Mismatch' ? 400 : 403;
+        if (service === 's3') s3error(res, status, code, (e as Error).message);
+        else if (service === 'kms') res.writeHead(status, { 'content-type': 'application/x-amz-json-1.1', 'x-amzn-errortype': code }).end(JSON.stringify({ __type: code, message: (e as Error).message }));
+        else res.writeHead(status, { 'content-type': 'text/xml' }).end(`<ErrorResponse><Error><Type>Sender</Type><Code>${code}</Code><Message>${xmlEscape((e as Error).message)}</Message></Error></ErrorResponse>`);
+        return;
+      }
       if (service === 'kms') {
         const op = String(req.headers['x-amz-target']).slice('TrentService.'.length);
-        const send = (status: number, body: unknown, type?: string) => res.writeHead(status, { 'content-type': 'application/x-amz-json-1.1', ...(type ? { 'x-amzn-errortype': type } : {}) }).end(JSON.stringify(body));
+        const send = (status: number, payload: unknown, type?: string) => res.writeHead(status, { 'content-type': 'application/x-amz-json-1.1', ...(type ? { 'x-amzn-errortype': type } : {}) }).end(JSON.stringify(payload));
         try {
-          if (!caller) throw new AwsError('UnrecognizedClientException', 'The security token included in the request is invalid.');
-          const body = JSON.parse((await readBody(req)).toString() || '{}') as Record<string, unknown>;
-          send(200, kms.handle(op, body, caller));
+          send(200, kms.handle(op, JSON.parse(body.toString() || '{}') as Record<string, unknown>, caller));
         } catch (e) {
           const err = e instanceof AwsError ? e : new AwsError('KMSInternalException', (e as Error).message, 500);
           send(err.status, { __type: err.type, message: err.message }, err.type);
         }
         return;
       }
-      if (service === 'iam') {
-        if (!caller) { res.writeHead(403).end(); return; }
-        return iam(res, new URLSearchParams((await readBody(req)).toString()));
-      }
-      if (!caller) { s3error(res, 403, 'InvalidAccessKeyId', 'The AWS Access Key Id you provided does not exist in our records.'); return; }
-      return s3(req, res, url);
+      if (service === 'iam') return iam(res, new URLSearchParams(body.toString()));
+      return s3(req, res, url, body);
     })().catch((e) => { log.error(`local cloud: ${(e as Error).message}`); if (!res.headersSent) res.writeHead(500).end(); });
   };
 
