@@ -102,25 +102,25 @@ tokens:
   t.is(fs.readFileSync(`${etc}/acm.pin`, 'utf8'), acmPin, 'same PIN after the renewal');
 
   // A renewal that stops half way: the enclave takes the new key but the stanza
-  // files cannot be written (a directory stands where the chain's temporary file
-  // goes). nginx keeps its files and is not reloaded; the enclave makes the
+  // files cannot be written (its directory became group-writable). nginx keeps its files and is not reloaded; the enclave makes the
   // previous key current again (a retired key would be dropped after its grace
   // period, and nginx with it); the next poll rolls the new certificate out.
   const describeCurrent = async () => {
     const c = await ProvisionClient.connect(parseAddress(agent.enclaveEndpoints!.provisionAddress));
     try { return (await c.call<{ tokens: TokenDescription[] }>('describe')).tokens.find((x) => x.label === 'acm-token')!.fingerprint256; } finally { c.close(); }
   };
-  const blocker = path.join(etc, `.acm.chain.pem.nitro-acm-${process.pid}`);
-  fs.mkdirSync(blocker);
+  // Made group-writable, the directory is one the agent refuses to write into.
+  const etcMode = fs.statSync(etc).mode & 0o7777;
+  fs.chmodSync(etc, etcMode | 0o020);
   const stalled = await publish(tc.cloud.bucket(), `${tc.cloud.identity.roleArn}/${CERT_ARN}`, 'acm.test');
   const reloadsBefore = reloads;
   t.deepEqual(await agent.sync(), [], 'nothing rolled out');
-  t.regex(agent.tokens.get('acm-token')!.error!, /acm\.chain\.pem: EISDIR/);
+  t.regex(agent.tokens.get('acm-token')!.error!, /acm\.chain\.pem: directory .* is writable by its group/);
   t.is(agent.tokens.get('acm-token')!.state, 'serving');
   t.is(reloads, reloadsBefore, 'nginx not reloaded');
   t.is(await describeCurrent(), fingerprintOf(renewed), 'the enclave serves the previous key as the current one');
   t.is((await hs('acm.test')).fingerprint256, fingerprintOf(renewed));
-  fs.rmdirSync(blocker);
+  fs.chmodSync(etc, etcMode);
   t.deepEqual(await agent.sync(), ['acm-token'], 'the next poll tries again although S3 did not change since');
   t.is(await describeCurrent(), fingerprintOf(stalled));
   const stalledBefore = renewed;
