@@ -119,6 +119,14 @@ for (const label of ['rsa2048', 'rsa4096']) {
     // A wrong OAEP label is an invalid ciphertext, not a crash or a wrong answer.
     const bad = crypto.publicEncrypt({ key: pub, padding: crypto.constants.RSA_PKCS1_OAEP_PADDING, oaepHash: 'sha256', oaepLabel: Buffer.from('other') }, secret);
     t.is(rvOf(() => dec(oaep as pkcs11js.Mechanism, bad)), pkcs11js.CKR_ENCRYPTED_DATA_INVALID);
+    // Security finding 7 (issue 11): labels of 256 bytes and more were dropped (sent empty).
+    const long = crypto.randomBytes(300);
+    const oaepLong = { ...oaep, parameter: { ...oaep.parameter, sourceData: long } };
+    t.deepEqual(dec(oaepLong as pkcs11js.Mechanism, crypto.publicEncrypt({ key: pub, padding: crypto.constants.RSA_PKCS1_OAEP_PADDING, oaepHash: 'sha256', oaepLabel: long }, secret)), secret, 'a genuine 300-byte-label ciphertext decrypts');
+    const unlabelled = crypto.publicEncrypt({ key: pub, padding: crypto.constants.RSA_PKCS1_OAEP_PADDING, oaepHash: 'sha256' }, secret);
+    t.is(rvOf(() => dec(oaepLong as pkcs11js.Mechanism, unlabelled)), pkcs11js.CKR_ENCRYPTED_DATA_INVALID, 'a ciphertext made with no label does not decrypt under a 300-byte one');
+    const tooLong = { ...oaep, parameter: { ...oaep.parameter, sourceData: crypto.randomBytes(8193) } };
+    t.is(rvOf(() => p11.C_DecryptInit(s, tooLong as pkcs11js.Mechanism, key)), pkcs11js.CKR_MECHANISM_PARAM_INVALID, 'a label over 8 KiB is refused at C_DecryptInit');
     p11.C_CloseSession(s);
   });
 }

@@ -11,6 +11,7 @@
  */
 #define _GNU_SOURCE
 #include <pthread.h>
+#include <sys/uio.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -651,10 +652,55 @@ static CK_RV configure(const char *reserved)
   return CKR_OK;
 }
 
+/*
+ * Reads the C string at p into out without trusting p: PKCS#11 says pReserved is
+ * NULL, p11-kit's x-init-reserved makes it a string, and anything else (such as
+ * google/pkcs11test's (void *)1) must be an error, not a crash. process_vm_readv
+ * on this process reports an unreadable address as EFAULT instead of faulting;
+ * reads stop at page boundaries so a string at the end of a mapping is whole.
+ * Returns 0 with a NUL-terminated copy, -1 if unreadable or longer than cap - 1.
+ */
+static int read_untrusted_string(const void *p, char *out, size_t cap)
+{
+  size_t got = 0;
+  long page = sysconf(_SC_PAGESIZE);
+  if (page <= 0) page = 4096;
+  while (got < cap - 1) {
+    uintptr_t at = (uintptr_t)p + got;
+    size_t want = (size_t)page - (at % (size_t)page);
+    if (want > cap - 1 - got) want = cap - 1 - got;
+    struct iovec local = { out + got, want }, remote = { (void *)at, want };
+    ssize_t n = process_vm_readv(getpid(), &local, 1, &remote, 1, 0);
+    if (n <= 0) return -1;
+    void *nul = memchr(out + got, 0, (size_t)n);
+    if (nul) return 0;
+    got += (size_t)n;
+  }
+  return -1;
+}
+
+/*
+ * p11-kit's init string (docs/operations.md): pReserved is recognised only when it
+ * is a readable string that parses as an address ("unix:..." or "vsock:...",
+ * optionally followed by " timeout-ms=N"); any other non-NULL pReserved is
+ * CKR_ARGUMENTS_BAD, as PKCS#11 requires, whatever the environment says.
+ */
+static CK_RV check_reserved(const void *reserved, char *out, size_t cap)
+{
+  if (!reserved) { out[0] = 0; return CKR_OK; }
+  if (read_untrusted_string(reserved, out, cap) != 0) return CKR_ARGUMENTS_BAD;
+  conn_address probe;
+  char addr[sizeof address_text];
+  snprintf(addr, sizeof addr, "%s", out);
+  char *sp = strchr(addr, ' ');
+  if (sp) *sp = 0;
+  return conn_parse_address(addr, &probe) == 0 ? CKR_OK : CKR_ARGUMENTS_BAD;
+}
+
 CK_RV C_Initialize(CK_VOID_PTR pInitArgs)
 {
   CK_C_INITIALIZE_ARGS *args = pInitArgs;
-  const char *reserved = NULL;
+  const void *reserved = NULL;
   if (args) {
     int some = args->CreateMutex || args->DestroyMutex || args->LockMutex || args->UnlockMutex;
     int all = args->CreateMutex && args->DestroyMutex && args->LockMutex && args->UnlockMutex;
@@ -662,6 +708,9 @@ CK_RV C_Initialize(CK_VOID_PTR pInitArgs)
     /* We always use OS locking; an application that offers only its own mutexes still gets correct locking. */
     reserved = args->pReserved;
   }
+  char reserved_text[sizeof address_text];
+  if (check_reserved(reserved, reserved_text, sizeof reserved_text) != CKR_OK) return CKR_ARGUMENTS_BAD;
+  reserved = reserved_text[0] ? reserved_text : NULL;
   pthread_once(&atfork_once, install_atfork);
   pthread_mutex_lock(&M);
   if (initialized && init_pid == getpid()) {
@@ -675,7 +724,7 @@ CK_RV C_Initialize(CK_VOID_PTR pInitArgs)
     pthread_mutex_unlock(&M);
     return CKR_OK;
   }
-  CK_RV rv = configure(reserved);
+  CK_RV rv = configure(reserved ? reserved_text : NULL);
   if (rv == CKR_OK) {
     initialized = 1;
     init_pid = getpid();
@@ -1257,7 +1306,8 @@ static CK_RV op_init(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism, CK
       if (!pp || pMechanism->ulParameterLen != sizeof *pp) { rv = CKR_MECHANISM_PARAM_INVALID; goto out; }
       if (hash_from_ckm(pp->hashAlg, &hash) || hash_from_mgf(pp->mgf, &mgf)) { rv = CKR_MECHANISM_PARAM_INVALID; goto out; }
       if (pp->source != 0 && pp->source != CKZ_DATA_SPECIFIED) { rv = CKR_MECHANISM_PARAM_INVALID; goto out; }
-      if (pp->ulSourceDataLen > 0xffff || (pp->ulSourceDataLen && !pp->pSourceData)) { rv = CKR_MECHANISM_PARAM_INVALID; goto out; }
+      /* Longer labels than a request can carry are refused here, never dropped later. */
+      if (pp->ulSourceDataLen > KW_MAX_OAEP_LABEL || (pp->ulSourceDataLen && !pp->pSourceData)) { rv = CKR_MECHANISM_PARAM_INVALID; goto out; }
       if (pp->ulSourceDataLen) {
         s->oaep_label = malloc(pp->ulSourceDataLen);
         if (!s->oaep_label) { rv = CKR_HOST_MEMORY; goto out; }
@@ -1491,14 +1541,20 @@ CK_RV C_Decrypt(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pEncryptedData, CK_ULONG
   if (!pData) { *pulDataLen = k; pthread_mutex_unlock(&M); return CKR_OK; }
   CK_OBJECT_HANDLE key = s->key;
   uint8_t scheme = s->scheme, hash = s->hash, mgf = s->mgf_hash;
-  uint8_t label[256];
-  size_t label_len = s->oaep_label_len < sizeof label ? s->oaep_label_len : 0;
-  if (label_len) memcpy(label, s->oaep_label, label_len);
+  /* The whole label, copied out of the session (another thread may end the operation meanwhile). */
+  size_t label_len = s->oaep_label_len;
+  uint8_t *label = NULL;
+  if (label_len) {
+    label = malloc(label_len);
+    if (!label) { pthread_mutex_unlock(&M); return CKR_HOST_MEMORY; }
+    memcpy(label, s->oaep_label, label_len);
+  }
   pthread_mutex_unlock(&M);
 
   uint8_t out[MAX_SIGN_INPUT];
   size_t out_len = sizeof out;
   CK_RV rv = private_op(key, KW_DECRYPT, scheme, hash, mgf, 0, label, label_len, pEncryptedData, ulEncryptedDataLen, out, &out_len);
+  free(label);
   pthread_mutex_lock(&M);
   s = session_get(hSession);
   if (rv == CKR_OK && *pulDataLen < out_len) {

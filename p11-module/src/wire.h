@@ -11,6 +11,8 @@
 
 #define KW_VERSION 1
 #define KW_MAX_REQUEST (16u * 1024u)
+/* Longest OAEP label carried to the enclave (src/shared/key-wire.ts MAX_OAEP_LABEL): fits a request beside a 4096-bit block. */
+#define KW_MAX_OAEP_LABEL 8192u
 #define KW_MAX_RESPONSE (8u * 1024u * 1024u)
 #define KW_REQUEST_HEADER 8
 #define KW_RESPONSE_HEADER 16

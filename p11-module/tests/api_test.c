@@ -197,6 +197,12 @@ int main(int argc, char **argv)
   RV(f->C_Finalize(NULL), CKR_CRYPTOKI_NOT_INITIALIZED);
   CK_C_INITIALIZE_ARGS partial = { .CreateMutex = dummy_mutex };
   RV(f->C_Initialize(&partial), CKR_ARGUMENTS_BAD);
+  /* Security finding 9 (issue 11): a pReserved that is not p11-kit's init string is an error, never a crash or CKR_OK. */
+  CK_C_INITIALIZE_ARGS bad_reserved = { .flags = CKF_OS_LOCKING_OK, .pReserved = (void *)1 };
+  RV(f->C_Initialize(&bad_reserved), CKR_ARGUMENTS_BAD);
+  static char not_an_address[] = "definitely not an address";
+  bad_reserved.pReserved = not_an_address;
+  RV(f->C_Initialize(&bad_reserved), CKR_ARGUMENTS_BAD);
   CK_C_INITIALIZE_ARGS os = { .flags = CKF_OS_LOCKING_OK };
   RV(f->C_Initialize(&os), CKR_OK);
   RV(f->C_Initialize(NULL), CKR_CRYPTOKI_ALREADY_INITIALIZED);

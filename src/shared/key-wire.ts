@@ -5,6 +5,8 @@ import { Reader, Writer, DecodeError } from './bytes.ts';
 export const KEY_WIRE_VERSION = 1;
 /** Largest request the enclave accepts (a sign or decrypt input is at most 512 bytes). */
 export const MAX_REQUEST = 16 * 1024;
+/** Longest OAEP label the module carries (p11-module/src/wire.h KW_MAX_OAEP_LABEL); longer ones fail C_DecryptInit. */
+export const MAX_OAEP_LABEL = 8192;
 /** Largest response the module accepts (the LIST of every token's public objects). */
 export const MAX_RESPONSE = 8 * 1024 * 1024;
 export const REQUEST_HEADER = 8; // version, op, flags, id
