@@ -8,6 +8,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import crypto from 'node:crypto';
 import https from 'node:https';
+import http from 'node:http';
 import pkcs11js from 'pkcs11js';
 import { KMSClient, CreateKeyCommand, EncryptCommand, DecryptCommand, KMSServiceException } from '@aws-sdk/client-kms';
 import { startLocalCloud, type LocalCloud } from '../src/local/cloud/server.ts';
@@ -163,8 +164,17 @@ test.serial('refused: a truncated or garbled CiphertextForRecipient (a proxy bet
       const chunks: Buffer[] = [];
       req.on('data', (c) => chunks.push(c));
       req.on('end', async () => {
-        const r = await fetch(cloud.endpoint, { method: 'POST', headers: Object.fromEntries(Object.entries(req.headers).filter(([k]) => !['host', 'content-length', 'connection'].includes(k)).map(([k, v]) => [k, String(v)])), body: Buffer.concat(chunks) });
-        const body = await r.json() as Record<string, string>;
+        // Forwarded as it came, Host included: the local cloud checks the SigV4 signature, which covers it.
+        const r = await new Promise<{ status: number; text: string }>((resolve, reject) => {
+          const fwd = http.request(cloud.endpoint, { method: 'POST', headers: req.headers }, (up) => {
+            let text = '';
+            up.on('data', (d) => { text += d; });
+            up.on('end', () => resolve({ status: up.statusCode ?? 500, text }));
+          });
+          fwd.on('error', reject);
+          fwd.end(Buffer.concat(chunks));
+        });
+        const body = JSON.parse(r.text) as Record<string, string>;
         if (body.CiphertextForRecipient) body.CiphertextForRecipient = tamper(Buffer.from(body.CiphertextForRecipient, 'base64')).toString('base64');
         res.writeHead(r.status, { 'content-type': 'application/x-amz-json-1.1' }).end(JSON.stringify(body));
       });

@@ -1,35 +1,60 @@
-// Key policy evaluation in the local KMS, as KMS does it for attestation
-// conditions: explicit Deny wins, conditions on absent keys fail, values compare
-// case-insensitively under StringEqualsIgnoreCase only.
+// Local KMS key policies with IAM's condition operators (security finding 10,
+// issue 11): a "deny unless attested" statement written with any operator real
+// key policies use must deny a Decrypt that carries no attestation; an operator
+// the evaluator does not know is refused when the policy is put.
 import test from 'ava';
 import { evaluate, parsePolicy } from '../src/local/cloud/policy.ts';
 
-const role = 'arn:aws:iam::123456789012:role/web';
-const pcr0 = 'AB'.repeat(48);
-const policy = parsePolicy(JSON.stringify({
+const role = 'arn:aws:iam::123456789012:role/app';
+const pcr0 = 'ab'.repeat(48);
+const attested = new Map([['kms:RecipientAttestation:PCR0', pcr0], ['kms:RecipientAttestation:ImageSha384', pcr0]]);
+const plain = new Map<string, string>();
+
+/** Allow the role to decrypt, but deny with `condition` (the "unless attested" guard). */
+const guarded = (condition: Record<string, Record<string, string | string[]>>) => parsePolicy(JSON.stringify({
   Statement: [
-    { Sid: 'enclave', Effect: 'Allow', Principal: { AWS: role }, Action: 'kms:Decrypt', Condition: { StringEqualsIgnoreCase: { 'kms:RecipientAttestation:ImageSha384': pcr0 } } },
-    { Sid: 'exact', Effect: 'Allow', Principal: { AWS: role }, Action: ['kms:GenerateRandom'], Condition: { StringEquals: { 'kms:RecipientAttestation:PCR8': pcr0 } } },
-    { Sid: 'no debug', Effect: 'Deny', Principal: '*', Action: 'kms:*', Condition: { StringEquals: { 'kms:RecipientAttestation:PCR0': '00'.repeat(48) } } },
+    { Effect: 'Allow', Principal: { AWS: role }, Action: 'kms:Decrypt', Resource: '*' },
+    { Sid: 'DenyUnlessAttested', Effect: 'Deny', Principal: '*', Action: 'kms:Decrypt', Resource: '*', Condition: condition },
   ],
 }));
-const ctx = (o: Record<string, string>) => new Map(Object.entries(o));
+const decrypt = (p: ReturnType<typeof parsePolicy>, context: Map<string, string>) => evaluate(p, { action: 'kms:Decrypt', principalArn: role, context }).allowed;
 
-test('ImageSha384 matches case-insensitively; a request without the key is refused', (t) => {
-  t.true(evaluate(policy, { action: 'kms:Decrypt', principalArn: role, context: ctx({ 'kms:RecipientAttestation:ImageSha384': pcr0.toLowerCase() }) }).allowed);
-  t.false(evaluate(policy, { action: 'kms:Decrypt', principalArn: role, context: ctx({}) }).allowed);
-  t.false(evaluate(policy, { action: 'kms:Decrypt', principalArn: 'arn:aws:iam::123456789012:role/other', context: ctx({ 'kms:RecipientAttestation:ImageSha384': pcr0 }) }).allowed);
+for (const [name, condition] of [
+  ['StringNotEqualsIgnoreCase', { StringNotEqualsIgnoreCase: { 'kms:RecipientAttestation:PCR0': pcr0.toUpperCase() } }],
+  ['StringNotEquals', { StringNotEquals: { 'kms:RecipientAttestation:PCR0': pcr0 } }],
+  ['Null', { Null: { 'kms:RecipientAttestation:PCR0': 'true' } }],
+  ['StringNotLike', { StringNotLike: { 'kms:RecipientAttestation:PCR0': 'abab*' } }],
+] as const) {
+  test(`10. a Deny guarded by ${name}: a Decrypt without an attestation is denied, an attested one allowed`, (t) => {
+    const p = guarded(condition as Record<string, Record<string, string>>);
+    t.false(decrypt(p, plain), 'no Recipient: denied (before the fix the unknown operator disabled the Deny)');
+    t.true(decrypt(p, attested));
+    if (name !== 'Null') t.false(decrypt(p, new Map([['kms:RecipientAttestation:PCR0', 'cd'.repeat(48)]])), 'another enclave: denied');
+  });
+}
+
+test('10. operators as IAM defines them: Like wildcards, IfExists, Null false, Bool, Arn, Numeric, Date, set qualifiers', (t) => {
+  const allowIf = (condition: object) => parsePolicy(JSON.stringify({ Statement: [{ Effect: 'Allow', Principal: { AWS: role }, Action: 'kms:*', Condition: condition }] }));
+  const ctx = new Map([['k', 'prefix-middle-end'], ['n', '42'], ['b', 'true'], ['arn', 'arn:aws:iam::123456789012:role/x/y'], ['d', '2026-12-02T00:00:00Z']]);
+  const ok = (c: object) => evaluate(allowIf(c), { action: 'kms:Decrypt', principalArn: role, context: ctx }).allowed;
+  t.true(ok({ StringLike: { k: 'prefix-*-e?d' } }));
+  t.false(ok({ StringLike: { k: 'prefix-?-end' } }));
+  t.true(ok({ StringEqualsIfExists: { absent: 'x' } }), 'IfExists: an absent key passes');
+  t.false(ok({ StringEquals: { absent: 'x' } }), 'a positive operator on an absent key fails');
+  t.true(ok({ Null: { k: 'false', absent: 'true' } }));
+  t.false(ok({ Null: { k: 'true' } }));
+  t.true(ok({ Bool: { b: 'TRUE' } }));
+  t.true(ok({ ArnLike: { arn: 'arn:aws:iam::123456789012:role/*' } }));
+  t.false(ok({ ArnEquals: { arn: 'arn:aws:iam::123456789012:role/*' } }));
+  t.true(ok({ NumericGreaterThanEquals: { n: '42' }, NumericLessThan: { n: '43' } }));
+  t.false(ok({ NumericEquals: { n: 'forty-two' } }));
+  t.true(ok({ DateLessThan: { d: '2027-01-01T00:00:00Z' } }));
+  t.true(ok({ 'ForAnyValue:StringEquals': { k: ['nope', 'prefix-middle-end'] } }));
+  t.true(ok({ StringEquals: { k: ['nope', 'prefix-middle-end'] } }), 'several values: any one matches');
 });
 
-test('StringEquals is case-sensitive; an explicit Deny wins over any Allow', (t) => {
-  t.false(evaluate(policy, { action: 'kms:GenerateRandom', principalArn: role, context: ctx({ 'kms:RecipientAttestation:PCR8': pcr0.toLowerCase() }) }).allowed);
-  const r = evaluate(policy, { action: 'kms:Decrypt', principalArn: role, context: ctx({ 'kms:RecipientAttestation:ImageSha384': pcr0, 'kms:RecipientAttestation:PCR0': '00'.repeat(48) }) });
-  t.false(r.allowed);
-  t.regex(r.reason, /explicitly denied by "no debug"/);
-});
-
-test('malformed policies are refused with the statement and field', (t) => {
-  t.throws(() => parsePolicy('{'), { message: /not JSON/ });
-  t.throws(() => parsePolicy('{"Statement":[{"Effect":"Maybe","Action":"kms:*"}]}'), { message: /Statement\[0\]\.Effect must be Allow or Deny/ });
-  t.throws(() => parsePolicy('{"Statement":[{"Effect":"Allow"}]}'), { message: /Statement\[0\]\.Action is missing/ });
+test('10. an unknown or misspelt operator is refused when the policy is put, naming the statement', (t) => {
+  for (const op of ['StringEqualsIgnorecase', 'NotAnOperator', 'NullIfExists', 'StringEquals:x']) {
+    t.throws(() => guarded({ [op]: { 'kms:RecipientAttestation:PCR0': pcr0 } }), { message: new RegExp(`Statement\\[1\\]\\.Condition: unknown condition operator "${op.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}"`) });
+  }
 });
