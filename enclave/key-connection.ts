@@ -57,9 +57,8 @@ export class ReplyBudget {
   get unsentBytes(): number { return this.total; }
 }
 
-/** One line per 10 s per worker while PINs are being guessed. */
-let lastThrottleLog = 0;
-let throttledSinceLog = 0;
+/** One line per token per 10 s per worker while its PIN is being guessed. */
+const throttleLogs = new Map<string, { at: number; since: number }>();
 
 export function serveKeyConnection(sock: net.Socket, view: () => KeyView, opts: ConnectionOptions = {}): void {
   const maxUnsent = opts.maxUnsentPerConnection ?? 256 * 1024;
@@ -85,12 +84,16 @@ export function serveKeyConnection(sock: net.Socket, view: () => KeyView, opts: 
 
   const throttleKeys = (label: string) => peer?.startsWith('uid ') ? [`token ${label}`, `peer ${peer}`] : [`token ${label}`];
   const noteWrongPin = (label: string, inARow: number, locked: boolean) => {
-    throttledSinceLog++;
+    const entry = throttleLogs.get(label) ?? { at: 0, since: 0 };
+    throttleLogs.set(label, entry);
+    entry.since++;
     const now = Date.now();
-    if (now - lastThrottleLog < 10_000) return;
-    lastThrottleLog = now;
+    if (now - entry.at < 10_000) return;
+    entry.at = now;
+    if (throttleLogs.size > 1024) for (const [l, e] of throttleLogs) if (now - e.at > 10_000) throttleLogs.delete(l);
+    const throttledSinceLog = entry.since;
+    entry.since = 0;
     log.token(label).warn(`key channel: ${locked ? 'login refused unchecked, too many wrong PINs' : 'wrong PIN'} (${inARow} in a row for this token${peer ? `; this one from ${peer}` : ''}; ${throttledSinceLog} wrong or refused since the last such line); logins to it are throttled`);
-    throttledSinceLog = 0;
   };
 
   // Handles one request; returns a promise only when it must wait (PIN throttling).

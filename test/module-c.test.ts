@@ -47,7 +47,7 @@ test('C API checks pass under valgrind: no memory errors, no leaks', (t) => {
   const r = spawnSync('valgrind', ['--quiet', '--error-exitcode=99', '--leak-check=full', '--errors-for-leak-kinds=definite,indirect', '--show-leak-kinds=definite,indirect', '--trace-children=no', '--child-silent-after-fork=yes', bin, mod, 'capi', '86420000'], {
     encoding: 'utf8',
     timeout: 300_000,
-    env: { ...process.env, NITRO_ACM_KEY_ADDRESS: fx.address, NITRO_ACM_TIMEOUT_MS: '30000' },
+    env: { ...process.env, NITRO_ACM_KEY_ADDRESS: fx.address, NITRO_ACM_TIMEOUT_MS: '30000', NITRO_ACM_TEST_FORK_STORM: '0' },
   });
   const out = `${r.stdout}${r.stderr}`;
   t.notRegex(out, /Invalid (read|write)|uninitialised|definitely lost: [1-9]|indirectly lost: [1-9]/, out);

@@ -425,3 +425,13 @@ void conn_after_fork_child(void)
   C.reader_active = 0;
   C.has_failed = 0;
 }
+
+void conn_atfork_prepare(void)
+{
+  pthread_mutex_lock(&C.mu);
+}
+
+void conn_atfork_parent(void)
+{
+  pthread_mutex_unlock(&C.mu);
+}

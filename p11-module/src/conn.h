@@ -26,6 +26,9 @@ void conn_configure(const conn_address *addr, int timeout_ms);
 void conn_close(void);
 /* In a forked child: forget the parent's connection and waiters without touching them. */
 void conn_after_fork_child(void);
+/* pthread_atfork's prepare and parent handlers: hold the connection's state lock across fork(). */
+void conn_atfork_prepare(void);
+void conn_atfork_parent(void);
 
 typedef enum { CONN_OK = 0, CONN_UNREACHABLE, CONN_TIMEOUT, CONN_PROTOCOL } conn_status;
 

@@ -613,16 +613,33 @@ static CK_RV attr_value(const struct object *o, CK_ATTRIBUTE_TYPE type, const vo
 
 static CK_FUNCTION_LIST function_list;
 
+/*
+ * fork() while another thread is inside the module: prepare takes the module's
+ * lock and then the connection's (the order every other path takes them in), so
+ * the child gets tables no thread was half-way through changing; the parent lets
+ * go of both; the child, the only thread left, starts them afresh.
+ */
+static void atfork_prepare(void)
+{
+  pthread_mutex_lock(&M);
+  conn_atfork_prepare();
+}
+
+static void atfork_parent(void)
+{
+  conn_atfork_parent();
+  pthread_mutex_unlock(&M);
+}
+
 static void atfork_child(void)
 {
-  /* The forking thread is the only one left; the other threads' locks may be held forever. */
   pthread_mutex_init(&M, NULL);
   conn_after_fork_child();
 }
 
 static void install_atfork(void)
 {
-  pthread_atfork(NULL, NULL, atfork_child);
+  pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
 }
 
 /* pReserved (p11-kit's x-init-reserved) may carry "ADDRESS [timeout-ms=N]". */
