@@ -3,7 +3,7 @@
 // with its certificate chain; after a renewal the previous key stays usable, but
 // unlisted for new lookups, for a grace period so old web-server workers finish.
 import crypto, { type KeyObject, X509Certificate } from 'node:crypto';
-import { CertCategory, KeyFlag, encodeTokenList, type WireToken } from '../src/shared/key-wire.ts';
+import { CertCategory, KeyFlag, LIST_CAPS, encodeTokenList, type WireToken } from '../src/shared/key-wire.ts';
 import { ckaIdOf } from '../src/shared/key-id.ts';
 
 export interface KeyMaterial {
@@ -66,7 +66,9 @@ export class KeyStore {
     try { privateKey = crypto.createPrivateKey(m.privateKeyPem); } catch (e) { throw new KeyMaterialError('invalid', `private key: cannot parse (${(e as Error).message.split('\n')[0]})`); }
     if (privateKey.asymmetricKeyType !== 'rsa') throw new KeyMaterialError('unsupported', `private key: type ${privateKey.asymmetricKeyType} is not supported (RSA ${MIN_RSA_BITS}-${MAX_RSA_BITS})`);
     try { leaf = new X509Certificate(m.certificatePem); } catch (e) { throw new KeyMaterialError('invalid', `certificate: cannot parse (${(e as Error).message})`); }
-    const chain = splitPem(m.chainPem ?? '').map((p, i) => {
+    const chainPems = splitPem(m.chainPem ?? '');
+    if (1 + chainPems.length > LIST_CAPS.certificatesPerKey) throw new KeyMaterialError('unsupported', `certificate chain: ${chainPems.length} certificates besides the leaf, at most ${LIST_CAPS.certificatesPerKey - 1}`);
+    const chain = chainPems.map((p, i) => {
       try { return new X509Certificate(p); } catch (e) { throw new KeyMaterialError('invalid', `certificate chain entry ${i + 1}: cannot parse (${(e as Error).message})`); }
     });
     const pub = crypto.createPublicKey(privateKey);
@@ -95,17 +97,25 @@ export class KeyStore {
     };
   }
 
-  /** Adds a token or replaces its key (renewal). The PIN of an existing token must not change. */
+  /**
+   * Adds a token or replaces its key (renewal). The PIN of an existing token must
+   * not change. Refuses what would take the list over LIST_CAPS, which the module
+   * would refuse whole; a renewal drops the oldest retired key past the cap.
+   */
   put(label: string, pin: Uint8Array, material: KeyMaterial): Token {
     const key = this.load(material);
     const digest = pinDigest(pin);
     const old = this.tokens.get(label);
+    if (old && !crypto.timingSafeEqual(old.pinDigest, digest)) throw new KeyMaterialError('invalid', `token "${label}": a renewal cannot change its PIN`);
+    if (!old && this.tokens.size >= LIST_CAPS.tokens) throw new KeyMaterialError('unsupported', `token "${label}": the enclave holds at most ${LIST_CAPS.tokens} tokens`);
+    const objectsOf = (k: StoredKey) => 2 + k.certificates.length;
+    const objects = [...this.tokens.values()].reduce((n, t) => n + [t.current, ...t.retired].reduce((m, k) => m + objectsOf(k), 0), 0);
+    if (objects + objectsOf(key) > LIST_CAPS.objects) throw new KeyMaterialError('unsupported', `token "${label}": the enclave holds at most ${LIST_CAPS.objects} PKCS#11 objects (2 a key plus its certificates)`);
     let token: Token;
     if (old) {
-      const retiredUntil = Date.now() + this.graceMs;
-      old.current.retiredUntil = retiredUntil;
+      old.current.retiredUntil = Date.now() + this.graceMs;
       old.retired.push(old.current);
-      if (!crypto.timingSafeEqual(old.pinDigest, digest)) throw new KeyMaterialError('invalid', `token "${label}": a renewal cannot change its PIN`);
+      for (const k of old.retired.splice(0, Math.max(0, old.retired.length - (LIST_CAPS.keysPerToken - 1)))) this.keys.delete(k.keyId);
       old.current = key;
       old.refreshedAt = Date.now();
       token = old;

@@ -6,7 +6,7 @@ import net from 'node:net';
 import crypto from 'node:crypto';
 import { startEnclave, type EnclaveFixture } from './helpers/enclave.ts';
 import { KeyClient } from './helpers/key-client.ts';
-import { Op, SignScheme, Hash, decodeTokenList, encodeRequest, KEY_WIRE_VERSION } from '../src/shared/key-wire.ts';
+import { Op, SignScheme, Hash, decodeTokenList, encodeRequest, KEY_WIRE_VERSION, LIST_CAPS } from '../src/shared/key-wire.ts';
 import { CKR } from '../src/shared/pkcs11-rv.ts';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -16,7 +16,8 @@ import { createCA, issueServerCert } from '../src/local/pki.ts';
 import { tmpdir } from './helpers/enclave.ts';
 
 let fx: EnclaveFixture;
-test.before(async () => { fx = await startEnclave([{ label: 'proto', pin: '5555', names: ['proto.test'] }], { prefix: 'proto' }); });
+// 'guess' is the wrong-PIN test's alone: a right PIN from a test running beside it would reset the throttle it measures.
+test.before(async () => { fx = await startEnclave([{ label: 'proto', pin: '5555', names: ['proto.test'] }, { label: 'guess', pin: '5555', names: ['guess.test'] }], { prefix: 'proto' }); });
 test.after.always(async () => { await fx?.cleanup(); });
 
 async function listKey(c: KeyClient) {
@@ -47,21 +48,21 @@ test('LIST is public and carries the certificate and public key, nothing private
 
 test('signing needs a login on the same connection; a wrong PIN is refused and then throttled', async (t) => {
   const c = await KeyClient.connect(fx.socket);
-  const key = await listKey(c);
+  const key = decodeTokenList((await c.call({ op: Op.LIST })).body).find((x) => x.label === 'guess')!.keys[0];
   const digest = crypto.createHash('sha256').update('x').digest();
   const sign = () => c.call({ op: Op.SIGN, keyId: key.keyId, scheme: SignScheme.PSS, hash: Hash.SHA256, mgfHash: Hash.SHA256, saltLength: 32, data: digest });
   t.is((await sign()).rv, CKR.USER_NOT_LOGGED_IN);
   let started = 0;
   for (let i = 0; i < 3; i++) {
     started = Date.now(); // the next check waits 100 ms from the third wrong PIN, however late it is asked for
-    t.is((await c.call({ op: Op.LOGIN, label: 'proto', pin: Buffer.from('0000') })).rv, CKR.PIN_INCORRECT);
+    t.is((await c.call({ op: Op.LOGIN, label: 'guess', pin: Buffer.from('0000') })).rv, CKR.PIN_INCORRECT);
   }
-  t.is((await c.call({ op: Op.LOGIN, label: 'proto', pin: Buffer.from('5555') })).rv, CKR.OK);
+  t.is((await c.call({ op: Op.LOGIN, label: 'guess', pin: Buffer.from('5555') })).rv, CKR.OK);
   t.true(Date.now() - started >= 90, 'the attempt after three wrong PINs waits');
   t.is((await c.call({ op: Op.LOGIN, label: 'nope', pin: Buffer.from('5555') })).rv, CKR.TOKEN_NOT_PRESENT);
   const r = await sign();
   t.is(r.rv, CKR.OK);
-  t.true(crypto.verify('sha256', Buffer.from('x'), { key: fx.tokens[0].certPem, padding: crypto.constants.RSA_PKCS1_PSS_PADDING, saltLength: 32 }, r.body));
+  t.true(crypto.verify('sha256', Buffer.from('x'), { key: fx.tokens[1].certPem, padding: crypto.constants.RSA_PKCS1_PSS_PADDING, saltLength: 32 }, r.body));
   t.true(fx.log().includes('wrong PIN'), 'wrong PINs are logged');
   t.false(fx.log().includes('0000'), 'the PIN itself is not');
   // Another connection is not logged in.
@@ -163,4 +164,36 @@ test('a renewal counts as done only once every key worker serves it, a worker bu
     await server.close();
     fs.rmSync(dir, { recursive: true, force: true });
   }
+});
+
+// Security finding 8 (issue 11): the module refuses a token list over LIST_CAPS
+// whole, so the enclave app must never hold one: it refuses the token, the chain
+// or the key that would take it over, and a renewal drops its oldest retired key.
+test('the key store keeps its token list within the caps the module accepts', (t) => {
+  const ca = createCA('caps CA');
+  const leaf = issueServerCert(ca, ['caps.test']);
+  const material = { privateKeyPem: leaf.keyPem, certificatePem: leaf.certPem, chainPem: ca.certPem };
+  const store = new KeyStore();
+  const pin = Buffer.from('caps-pin-0123456789');
+  for (let i = 0; i < LIST_CAPS.tokens; i++) store.put(`t${i}`, pin, material);
+  const e = t.throws(() => store.put('one-more', pin, material));
+  t.is(e?.message, `token "one-more": the enclave holds at most ${LIST_CAPS.tokens} tokens`);
+  t.is(decodeTokenList(store.listBody()).length, LIST_CAPS.tokens);
+
+  // Renewals: the current key and at most keysPerToken - 1 retired ones are listed.
+  for (let i = 0; i < LIST_CAPS.keysPerToken + 4; i++) store.put('t0', pin, material);
+  const t0Keys = decodeTokenList(store.listBody()).find((x) => x.label === 't0')!.keys;
+  t.is(t0Keys.length, LIST_CAPS.keysPerToken);
+  t.is(t0Keys.filter((k) => k.flags === 0).length, 1);
+
+  // A renewal with another PIN is refused and leaves the served key as it was.
+  const current = store.token('t1')!.current.keyId;
+  t.throws(() => store.put('t1', Buffer.from('another-pin-0123456'), material), { message: /cannot change its PIN/ });
+  t.is(store.token('t1')!.current.keyId, current);
+  t.is(store.token('t1')!.retired.length, 0);
+  t.truthy(store.key(current));
+
+  const long = new KeyStore();
+  const chain = Array.from({ length: LIST_CAPS.certificatesPerKey }, () => ca.certPem).join('');
+  t.throws(() => long.put('long', pin, { ...material, chainPem: chain }), { message: `certificate chain: ${LIST_CAPS.certificatesPerKey} certificates besides the leaf, at most ${LIST_CAPS.certificatesPerKey - 1}` });
 });

@@ -9,7 +9,7 @@ import fs from 'node:fs';
 import crypto from 'node:crypto';
 import { startEnclave, tmpdir, ROOT, type EnclaveFixture } from './helpers/enclave.ts';
 import { FrameSplitter } from '../src/shared/framing.ts';
-import { Op, encodeResponse, encodeTokenList, readRequestHeader, MAX_REQUEST, KEY_WIRE_VERSION, REPLY_BIT } from '../src/shared/key-wire.ts';
+import { Op, encodeResponse, encodeTokenList, readRequestHeader, MAX_REQUEST, KEY_WIRE_VERSION, REPLY_BIT, LIST_CAPS } from '../src/shared/key-wire.ts';
 import { CKR } from '../src/shared/pkcs11-rv.ts';
 import { createCA, issueServerCert } from '../src/local/pki.ts';
 
@@ -59,14 +59,14 @@ test('C API checks pass under valgrind: no memory errors, no leaks', (t) => {
 // fail the calls (CKR_DEVICE_ERROR, no slots) without crashing, hanging or
 // tripping the sanitizers.
 
-/** A token list with `n` tokens (fake0, fake1, ...) holding the same key. */
+/** A token list with `n` tokens (fake0, fake1, ... or PREFIX0, ...) holding the same key. */
 let fakePki: { ca: ReturnType<typeof createCA>; leaf: ReturnType<typeof issueServerCert> } | undefined;
-function validList(n = 1): Buffer {
+function validList(n = 1, prefix = 'fake'): Buffer {
   fakePki ??= (() => { const ca = createCA('fake'); return { ca, leaf: issueServerCert(ca, ['fake.test']) }; })();
   const { ca, leaf } = fakePki;
   const jwk = crypto.createPublicKey(leaf.certPem).export({ format: 'jwk' });
   const certificates = [{ category: 1, der: new crypto.X509Certificate(leaf.certPem).raw }, { category: 2, der: new crypto.X509Certificate(ca.certPem).raw }];
-  return encodeTokenList(Array.from({ length: n }, (_, i) => ({ label: n === 1 ? 'fake' : `fake${i}`, serial: `00112233445566${String(i).padStart(2, '0')}`, keys: [{ keyId: 7 + i, flags: 0, ckaId: Buffer.alloc(20, 1 + i), label: 'fake', modulus: Buffer.from(jwk.n!, 'base64url'), publicExponent: Buffer.from(jwk.e!, 'base64url'), certificates }] })));
+  return encodeTokenList(Array.from({ length: n }, (_, i) => ({ label: n === 1 ? prefix : `${prefix}${i}`, serial: i.toString(16).padStart(16, '0'), keys: [{ keyId: 7 + i, flags: 0, ckaId: Buffer.alloc(20, 1 + i), label: 'fake', modulus: Buffer.from(jwk.n!, 'base64url'), publicExponent: Buffer.from(jwk.e!, 'base64url'), certificates }] })));
 }
 
 type Scenario = (op: number, id: number, list: Buffer) => Buffer | null | 'close';
@@ -110,10 +110,10 @@ async function fakeEnclave(prefix: string, answer: (op: number, id: number) => B
  * The ASan+UBSan api_test in one of its modes against an enclave address.
  * Spawned, not spawnSync: a fake enclave answers from this process's event loop.
  */
-function asanApiTest(mode: '--hostile' | '--growing', address: string, env: NodeJS.ProcessEnv = {}): Promise<{ status: number | null; out: string }> {
+function asanApiTest(mode: '--hostile' | '--growing' | '--many', address: string, env: NodeJS.ProcessEnv = {}, arg = '1234'): Promise<{ status: number | null; out: string }> {
   return new Promise((resolve) => {
     let out = '';
-    const p = spawn(path.join(ROOT, 'p11-module/build/asan/api_test'), [path.join(ROOT, 'p11-module/build/asan/nitro-acm-p11.so'), mode, '1234'], {
+    const p = spawn(path.join(ROOT, 'p11-module/build/asan/api_test'), [path.join(ROOT, 'p11-module/build/asan/nitro-acm-p11.so'), mode, arg], {
       env: { ...process.env, NITRO_ACM_KEY_ADDRESS: address, NITRO_ACM_P11_QUIET: '1', ASAN_OPTIONS: 'detect_leaks=1:exitcode=99', UBSAN_OPTIONS: 'halt_on_error=1:print_stacktrace=1', ...env },
     });
     p.stdout.on('data', (d) => { out += d; });
@@ -153,3 +153,45 @@ test('the token list grows on every LIST: counting then listing the slots agrees
   t.regex(r.out, /^0 of 20 count-then-list calls disagreed$/m, r.out);
   t.is(r.status, 0, r.out);
 });
+
+// Security finding 8 (issue 11): a 20,000-token list made C_GetSlotList take 26 s
+// and 65,535 never returned (one realloc per object, labels looked up linearly,
+// all under the module's one lock). Now a list at the caps is served and one
+// over them is refused at once, naming the caps.
+test('a token list at the caps is served on every refresh, even when every label is new each time (ASan build)', async (t) => {
+  // Each round (api_test logs in between rounds) lists 1,024 tokens no earlier round had: the slot table must reuse absent slots, not grow without end.
+  let round = 0, lists = 0;
+  const fake = await fakeEnclave('many', (op, id) => {
+    if (op === Op.LOGIN) round++;
+    if (op === Op.LIST) lists++;
+    return encodeResponse(op, id, op === Op.LOGIN ? CKR.PIN_INCORRECT : CKR.OK, round + 1, op === Op.LIST ? validList(LIST_CAPS.tokens, `r${round}-`) : undefined);
+  });
+  t.teardown(() => fake.close());
+  const r = await asanApiTest('--many', fake.address, {}, '5');
+  t.is(r.status, 0, r.out);
+  const rounds = [...r.out.matchAll(/^round \d+: rv 0x0, (\d+) slots, last (\S+) with (\d+) certificates/gm)];
+  t.is(rounds.length, 5, r.out);
+  for (const [, slots, last, certs] of rounds) {
+    t.is(Number(slots), LIST_CAPS.tokens, r.out);
+    t.regex(last, /^r\d+-\d+$/, r.out);
+    t.is(Number(certs), 2, r.out);
+  }
+  t.is(lists, 5, `the module asked for the list ${lists} times`);
+  t.notRegex(r.out, /ERROR: (AddressSanitizer|LeakSanitizer)|runtime error:|no free slot/, r.out);
+});
+
+for (const [name, body] of [
+  [`${LIST_CAPS.tokens + 1} tokens`, () => validList(LIST_CAPS.tokens + 1)],
+  ['20,000 tokens', () => encodeTokenList(Array.from({ length: 20_000 }, (_, i) => ({ label: `t${i}`, serial: '', keys: [] })))],
+  ['65,535 tokens', () => encodeTokenList(Array.from({ length: 65_535 }, (_, i) => ({ label: `t${i}`, serial: '', keys: [] })))],
+] as const) {
+  test(`a token list over the caps (${name}) is refused at once, naming the caps (ASan build)`, async (t) => {
+    const list = body();
+    const fake = await fakeEnclave('overcap', (op, id) => encodeResponse(op, id, CKR.OK, 1, op === Op.LIST ? list : undefined));
+    t.teardown(() => fake.close());
+    const r = await asanApiTest('--many', fake.address, { NITRO_ACM_P11_QUIET: undefined }, '1');
+    t.is(r.status, 0, r.out);
+    t.regex(r.out, /^round 0: rv 0x0, 0 slots/m, r.out);
+    t.regex(r.out, new RegExp(`over the module's caps \\(${LIST_CAPS.tokens} tokens, ${LIST_CAPS.keysPerToken} keys a token, ${LIST_CAPS.certificatesPerKey} certificates a key, ${LIST_CAPS.objects} objects\\)`), r.out);
+  });
+}

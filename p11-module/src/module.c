@@ -45,6 +45,8 @@ struct slot {
   char label[33];
   int present;
   size_t token_index; /* into list.tokens while present */
+  size_t first_object, nobjects; /* its objects: objects[first_object ..] (0 while absent) */
+  size_t nsessions;
   int logged_in;
   uint8_t pin[MAX_PIN];
   size_t pin_len;
@@ -55,6 +57,7 @@ struct slot {
 
 struct object {
   CK_OBJECT_HANDLE handle;
+  uint8_t fp[32]; /* what handle_for() knows it by */
   CK_OBJECT_CLASS cls;
   size_t slot;
   const kw_key *key;
@@ -65,12 +68,25 @@ struct object {
   char label[48];
   uint8_t *subject, *issuer, *serial; /* DER, from the leaf (keys) or the certificate */
   int subject_len, issuer_len, serial_len;
+  int fields_parsed; /* the three above (cert_fields) */
 };
 
 struct handle_entry {
   uint8_t fp[32];
   CK_OBJECT_HANDLE handle;
 };
+
+struct object_ref {
+  CK_OBJECT_HANDLE handle; /* CK_INVALID_HANDLE: empty */
+  size_t index;            /* into objects[] */
+};
+
+/*
+ * Slot ids persist for the life of the process (see reset_all_locked), so the
+ * table holds labels seen in earlier lists too; past this many, a new label
+ * takes over the slot of an absent token nobody uses.
+ */
+#define MAX_SLOTS (2 * KW_MAX_TOKENS)
 
 enum op_kind { OP_NONE = 0, OP_SIGN, OP_DECRYPT };
 
@@ -111,15 +127,18 @@ static uint32_t list_generation;
 static struct timespec last_contact;
 
 static struct slot *slots;
-static size_t nslots;
+static size_t nslots, slots_cap;
+/* Open addressing on the label (slot index + 1; 0 = empty), rebuilt with each list. */
+static size_t *label_index;
+static size_t label_index_cap;
 static struct object *objects;
-static size_t nobjects;
+static size_t nobjects, objects_cap;
 /* Open addressing on the fingerprint (a SHA-256, so its first bytes hash well); capacity a power of two. */
 static struct handle_entry *handles;
 static size_t nhandles, handles_cap;
-/* objects[] index of each handle (+1; 0 = none), rebuilt with the list: O(1) lookups per operation. */
-static size_t *object_at;
-static size_t object_at_len;
+/* objects[] index of each handle, open addressing, rebuilt with the list: O(1) lookups per operation. */
+static struct object_ref *object_at;
+static size_t object_at_cap;
 static CK_OBJECT_HANDLE next_object_handle = 1;
 
 static struct session **sessions;
@@ -157,10 +176,10 @@ static void free_objects(void)
   }
   free(objects);
   objects = NULL;
-  nobjects = 0;
+  nobjects = objects_cap = 0;
   free(object_at);
   object_at = NULL;
-  object_at_len = 0;
+  object_at_cap = 0;
 }
 
 /* The slot, handle and token-list caches outlive C_Finalize (see reset_all_locked); they go when the module is unloaded. */
@@ -173,7 +192,10 @@ __attribute__((destructor)) static void free_process_tables(void)
   nhandles = handles_cap = 0;
   free(slots);
   slots = NULL;
-  nslots = 0;
+  nslots = slots_cap = 0;
+  free(label_index);
+  label_index = NULL;
+  label_index_cap = 0;
 }
 
 static size_t fp_slot(const uint8_t fp[32], size_t cap)
@@ -216,16 +238,16 @@ static CK_OBJECT_HANDLE handle_for(const uint8_t fp[32])
   return handles[i].handle;
 }
 
+/* SHA-256 of (class, token label, SHA-256 of the DER or modulus): one-shot digests, no EVP fetch per object. */
 static void fingerprint(uint8_t out[32], CK_OBJECT_CLASS cls, const char *slot_label, const uint8_t *p, size_t n)
 {
-  EVP_MD_CTX *c = EVP_MD_CTX_new();
-  uint8_t cb = (uint8_t)cls;
-  unsigned len = 0;
-  memset(out, 0, 32);
-  if (c && EVP_DigestInit_ex(c, EVP_sha256(), NULL) && EVP_DigestUpdate(c, &cb, 1) &&
-      EVP_DigestUpdate(c, slot_label, strlen(slot_label) + 1) && EVP_DigestUpdate(c, p, n))
-    EVP_DigestFinal_ex(c, out, &len);
-  EVP_MD_CTX_free(c);
+  uint8_t buf[1 + 33 + 32];
+  size_t l = strnlen(slot_label, 32);
+  buf[0] = (uint8_t)cls;
+  memcpy(buf + 1, slot_label, l);
+  buf[1 + l] = 0;
+  SHA256(p, n, buf + 2 + l);
+  SHA256(buf, 2 + l + 32, out);
 }
 
 static int der_of_name(X509_NAME *name, uint8_t **out, int *len)
@@ -235,8 +257,17 @@ static int der_of_name(X509_NAME *name, uint8_t **out, int *len)
   return *len > 0 ? 0 : -1;
 }
 
-static void cert_fields(const kw_cert *cert, struct object *o)
+/*
+ * Subject, issuer and serial number, parsed from the certificate the first time
+ * they are asked for, not when the list is applied: X.509 parsing is the
+ * costliest part of an object, and most are never asked. Caller holds M.
+ */
+static void cert_fields(struct object *o)
 {
+  if (o->fields_parsed) return;
+  o->fields_parsed = 1;
+  const kw_cert *cert = o->cert ? o->cert : o->key->ncerts ? &o->key->certs[0] : NULL;
+  if (!cert) return;
   const unsigned char *p = cert->der;
   X509 *x = d2i_X509(NULL, &p, (long)cert->der_len);
   if (!x) return;
@@ -252,9 +283,7 @@ static void cert_fields(const kw_cert *cert, struct object *o)
 
 static struct object *add_object(CK_OBJECT_CLASS cls, size_t slot, const kw_key *key, const kw_cert *cert)
 {
-  struct object *grown = realloc(objects, (nobjects + 1) * sizeof *grown);
-  if (!grown) return NULL;
-  objects = grown;
+  if (nobjects == objects_cap) return NULL; /* sized for the whole list by apply_list */
   struct object *o = &objects[nobjects];
   memset(o, 0, sizeof *o);
   o->cls = cls;
@@ -262,30 +291,143 @@ static struct object *add_object(CK_OBJECT_CLASS cls, size_t slot, const kw_key 
   o->key = key;
   o->cert = cert;
   o->retired = (key->flags & KW_KEY_RETIRED) != 0;
-  uint8_t fp[32];
-  if (cert) fingerprint(fp, cls, slots[slot].label, cert->der, cert->der_len);
-  else fingerprint(fp, cls, slots[slot].label, key->modulus, key->modulus_len);
-  o->handle = handle_for(fp);
+  if (cert) fingerprint(o->fp, cls, slots[slot].label, cert->der, cert->der_len);
+  else fingerprint(o->fp, cls, slots[slot].label, key->modulus, key->modulus_len);
+  o->handle = handle_for(o->fp);
   if (o->handle == CK_INVALID_HANDLE) return NULL;
   nobjects++;
   return o;
 }
 
-static size_t slot_for_label(const char *label)
+/*
+ * The handle table keeps every object ever listed, so an object that comes back
+ * (an enclave restart) gets its old handle. A peer that lists new objects every
+ * time would grow it without end: past KW_MAX_OBJECTS it keeps only the objects
+ * of the list being replaced. Caller holds M.
+ */
+static void prune_handles(void)
 {
-  for (size_t i = 0; i < nslots; i++)
-    if (strcmp(slots[i].label, label) == 0) return i;
-  struct slot *s = realloc(slots, (nslots + 1) * sizeof *s);
-  if (!s) return (size_t)-1;
-  slots = s;
-  memset(&slots[nslots], 0, sizeof *slots);
-  snprintf(slots[nslots].label, sizeof slots[nslots].label, "%s", label);
-  return nslots++;
+  if (nhandles <= KW_MAX_OBJECTS) return;
+  memset(handles, 0, handles_cap * sizeof *handles);
+  nhandles = 0;
+  for (size_t i = 0; i < nobjects; i++) {
+    size_t j = fp_slot(objects[i].fp, handles_cap);
+    while (handles[j].handle != CK_INVALID_HANDLE) j = (j + 1) & (handles_cap - 1);
+    memcpy(handles[j].fp, objects[i].fp, 32);
+    handles[j].handle = objects[i].handle;
+    nhandles++;
+  }
 }
 
-/* Replaces the cached list and rebuilds slots and objects from it. Caller holds M. */
+static size_t label_hash(const char *label, size_t cap)
+{
+  uint64_t h = 1469598103934665603ull; /* FNV-1a */
+  for (const unsigned char *p = (const unsigned char *)label; *p; p++) h = (h ^ *p) * 1099511628211ull;
+  return (size_t)h & (cap - 1);
+}
+
+static void label_index_put(size_t slot)
+{
+  size_t i = label_hash(slots[slot].label, label_index_cap);
+  while (label_index[i]) i = (i + 1) & (label_index_cap - 1);
+  label_index[i] = slot + 1;
+}
+
+/* Sized for `want` labels at a load under one half. 0, or -1 out of memory. Caller holds M. */
+static int label_index_rebuild(size_t want)
+{
+  size_t cap = 64;
+  while (cap < 2 * want) cap *= 2;
+  size_t *fresh = calloc(cap, sizeof *fresh);
+  if (!fresh) return -1;
+  free(label_index);
+  label_index = fresh;
+  label_index_cap = cap;
+  for (size_t i = 0; i < nslots; i++) label_index_put(i);
+  return 0;
+}
+
+/* The slot of a label, or (size_t)-1. Caller holds M. */
+static size_t slot_of_label(const char *label)
+{
+  if (!label_index_cap) return (size_t)-1;
+  for (size_t i = label_hash(label, label_index_cap); label_index[i]; i = (i + 1) & (label_index_cap - 1))
+    if (strcmp(slots[label_index[i] - 1].label, label) == 0) return label_index[i] - 1;
+  return (size_t)-1;
+}
+
+/*
+ * A slot for a label seen for the first time: a new one, or at MAX_SLOTS that of
+ * an absent token that no session uses and nobody is logged in to. (size_t)-1
+ * when there is none. Caller holds M; the label index has room for one more.
+ */
+static size_t new_slot(const char *label)
+{
+  size_t s = (size_t)-1;
+  if (nslots < MAX_SLOTS) {
+    if (nslots == slots_cap) {
+      size_t cap = slots_cap ? slots_cap * 2 : 16;
+      struct slot *grown = realloc(slots, cap * sizeof *grown);
+      if (!grown) return (size_t)-1;
+      slots = grown;
+      slots_cap = cap;
+    }
+    s = nslots++;
+  } else {
+    for (size_t i = 0; i < nslots && s == (size_t)-1; i++)
+      if (!slots[i].present && !slots[i].nsessions && !slots[i].logged_in) s = i;
+    if (s == (size_t)-1) return s;
+  }
+  memset(&slots[s], 0, sizeof *slots);
+  snprintf(slots[s].label, sizeof slots[s].label, "%s", label);
+  if (s + 1 == nslots && label_index_cap) label_index_put(s);
+  else if (label_index_rebuild(nslots) != 0) label_index_cap = 0; /* a reused slot: its old label must go */
+  return s;
+}
+
+static size_t object_ref_slot(CK_OBJECT_HANDLE h, size_t cap)
+{
+  return (size_t)((uint64_t)h * 0x9e3779b97f4a7c15ull >> 7) & (cap - 1);
+}
+
+/* The objects of one key of token slot `s`: private and public key, then its certificates. Caller holds M. */
+static void add_key_objects(size_t s, const kw_key *key)
+{
+  struct object *o;
+  for (int c = 0; c < 2; c++) {
+    o = add_object(c == 0 ? CKO_PRIVATE_KEY : CKO_PUBLIC_KEY, s, key, NULL);
+    if (!o) continue;
+    o->id_len = key->cka_id_len < sizeof o->id ? key->cka_id_len : sizeof o->id;
+    memcpy(o->id, key->cka_id, o->id_len);
+    snprintf(o->label, sizeof o->label, "%s", key->label);
+    o->cert = NULL;
+  }
+  for (size_t c = 0; c < key->ncerts; c++) {
+    const kw_cert *cert = &key->certs[c];
+    o = add_object(CKO_CERTIFICATE, s, key, cert);
+    if (!o) continue;
+    if (c == 0) {
+      o->id_len = key->cka_id_len < sizeof o->id ? key->cka_id_len : sizeof o->id;
+      memcpy(o->id, key->cka_id, o->id_len);
+      snprintf(o->label, sizeof o->label, "%s", key->label);
+    } else {
+      /* Authority certificates get an id of their own so no one pairs them with the key. */
+      SHA1(cert->der, cert->der_len, o->id);
+      o->id_len = 20;
+      snprintf(o->label, sizeof o->label, "%s CA %zu", key->label, c);
+    }
+  }
+}
+
+/*
+ * Replaces the cached list and rebuilds slots and objects from it. Caller holds
+ * M, so it must stay linear in the list: every table is sized once or grows
+ * geometrically, and labels and handles are hashed (the list's size is capped
+ * by kw_parse_token_list).
+ */
 static void apply_list(kw_token_list *fresh, uint32_t generation)
 {
+  prune_handles();
   free_objects();
   kw_token_list_free(&list);
   list = *fresh;
@@ -293,48 +435,61 @@ static void apply_list(kw_token_list *fresh, uint32_t generation)
   have_list = 1;
   list_dirty = 0;
   list_generation = generation;
-  for (size_t i = 0; i < nslots; i++) slots[i].present = 0;
-  for (size_t t = 0; t < list.ntokens; t++) {
-    size_t s = slot_for_label(list.tokens[t].label);
-    if (s == (size_t)-1) continue;
-    slots[s].present = 1;
-    slots[s].token_index = t;
-    const kw_token *tok = &list.tokens[t];
-    for (size_t k = 0; k < tok->nkeys; k++) {
-      const kw_key *key = &tok->keys[k];
-      const kw_cert *leaf = key->ncerts ? &key->certs[0] : NULL;
-      struct object *o;
-      for (int c = 0; c < 2; c++) {
-        o = add_object(c == 0 ? CKO_PRIVATE_KEY : CKO_PUBLIC_KEY, s, key, NULL);
-        if (!o) continue;
-        o->id_len = key->cka_id_len < sizeof o->id ? key->cka_id_len : sizeof o->id;
-        memcpy(o->id, key->cka_id, o->id_len);
-        snprintf(o->label, sizeof o->label, "%s", key->label);
-        if (leaf) cert_fields(leaf, o);
-        o->cert = NULL;
+  size_t total = 0;
+  for (size_t t = 0; t < list.ntokens; t++)
+    for (size_t k = 0; k < list.tokens[t].nkeys; k++) total += 2 + list.tokens[t].keys[k].ncerts;
+  objects = total ? calloc(total, sizeof *objects) : NULL;
+  objects_cap = objects ? total : 0;
+  for (size_t i = 0; i < nslots; i++) slots[i].present = 0, slots[i].first_object = slots[i].nobjects = 0;
+  if (label_index_rebuild(nslots + list.ntokens) != 0) label_index_cap = 0;
+  /*
+   * Two passes: tokens that have a slot take theirs first, so a slot handed to a
+   * new label (at MAX_SLOTS) is never one whose token is further down this list.
+   */
+  size_t *slot_of = list.ntokens ? calloc(list.ntokens, sizeof *slot_of) : NULL; /* slot + 1, 0 unassigned, SKIP */
+  if (list.ntokens && !slot_of) return; /* out of memory: no token until the next list */
+  const size_t SKIP = SIZE_MAX;
+  for (int pass = 0; pass < 2; pass++)
+    for (size_t t = 0; t < list.ntokens; t++) {
+      if (slot_of[t]) continue;
+      const char *label = list.tokens[t].label;
+      size_t s = slot_of_label(label);
+      if (s != (size_t)-1 && slots[s].present) {
+        nacm_log("nitro-acm-p11: the enclave listed token %s twice; serving the first", label);
+        slot_of[t] = SKIP;
+        continue;
       }
-      for (size_t c = 0; c < key->ncerts; c++) {
-        const kw_cert *cert = &key->certs[c];
-        o = add_object(CKO_CERTIFICATE, s, key, cert);
-        if (!o) continue;
-        if (c == 0) {
-          o->id_len = key->cka_id_len < sizeof o->id ? key->cka_id_len : sizeof o->id;
-          memcpy(o->id, key->cka_id, o->id_len);
-          snprintf(o->label, sizeof o->label, "%s", key->label);
-        } else {
-          /* Authority certificates get an id of their own so no one pairs them with the key. */
-          SHA1(cert->der, cert->der_len, o->id);
-          o->id_len = 20;
-          snprintf(o->label, sizeof o->label, "%s CA %zu", key->label, c);
+      if (s == (size_t)-1) {
+        if (pass == 0) continue;
+        if ((s = new_slot(label)) == (size_t)-1) {
+          nacm_log("nitro-acm-p11: token %s is not served: no free slot (at most %u)", label, (unsigned)MAX_SLOTS);
+          slot_of[t] = SKIP;
+          continue;
         }
-        cert_fields(cert, o);
       }
+      slots[s].present = 1;
+      slots[s].token_index = t;
+      slot_of[t] = s + 1;
     }
+  for (size_t t = 0; t < list.ntokens; t++) {
+    if (!slot_of[t] || slot_of[t] == SKIP) continue;
+    size_t s = slot_of[t] - 1;
+    slots[s].first_object = nobjects;
+    for (size_t k = 0; k < list.tokens[t].nkeys; k++) add_key_objects(s, &list.tokens[t].keys[k]);
+    slots[s].nobjects = nobjects - slots[s].first_object;
   }
-  object_at = calloc((size_t)next_object_handle, sizeof *object_at);
+  free(slot_of);
+  size_t cap = 64;
+  while (cap < 2 * nobjects) cap *= 2;
+  object_at = calloc(cap, sizeof *object_at);
   if (object_at) {
-    object_at_len = (size_t)next_object_handle;
-    for (size_t i = 0; i < nobjects; i++) object_at[objects[i].handle] = i + 1;
+    object_at_cap = cap;
+    for (size_t i = 0; i < nobjects; i++) {
+      size_t j = object_ref_slot(objects[i].handle, cap);
+      while (object_at[j].handle != CK_INVALID_HANDLE) j = (j + 1) & (cap - 1);
+      object_at[j].handle = objects[i].handle;
+      object_at[j].index = i;
+    }
   } /* else: no object is found until the next list, the same as an unreachable enclave */
   /* Slots whose token is gone keep their login and PIN: the token comes back after an enclave restart. */
 }
@@ -400,8 +555,12 @@ static CK_RV sync_list(int ping)
     rv = call(&req, id, &resp, &reply);
     if (rv != CKR_OK) goto out;
     kw_token_list fresh;
-    if (resp.rv != CKR_OK || kw_parse_token_list(resp.body, resp.body_len, &fresh) != 0) {
-      nacm_log("nitro-acm-p11: the enclave sent an unusable token list");
+    int parsed = resp.rv == CKR_OK ? kw_parse_token_list(resp.body, resp.body_len, &fresh) : KW_LIST_MALFORMED;
+    if (parsed != 0) {
+      if (parsed == KW_LIST_OVER_CAP)
+        nacm_log("nitro-acm-p11: the enclave sent a token list over the module's caps (%u tokens, %u keys a token, %u certificates a key, %u objects); keeping the last one",
+                 KW_MAX_TOKENS, KW_MAX_KEYS_PER_TOKEN, KW_MAX_CERTS_PER_KEY, KW_MAX_OBJECTS);
+      else nacm_log("nitro-acm-p11: the enclave sent an unusable token list");
       rv = CKR_DEVICE_ERROR;
       goto out;
     }
@@ -478,13 +637,6 @@ static void session_free(struct session *s)
   free(s);
 }
 
-static int slot_has_sessions(size_t slot)
-{
-  for (size_t i = 0; i < nsessions_cap; i++)
-    if (sessions[i] && sessions[i]->slot == slot) return 1;
-  return 0;
-}
-
 static void logout_slot(size_t slot)
 {
   slots[slot].logged_in = 0;
@@ -510,14 +662,16 @@ static void reset_all_locked(void)
    * stale: a child forked while the enclave is away (restarting) still finds its
    * keys, and signs as soon as the enclave is back.
    */
-  for (size_t i = 0; i < nslots; i++) logout_slot(i);
+  for (size_t i = 0; i < nslots; i++) logout_slot(i), slots[i].nsessions = 0;
   if (have_list) list_dirty = 1;
 }
 
 static struct object *object_get(CK_OBJECT_HANDLE h)
 {
-  if (h == CK_INVALID_HANDLE || h >= object_at_len || object_at[h] == 0) return NULL;
-  return &objects[object_at[h] - 1];
+  if (h == CK_INVALID_HANDLE || !object_at_cap) return NULL;
+  for (size_t i = object_ref_slot(h, object_at_cap); object_at[i].handle != CK_INVALID_HANDLE; i = (i + 1) & (object_at_cap - 1))
+    if (object_at[i].handle == h) return &objects[object_at[i].index];
+  return NULL;
 }
 
 /* Private objects are visible only to a logged-in application. */
@@ -540,7 +694,7 @@ static const CK_MECHANISM_TYPE MECHS[] = {
  * CKR_ATTRIBUTE_TYPE_INVALID / CKR_ATTRIBUTE_SENSITIVE. `scratch` holds
  * small values (CK_ULONG, CK_BBOOL) for the caller to copy.
  */
-static CK_RV attr_value(const struct object *o, CK_ATTRIBUTE_TYPE type, const void **p, CK_ULONG *n, CK_ULONG *scratch)
+static CK_RV attr_value(struct object *o, CK_ATTRIBUTE_TYPE type, const void **p, CK_ULONG *n, CK_ULONG *scratch)
 {
   static const CK_BBOOL T = CK_TRUE, F = CK_FALSE;
   const int key = o->cls != CKO_CERTIFICATE, priv = o->cls == CKO_PRIVATE_KEY;
@@ -554,7 +708,7 @@ static CK_RV attr_value(const struct object *o, CK_ATTRIBUTE_TYPE type, const vo
   case CKA_MODIFIABLE: case CKA_COPYABLE: case CKA_DESTROYABLE: BOOL(0);
   case CKA_LABEL: BYTES(o->label, strlen(o->label));
   case CKA_ID: BYTES(o->id, o->id_len);
-  case CKA_SUBJECT: BYTES(o->subject, o->subject_len > 0 ? o->subject_len : 0);
+  case CKA_SUBJECT: cert_fields(o); BYTES(o->subject, o->subject_len > 0 ? o->subject_len : 0);
   case CKA_START_DATE: case CKA_END_DATE: BYTES(NULL, 0);
   default: break;
   }
@@ -598,8 +752,8 @@ static CK_RV attr_value(const struct object *o, CK_ATTRIBUTE_TYPE type, const vo
   case CKA_TRUSTED: BOOL(0);
   case CKA_CERTIFICATE_CATEGORY: ULONG(o->cert->category);
   case CKA_VALUE: BYTES(o->cert->der, o->cert->der_len);
-  case CKA_ISSUER: BYTES(o->issuer, o->issuer_len > 0 ? o->issuer_len : 0);
-  case CKA_SERIAL_NUMBER: BYTES(o->serial, o->serial_len);
+  case CKA_ISSUER: cert_fields(o); BYTES(o->issuer, o->issuer_len > 0 ? o->issuer_len : 0);
+  case CKA_SERIAL_NUMBER: cert_fields(o); BYTES(o->serial, o->serial_len);
   case CKA_URL: case CKA_HASH_OF_SUBJECT_PUBLIC_KEY: case CKA_HASH_OF_ISSUER_PUBLIC_KEY: BYTES(NULL, 0);
   case CKA_JAVA_MIDP_SECURITY_DOMAIN: ULONG(0);
   default: return CKR_ATTRIBUTE_TYPE_INVALID;
@@ -964,6 +1118,7 @@ CK_RV C_OpenSession(CK_SLOT_ID slotID, CK_FLAGS flags, CK_VOID_PTR pApplication,
   }
   sessions[i] = s;
   s->handle = i + 1;
+  slots[s->slot].nsessions++;
   *phSession = s->handle;
   pthread_mutex_unlock(&M);
   return CKR_OK;
@@ -975,7 +1130,7 @@ static void close_session_locked(struct session *s)
   sessions[s->handle - 1] = NULL;
   session_free(s);
   /* PKCS#11: closing the last session of a token logs the application out of it. */
-  if (!slot_has_sessions(slot)) logout_slot(slot);
+  if (--slots[slot].nsessions == 0) logout_slot(slot);
 }
 
 CK_RV C_CloseSession(CK_SESSION_HANDLE hSession)
@@ -1147,7 +1302,7 @@ CK_RV C_GetAttributeValue(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hObject, 
   return rv;
 }
 
-static int matches(const struct object *o, const CK_ATTRIBUTE *tmpl, CK_ULONG count)
+static int matches(struct object *o, const CK_ATTRIBUTE *tmpl, CK_ULONG count)
 {
   for (CK_ULONG i = 0; i < count; i++) {
     const void *p;
@@ -1173,9 +1328,10 @@ CK_RV C_FindObjectsInit(CK_SESSION_HANDLE hSession, CK_ATTRIBUTE_PTR pTemplate, 
   else if (s->finding) rv = CKR_OPERATION_ACTIVE;
   else {
     free(s->found);
-    s->found = nobjects ? calloc(nobjects, sizeof *s->found) : NULL;
+    const struct slot *sl = &slots[s->slot];
+    s->found = sl->nobjects ? calloc(sl->nobjects, sizeof *s->found) : NULL;
     s->nfound = s->found_pos = 0;
-    if (nobjects && !s->found) rv = CKR_HOST_MEMORY;
+    if (sl->nobjects && !s->found) rv = CKR_HOST_MEMORY;
     /*
      * A renewed token's previous key is found only by its own CKA_ID: a search by
      * label alone gets the current key, while a process still configured with the
@@ -1184,7 +1340,7 @@ CK_RV C_FindObjectsInit(CK_SESSION_HANDLE hSession, CK_ATTRIBUTE_PTR pTemplate, 
      */
     int by_id = 0;
     for (CK_ULONG i = 0; i < ulCount; i++) by_id |= pTemplate[i].type == CKA_ID;
-    for (size_t i = 0; rv == CKR_OK && i < nobjects; i++)
+    for (size_t i = sl->first_object; rv == CKR_OK && i < sl->first_object + sl->nobjects; i++)
       if (visible(&objects[i], s) && (!objects[i].retired || by_id) && matches(&objects[i], pTemplate, ulCount)) s->found[s->nfound++] = objects[i].handle;
     if (rv == CKR_OK) s->finding = 1;
   }

@@ -190,7 +190,10 @@ int kw_parse_token_list(const uint8_t *body, size_t len, kw_token_list *out)
   kw_reader r;
   kw_reader_init(&r, body, len);
   memset(out, 0, sizeof *out);
+  int over_cap = 0;
+  size_t nobjects = 0;
   size_t ntokens = kw_u16(&r);
+  if (ntokens > KW_MAX_TOKENS) over_cap = r.err = 1;
   out->tokens = alloc_array(&r, ntokens, sizeof(kw_token), 5);
   for (size_t i = 0; i < ntokens && !r.err; i++) {
     kw_token *t = &out->tokens[i];
@@ -202,6 +205,7 @@ int kw_parse_token_list(const uint8_t *body, size_t len, kw_token_list *out)
     if (n > 16) { r.err = 1; break; }
     t->serial = (char *)dup_field(&r, n);
     size_t nkeys = kw_u16(&r);
+    if (nkeys > KW_MAX_KEYS_PER_TOKEN) { over_cap = r.err = 1; break; }
     t->keys = alloc_array(&r, nkeys, sizeof(kw_key), 15);
     for (size_t k = 0; k < nkeys && !r.err; k++) {
       kw_key *key = &t->keys[k];
@@ -219,6 +223,8 @@ int kw_parse_token_list(const uint8_t *body, size_t len, kw_token_list *out)
       if (key->exponent_len == 0 || key->exponent_len > 16) { r.err = 1; break; }
       key->exponent = dup_field(&r, key->exponent_len);
       size_t ncerts = kw_u16(&r);
+      nobjects += 2 + ncerts;
+      if (ncerts > KW_MAX_CERTS_PER_KEY || nobjects > KW_MAX_OBJECTS) { over_cap = r.err = 1; break; }
       key->certs = alloc_array(&r, ncerts, sizeof(kw_cert), 5);
       for (size_t c = 0; c < ncerts && !r.err; c++) {
         kw_cert *cert = &key->certs[c];
@@ -232,7 +238,7 @@ int kw_parse_token_list(const uint8_t *body, size_t len, kw_token_list *out)
   if (!r.err && r.off != r.len) r.err = 1;
   if (r.err) {
     kw_token_list_free(out);
-    return -1;
+    return over_cap ? KW_LIST_OVER_CAP : KW_LIST_MALFORMED;
   }
   return 0;
 }

@@ -14,6 +14,15 @@
 /* Longest OAEP label carried to the enclave (src/shared/key-wire.ts MAX_OAEP_LABEL): fits a request beside a 4096-bit block. */
 #define KW_MAX_OAEP_LABEL 8192u
 #define KW_MAX_RESPONSE (8u * 1024u * 1024u)
+/*
+ * Caps on one token list (src/shared/key-wire.ts LIST_CAPS; docs/protocol.md):
+ * the enclave app refuses to hold more, and the module refuses a list over any
+ * of them (a buggy or hostile peer must not stall the web server's threads).
+ */
+#define KW_MAX_TOKENS 1024u
+#define KW_MAX_KEYS_PER_TOKEN 16u
+#define KW_MAX_CERTS_PER_KEY 8u
+#define KW_MAX_OBJECTS 65536u /* over the whole list: 2 per key plus its certificates */
 #define KW_REQUEST_HEADER 8
 #define KW_RESPONSE_HEADER 16
 #define KW_REPLY_BIT 0x80
@@ -96,7 +105,9 @@ typedef struct {
   size_t ntokens;
 } kw_token_list;
 
-/* Parses a LIST reply body into freshly allocated memory; 0 on success, -1 on malformed input. */
+/* Parses a LIST reply body into freshly allocated memory; 0 on success, -1 on malformed input, -2 over a cap above. */
+#define KW_LIST_MALFORMED (-1)
+#define KW_LIST_OVER_CAP (-2)
 int kw_parse_token_list(const uint8_t *body, size_t len, kw_token_list *out);
 void kw_token_list_free(kw_token_list *l);
 

@@ -170,18 +170,74 @@ static int growing(void)
   return bad ? 1 : 0;
 }
 
+/*
+ * --many ROUNDS: against a fake enclave with a large token list (security
+ * finding 8, issue 11), list the slots ROUNDS times, past the module's sync
+ * interval each time, and look into the last slot: its label and how many
+ * certificates it shows. The caller judges the counts and the time taken.
+ * Between rounds it logs in to the last slot: a fake enclave can take that as
+ * the moment to change its list.
+ */
+static int many(int rounds)
+{
+  if (f->C_Initialize(NULL) != CKR_OK) return 1;
+  for (int round = 0; round < rounds; round++) {
+    struct timespec pause = { 0, 40 * 1000000L }, t0, t1;
+    nanosleep(&pause, NULL);
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    CK_ULONG n = 0;
+    CK_RV rv = f->C_GetSlotList(CK_TRUE, NULL, &n);
+    CK_SLOT_ID *ids = calloc(n ? n : 1, sizeof *ids);
+    CK_ULONG m = n;
+    if (rv == CKR_OK && ids) rv = f->C_GetSlotList(CK_TRUE, ids, &m);
+    char last[33] = "-";
+    CK_ULONG certs = 0;
+    if (rv == CKR_OK && m > 0) {
+      CK_TOKEN_INFO ti;
+      if (f->C_GetTokenInfo(ids[m - 1], &ti) == CKR_OK) {
+        memcpy(last, ti.label, 32);
+        for (int i = 31; i >= 0 && last[i] == ' '; i--) last[i] = 0;
+      }
+      CK_SESSION_HANDLE s;
+      if (f->C_OpenSession(ids[m - 1], CKF_SERIAL_SESSION, NULL, NULL, &s) == CKR_OK) {
+        CK_OBJECT_CLASS cls = CKO_CERTIFICATE;
+        CK_ATTRIBUTE tmpl = { CKA_CLASS, &cls, sizeof cls };
+        CK_OBJECT_HANDLE found[64];
+        if (f->C_FindObjectsInit(s, &tmpl, 1) == CKR_OK) {
+          (void)f->C_FindObjects(s, found, 64, &certs);
+          f->C_FindObjectsFinal(s);
+        }
+        f->C_CloseSession(s);
+      }
+    }
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    long ms = (t1.tv_sec - t0.tv_sec) * 1000L + (t1.tv_nsec - t0.tv_nsec) / 1000000L;
+    printf("round %d: rv 0x%lx, %lu slots, last %s with %lu certificates, %ld ms\n", round, rv, m, last, certs, ms);
+    if (rv == CKR_OK && m > 0) {
+      CK_SESSION_HANDLE s;
+      if (f->C_OpenSession(ids[m - 1], CKF_SERIAL_SESSION, NULL, NULL, &s) == CKR_OK) {
+        (void)f->C_Login(s, CKU_USER, (CK_UTF8CHAR_PTR)"next-round", 10);
+        f->C_CloseSession(s);
+      }
+    }
+    free(ids);
+  }
+  f->C_Finalize(NULL);
+  return 0;
+}
+
 int main(int argc, char **argv)
 {
-  if (argc == 4 && (strcmp(argv[2], "--hostile") == 0 || strcmp(argv[2], "--growing") == 0)) {
+  if (argc == 4 && (strcmp(argv[2], "--hostile") == 0 || strcmp(argv[2], "--growing") == 0 || strcmp(argv[2], "--many") == 0)) {
     pin = argv[3];
     void *h = dlopen(argv[1], RTLD_NOW | RTLD_LOCAL);
     CK_C_GetFunctionList gfl = h ? (CK_C_GetFunctionList)dlsym(h, "C_GetFunctionList") : NULL;
     if (!gfl || gfl(&f) != CKR_OK) return 2;
-    int rc = strcmp(argv[2], "--hostile") == 0 ? hostile() : growing();
+    int rc = strcmp(argv[2], "--hostile") == 0 ? hostile() : strcmp(argv[2], "--many") == 0 ? many(atoi(argv[3])) : growing();
     dlclose(h);
     return rc;
   }
-  if (argc != 4) { fprintf(stderr, "usage: %s MODULE.so TOKEN_LABEL PIN | MODULE.so --hostile PIN | MODULE.so --growing PIN\n", argv[0]); return 2; }
+  if (argc != 4) { fprintf(stderr, "usage: %s MODULE.so TOKEN_LABEL PIN | MODULE.so --hostile PIN | MODULE.so --growing PIN | MODULE.so --many ROUNDS\n", argv[0]); return 2; }
   label = argv[2];
   pin = argv[3];
   void *h = dlopen(argv[1], RTLD_NOW | RTLD_LOCAL);

@@ -3,10 +3,12 @@
 // column and what was expected, like `nginx -t`.
 import fs from 'node:fs';
 import path from 'node:path';
+import { LIST_CAPS } from '../shared/key-wire.ts';
 import { parseDocument, LineCounter, isMap, isScalar, isSeq, type Node, type Pair, type YAMLMap } from 'yaml';
 
 export const DEFAULT_CONFIG = '/etc/nitro_enclaves/acm.yaml';
-export const MAX_TOKENS = 1024;
+/** One token list holds at most this many (src/shared/key-wire.ts LIST_CAPS). */
+export const MAX_TOKENS = LIST_CAPS.tokens;
 
 export type Source = { Acm: { certificate_arn: string; bucket?: string } } | { S3: { uri: string } };
 export type Target = { NginxStanza: { path: string; user?: string; group?: string } } | { Conf: { path: string; user?: string; group?: string } };

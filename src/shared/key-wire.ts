@@ -9,6 +9,12 @@ export const MAX_REQUEST = 16 * 1024;
 export const MAX_OAEP_LABEL = 8192;
 /** Largest response the module accepts (the LIST of every token's public objects). */
 export const MAX_RESPONSE = 8 * 1024 * 1024;
+/**
+ * Caps on one token list (p11-module/src/wire.h KW_MAX_*; docs/protocol.md): the
+ * enclave app holds no more, and the module refuses a list over any of them.
+ * `objects` counts two per key (private, public) plus its certificates.
+ */
+export const LIST_CAPS = { tokens: 1024, keysPerToken: 16, certificatesPerKey: 8, objects: 65536 } as const;
 export const REQUEST_HEADER = 8; // version, op, flags, id
 export const RESPONSE_HEADER = 16; // version, op|0x80, flags, id, rv, generation
 
