@@ -195,3 +195,13 @@ for (const [name, body] of [
     t.regex(r.out, new RegExp(`over the module's caps \\(${LIST_CAPS.tokens} tokens, ${LIST_CAPS.keysPerToken} keys a token, ${LIST_CAPS.certificatesPerKey} certificates a key, ${LIST_CAPS.objects} objects\\)`), r.out);
   });
 }
+
+// Issue 12: the log line for an unreachable enclave names the address tried, CID and port included.
+for (const address of ['vsock:cid=16;port=9999', 'unix:path=/nonexistent/nitro-acm/keys.sock']) {
+  test(`an unreachable enclave is logged with the address tried (${address.split(':')[0]})`, async (t) => {
+    const r = await asanApiTest('--many', address, { NITRO_ACM_P11_QUIET: undefined, NITRO_ACM_TIMEOUT_MS: '300' }, '1');
+    t.is(r.status, 0, r.out);
+    t.regex(r.out, /^round 0: rv 0x0, 0 slots/m, r.out);
+    t.true(r.out.includes(`nitro-acm-p11: cannot reach the enclave at ${address}: `), r.out);
+  });
+}

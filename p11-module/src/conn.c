@@ -266,7 +266,10 @@ static conn_status ensure_connected_locked(void)
   if (!l) {
     int err = errno;
     if (fd >= 0) close(fd);
-    if (!C.has_failed) nacm_log("nitro-acm-p11: cannot reach the enclave at %s%s: %s", C.addr.is_vsock ? "vsock port " : "", C.addr.is_vsock ? "" : C.addr.path, strerror(err));
+    if (!C.has_failed) {
+      if (C.addr.is_vsock) nacm_log("nitro-acm-p11: cannot reach the enclave at vsock:cid=%u;port=%u: %s", (unsigned)C.addr.cid, (unsigned)C.addr.port, strerror(err));
+      else nacm_log("nitro-acm-p11: cannot reach the enclave at unix:path=%s: %s", C.addr.path, strerror(err));
+    }
     C.has_failed = 1;
     clock_gettime(CLOCK_MONOTONIC, &C.last_failure);
     return CONN_UNREACHABLE;
