@@ -4,13 +4,13 @@
 # pkcs11 engine, nginx and Apache httpd, OpenSC/GnuTLS tools, SoftHSM2 and wrk for
 # the benchmark, clang with its sanitizer and libFuzzer runtimes (compiler-rt is a
 # package of its own on Debian 12), valgrind, and gdb (gcore) for the secrets scan.
-# Run as root (or with sudo). Web servers are installed but not started: nitro-acm
+# Run as root, or as a user with sudo (it asks for it). Web servers are installed but not started: nitro-acm
 # starts its own under private prefixes.
 set -euo pipefail
-if [ "$(id -u)" -ne 0 ]; then
-  echo "install-deps: run as root (sudo bash scripts/install-deps.sh)" >&2
-  exit 1
-fi
+here=$(cd "$(dirname "$0")" && pwd)
+# Node.js is not installed from here (Debian 12's is too old): say so before any package work.
+bash "$here/check-node.sh"
+if [ "$(id -u)" -ne 0 ]; then exec bash "$here/as-root.sh" bash "$here/install-deps.sh" "$@"; fi
 export DEBIAN_FRONTEND=noninteractive
 # Keep package scripts from starting the distribution's nginx/apache2 services.
 created_policy=0
