@@ -205,6 +205,15 @@ static size_t fp_slot(const uint8_t fp[32], size_t cap)
   return (size_t)h & (cap - 1);
 }
 
+/* Puts an entry into a table with room for it (open addressing, linear probing). */
+static void handle_table_put(struct handle_entry *table, size_t cap, const uint8_t fp[32], CK_OBJECT_HANDLE handle)
+{
+  size_t j = fp_slot(fp, cap);
+  while (table[j].handle != CK_INVALID_HANDLE) j = (j + 1) & (cap - 1);
+  memcpy(table[j].fp, fp, 32);
+  table[j].handle = handle;
+}
+
 /* Object handles stay the same for the same object across refreshes and enclave restarts. */
 static CK_OBJECT_HANDLE handle_for(const uint8_t fp[32])
 {
@@ -220,22 +229,16 @@ static CK_OBJECT_HANDLE handle_for(const uint8_t fp[32])
     if (cap > SIZE_MAX / sizeof *handles) return CK_INVALID_HANDLE;
     struct handle_entry *grown = calloc(cap, sizeof *grown);
     if (!grown) return CK_INVALID_HANDLE;
-    for (size_t i = 0; i < handles_cap; i++) {
-      if (handles[i].handle == CK_INVALID_HANDLE) continue;
-      size_t j = fp_slot(handles[i].fp, cap);
-      while (grown[j].handle != CK_INVALID_HANDLE) j = (j + 1) & (cap - 1);
-      grown[j] = handles[i];
-    }
+    for (size_t i = 0; i < handles_cap; i++)
+      if (handles[i].handle != CK_INVALID_HANDLE) handle_table_put(grown, cap, handles[i].fp, handles[i].handle);
     free(handles);
     handles = grown;
     handles_cap = cap;
   }
-  size_t i = fp_slot(fp, handles_cap);
-  while (handles[i].handle != CK_INVALID_HANDLE) i = (i + 1) & (handles_cap - 1);
-  memcpy(handles[i].fp, fp, 32);
-  handles[i].handle = next_object_handle++;
+  CK_OBJECT_HANDLE h = next_object_handle++;
+  handle_table_put(handles, handles_cap, fp, h);
   nhandles++;
-  return handles[i].handle;
+  return h;
 }
 
 /* SHA-256 of (class, token label, SHA-256 of the DER or modulus): one-shot digests, no EVP fetch per object. */
@@ -309,14 +312,8 @@ static void prune_handles(void)
 {
   if (nhandles <= KW_MAX_OBJECTS) return;
   memset(handles, 0, handles_cap * sizeof *handles);
-  nhandles = 0;
-  for (size_t i = 0; i < nobjects; i++) {
-    size_t j = fp_slot(objects[i].fp, handles_cap);
-    while (handles[j].handle != CK_INVALID_HANDLE) j = (j + 1) & (handles_cap - 1);
-    memcpy(handles[j].fp, objects[i].fp, 32);
-    handles[j].handle = objects[i].handle;
-    nhandles++;
-  }
+  for (size_t i = 0; i < nobjects; i++) handle_table_put(handles, handles_cap, objects[i].fp, objects[i].handle);
+  nhandles = nobjects;
 }
 
 static size_t label_hash(const char *label, size_t cap)
@@ -390,27 +387,26 @@ static size_t object_ref_slot(CK_OBJECT_HANDLE h, size_t cap)
   return (size_t)((uint64_t)h * 0x9e3779b97f4a7c15ull >> 7) & (cap - 1);
 }
 
+/* The key's CKA_ID and CKA_LABEL, shared by its private and public key and its leaf certificate. */
+static void take_key_identity(struct object *o, const kw_key *key)
+{
+  o->id_len = key->cka_id_len < sizeof o->id ? key->cka_id_len : sizeof o->id;
+  memcpy(o->id, key->cka_id, o->id_len);
+  snprintf(o->label, sizeof o->label, "%s", key->label);
+}
+
 /* The objects of one key of token slot `s`: private and public key, then its certificates. Caller holds M. */
 static void add_key_objects(size_t s, const kw_key *key)
 {
   struct object *o;
-  for (int c = 0; c < 2; c++) {
-    o = add_object(c == 0 ? CKO_PRIVATE_KEY : CKO_PUBLIC_KEY, s, key, NULL);
-    if (!o) continue;
-    o->id_len = key->cka_id_len < sizeof o->id ? key->cka_id_len : sizeof o->id;
-    memcpy(o->id, key->cka_id, o->id_len);
-    snprintf(o->label, sizeof o->label, "%s", key->label);
-    o->cert = NULL;
-  }
+  for (int c = 0; c < 2; c++)
+    if ((o = add_object(c == 0 ? CKO_PRIVATE_KEY : CKO_PUBLIC_KEY, s, key, NULL))) take_key_identity(o, key);
   for (size_t c = 0; c < key->ncerts; c++) {
     const kw_cert *cert = &key->certs[c];
     o = add_object(CKO_CERTIFICATE, s, key, cert);
     if (!o) continue;
-    if (c == 0) {
-      o->id_len = key->cka_id_len < sizeof o->id ? key->cka_id_len : sizeof o->id;
-      memcpy(o->id, key->cka_id, o->id_len);
-      snprintf(o->label, sizeof o->label, "%s", key->label);
-    } else {
+    if (c == 0) take_key_identity(o, key);
+    else {
       /* Authority certificates get an id of their own so no one pairs them with the key. */
       SHA1(cert->der, cert->der_len, o->id);
       o->id_len = 20;
