@@ -1,7 +1,9 @@
 // Tokens and their keys, in the enclave app's memory only. A token has a label, a
-// PIN (kept as a SHA-256 digest, compared in constant time) and one current key
-// with its certificate chain; after a renewal the previous key stays usable, but
-// unlisted for new lookups, for a grace period so old web-server workers finish.
+// PIN (kept as a SHA-256 digest, compared in constant time) and its current keys:
+// one with its certificate chain (Acm and S3 sources), or several, each with its
+// own id and label and maybe a certificate (a FileDb source). After a renewal the
+// previous keys stay usable, but unlisted for new lookups, for a grace period so
+// old web-server workers finish.
 import crypto, { type KeyObject, X509Certificate } from 'node:crypto';
 import { CertCategory, KeyFlag, LIST_CAPS, encodeTokenList, type WireToken } from '../src/shared/key-wire.ts';
 import { ckaIdOf } from '../src/shared/key-id.ts';
@@ -9,10 +11,14 @@ import { ckaIdOf } from '../src/shared/key-id.ts';
 export interface KeyMaterial {
   /** PEM private key (PKCS#1 or PKCS#8). */
   privateKeyPem: string | Buffer;
-  /** PEM leaf certificate. */
-  certificatePem: string;
+  /** PEM leaf certificate; a FileDb key may have none. */
+  certificatePem?: string;
   /** PEM chain, leaf's issuer first; may be empty. */
   chainPem?: string;
+  /** CKA_ID, when the source gives one (a FileDb entry's id); else derived from the key (src/shared/key-id.ts). */
+  ckaId?: Buffer;
+  /** CKA_LABEL, when the source gives one (a FileDb entry's label); else the token's label. */
+  label?: string;
 }
 
 export interface StoredKey {
@@ -22,8 +28,10 @@ export interface StoredKey {
   publicExponent: Buffer;
   modulusBits: number;
   ckaId: Buffer;
+  /** CKA_LABEL of its objects; undefined: the token's label. */
+  label?: string;
   certificates: { category: number; der: Buffer }[];
-  leaf: X509Certificate;
+  leaf?: X509Certificate;
   retiredUntil?: number;
 }
 
@@ -31,7 +39,10 @@ export interface Token {
   label: string; pinDigest: Buffer;
   /** New each time a token is added (a PIN changes only by remove and add): a login holds it, so a re-added token logs everyone out. */
   identity: string;
-  serial: string; current: StoredKey; retired: StoredKey[]; refreshedAt: number }
+  serial: string;
+  /** The keys served now: one for Acm and S3 sources, one or more for FileDb; the first is the one described. */
+  current: StoredKey[];
+  retired: StoredKey[]; refreshedAt: number }
 
 export class KeyMaterialError extends Error {
   /** invalid: does not parse; mismatch: key and certificate disagree; unsupported: a key this enclave does not serve. */
@@ -62,17 +73,19 @@ export class KeyStore {
 
   /** Parses and checks key material; throws KeyMaterialError naming what is wrong. */
   private load(m: KeyMaterial): StoredKey {
-    let privateKey: KeyObject, leaf: X509Certificate;
+    let privateKey: KeyObject, leaf: X509Certificate | undefined;
     try { privateKey = crypto.createPrivateKey(m.privateKeyPem); } catch (e) { throw new KeyMaterialError('invalid', `private key: cannot parse (${(e as Error).message.split('\n')[0]})`); }
     if (privateKey.asymmetricKeyType !== 'rsa') throw new KeyMaterialError('unsupported', `private key: type ${privateKey.asymmetricKeyType} is not supported (RSA ${MIN_RSA_BITS}-${MAX_RSA_BITS})`);
-    try { leaf = new X509Certificate(m.certificatePem); } catch (e) { throw new KeyMaterialError('invalid', `certificate: cannot parse (${(e as Error).message})`); }
+    if (m.certificatePem !== undefined) {
+      try { leaf = new X509Certificate(m.certificatePem); } catch (e) { throw new KeyMaterialError('invalid', `certificate: cannot parse (${(e as Error).message})`); }
+    }
     const chainPems = splitPem(m.chainPem ?? '');
     if (1 + chainPems.length > LIST_CAPS.certificatesPerKey) throw new KeyMaterialError('unsupported', `certificate chain: ${chainPems.length} certificates besides the leaf, at most ${LIST_CAPS.certificatesPerKey - 1}`);
     const chain = chainPems.map((p, i) => {
       try { return new X509Certificate(p); } catch (e) { throw new KeyMaterialError('invalid', `certificate chain entry ${i + 1}: cannot parse (${(e as Error).message})`); }
     });
     const pub = crypto.createPublicKey(privateKey);
-    if (!leaf.publicKey.export({ type: 'spki', format: 'der' }).equals(pub.export({ type: 'spki', format: 'der' }))) {
+    if (leaf && !leaf.publicKey.export({ type: 'spki', format: 'der' }).equals(pub.export({ type: 'spki', format: 'der' }))) {
       throw new KeyMaterialError('mismatch', 'private key does not match the certificate\'s public key');
     }
     const jwk = pub.export({ format: 'jwk' });
@@ -87,11 +100,12 @@ export class KeyStore {
       modulus,
       publicExponent: Buffer.from(jwk.e!, 'base64url'),
       modulusBits: bits,
-      // Stable for a key, new for a renewed one (src/shared/key-id.ts).
-      ckaId: ckaIdOf(pub),
+      // Stable for a key, new for a renewed one (src/shared/key-id.ts), unless the source names it.
+      ckaId: m.ckaId ?? ckaIdOf(pub),
+      label: m.label,
       leaf,
       certificates: [
-        { category: CertCategory.LEAF, der: leaf.raw },
+        ...(leaf ? [{ category: CertCategory.LEAF, der: leaf.raw }] : []),
         ...chain.map((c) => ({ category: CertCategory.AUTHORITY, der: c.raw })),
       ],
     };
@@ -102,29 +116,31 @@ export class KeyStore {
    * not change. Refuses what would take the list over LIST_CAPS, which the module
    * would refuse whole; a renewal drops the oldest retired key past the cap.
    */
-  put(label: string, pin: Uint8Array, material: KeyMaterial): Token {
-    const key = this.load(material);
+  put(label: string, pin: Uint8Array, material: KeyMaterial | KeyMaterial[]): Token {
+    const materials = Array.isArray(material) ? material : [material];
+    if (materials.length < 1 || materials.length > LIST_CAPS.keysPerToken) throw new KeyMaterialError('unsupported', `token "${label}": ${materials.length} keys; a token holds 1 to ${LIST_CAPS.keysPerToken}`);
+    const keys = materials.map((m) => this.load(m));
     const digest = pinDigest(pin);
     const old = this.tokens.get(label);
     if (old && !crypto.timingSafeEqual(old.pinDigest, digest)) throw new KeyMaterialError('invalid', `token "${label}": a renewal cannot change its PIN`);
     if (!old && this.tokens.size >= LIST_CAPS.tokens) throw new KeyMaterialError('unsupported', `token "${label}": the enclave holds at most ${LIST_CAPS.tokens} tokens`);
     const objectsOf = (k: StoredKey) => 2 + k.certificates.length;
-    const objects = [...this.tokens.values()].reduce((n, t) => n + [t.current, ...t.retired].reduce((m, k) => m + objectsOf(k), 0), 0);
-    if (objects + objectsOf(key) > LIST_CAPS.objects) throw new KeyMaterialError('unsupported', `token "${label}": the enclave holds at most ${LIST_CAPS.objects} PKCS#11 objects (2 a key plus its certificates)`);
+    const objects = [...this.tokens.values()].reduce((n, t) => n + [...t.current, ...t.retired].reduce((m, k) => m + objectsOf(k), 0), 0);
+    if (objects + keys.reduce((n, k) => n + objectsOf(k), 0) > LIST_CAPS.objects) throw new KeyMaterialError('unsupported', `token "${label}": the enclave holds at most ${LIST_CAPS.objects} PKCS#11 objects (2 a key plus its certificates)`);
     let token: Token;
     if (old) {
-      old.current.retiredUntil = Date.now() + this.graceMs;
-      old.retired.push(old.current);
-      for (const k of old.retired.splice(0, Math.max(0, old.retired.length - (LIST_CAPS.keysPerToken - 1)))) this.keys.delete(k.keyId);
-      old.current = key;
+      for (const k of old.current) k.retiredUntil = Date.now() + this.graceMs;
+      old.retired.push(...old.current);
+      for (const k of old.retired.splice(0, Math.max(0, old.retired.length - (LIST_CAPS.keysPerToken - keys.length)))) this.keys.delete(k.keyId);
+      old.current = keys;
       old.refreshedAt = Date.now();
       token = old;
     } else {
       const serial = crypto.createHash('sha256').update(label).digest('hex').slice(0, 16);
-      token = { label, pinDigest: digest, identity: crypto.randomBytes(12).toString('hex'), serial, current: key, retired: [], refreshedAt: Date.now() };
+      token = { label, pinDigest: digest, identity: crypto.randomBytes(12).toString('hex'), serial, current: keys, retired: [], refreshedAt: Date.now() };
       this.tokens.set(label, token);
     }
-    this.keys.set(key.keyId, { token, key });
+    for (const key of keys) this.keys.set(key.keyId, { token, key });
     this.changed();
     return token;
   }
@@ -132,7 +148,7 @@ export class KeyStore {
   remove(label: string): boolean {
     const t = this.tokens.get(label);
     if (!t) return false;
-    for (const k of [t.current, ...t.retired]) this.keys.delete(k.keyId);
+    for (const k of [...t.current, ...t.retired]) this.keys.delete(k.keyId);
     this.tokens.delete(label);
     this.changed();
     return true;
@@ -162,12 +178,12 @@ export class KeyStore {
     return stale;
   }
 
-  /** The key currently served for a token matches `material`'s private key. */
-  sameKey(label: string, privateKeyPem: string | Buffer): boolean {
+  /** The keys currently served for a token are these private keys, in this order. */
+  sameKeys(label: string, privateKeyPems: (string | Buffer)[]): boolean {
     const t = this.tokens.get(label);
-    if (!t) return false;
-    const pub = crypto.createPublicKey(crypto.createPrivateKey(privateKeyPem)).export({ type: 'spki', format: 'der' });
-    return pub.equals(crypto.createPublicKey(t.current.privateKey).export({ type: 'spki', format: 'der' }));
+    if (!t || t.current.length !== privateKeyPems.length) return false;
+    const spki = (k: KeyObject) => crypto.createPublicKey(k).export({ type: 'spki', format: 'der' });
+    return privateKeyPems.every((pem, i) => spki(crypto.createPrivateKey(pem)).equals(spki(t.current[i].privateKey)));
   }
 
   /** The PIN is the token's (constant-time compare). */
@@ -186,11 +202,11 @@ export class KeyStore {
       const tokens: WireToken[] = [...this.tokens.values()].map((t) => ({
         label: t.label,
         serial: t.serial,
-        keys: [t.current, ...t.retired].map((k) => ({
+        keys: [...t.current, ...t.retired].map((k) => ({
           keyId: k.keyId,
-          flags: k === t.current ? 0 : KeyFlag.RETIRED,
+          flags: t.current.includes(k) ? 0 : KeyFlag.RETIRED,
           ckaId: k.ckaId,
-          label: t.label,
+          label: k.label ?? t.label,
           modulus: k.modulus,
           publicExponent: k.publicExponent,
           certificates: k.certificates,
@@ -213,7 +229,7 @@ export class KeyStore {
   /** The changes since the workers got the keys in `sent` (which is updated to the keys now held). */
   delta(sent: Set<number>): KeyStoreDelta {
     const tokens = [...this.tokens.values()];
-    const now = tokens.flatMap((t) => [t.current, ...t.retired].map((k) => ({ keyId: k.keyId, tokenLabel: t.label, privateKey: k.privateKey, modulusBits: k.modulusBits })));
+    const now = tokens.flatMap((t) => [...t.current, ...t.retired].map((k) => ({ keyId: k.keyId, tokenLabel: t.label, privateKey: k.privateKey, modulusBits: k.modulusBits })));
     const ids = new Set(now.map((k) => k.keyId));
     const removeKeyIds = [...sent].filter((id) => !ids.has(id));
     const addKeys = now.filter((k) => !sent.has(k.keyId));
@@ -229,7 +245,7 @@ export class KeyStore {
       generation: this.generation,
       listBody: this.listBody(),
       tokens: tokens.map((t) => ({ label: t.label, pinDigest: t.pinDigest, identity: t.identity })),
-      keys: tokens.flatMap((t) => [t.current, ...t.retired].map((k) => ({ keyId: k.keyId, tokenLabel: t.label, privateKey: k.privateKey, modulusBits: k.modulusBits }))),
+      keys: tokens.flatMap((t) => [...t.current, ...t.retired].map((k) => ({ keyId: k.keyId, tokenLabel: t.label, privateKey: k.privateKey, modulusBits: k.modulusBits }))),
     };
   }
 }

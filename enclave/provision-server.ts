@@ -7,7 +7,7 @@ import net from 'node:net';
 import { listen, peerOf } from '../src/shared/transport.ts';
 import type { PeerIdentity } from '../src/shared/native.ts';
 import type { Address } from '../src/shared/address.ts';
-import { parseBundle, BundleError, type Bundle } from '../src/shared/bundle.ts';
+import { parseBundle, parseFileDb, splitLeaf, BundleError, type Bundle, type FileDbKey } from '../src/shared/bundle.ts';
 import { serveJsonFrames, PROVISION_VERSION, ProvisionError, type TokenDescription, type Health } from '../src/shared/provision-wire.ts';
 import { log } from '../src/shared/log.ts';
 import { partitionOf } from '../src/shared/aws-partition.ts';
@@ -119,8 +119,12 @@ export class ProvisionServer {
 
   private describe(l: string): TokenDescription {
     const t = this.o.store.token(l)!;
-    const c = t.current.leaf;
-    return { label: l, keyType: `RSA-${t.current.modulusBits}`, subject: c.subject.replace(/\n/g, ', '), notAfter: new Date(c.validTo).toISOString(), serial: c.serialNumber, fingerprint256: c.fingerprint256, refreshedAt: new Date(t.refreshedAt).toISOString(), retiredKeys: t.retired.length };
+    const key = t.current[0];
+    const c = key.leaf;
+    return {
+      label: l, keyType: `RSA-${key.modulusBits}`, subject: c?.subject.replace(/\n/g, ', ') ?? '', notAfter: c ? new Date(c.validTo).toISOString() : '', serial: c?.serialNumber ?? '', fingerprint256: c?.fingerprint256 ?? '',
+      refreshedAt: new Date(t.refreshedAt).toISOString(), retiredKeys: t.retired.length, keys: t.current.length,
+    };
   }
 
   private async provision(op: 'add' | 'update' | 'refresh', m: Record<string, unknown>): Promise<Record<string, unknown>> {
@@ -132,56 +136,69 @@ export class ProvisionServer {
     if (op !== 'add' && !exists) throw new ProvisionError('NoSuchToken', `no token "${l}" to ${op}`);
     // A PIN is set when a token is added and only then; changing it takes remove and add (which log every connection out).
     if (op !== 'add' && !this.o.store.pinMatches(l, Buffer.from(pin))) throw new ProvisionError('PinChange', `token "${l}": ${op} cannot change a token's PIN; remove the token and add it again`);
-    let bundle: Bundle;
-    try { bundle = parseBundle(JSON.stringify(m.bundle ?? null), 'bundle'); } catch (e) { throw new ProvisionError('BadRequest', (e as BundleError).message); }
+    // A bundle (Acm, S3: one key and its certificate chain) or the keys of a FileDb.
+    let bundle: Bundle | undefined, fileDb: FileDbKey[] | undefined;
+    try {
+      if (m.keys !== undefined) fileDb = parseFileDb(JSON.stringify(m.keys), 'keys');
+      else bundle = parseBundle(JSON.stringify(m.bundle ?? null), 'bundle');
+    } catch (e) { throw new ProvisionError('BadRequest', (e as BundleError).message); }
+    const sealed = bundle ? [{ method: bundle.encryptionMethod, ciphertext: bundle.encryptedPrivateKey, encryptionContext: bundle.encryptionContext }]
+      : fileDb!.map((k) => ({ method: 'KMS' as const, ciphertext: k.encrypted_pem_b64, encryptionContext: undefined }));
     if (this.busy.has(l)) throw new ProvisionError('BadRequest', `token "${l}" is being provisioned already`);
     this.busy.add(l);
     const tlog = log.token(l);
+    const keyPems: Buffer[] = [];
     try {
-      let keyPem: Buffer;
-      if (bundle.encryptionMethod === 'plaintext') {
-        if (!this.o.localMode) throw new ProvisionError('PlaintextRefused', 'plaintext private keys are refused: this enclave takes keys only through KMS with attestation');
-        keyPem = Buffer.from(bundle.encryptedPrivateKey, 'base64');
-      } else {
-        const given = m.credentials as Record<string, unknown> | undefined;
-        if (!given || typeof given.accessKeyId !== 'string' || typeof given.secretAccessKey !== 'string') throw new ProvisionError('BadRequest', '"credentials" {accessKeyId, secretAccessKey, sessionToken} are needed to decrypt through KMS');
-        // Only these three: they are used for this one call and not kept.
-        const creds: AwsCredentials = { accessKeyId: given.accessKeyId, secretAccessKey: given.secretAccessKey, sessionToken: typeof given.sessionToken === 'string' ? given.sessionToken : undefined };
-        const region = field(m, 'region');
-        try { partitionOf(region); } catch (e) { throw new ProvisionError('BadRequest', `"region": ${(e as Error).message}`); }
-        const started = Date.now();
-        try {
-          keyPem = await attestedDecrypt({ ciphertext: Buffer.from(bundle.encryptedPrivateKey, 'base64'), region, credentials: creds, encryptionContext: bundle.encryptionContext, nsm: this.o.nsm, kms: this.o.kms });
-        } catch (e) {
-          const err = e as Error & { name?: string };
-          if (err.name === 'AccessDeniedException') throw new ProvisionError('KmsDenied', `KMS refused the decrypt: ${err.message}`);
-          throw new ProvisionError('KmsError', `KMS decrypt failed: ${err.name && err.name !== 'Error' ? `${err.name}: ` : ''}${err.message}`);
-        }
-        tlog.info(`private key decrypted through KMS with attestation in ${Date.now() - started} ms`);
-      }
+      for (const k of sealed) keyPems.push(await this.unseal(k, m, tlog));
+      const materials = bundle ? [{ privateKeyPem: keyPems[0], certificatePem: bundle.certificate, chainPem: bundle.certificateChain }]
+        : fileDb!.map((k, i) => ({ privateKeyPem: keyPems[i], ckaId: Buffer.from([k.id]), label: k.label, ...(k.cert_pem ? { certificatePem: splitLeaf(k.cert_pem).leaf, chainPem: splitLeaf(k.cert_pem).chain } : {}) }));
       try {
-        if (op === 'refresh' && this.o.store.token(l) && (() => { try { return this.o.store.sameKey(l, keyPem); } catch { return false; } })()) {
+        if (op === 'refresh' && this.o.store.token(l) && (() => { try { return this.o.store.sameKeys(l, keyPems); } catch { return false; } })()) {
           this.o.store.refreshed(l);
           tlog.info('refreshed (same key)');
         } else {
-          this.o.store.put(l, Buffer.from(pin), { privateKeyPem: keyPem, certificatePem: bundle.certificate, chainPem: bundle.certificateChain });
-          tlog.info(op === 'add' ? 'token added' : 'token renewed; the previous key stays usable for its grace period');
+          this.o.store.put(l, Buffer.from(pin), materials);
+          tlog.info(op === 'add' ? `token added${materials.length > 1 ? ` with ${materials.length} keys` : ''}` : 'token renewed; the previous key stays usable for its grace period');
         }
       } catch (e) {
         if (e instanceof KeyMaterialError) {
           throw e.kind === 'mismatch' ? new ProvisionError('KeyMismatch', e.message)
-            : new ProvisionError('KeyInvalid', bundle.encryptionMethod === 'KMS' && e.message.startsWith('private key: cannot parse')
+            : new ProvisionError('KeyInvalid', sealed[0].method === 'KMS' && e.message.startsWith('private key: cannot parse')
               ? `the key KMS returned does not parse: a damaged CiphertextForRecipient or bundle (${e.message})` : e.message);
         }
         throw e;
-      } finally {
-        keyPem.fill(0);
       }
       // "Done" means the key channel serves it: the agent reloads the web server next.
       await this.o.keysServed?.();
       return { token: this.describe(l) };
     } finally {
+      for (const k of keyPems) k.fill(0);
       this.busy.delete(l);
     }
+  }
+
+  /** One sealed private key to its PEM: through KMS with attestation, or (local mode only) plaintext. */
+  private async unseal(k: { method: 'KMS' | 'plaintext'; ciphertext: string; encryptionContext?: Record<string, string> }, m: Record<string, unknown>, tlog: ReturnType<typeof log.token>): Promise<Buffer> {
+    if (k.method === 'plaintext') {
+      if (!this.o.localMode) throw new ProvisionError('PlaintextRefused', 'plaintext private keys are refused: this enclave takes keys only through KMS with attestation');
+      return Buffer.from(k.ciphertext, 'base64');
+    }
+    const given = m.credentials as Record<string, unknown> | undefined;
+    if (!given || typeof given.accessKeyId !== 'string' || typeof given.secretAccessKey !== 'string') throw new ProvisionError('BadRequest', '"credentials" {accessKeyId, secretAccessKey, sessionToken} are needed to decrypt through KMS');
+    // Only these three: they are used for this one call and not kept.
+    const creds: AwsCredentials = { accessKeyId: given.accessKeyId, secretAccessKey: given.secretAccessKey, sessionToken: typeof given.sessionToken === 'string' ? given.sessionToken : undefined };
+    const region = field(m, 'region');
+    try { partitionOf(region); } catch (e) { throw new ProvisionError('BadRequest', `"region": ${(e as Error).message}`); }
+    const started = Date.now();
+    let pem: Buffer;
+    try {
+      pem = await attestedDecrypt({ ciphertext: Buffer.from(k.ciphertext, 'base64'), region, credentials: creds, encryptionContext: k.encryptionContext, nsm: this.o.nsm, kms: this.o.kms });
+    } catch (e) {
+      const err = e as Error & { name?: string };
+      if (err.name === 'AccessDeniedException') throw new ProvisionError('KmsDenied', `KMS refused the decrypt: ${err.message}`);
+      throw new ProvisionError('KmsError', `KMS decrypt failed: ${err.name && err.name !== 'Error' ? `${err.name}: ` : ''}${err.message}`);
+    }
+    tlog.info(`private key decrypted through KMS with attestation in ${Date.now() - started} ms`);
+    return pem;
   }
 }

@@ -43,7 +43,7 @@ same acm.yaml as AWS's ACM for Nitro Enclaves is accepted.
     async run(argv) {
       const { values } = parseArgs({ args: argv, options: { check: { type: 'boolean' }, config: { type: 'string' }, json: { type: 'boolean' }, 'control-socket': { type: 'string' }, help: { type: 'boolean', short: 'h' } }, strict: true });
       if (values.help) { process.stdout.write(this.help); return 0; }
-      const { loadConfig, ConfigError, DEFAULT_CONFIG, configWarnings } = await import('./agent/config.ts');
+      const { loadConfig, ConfigError, DEFAULT_CONFIG, configWarnings, describeSource, describeTarget } = await import('./agent/config.ts');
       const file = values.config ?? DEFAULT_CONFIG;
       if (!values.check) {
         const { startService, NitroCliEnclaveController } = await import('./agent/service.ts');
@@ -61,9 +61,7 @@ same acm.yaml as AWS's ACM for Nitro Enclaves is accepted.
         if (values.json) { process.stdout.write(JSON.stringify({ ok: true, file, warnings, config: { ...c, tokens: c.tokens.map(({ pin, ...t }) => ({ ...t, pin: pin ? '(set)' : '(generated)' })) } }, null, 2) + '\n'); return 0; }
         process.stdout.write(`${file}: syntax is ok, ${c.tokens.length} token${c.tokens.length === 1 ? '' : 's'} (service ${c.options.service}, sync every ${c.options.sync_interval_secs} s)\n`);
         for (const t of c.tokens) {
-          const src = 'Acm' in t.source ? `Acm ${t.source.Acm.certificate_arn}` : `S3 ${t.source.S3.uri}`;
-          const tgt = 'NginxStanza' in t.target ? `NginxStanza ${t.target.NginxStanza.path}` : `Conf ${t.target.Conf.path}`;
-          process.stdout.write(`  ${t.label}: ${src} -> ${tgt} (refresh every ${t.refresh_interval_secs} s)\n`);
+          process.stdout.write(`  ${t.label}: ${describeSource(t)} -> ${describeTarget(t)} (refresh every ${t.refresh_interval_secs} s)\n`);
         }
         for (const w of warnings) process.stderr.write(`nitro-acm: warning: ${w}\n`);
         return 0;

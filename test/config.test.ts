@@ -57,10 +57,11 @@ ${extra}`;
 
 for (const [name, text, where, message] of [
   ['broken YAML', 'tokens:\n  - label: [x\n', '3:1', /YAML: Flow sequence .* must .* end with a \]/],
-  ['an unknown key', 'enclave:\n  cpus: 2\n', '2:3', /enclave: unknown key "cpus" \(expected one of: cpu_count/],
-  ['an unknown top-level key', 'tokenz: []\n', '1:1', /unknown key "tokenz"/],
   ['a wrong type', 'options:\n  sync_interval_secs: often\n', '2:23', /options\.sync_interval_secs: expected an integer, got "often"/],
-  ['a number out of range', 'enclave:\n  cpu_count: 0\n', '2:14', /enclave\.cpu_count: 0 is outside 1\.\.64/],
+  ['a negative number', 'enclave:\n  cpu_count: -1\n', '2:14', /enclave\.cpu_count: -1 is outside 0\.\.9007199254740991/],
+  ['a port over 32 bits', 'enclave:\n  rpc_port: 4294967296\n', '2:13', /enclave\.rpc_port: 4294967296 is outside 0\.\.4294967295/],
+  ['a log level AWS does not have', 'log:\n  level: Verbose\n', '2:10', /log\.level: "Verbose" is not one of Error, Warn, Info, Debug, Trace, error/],
+  ['an unknown source kind', 'tokens:\n  - label: a\n    source:\n      File: {path: /x}\n', '4:7', /unknown kind "File" \(expected Acm or S3 or FileDb\)/],
   ['a duplicate label', `tokens:${token()}${token()}`, '10:12', /tokens\[1\]\.label: "www" is already the label of the token at line 2/],
   ['a label over 32 bytes', `tokens:${token('', 'x'.repeat(33))}`, '2:12', /33 bytes; a PKCS#11 token label is at most 32/],
   ['a short PIN', `tokens:${token('    pin: "123"\n')}`, '9:10', /tokens\[0\]\.pin: 3 bytes; a PIN is 4 to 64 bytes/],
@@ -68,7 +69,8 @@ for (const [name, text, where, message] of [
   ['a missing certificate ARN', 'tokens:\n  - label: a\n    source:\n      Acm:\n        bucket: prod\n    target:\n      Conf:\n        path: /x\n', '5:9', /tokens\[0\]\.source\.Acm: missing certificate_arn/],
   ['a malformed certificate ARN', 'tokens:\n  - label: a\n    source:\n      Acm:\n        certificate_arn: abc\n    target:\n      Conf:\n        path: /x\n', '4:7', /is not an ACM certificate ARN/],
   ['two sources', 'tokens:\n  - label: a\n    source:\n      Acm: {certificate_arn: x}\n      S3: {uri: s3://b/k}\n    target:\n      Conf: {path: /x}\n', '4:7', /expected exactly one of Acm or S3/],
-  ['a missing target', 'tokens:\n  - label: a\n    source:\n      S3: {uri: "s3://b/k"}\n', '2:5', /tokens\[0\]: missing target/],
+  ['a missing source', 'tokens:\n  - label: a\n', '2:5', /tokens\[0\]: missing source \(Acm: \{certificate_arn\}, S3: \{uri\} or FileDb: \{path\}\)/],
+  ['a relative FileDb path', 'tokens:\n  - label: a\n    source:\n      FileDb: {path: keys.json}\n', '4:22', /tokens\[0\]\.source\.FileDb\.path: "keys\.json" is a relative path/],
   ['an unknown service', 'options:\n  service: caddy\n', '2:12', /"caddy" is not one of nginx, httpd/],
 ] as const) {
   test(`error for ${name} names file, line, column and what was expected`, (t) => {
@@ -77,3 +79,67 @@ for (const [name, text, where, message] of [
     t.regex(e!.message, message);
   });
 }
+
+// AWS's agent (serde) skips keys it does not know and takes any integer of the
+// field's width: so does nitro-acm, with a note naming the line, so that every
+// file it accepts loads here too.
+test('unknown keys are ignored as AWS ignores them, each noted with its line', (t) => {
+  const c = parseConfig(`enclave:\n  cpus: 2\ntokenz: []\ntokens:${token('    refresh_intervall_secs: 60\n')}`, '/etc/nitro_enclaves/acm.yaml');
+  t.is(c.enclave.cpu_count, 2);
+  t.is(c.tokens[0].refresh_interval_secs, 43_200);
+  t.deepEqual(c.notes, [
+    '/etc/nitro_enclaves/acm.yaml:2: enclave: unknown key "cpus" is ignored (known: cpu_count, memory_mib, image_path, boot_timeout_ms, p11kit_port, rpc_port, attestation_retry_count)',
+    '/etc/nitro_enclaves/acm.yaml:3: top level: unknown key "tokenz" is ignored (known: enclave, log, options, tokens)',
+    '/etc/nitro_enclaves/acm.yaml:12: tokens[0]: unknown key "refresh_intervall_secs" is ignored (known: label, pin, source, target, refresh_interval_secs)',
+  ]);
+});
+
+test('a number AWS takes but nitro-acm cannot work with is brought into range, with a note', (t) => {
+  const c = parseConfig(`enclave:\n  cpu_count: 0\noptions:\n  sync_interval_secs: 1\ntokens:${token('    refresh_interval_secs: 0\n')}`, 'acm.yaml');
+  t.is(c.enclave.cpu_count, 1);
+  t.is(c.options.sync_interval_secs, 10);
+  t.is(c.tokens[0].refresh_interval_secs, 60);
+  t.deepEqual(c.notes, [
+    'acm.yaml:2: enclave.cpu_count: 0 is outside what nitro-acm works with (1..64); using 1',
+    'acm.yaml:4: options.sync_interval_secs: 1 is outside what nitro-acm works with (10..604800); using 10',
+    'acm.yaml:13: tokens[0].refresh_interval_secs: 0 is outside what nitro-acm works with (60..172800); using 60',
+  ]);
+});
+
+test("log.level in AWS's spelling (Error..Trace) and in lowercase", (t) => {
+  for (const [given, read] of [['Error', 'error'], ['Warn', 'warn'], ['Info', 'info'], ['Debug', 'debug'], ['Trace', 'trace'], ['trace', 'trace'], ['info', 'info']]) {
+    t.is(parseConfig(`log:\n  level: ${given}\n`, 'acm.yaml').log.level, read, given);
+  }
+});
+
+test("defaults are AWS's: force_start on, no timestamps, 12 h refresh, the prod bucket", (t) => {
+  const c = parseConfig(`enclave:\n  cpu_count: 2\n  memory_mib: 256\ntokens:${token()}`, 'acm.yaml');
+  t.true(c.options.force_start);
+  t.false(c.log.enable_timestamp);
+  t.is(c.log.level, 'info');
+  t.is(c.options.reload_wait_ms, 1000);
+  t.is(c.options.sync_interval_secs, 600);
+  t.is(c.tokens[0].refresh_interval_secs, 43_200);
+  t.deepEqual(c.enclave, { cpu_count: 2, memory_mib: 256, image_path: '/usr/share/nitro_enclaves/nitro-acm/nitro-acm.eif', boot_timeout_ms: 5000, p11kit_port: 9999, rpc_port: 10000, attestation_retry_count: 5 });
+  t.is(c.options.service, 'nginx');
+});
+
+test('a token without a target, a FileDb source, and scalars AWS reads as strings', (t) => {
+  const c = parseConfig(`tokens:
+  - label: 2024
+    pin: 0123456789
+    source:
+      FileDb:
+        path: /etc/nitro_enclaves/keys.json
+  - label: s3-only
+    source:
+      S3: {uri: "s3://bucket/key.json"}
+    target: ~
+`, 'acm.yaml');
+  t.is(c.tokens[0].label, '2024');
+  t.is(c.tokens[0].pin, '0123456789', 'the PIN as written, leading zero kept');
+  t.deepEqual(c.tokens[0].source, { FileDb: { path: '/etc/nitro_enclaves/keys.json' } });
+  t.is(c.tokens[0].target, undefined);
+  t.is(c.tokens[1].target, undefined);
+  t.deepEqual(c.notes, []);
+});

@@ -187,9 +187,9 @@ test('the key store keeps its token list within the caps the module accepts', (t
   t.is(t0Keys.filter((k) => k.flags === 0).length, 1);
 
   // A renewal with another PIN is refused and leaves the served key as it was.
-  const current = store.token('t1')!.current.keyId;
+  const current = store.token("t1")!.current[0].keyId;
   t.throws(() => store.put('t1', Buffer.from('another-pin-0123456'), material), { message: /cannot change its PIN/ });
-  t.is(store.token('t1')!.current.keyId, current);
+  t.is(store.token("t1")!.current[0].keyId, current);
   t.is(store.token('t1')!.retired.length, 0);
   t.truthy(store.key(current));
 

@@ -7,15 +7,17 @@
 // A failing token never stops the others.
 import crypto from 'node:crypto';
 import fs from 'node:fs';
+import path from 'node:path';
 import { log } from '../shared/log.ts';
 import { parseAddress } from '../shared/address.ts';
 import { ProvisionClient, ProvisionError } from '../shared/provision-wire.ts';
-import type { AcmConfig, TokenConfig } from './config.ts';
+import { targetSpec, describeSource, describeTarget, type AcmConfig, type TokenConfig } from './config.ts';
 import { instanceContext, type Endpoints, type InstanceContext } from './aws.ts';
-import { fetchBundle } from './source.ts';
-import { writeTarget, companionFiles, readPinFile, type TargetSpec } from './targets.ts';
+import { fetchBundle, readFileDb } from './source.ts';
+import { writeTarget, writeAtomic, companionFiles, readPinFile, keyUri } from './targets.ts';
 import { verifyTokenSigns } from './challenge.ts';
-import type { Bundle } from '../shared/bundle.ts';
+import { splitLeaf, type Bundle, type FileDbKey } from '../shared/bundle.ts';
+import { ckaIdOf } from '../shared/key-id.ts';
 import type { Health, TokenDescription } from '../shared/provision-wire.ts';
 
 export interface EnclaveEndpoints { keyAddress: string; provisionAddress: string }
@@ -34,7 +36,10 @@ export interface TokenState {
   config: TokenConfig;
   pin: string;
   etag?: string;
+  /** Acm and S3 sources: the bundle last fetched. */
   bundle?: Bundle;
+  /** A FileDb source: its keys, read once (as AWS's agent does), or again after acm.yaml names another file. */
+  fileDb?: FileDbKey[];
   state: TokenStateName;
   error?: string;
   lastSync?: number;
@@ -55,6 +60,8 @@ export interface TokenStatus {
   notAfter?: string;
   keyType?: string;
   fingerprint256?: string;
+  /** The pkcs11: URI of each key the token serves, for a web server or tool wired by hand; never the PIN itself. */
+  uris?: string[];
   lastSync?: string;
   lastRefresh?: string;
   /** When this agent added the token to the enclave (see TokenState.addedAt). */
@@ -98,6 +105,17 @@ export interface AgentOptions {
   retries?: number;
   /** Called when the provisioning connection ends by itself: the enclave may be gone (check it now rather than at the next health check). */
   onEnclaveLost?: () => void;
+  /** Where the PIN file of a token without a target goes (root only); none when undefined. */
+  pinDir?: string;
+}
+
+/** A key a token serves, as the agent knows it before the enclave has it: its CKA_ID, CKA_LABEL and certificate if any. */
+interface ServedKey { ckaId: Buffer; label: string; certificatePem?: string; chainPem: string }
+
+function servedKeys(t: TokenState): ServedKey[] {
+  if (t.fileDb) return t.fileDb.map((k) => ({ ckaId: Buffer.from([k.id]), label: k.label, ...(k.cert_pem ? { certificatePem: splitLeaf(k.cert_pem).leaf, chainPem: splitLeaf(k.cert_pem).chain } : { chainPem: '' }) }));
+  if (t.bundle) return [{ ckaId: ckaIdOf(t.bundle.certificate), label: t.config.label, certificatePem: t.bundle.certificate, chainPem: t.bundle.certificateChain }];
+  return [];
 }
 
 /** Tokens provisioned at once: each waits mostly on KMS and the enclave's key generation. */
@@ -110,19 +128,18 @@ async function eachLimited<T>(items: T[], limit: number, fn: (item: T) => Promis
   await Promise.all(Array.from({ length: Math.min(limit, items.length) }, lane));
 }
 
-function source(t: TokenConfig): string {
-  return 'Acm' in t.source ? `Acm ${t.source.Acm.certificate_arn}` : `S3 ${t.source.S3.uri}`;
-}
-
-function targetSpec(t: TokenConfig): TargetSpec {
-  return 'NginxStanza' in t.target ? { kind: 'NginxStanza', ...t.target.NginxStanza } : { kind: 'Conf', ...t.target.Conf };
+/** The token's PIN file: beside its target, else (no target) in pinDir, named by the label in hex; undefined when neither. */
+function pinFileOf(t: TokenConfig, pinDir: string | undefined): string | undefined {
+  const spec = targetSpec(t);
+  if (spec) return companionFiles(spec).pin;
+  return pinDir ? path.join(pinDir, `${Buffer.from(t.label).toString('hex')}.pin`) : undefined;
 }
 
 /** The PIN: from acm.yaml, else the one in the token's PIN file (so an agent restart keeps it), else a new one. */
-function pinFor(t: TokenConfig): string {
+function pinFor(t: TokenConfig, pinDir: string | undefined): string {
   if (t.pin) return t.pin;
-  const file = companionFiles(targetSpec(t)).pin;
-  const p = readPinFile(file)?.trim();
+  const file = pinFileOf(t, pinDir);
+  const p = file ? readPinFile(file)?.trim() : undefined;
   if (p && p.length >= 4) return p;
   return crypto.randomBytes(16).toString('base64url');
 }
@@ -170,7 +187,7 @@ export class Agent {
     // Tokens the enclave does not have yet are new to a web server already running, too.
     const present = await this.call<{ tokens: TokenDescription[] }>('describe').then((r) => new Set(r.tokens.map((x) => x.label)), () => undefined);
     const now = Date.now();
-    for (const t of this.o.config.tokens) this.tokens.set(t.label, { config: t, pin: pinFor(t), state: 'pending', ...(present && !present.has(t.label) ? { addedAt: now } : {}) });
+    for (const t of this.o.config.tokens) this.tokens.set(t.label, { config: t, pin: pinFor(t, this.o.pinDir), state: 'pending', ...(present && !present.has(t.label) ? { addedAt: now } : {}) });
     await this.provisionAll('add');
     if ([...this.tokens.values()].some((t) => t.state === 'serving')) await this.o.reload();
   }
@@ -241,13 +258,17 @@ export class Agent {
   /** Step 1: the bundle into the enclave (fetched first unless `refetch` is false and one is cached). */
   private async deliver(t: TokenState, op: 'add' | 'update' | 'refresh', refetch: boolean): Promise<boolean> {
     try {
-      if (refetch || !t.bundle) {
-        const r = await withRetries(`[${t.config.label}] S3`, this.retries, () => fetchBundle(t.config.source, this.ctx!, undefined));
+      const src = t.config.source;
+      if ('FileDb' in src) {
+        // Read once; again only while it has never been read whole.
+        if (!t.fileDb) { t.fileDb = readFileDb(src.FileDb.path); t.lastSync = Date.now(); }
+      } else if (refetch || !t.bundle) {
+        const r = await withRetries(`[${t.config.label}] S3`, this.retries, () => fetchBundle(src, this.ctx!, undefined));
         if (r.changed) { t.bundle = r.bundle; t.etag = r.etag; }
         t.lastSync = Date.now();
       }
       const creds = await this.ctx!.credentials();
-      const args = { label: t.config.label, pin: t.pin, bundle: t.bundle, credentials: { accessKeyId: creds.accessKeyId, secretAccessKey: creds.secretAccessKey, sessionToken: creds.sessionToken }, region: this.ctx!.region };
+      const args = { label: t.config.label, pin: t.pin, ...(t.fileDb ? { keys: t.fileDb } : { bundle: t.bundle }), credentials: { accessKeyId: creds.accessKeyId, secretAccessKey: creds.secretAccessKey, sessionToken: creds.sessionToken }, region: this.ctx!.region };
       // acm.yaml's enclave.attestation_retry_count: retries of the enclave's attested KMS decrypt.
       await withRetries(`[${t.config.label}] provisioning`, this.o.retries ?? this.o.config.enclave.attestation_retry_count + 1, async () => {
         try { await this.call(op, args); } catch (e) {
@@ -257,7 +278,7 @@ export class Agent {
           else await this.replaceOnPinChange(e, args);
         }
       }).catch((e) => {
-        throw e instanceof ProvisionError ? new ProvisionError(e.code, `the enclave could not take the bundle from ${source(t.config).replace(/^\w+ /, '')}: ${e.message}`) : e;
+        throw e instanceof ProvisionError ? new ProvisionError(e.code, `the enclave could not take the ${t.fileDb ? 'keys' : 'bundle'} from ${describeSource(t.config).replace(/^\w+ /, '')}: ${e.message}`) : e;
       });
       t.lastRefresh = Date.now();
       return true;
@@ -279,13 +300,26 @@ export class Agent {
   /** Step 2: prove it signs through PKCS#11, then point the web server at it. */
   private async rollOut(t: TokenState, op: 'add' | 'update' | 'refresh'): Promise<boolean> {
     try {
-      await verifyTokenSigns({ address: this.endpoints!.keyAddress, label: t.config.label, pin: t.pin, certificatePem: t.bundle!.certificate });
-      if (op !== 'refresh') writeTarget(targetSpec(t.config), { label: t.config.label, source: source(t.config), pin: t.pin, certificatePem: t.bundle!.certificate, chainPem: t.bundle!.certificateChain, pinInConfig: this.o.config.options.pin_in_config });
+      const keys = servedKeys(t);
+      await verifyTokenSigns({ address: this.endpoints!.keyAddress, label: t.config.label, pin: t.pin, keys });
+      if (op !== 'refresh') this.writeFiles(t, keys[0]);
       t.state = 'serving';
       t.error = undefined;
-      log.token(t.config.label).info(op === 'refresh' ? 'refreshed (re-attested)' : `serving ${new crypto.X509Certificate(t.bundle!.certificate).subject.replace(/\n/g, ', ')}`);
+      const leaf = keys.find((k) => k.certificatePem)?.certificatePem;
+      log.token(t.config.label).info(op === 'refresh' ? 'refreshed (re-attested)' : `serving ${leaf ? new crypto.X509Certificate(leaf).subject.replace(/\n/g, ', ') : `${keys.length} key${keys.length > 1 ? 's' : ''} without a certificate`}${targetSpec(t.config) ? '' : ' (no target: no web-server file written; nitro-acm status shows its pkcs11: URI)'}`);
       return true;
     } catch (e) { return this.failed(t, op, e as Error); }
+  }
+
+  /** The web server's files for the token's first key; a token without a target gets only its PIN file (pinDir). */
+  private writeFiles(t: TokenState, key: ServedKey): void {
+    const spec = targetSpec(t.config);
+    if (!spec) {
+      const file = pinFileOf(t.config, this.o.pinDir);
+      if (file) { fs.mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 }); writeAtomic(file, t.pin, 0o400); }
+      return;
+    }
+    writeTarget(spec, { label: t.config.label, source: describeSource(t.config), pin: t.pin, ckaId: key.ckaId, certificatePem: key.certificatePem, chainPem: key.chainPem, pinInConfig: this.o.config.options.pin_in_config });
   }
 
   private failed(t: TokenState, op: string, e: Error): false {
@@ -304,7 +338,13 @@ export class Agent {
         // A token that is not serving is tried again whether or not its object
         // changed: what failed may have been passing (KMS, the enclave, the challenge).
         const serving = t.state === 'serving';
-        const r = await fetchBundle(t.config.source, this.ctx!, serving && t.bundle ? t.etag : undefined);
+        const src = t.config.source;
+        if ('FileDb' in src) {
+          // Never re-read (AWS's agent does not either); one that is not serving is tried again.
+          if (!serving && !this.lost && await this.deliver(t, 'add', false) && await this.rollOut(t, 'add')) renewed.push(t.config.label);
+          continue;
+        }
+        const r = await fetchBundle(src, this.ctx!, serving && t.bundle ? t.etag : undefined);
         t.lastSync = Date.now();
         if (serving) t.error = undefined;
         if (!r.changed && serving) continue;
@@ -339,7 +379,7 @@ export class Agent {
   /** Re-attests and re-decrypts every token (the enclave drops tokens not refreshed within its TTL). */
   async refresh(): Promise<void> {
     // A few at a time, like provisioning; a dead enclave ends it (the health check provisions every token anew).
-    await eachLimited([...this.tokens.values()].filter((t) => t.bundle), PROVISION_CONCURRENCY, async (t) => { if (!this.lost) await this.provisionToken(t, 'refresh', false); });
+    await eachLimited([...this.tokens.values()].filter((t) => t.bundle || t.fileDb), PROVISION_CONCURRENCY, async (t) => { if (!this.lost) await this.provisionToken(t, 'refresh', false); });
   }
 
   /** If the enclave is gone, starts a new one and provisions every token again with the same PINs. */
@@ -392,7 +432,8 @@ export class Agent {
     const work: { t: TokenState; op: 'add' | 'update' }[] = [];
     for (const tc of next.tokens) {
       if (!added.includes(tc.label) && !changed.includes(tc.label)) { this.tokens.get(tc.label)!.config = tc; continue; }
-      const t: TokenState = changed.includes(tc.label) ? { ...this.tokens.get(tc.label)!, config: tc, pin: tc.pin ?? this.tokens.get(tc.label)!.pin } : { config: tc, pin: pinFor(tc), state: 'pending', addedAt: Date.now() };
+      // A changed token's source is read again (a FileDb too: acm.yaml may name another file).
+      const t: TokenState = changed.includes(tc.label) ? { ...this.tokens.get(tc.label)!, config: tc, pin: tc.pin ?? this.tokens.get(tc.label)!.pin, fileDb: undefined } : { config: tc, pin: pinFor(tc, this.o.pinDir), state: 'pending', addedAt: Date.now() };
       this.tokens.set(tc.label, t);
       work.push({ t, op: added.includes(tc.label) ? 'add' : 'update' });
     }
@@ -430,13 +471,17 @@ export class Agent {
     } catch (e) { enclave.error = (e as Error).message; }
     const tokens = [...this.tokens.values()].map((t): TokenStatus => {
       const d = held.get(t.config.label);
+      const keys = servedKeys(t);
+      const leaf = keys.find((k) => k.certificatePem)?.certificatePem;
+      const pinFile = this.o.config.options.pin_in_config && targetSpec(t.config) ? undefined : pinFileOf(t.config, this.o.pinDir);
       return {
         label: t.config.label,
-        source: source(t.config),
-        target: `${targetSpec(t.config).kind} ${targetSpec(t.config).path}`,
+        source: describeSource(t.config),
+        target: describeTarget(t.config),
         state: t.state,
         error: t.error,
-        ...(t.bundle ? certificateFacts(t.bundle.certificate) : {}),
+        ...(leaf ? certificateFacts(leaf) : {}),
+        uris: keys.map((k) => keyUri(t.config.label, k.ckaId, pinFile && fs.existsSync(pinFile) ? { file: pinFile } : undefined)),
         lastSync: iso(t.lastSync),
         lastRefresh: iso(t.lastRefresh),
         addedAt: iso(t.addedAt),

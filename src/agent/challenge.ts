@@ -31,8 +31,11 @@ function findSlot(mod: graphene.Module, label: string): graphene.Slot | undefine
 /** The module asks the enclave for changes at most every 20 ms (p11-module SYNC_INTERVAL_MS); a look after that sees them. */
 const MODULE_SYNC_MS = 25;
 
-/** Signs a fresh challenge with the token's key through PKCS#11 and verifies it; rejects with a ChallengeError saying what failed. */
-export async function verifyTokenSigns(o: { address: string; label: string; pin: string; certificatePem: string; modulePath?: string }): Promise<void> {
+/** A key the token must serve: its CKA_ID, and the certificate its signatures must verify with (without one: the token's own public key object). */
+export interface ExpectedKey { ckaId: Buffer; certificatePem?: string }
+
+/** Signs a fresh challenge with each of the token's keys through PKCS#11 and verifies it; rejects with a ChallengeError saying what failed. */
+export async function verifyTokenSigns(o: { address: string; label: string; pin: string; keys: ExpectedKey[]; modulePath?: string }): Promise<void> {
   const mod = moduleFor(o.address, o.modulePath ?? BUILT_MODULE);
   // A token added a moment after the module's last look (another token's
   // challenge) is listed on the next one.
@@ -47,11 +50,23 @@ export async function verifyTokenSigns(o: { address: string; label: string; pin:
     try { session.login(o.pin, graphene.UserType.USER); } catch (e) {
       if (!String(e).includes('ALREADY_LOGGED_IN')) throw new ChallengeError(`token "${o.label}": login refused (${(e as Error).message.split('\n')[0]})`);
     }
-    const keys = session.find({ class: graphene.ObjectClass.PRIVATE_KEY });
-    if (keys.length !== 1) throw new ChallengeError(`token "${o.label}": ${keys.length} private keys, expected 1`);
-    const challenge = crypto.randomBytes(32);
-    const sig = session.createSign('SHA256_RSA_PKCS', keys.items(0).toType<graphene.PrivateKey>()).once(challenge);
-    if (!crypto.verify('sha256', challenge, o.certificatePem, sig)) throw new ChallengeError(`token "${o.label}": the signature does not verify with the certificate's public key`);
+    const listed = session.find({ class: graphene.ObjectClass.PRIVATE_KEY }).length;
+    if (listed !== o.keys.length) throw new ChallengeError(`token "${o.label}": ${listed} private keys, expected ${o.keys.length}`);
+    for (const want of o.keys) {
+      const id = `id ${want.ckaId.toString('hex')}`;
+      const keys = session.find({ class: graphene.ObjectClass.PRIVATE_KEY, id: want.ckaId });
+      if (keys.length !== 1) throw new ChallengeError(`token "${o.label}": ${keys.length} private keys with ${id}, expected 1`);
+      let publicKey: crypto.KeyLike | undefined = want.certificatePem;
+      if (!publicKey) {
+        const pub = session.find({ class: graphene.ObjectClass.PUBLIC_KEY, id: want.ckaId });
+        if (pub.length !== 1) throw new ChallengeError(`token "${o.label}": ${pub.length} public keys with ${id}, expected 1`);
+        const a = pub.items(0).getAttribute({ modulus: null, publicExponent: null }) as { modulus: Buffer; publicExponent: Buffer };
+        publicKey = crypto.createPublicKey({ key: { kty: 'RSA', n: a.modulus.toString('base64url'), e: a.publicExponent.toString('base64url') }, format: 'jwk' });
+      }
+      const challenge = crypto.randomBytes(32);
+      const sig = session.createSign('SHA256_RSA_PKCS', keys.items(0).toType<graphene.PrivateKey>()).once(challenge);
+      if (!crypto.verify('sha256', challenge, publicKey, sig)) throw new ChallengeError(`token "${o.label}": the signature of the key with ${id} does not verify with ${want.certificatePem ? "the certificate's public key" : 'its public key object'}`);
+    }
   } finally {
     session.close();
   }

@@ -10,17 +10,42 @@ export const DEFAULT_CONFIG = '/etc/nitro_enclaves/acm.yaml';
 /** One token list holds at most this many (src/shared/key-wire.ts LIST_CAPS). */
 export const MAX_TOKENS = LIST_CAPS.tokens;
 
-export type Source = { Acm: { certificate_arn: string; bucket?: string } } | { S3: { uri: string } };
+export type Source = { Acm: { certificate_arn: string; bucket?: string } } | { S3: { uri: string } } | { FileDb: { path: string } };
 export type Target = { NginxStanza: { path: string; user?: string; group?: string } } | { Conf: { path: string; user?: string; group?: string } };
 
-export interface TokenConfig { label: string; pin?: string; source: Source; target: Target; refresh_interval_secs: number; line: number }
+/** `target` is optional, as in AWS's agent: without one the token is provisioned and no web-server file is written. */
+export interface TokenConfig { label: string; pin?: string; source: Source; target?: Target; refresh_interval_secs: number; line: number }
+
+/** What the agent writes for a token: the kind, the file and its owner; undefined when the token has no target. */
+export interface TargetSpec { kind: 'NginxStanza' | 'Conf'; path: string; user?: string; group?: string }
+
+export function targetSpec(t: TokenConfig): TargetSpec | undefined {
+  if (!t.target) return undefined;
+  return 'NginxStanza' in t.target ? { kind: 'NginxStanza', ...t.target.NginxStanza } : { kind: 'Conf', ...t.target.Conf };
+}
+
+/** A token's source in one line, as logs, status and `agent --check` show it. */
+export function describeSource(t: TokenConfig): string {
+  const s = t.source;
+  return 'Acm' in s ? `Acm ${s.Acm.certificate_arn}` : 'S3' in s ? `S3 ${s.S3.uri}` : `FileDb ${s.FileDb.path}`;
+}
+
+/** A token's target in one line; "none" when it has none. */
+export function describeTarget(t: TokenConfig): string {
+  const spec = targetSpec(t);
+  return spec ? `${spec.kind} ${spec.path}` : 'none (no web-server file; nitro-acm status shows the pkcs11: URI)';
+}
 
 export interface AcmConfig {
   enclave: { cpu_count: number; memory_mib: number; image_path: string; boot_timeout_ms: number; p11kit_port: number; rpc_port: number; attestation_retry_count: number };
-  log: { level: 'error' | 'warn' | 'info' | 'debug'; enable_timestamp: boolean };
+  log: { level: LogLevel; enable_timestamp: boolean };
   options: { service: 'nginx' | 'httpd'; force_start: boolean; reload_wait_ms: number; sync_interval_secs: number; reload_command?: string; pin_in_config: boolean; restart_for_new_tokens: boolean };
   tokens: TokenConfig[];
+  /** What the file says that AWS's agent accepts but nitro-acm reads differently or ignores, each with file:line. */
+  notes: string[];
 }
+
+export type LogLevel = 'error' | 'warn' | 'info' | 'debug' | 'trace';
 
 export class ConfigError extends Error {
   constructor(readonly file: string, readonly line: number, readonly col: number, readonly detail: string) {
@@ -29,26 +54,41 @@ export class ConfigError extends Error {
   }
 }
 
-const DEFAULTS: Omit<AcmConfig, 'tokens'> = {
+// The defaults of AWS's agent (its `defs`), except image_path (nitro-acm's own
+// image); cpu_count and memory_mib, which it requires, default to its example's.
+const DEFAULTS: Omit<AcmConfig, 'tokens' | 'notes'> = {
   enclave: { cpu_count: 2, memory_mib: 256, image_path: '/usr/share/nitro_enclaves/nitro-acm/nitro-acm.eif', boot_timeout_ms: 5000, p11kit_port: 9999, rpc_port: 10000, attestation_retry_count: 5 },
-  log: { level: 'info', enable_timestamp: true },
-  options: { service: 'nginx', force_start: false, reload_wait_ms: 1000, sync_interval_secs: 600, pin_in_config: false, restart_for_new_tokens: true },
+  log: { level: 'info', enable_timestamp: false },
+  options: { service: 'nginx', force_start: true, reload_wait_ms: 1000, sync_interval_secs: 600, pin_in_config: false, restart_for_new_tokens: true },
 };
 
+/** AWS's agent reads 12 h when refresh_interval_secs is left out. */
+export const DEFAULT_REFRESH_INTERVAL_SECS = 43_200;
+
 type Kind = 'int' | 'bool' | 'string' | 'abs-path';
-interface Field { kind: Kind; min?: number; max?: number; oneOf?: string[]; aliasOf?: string }
+/**
+ * min/max: the range nitro-acm works in. A value outside it that AWS's agent
+ * takes (any non-negative integer of the field's width, `typeMax`) is brought
+ * to the nearest end with a note, not refused; one it refuses is an error.
+ */
+interface Field { kind: Kind; min?: number; max?: number; typeMax?: number; oneOf?: string[]; aliasOf?: string; map?: (v: string) => string }
+
+const U32 = 0xffffffff;
+const U64 = Number.MAX_SAFE_INTEGER;
+/** log.level: AWS's spelling (Error, Warn, Info, Debug, Trace) or lowercase. */
+const LOG_LEVELS = ['Error', 'Warn', 'Info', 'Debug', 'Trace'];
 
 const SCHEMA: Record<'enclave' | 'log' | 'options', Record<string, Field>> = {
   enclave: {
-    cpu_count: { kind: 'int', min: 1, max: 64 }, memory_mib: { kind: 'int', min: 64, max: 1024 * 1024 }, image_path: { kind: 'abs-path' },
-    boot_timeout_ms: { kind: 'int', min: 100, max: 600_000 }, p11kit_port: { kind: 'int', min: 1, max: 0xffffffff }, rpc_port: { kind: 'int', min: 1, max: 0xffffffff },
-    attestation_retry_count: { kind: 'int', min: 0, max: 100 },
+    cpu_count: { kind: 'int', min: 1, max: 64, typeMax: U64 }, memory_mib: { kind: 'int', min: 64, max: 1024 * 1024, typeMax: U64 }, image_path: { kind: 'abs-path' },
+    boot_timeout_ms: { kind: 'int', min: 100, max: 600_000, typeMax: U64 }, p11kit_port: { kind: 'int', min: 1, max: U32, typeMax: U32 }, rpc_port: { kind: 'int', min: 1, max: U32, typeMax: U32 },
+    attestation_retry_count: { kind: 'int', min: 0, max: 100, typeMax: U64 },
   },
-  log: { level: { kind: 'string', oneOf: ['error', 'warn', 'info', 'debug'] }, enable_timestamp: { kind: 'bool' } },
+  log: { level: { kind: 'string', oneOf: [...LOG_LEVELS, ...LOG_LEVELS.map((l) => l.toLowerCase())], map: (v) => v.toLowerCase() }, enable_timestamp: { kind: 'bool' } },
   options: {
     service: { kind: 'string', oneOf: ['nginx', 'httpd'] }, force_start: { kind: 'bool' }, nginx_force_start: { kind: 'bool', aliasOf: 'force_start' },
-    reload_wait_ms: { kind: 'int', min: 0, max: 600_000 }, nginx_reload_wait_ms: { kind: 'int', min: 0, max: 600_000, aliasOf: 'reload_wait_ms' },
-    sync_interval_secs: { kind: 'int', min: 10, max: 86_400 * 7 },
+    reload_wait_ms: { kind: 'int', min: 0, max: 600_000, typeMax: U64 }, nginx_reload_wait_ms: { kind: 'int', min: 0, max: 600_000, typeMax: U64, aliasOf: 'reload_wait_ms' },
+    sync_interval_secs: { kind: 'int', min: 10, max: 86_400 * 7, typeMax: U64 },
     reload_command: { kind: 'string' }, pin_in_config: { kind: 'bool' }, restart_for_new_tokens: { kind: 'bool' },
   },
 };
@@ -80,7 +120,13 @@ export function parseConfig(text: string, file: string): AcmConfig {
   if (!isMap(root)) return fail(root as Node, 'expected a mapping with enclave, log, options and tokens');
   const out = structuredClone(DEFAULTS) as AcmConfig;
   out.tokens = [];
+  out.notes = [];
   const keyName = (p: Pair) => (isScalar(p.key) ? String(p.key.value) : '?');
+  const lineOf = (node: Node | null | undefined) => `${file}:${node?.range ? lc.linePos(node.range[0]).line : 0}`;
+  // AWS's agent skips keys it does not know; so does nitro-acm, saying so (a typo is then visible in `agent --check`).
+  const unknownKey = (p: Pair, what: string, expected: string[]) => {
+    out.notes.push(`${lineOf(p.key as Node)}: ${what}: unknown key "${keyName(p)}" is ignored (known: ${expected.join(', ')})`);
+  };
 
   const scalar = (p: Pair, where: string, f: Field): unknown => {
     const v = p.value as Node | null;
@@ -88,17 +134,21 @@ export function parseConfig(text: string, file: string): AcmConfig {
     const val = v.value;
     if (f.kind === 'int') {
       if (typeof val !== 'number' || !Number.isInteger(val)) return fail(v, `${where}: expected an integer, got ${JSON.stringify(val)}`);
-      if ((f.min !== undefined && val < f.min) || (f.max !== undefined && val > f.max)) return fail(v, `${where}: ${val} is outside ${f.min}..${f.max}`);
-      return val;
+      if (val < 0 || (f.typeMax !== undefined && val > f.typeMax)) return fail(v, `${where}: ${val} is outside 0..${f.typeMax}`);
+      const clamped = Math.min(Math.max(val, f.min ?? val), f.max ?? val);
+      if (clamped !== val) out.notes.push(`${file}:${lc.linePos(v.range![0]).line}: ${where}: ${val} is outside what nitro-acm works with (${f.min}..${f.max}); using ${clamped}`);
+      return clamped;
     }
     if (f.kind === 'bool') {
       if (typeof val !== 'boolean') return fail(v, `${where}: expected true or false, got ${JSON.stringify(val)}`);
       return val;
     }
-    if (typeof val !== 'string' || val === '') return fail(v, `${where}: expected a non-empty string, got ${JSON.stringify(val)}`);
-    if (f.oneOf && !f.oneOf.includes(val)) return fail(v, `${where}: "${val}" is not one of ${f.oneOf.join(', ')}`);
-    if (f.kind === 'abs-path' && !path.isAbsolute(val)) return fail(v, `${where}: "${val}" is a relative path; give an absolute one`);
-    return val;
+    // A plain scalar such as 1234 or true is a string where one is expected, as in AWS's agent: its text as written.
+    const text = typeof val === 'string' ? val : val === null ? '' : v.source ?? String(val);
+    if (text === '') return fail(v, `${where}: expected a non-empty string, got ${JSON.stringify(val)}`);
+    if (f.oneOf && !f.oneOf.includes(text)) return fail(v, `${where}: "${text}" is not one of ${f.oneOf.join(', ')}`);
+    if (f.kind === 'abs-path' && !path.isAbsolute(text)) return fail(v, `${where}: "${text}" is a relative path; give an absolute one`);
+    return f.map ? f.map(text) : text;
   };
 
   const section = (p: Pair, name: 'enclave' | 'log' | 'options') => {
@@ -108,7 +158,7 @@ export function parseConfig(text: string, file: string): AcmConfig {
     for (const item of m.items) {
       const k = keyName(item);
       const f = SCHEMA[name][k];
-      if (!f) return fail(item.key as Node, `${name}: unknown key "${k}" (expected one of: ${Object.keys(SCHEMA[name]).join(', ')})`);
+      if (!f) { unknownKey(item, name, Object.keys(SCHEMA[name])); continue; }
       (out[name] as Record<string, unknown>)[f.aliasOf ?? k] = scalar(item, `${name}.${k}`, f);
     }
   };
@@ -125,7 +175,7 @@ export function parseConfig(text: string, file: string): AcmConfig {
     const res: Record<string, unknown> = {};
     for (const item of inner.items) {
       const k = keyName(item);
-      if (!fields[k]) return fail(item.key as Node, `${where}.${v}: unknown key "${k}" (expected ${Object.keys(fields).join(', ')})`);
+      if (!fields[k]) { unknownKey(item, `${where}.${v}`, Object.keys(fields)); continue; }
       res[k] = scalar(item, `${where}.${v}.${k}`, fields[k]);
     }
     for (const [k, f] of Object.entries(fields)) if (f.required && res[k] === undefined) return fail(inner, `${where}.${v}: missing ${k}`);
@@ -137,7 +187,7 @@ export function parseConfig(text: string, file: string): AcmConfig {
     const k = keyName(p);
     if (k === 'enclave' || k === 'log' || k === 'options') section(p, k);
     else if (k === 'tokens') tokensNode = p.value as Node;
-    else fail(p.key as Node, `unknown key "${k}" (expected enclave, log, options, tokens)`);
+    else unknownKey(p, 'top level', ['enclave', 'log', 'options', 'tokens']);
   }
   if (tokensNode !== null && !(isScalar(tokensNode) && tokensNode.value === null)) {
     if (!isSeq(tokensNode)) return fail(tokensNode as Node, 'tokens: expected a list');
@@ -146,7 +196,7 @@ export function parseConfig(text: string, file: string): AcmConfig {
     tokensNode.items.forEach((t, i) => {
       const where = `tokens[${i}]`;
       if (!isMap(t)) return fail(t as Node, `${where}: expected a mapping with label, source and target`);
-      const tok: Partial<TokenConfig> = { refresh_interval_secs: 43_200, line: lc.linePos(t.range![0]).line };
+      const tok: Partial<TokenConfig> = { refresh_interval_secs: DEFAULT_REFRESH_INTERVAL_SECS, line: lc.linePos(t.range![0]).line };
       for (const p of t.items) {
         const k = keyName(p);
         if (k === 'label') {
@@ -157,23 +207,25 @@ export function parseConfig(text: string, file: string): AcmConfig {
           tok.label = l;
         } else if (k === 'pin') {
           const v = p.value as Node;
-          const pin = isScalar(v) && (typeof v.value === 'number' || typeof v.value === 'string') ? String(v.value) : fail(v, `${where}.pin: expected a string`);
+          const pin = isScalar(v) && v.value !== null && typeof v.value !== 'object' ? (typeof v.value === 'string' ? v.value : v.source ?? String(v.value)) : fail(v, `${where}.pin: expected a string`);
           if (Buffer.byteLength(pin) < 4 || Buffer.byteLength(pin) > 64) fail(v, `${where}.pin: ${Buffer.byteLength(pin)} bytes; a PIN is 4 to 64 bytes`);
           tok.pin = pin;
         } else if (k === 'source') {
-          tok.source = oneKeyMap(p, `${where}.source`, { Acm: { certificate_arn: { kind: 'string', required: true }, bucket: { kind: 'string' } }, S3: { uri: { kind: 'string', required: true } } }) as Source;
+          tok.source = oneKeyMap(p, `${where}.source`, { Acm: { certificate_arn: { kind: 'string', required: true }, bucket: { kind: 'string' } }, S3: { uri: { kind: 'string', required: true } }, FileDb: { path: { kind: 'abs-path', required: true } } }) as Source;
           if ('Acm' in tok.source && !/^arn:aws[a-z-]*:acm:[a-z0-9-]+:\d{12}:certificate\/.+$/.test(tok.source.Acm.certificate_arn)) {
             fail(p.value as Node, `${where}.source.Acm.certificate_arn: "${tok.source.Acm.certificate_arn}" is not an ACM certificate ARN (arn:aws:acm:REGION:ACCOUNT:certificate/ID)`);
           }
           if ('S3' in tok.source && !/^s3:\/\/[^/]+\/.+/.test(tok.source.S3.uri)) fail(p.value as Node, `${where}.source.S3.uri: "${tok.source.S3.uri}" is not s3://bucket/key`);
         } else if (k === 'target') {
+          // `target: ~` is AWS's None, as leaving it out.
+          if (p.value === null || (isScalar(p.value) && (p.value as { value: unknown }).value === null)) continue;
           const fields = { path: { kind: 'abs-path' as const, required: true }, user: { kind: 'string' as const }, group: { kind: 'string' as const } };
           tok.target = oneKeyMap(p, `${where}.target`, { NginxStanza: fields, Conf: fields }) as Target;
         } else if (k === 'refresh_interval_secs') {
-          tok.refresh_interval_secs = scalar(p, `${where}.refresh_interval_secs`, { kind: 'int', min: 60, max: 86_400 * 2 }) as number;
-        } else fail(p.key as Node, `${where}: unknown key "${k}" (expected label, pin, source, target, refresh_interval_secs)`);
+          tok.refresh_interval_secs = scalar(p, `${where}.refresh_interval_secs`, { kind: 'int', min: 60, max: 86_400 * 2, typeMax: U64 }) as number;
+        } else unknownKey(p, where, ['label', 'pin', 'source', 'target', 'refresh_interval_secs']);
       }
-      for (const req of ['label', 'source', 'target'] as const) if (tok[req] === undefined) fail(t, `${where}: missing ${req}${req === 'source' ? ' (Acm: {certificate_arn} or S3: {uri})' : ''}`);
+      for (const req of ['label', 'source'] as const) if (tok[req] === undefined) fail(t, `${where}: missing ${req}${req === 'source' ? ' (Acm: {certificate_arn}, S3: {uri} or FileDb: {path})' : ''}`);
       out.tokens.push(tok as TokenConfig);
     });
   }
@@ -185,7 +237,7 @@ export const MIN_SAFE_PIN_LENGTH = 16;
 
 /** What is allowed but unwise, each naming the file and line: `agent --check` and `doctor` print them. */
 export function configWarnings(c: AcmConfig, file: string): string[] {
-  const out: string[] = [];
+  const out: string[] = [...c.notes];
   for (const t of c.tokens) {
     if (t.pin !== undefined && t.pin.length < MIN_SAFE_PIN_LENGTH) {
       out.push(`${file}:${t.line}: token "${t.label}": its pin is ${t.pin.length} characters; under ${MIN_SAFE_PIN_LENGTH}, a local user who guesses one every 5 s finds it in time. Leave pin out (the agent then generates a random one) or use at least ${MIN_SAFE_PIN_LENGTH} random characters`);

@@ -4,6 +4,7 @@
 // acm.yaml as they are saved (an invalid edit is reported and ignored; everything
 // keeps serving). Every operation runs one at a time, in order.
 import { execFile } from 'node:child_process';
+import path from 'node:path';
 import chokidar from 'chokidar';
 import { log, configureLog } from '../shared/log.ts';
 import { loadConfig, ConfigError, type AcmConfig } from './config.ts';
@@ -153,7 +154,10 @@ export async function startService(o: ServiceOptions): Promise<RunningService> {
   };
   // The provisioning connection ending is the first sign of a dead enclave: check
   // at once instead of at the next health check (every handshake fails meanwhile).
-  const agent = new Agent({ config, enclave: o.controller(config), endpoints: o.endpoints, reload: doReload, onEnclaveLost: () => { if (started) void probe(); } });
+  const socket = o.controlSocket ?? DEFAULT_CONTROL_SOCKET;
+  // Beside the control socket (root only): the PIN files of tokens without a target.
+  const pinDir = socket === false ? undefined : path.join(path.dirname(socket), 'pins');
+  const agent = new Agent({ config, enclave: o.controller(config), endpoints: o.endpoints, reload: doReload, pinDir, onEnclaveLost: () => { if (started) void probe(); } });
   await agent.start();
   started = true;
   const timers = [
@@ -192,7 +196,6 @@ export async function startService(o: ServiceOptions): Promise<RunningService> {
       log.info('agent stopped; the enclave and every written file stay in place');
     },
   };
-  const socket = o.controlSocket ?? DEFAULT_CONTROL_SOCKET;
   control = socket === false ? undefined : await startControlServer(socket, {
     status: async () => ({ ...(await agent.status()), configFile: o.configFile, webServer: { ...webServer } }),
     sync: async () => ({ renewed: await queue('sync', () => agent.sync()) }),

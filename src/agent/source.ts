@@ -1,13 +1,29 @@
-// Where a token's bundle comes from: an ACM certificate associated with the
-// instance role (ACM for Nitro Enclaves' S3 location), or any S3 object made by
-// `nitro-acm seal`. Fetches are conditional (If-None-Match with the last ETag), so
-// an unchanged certificate costs one small request.
+// Where a token's keys come from: an ACM certificate associated with the
+// instance role (ACM for Nitro Enclaves' S3 location), any S3 object made by
+// `nitro-acm seal`, or a FileDb file on the instance. S3 fetches are conditional
+// (If-None-Match with the last ETag), so an unchanged certificate costs one small
+// request.
+import fs from 'node:fs';
 import { S3Client, GetObjectCommand, S3ServiceException } from '@aws-sdk/client-s3';
-import { parseBundle, BundleError, type Bundle } from '../shared/bundle.ts';
+import { parseBundle, parseFileDb, BundleError, MAX_FILEDB, type Bundle, type FileDbKey } from '../shared/bundle.ts';
 import { parseS3Uri } from '../commands/seal.ts';
 import type { InstanceContext } from './aws.ts';
 
 export type TokenSource = { Acm: { certificate_arn: string; bucket?: string } } | { S3: { uri: string } };
+
+/** Reads a FileDb source, a regular file (a FIFO or a device could block or never end); every error names the file. */
+export function readFileDb(file: string): FileDbKey[] {
+  let fd: number;
+  try { fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK); } catch (e) {
+    throw new BundleError(`${file}: cannot read the FileDb: ${(e as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : (e as Error).message}`);
+  }
+  try {
+    const st = fs.fstatSync(fd);
+    if (!st.isFile()) throw new BundleError(`${file}: the FileDb is not a regular file`);
+    if (st.size > MAX_FILEDB) throw new BundleError(`${file}: the FileDb is ${st.size} bytes, larger than ${MAX_FILEDB}`);
+    return parseFileDb(fs.readFileSync(fd), file);
+  } finally { fs.closeSync(fd); }
+}
 
 export function s3Location(source: TokenSource, ctx: InstanceContext): { bucket: string; key: string } {
   if ('Acm' in source) {

@@ -9,9 +9,11 @@ import crypto from 'node:crypto';
 import path from 'node:path';
 import { render } from '../templates.ts';
 import { ckaIdOf, uriId } from '../shared/key-id.ts';
+import type { TargetSpec } from './config.ts';
 
-export interface TargetSpec { kind: 'NginxStanza' | 'Conf'; path: string; user?: string; group?: string }
-export interface TokenOutput { label: string; source: string; pin: string; certificatePem: string; chainPem: string; pinInConfig?: boolean }
+export type { TargetSpec };
+/** ckaId: the key's CKA_ID (the URI's id=; default: the certificate's key's, src/shared/key-id.ts); certificatePem: its certificate, which a web server needs (a FileDb key may have none). */
+export interface TokenOutput { label: string; source: string; pin: string; ckaId?: Buffer; certificatePem?: string; chainPem: string; pinInConfig?: boolean }
 export interface WrittenFiles { config: string; chain: string; pin?: string }
 
 export class TargetError extends Error {}
@@ -125,10 +127,12 @@ export function companionFiles(t: TargetSpec): { chain: string; pin: string } {
   return { chain: `${base}.chain.pem`, pin: `${base}.pin` };
 }
 
-function keyUri(label: string, certificatePem: string, pin: string, pinFile: string, inConfig: boolean): string {
+/** A key's PKCS#11 URI (RFC 7512), with where its PIN comes from when given. */
+export function keyUri(label: string, ckaId: Buffer, pin?: { file: string } | { value: string }): string {
   // The id pins this certificate's key: after a renewal the engine must not pick the old one it remembers.
-  const token = `pkcs11:token=${encodeURIComponent(label)};id=${uriId(ckaIdOf(certificatePem))};type=private`;
-  return inConfig ? `${token}?pin-value=${encodeURIComponent(pin)}` : `${token}?pin-source=file:${pinFile}`;
+  const token = `pkcs11:token=${encodeURIComponent(label)};id=${uriId(ckaId)};type=private`;
+  if (!pin) return token;
+  return 'value' in pin ? `${token}?pin-value=${encodeURIComponent(pin.value)}` : `${token}?pin-source=file:${pin.file}`;
 }
 
 /** Rewrites the SSLCertificateKeyFile / SSLCertificateFile lines, keeping indentation and every other line. */
@@ -145,9 +149,10 @@ export function rewriteHttpdConf(existing: string, chainFile: string, uri: strin
 }
 
 export function writeTarget(t: TargetSpec, tok: TokenOutput): WrittenFiles {
+  if (!tok.certificatePem) throw new TargetError(`${t.path}: the token's first key has no certificate (its FileDb entry has no cert_pem), and the web server needs one: add cert_pem to the entry, or leave target out and configure the web server by hand (nitro-acm status shows the key's pkcs11: URI)`);
   const own = owner(t);
   const { chain, pin } = companionFiles(t);
-  const uri = keyUri(tok.label, tok.certificatePem, tok.pin, pin, Boolean(tok.pinInConfig));
+  const uri = keyUri(tok.label, tok.ckaId ?? ckaIdOf(tok.certificatePem), tok.pinInConfig ? { value: tok.pin } : { file: pin });
   const configMode = tok.pinInConfig ? 0o400 : 0o440;
   const config = t.kind === 'NginxStanza'
     ? render('nginx-stanza.conf', { LABEL: tok.label, SOURCE: tok.source, CHAIN_FILE: chain, KEY_URI: uri })

@@ -6,7 +6,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { execFile } from 'node:child_process';
 import { processStartedAt } from '../agent/process-start.ts';
-import { loadConfig, ConfigError, DEFAULT_CONFIG, configWarnings, type AcmConfig, type TokenConfig } from '../agent/config.ts';
+import { loadConfig, ConfigError, DEFAULT_CONFIG, configWarnings, targetSpec, type AcmConfig, type TokenConfig } from '../agent/config.ts';
 import { companionFiles, owner, targetDirProblem, type TargetSpec } from '../agent/targets.ts';
 import { controlCall } from '../agent/control.ts';
 import type { StatusReport } from './status.ts';
@@ -36,7 +36,8 @@ function run(cmd: string, args: string[], timeoutMs = 15_000, env: NodeJS.Proces
   }));
 }
 
-const spec = (t: TokenConfig): TargetSpec => ('NginxStanza' in t.target ? { kind: 'NginxStanza', ...t.target.NginxStanza } : { kind: 'Conf', ...t.target.Conf });
+/** The tokens whose target is of this kind, with their target. */
+const withTarget = (c: AcmConfig, kind: TargetSpec['kind']) => c.tokens.flatMap((t) => { const s = targetSpec(t); return s?.kind === kind ? [{ t, s }] : []; });
 
 /** Strips comments and quotes from `nginx -T` output and returns its directives with the block they sit in. */
 export function nginxDirectives(dump: string): { name: string; args: string[]; blocks: string[] }[] {
@@ -56,7 +57,7 @@ export function nginxDirectives(dump: string): { name: string; args: string[]; b
 }
 
 async function nginxFindings(c: AcmConfig, o: DoctorOptions, running: StatusReport | Error): Promise<Finding[]> {
-  const stanzas = c.tokens.filter((t) => 'NginxStanza' in t.target).map((t) => ({ label: t.label, file: spec(t).path }));
+  const stanzas = withTarget(c, 'NginxStanza').map(({ t, s }) => ({ label: t.label, file: s.path }));
   const args = ['-T', ...(o.webServerConf ? ['-c', o.webServerConf] : [])];
   const dump = await run('nginx', args);
   const where = o.webServerConf ?? 'nginx.conf';
@@ -92,8 +93,8 @@ async function nginxFindings(c: AcmConfig, o: DoctorOptions, running: StatusRepo
 
 async function httpdFindings(c: AcmConfig, o: DoctorOptions): Promise<Finding[]> {
   const findings: Finding[] = [];
-  for (const t of c.tokens.filter((x) => 'Conf' in x.target)) {
-    const file = spec(t).path;
+  for (const { t, s } of withTarget(c, 'Conf')) {
+    const file = s.path;
     let text = '';
     try { text = fs.readFileSync(file, 'utf8'); } catch {
       findings.push({ check: `conf ${t.label}`, verdict: 'warn', detail: `${file} does not exist yet (the agent writes it when the token is provisioned)`, fix: 'start the agent: systemctl start nitro-enclaves-acm' });
@@ -155,7 +156,8 @@ async function p11kitFinding(): Promise<Finding> {
 function fileFindings(c: AcmConfig): Finding[] {
   const findings: Finding[] = [];
   for (const t of c.tokens) {
-    const s = spec(t);
+    const s = targetSpec(t);
+    if (!s) continue; // no files of its own to check
     const own = (() => { try { return owner(s); } catch { return undefined; } })();
     const files = [s.path, companionFiles(s).chain, ...(c.options.pin_in_config ? [] : [companionFiles(s).pin])];
     const problems: string[] = [];

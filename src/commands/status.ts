@@ -38,7 +38,7 @@ export function formatStatus(r: StatusReport, now = Date.now()): string {
     if (t.subject) {
       lines.push(`  certificate  ${t.subject}`, `  names        ${t.sans!.join(', ') || '(none)'}`, `  not after    ${t.notAfter} (${daysLeft(t.notAfter!, now)})`, `  key          ${t.keyType}`);
     }
-    lines.push(`  source       ${t.source}`, `  target       ${t.target}`, `  last sync    ${ago(t.lastSync, now)}`, `  last refresh ${ago(t.lastRefresh, now)}${t.enclaveRefreshedAt ? ` (enclave: ${ago(t.enclaveRefreshedAt, now)})` : ''}`);
+    lines.push(`  source       ${t.source}`, `  target       ${t.target}`, ...(t.uris ?? []).map((u, i) => `  ${i ? '            ' : 'uri         '} ${u}`), `  last sync    ${ago(t.lastSync, now)}`, `  last refresh ${ago(t.lastRefresh, now)}${t.enclaveRefreshedAt ? ` (enclave: ${ago(t.enclaveRefreshedAt, now)})` : ''}`);
     if (t.retiredKeys) lines.push(`  old keys     ${t.retiredKeys} in their grace period`);
     if (t.error) lines.push(`  last error   ${t.error}`);
   }

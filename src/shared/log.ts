@@ -1,8 +1,10 @@
 // One line per event on stderr (journald adds its own timestamp under systemd):
 //   2026-11-23T18:00:00.000Z info  [token-label] message
 // Never pass a PIN, key or credential here.
-export type Level = 'debug' | 'info' | 'warn' | 'error';
-const ORDER: Record<Level, number> = { debug: 0, info: 1, warn: 2, error: 3 };
+// 'trace' is acm.yaml's Trace (AWS's agent has it): everything debug shows, and
+// nitro-acm has nothing finer to say.
+export type Level = 'trace' | 'debug' | 'info' | 'warn' | 'error';
+const ORDER: Record<Level, number> = { trace: -1, debug: 0, info: 1, warn: 2, error: 3 };
 
 let threshold: Level = (process.env.NITRO_ACM_LOG_LEVEL as Level) in ORDER ? (process.env.NITRO_ACM_LOG_LEVEL as Level) : 'info';
 let timestamps = true;

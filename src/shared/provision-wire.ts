@@ -5,14 +5,15 @@ import type net from 'node:net';
 import { FrameSplitter } from './framing.ts';
 import { connect } from './transport.ts';
 import type { Address } from './address.ts';
-import type { Bundle } from './bundle.ts';
+import type { Bundle, FileDbKey } from './bundle.ts';
 
 export const PROVISION_VERSION = 1;
 export const MAX_PROVISION_FRAME = 1024 * 1024;
 
 export interface AwsCredentialsWire { accessKeyId: string; secretAccessKey: string; sessionToken?: string }
 
-export interface TokenRequest { label: string; pin: string; bundle: Bundle; credentials?: AwsCredentialsWire; region?: string }
+/** add, update, refresh: `bundle` (Acm, S3 sources) or `keys` (a FileDb source's entries, as in its file). */
+export interface TokenRequest { label: string; pin: string; bundle?: Bundle; keys?: FileDbKey[]; credentials?: AwsCredentialsWire; region?: string }
 
 export interface TokenDescription {
   label: string;
@@ -23,6 +24,8 @@ export interface TokenDescription {
   fingerprint256: string;
   refreshedAt: string;
   retiredKeys: number;
+  /** Keys served now (more than one only for a FileDb source). subject, notAfter, serial and fingerprint256 are the first key's certificate's, or empty when it has none. */
+  keys: number;
 }
 
 export interface Health { ok: true; version: number; nsm: 'device' | 'simulated'; localMode: boolean; tokens: number; generation: number; memory?: { rssMiB: number; heapUsedMiB: number; externalMiB: number } }
