@@ -36,6 +36,8 @@
 #define SYNC_INTERVAL_MS 20
 #define MIN_KEY_BITS 2048
 #define MAX_KEY_BITS 4096
+/* PIN lengths the agent provisions (src/agent/config.ts, enclave/provision-server.ts). */
+#define MIN_PIN 4
 #define MAX_PIN 64
 #define MAX_SIGN_INPUT 512 /* raw mechanisms take at most the modulus length */
 
@@ -914,6 +916,20 @@ CK_RV C_Finalize(CK_VOID_PTR pReserved)
 
 #define REQUIRE_INIT() do { if (!initialized) return CKR_CRYPTOKI_NOT_INITIALIZED; } while (0)
 
+/*
+ * A bad session handle is reported before any other error (bad arguments, an
+ * unsupported operation), as conformance suites check: looked up first here,
+ * and again under the lock where the session is used.
+ */
+static CK_RV session_check(CK_SESSION_HANDLE h)
+{
+  pthread_mutex_lock(&M);
+  int ok = session_get(h) != NULL;
+  pthread_mutex_unlock(&M);
+  return ok ? CKR_OK : CKR_SESSION_HANDLE_INVALID;
+}
+#define REQUIRE_SESSION(h) do { CK_RV session_rv_ = session_check(h); if (session_rv_ != CKR_OK) return session_rv_; } while (0)
+
 CK_RV C_GetInfo(CK_INFO_PTR pInfo)
 {
   REQUIRE_INIT();
@@ -993,6 +1009,7 @@ CK_RV C_GetSlotInfo(CK_SLOT_ID slotID, CK_SLOT_INFO_PTR pInfo)
 {
   REQUIRE_INIT();
   if (!pInfo) return CKR_ARGUMENTS_BAD;
+  ensure_list(); /* slot ids are good from C_Initialize on, as for C_OpenSession */
   pthread_mutex_lock(&M);
   if (slotID == 0 || slotID > nslots) { pthread_mutex_unlock(&M); return CKR_SLOT_ID_INVALID; }
   struct slot *s = &slots[slotID - 1];
@@ -1010,6 +1027,7 @@ CK_RV C_GetTokenInfo(CK_SLOT_ID slotID, CK_TOKEN_INFO_PTR pInfo)
 {
   REQUIRE_INIT();
   if (!pInfo) return CKR_ARGUMENTS_BAD;
+  ensure_list(); /* slot ids are good from C_Initialize on, as for C_OpenSession */
   pthread_mutex_lock(&M);
   CK_RV why;
   struct slot *s = slot_get_rv(slotID, &why);
@@ -1025,7 +1043,7 @@ CK_RV C_GetTokenInfo(CK_SLOT_ID slotID, CK_TOKEN_INFO_PTR pInfo)
   pInfo->ulMaxRwSessionCount = CK_EFFECTIVELY_INFINITE;
   pInfo->ulRwSessionCount = CK_UNAVAILABLE_INFORMATION;
   pInfo->ulMaxPinLen = MAX_PIN;
-  pInfo->ulMinPinLen = 4;
+  pInfo->ulMinPinLen = MIN_PIN;
   pInfo->ulTotalPublicMemory = CK_UNAVAILABLE_INFORMATION;
   pInfo->ulFreePublicMemory = CK_UNAVAILABLE_INFORMATION;
   pInfo->ulTotalPrivateMemory = CK_UNAVAILABLE_INFORMATION;
@@ -1047,6 +1065,7 @@ CK_RV C_GetMechanismList(CK_SLOT_ID slotID, CK_MECHANISM_TYPE_PTR pMechanismList
 {
   REQUIRE_INIT();
   if (!pulCount) return CKR_ARGUMENTS_BAD;
+  ensure_list(); /* slot ids are good from C_Initialize on, as for C_OpenSession */
   pthread_mutex_lock(&M);
   CK_RV why;
   int ok = slot_get_rv(slotID, &why) != NULL;
@@ -1065,6 +1084,7 @@ CK_RV C_GetMechanismInfo(CK_SLOT_ID slotID, CK_MECHANISM_TYPE type, CK_MECHANISM
 {
   REQUIRE_INIT();
   if (!pInfo) return CKR_ARGUMENTS_BAD;
+  ensure_list(); /* slot ids are good from C_Initialize on, as for C_OpenSession */
   pthread_mutex_lock(&M);
   CK_RV why;
   int ok = slot_get_rv(slotID, &why) != NULL;
@@ -1154,6 +1174,7 @@ CK_RV C_CloseAllSessions(CK_SLOT_ID slotID)
 CK_RV C_GetSessionInfo(CK_SESSION_HANDLE hSession, CK_SESSION_INFO_PTR pInfo)
 {
   REQUIRE_INIT();
+  REQUIRE_SESSION(hSession);
   if (!pInfo) return CKR_ARGUMENTS_BAD;
   pthread_mutex_lock(&M);
   struct session *s = session_get(hSession);
@@ -1191,11 +1212,23 @@ CK_RV C_Login(CK_SESSION_HANDLE hSession, CK_USER_TYPE userType, CK_UTF8CHAR_PTR
   pthread_mutex_lock(&M);
   struct session *s = session_get(hSession);
   if (!s) { pthread_mutex_unlock(&M); return CKR_SESSION_HANDLE_INVALID; }
-  if (userType == CKU_SO) { pthread_mutex_unlock(&M); return CKR_USER_TYPE_INVALID; } /* no SO: tokens are provisioned by the agent */
-  if (userType != CKU_USER && userType != CKU_CONTEXT_SPECIFIC) { pthread_mutex_unlock(&M); return CKR_USER_TYPE_INVALID; }
+  if (userType != CKU_SO && userType != CKU_USER && userType != CKU_CONTEXT_SPECIFIC) { pthread_mutex_unlock(&M); return CKR_USER_TYPE_INVALID; }
   if (!pPin && ulPinLen) { pthread_mutex_unlock(&M); return CKR_ARGUMENTS_BAD; }
-  if (ulPinLen < 4 || ulPinLen > MAX_PIN) { pthread_mutex_unlock(&M); return CKR_PIN_LEN_RANGE; }
   struct slot *slot = &slots[s->slot];
+  if (userType == CKU_SO) {
+    /*
+     * A token with no SO PIN (the agent provisions tokens; nobody administers
+     * them through PKCS#11): v2.40's answers, in its order, and never a PIN
+     * that works. Nothing is sent to the enclave.
+     */
+    CK_RV so = slot->logged_in ? CKR_USER_ANOTHER_ALREADY_LOGGED_IN : CKR_PIN_INCORRECT;
+    for (size_t i = 0; so == CKR_PIN_INCORRECT && i < nsessions_cap; i++)
+      if (sessions[i] && sessions[i]->slot == s->slot && !(sessions[i]->flags & CKF_RW_SESSION)) so = CKR_SESSION_READ_ONLY_EXISTS;
+    pthread_mutex_unlock(&M);
+    return so;
+  }
+  /* No PIN of another length was ever given to a token: it is an incorrect one (C_Login has no CKR_PIN_LEN_RANGE). */
+  if (ulPinLen < MIN_PIN || ulPinLen > MAX_PIN) { pthread_mutex_unlock(&M); return CKR_PIN_INCORRECT; }
   if (slot->logged_in && userType == CKU_USER) { pthread_mutex_unlock(&M); return CKR_USER_ALREADY_LOGGED_IN; }
   char label[33];
   snprintf(label, sizeof label, "%s", slot->label);
@@ -1269,6 +1302,7 @@ CK_RV C_Logout(CK_SESSION_HANDLE hSession)
 CK_RV C_GetAttributeValue(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hObject, CK_ATTRIBUTE_PTR pTemplate, CK_ULONG ulCount)
 {
   REQUIRE_INIT();
+  REQUIRE_SESSION(hSession);
   if (!pTemplate && ulCount) return CKR_ARGUMENTS_BAD;
   (void)sync_for_handle(hObject);
   pthread_mutex_lock(&M);
@@ -1298,6 +1332,40 @@ CK_RV C_GetAttributeValue(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hObject, 
   return rv;
 }
 
+/* Every attribute type attr_value may answer; the others are CKR_ATTRIBUTE_TYPE_INVALID for every object. */
+static const CK_ATTRIBUTE_TYPE ATTRIBUTE_TYPES[] = {
+  CKA_CLASS, CKA_TOKEN, CKA_PRIVATE, CKA_MODIFIABLE, CKA_COPYABLE, CKA_DESTROYABLE, CKA_LABEL, CKA_ID, CKA_SUBJECT,
+  CKA_START_DATE, CKA_END_DATE, CKA_KEY_TYPE, CKA_DERIVE, CKA_LOCAL, CKA_KEY_GEN_MECHANISM, CKA_ALLOWED_MECHANISMS,
+  CKA_MODULUS, CKA_MODULUS_BITS, CKA_PUBLIC_EXPONENT, CKA_SENSITIVE, CKA_ALWAYS_SENSITIVE, CKA_NEVER_EXTRACTABLE,
+  CKA_SIGN, CKA_DECRYPT, CKA_SIGN_RECOVER, CKA_UNWRAP, CKA_EXTRACTABLE, CKA_WRAP_WITH_TRUSTED, CKA_ALWAYS_AUTHENTICATE,
+  CKA_ENCRYPT, CKA_VERIFY, CKA_VERIFY_RECOVER, CKA_WRAP, CKA_TRUSTED, CKA_CERTIFICATE_TYPE, CKA_CERTIFICATE_CATEGORY,
+  CKA_VALUE, CKA_ISSUER, CKA_SERIAL_NUMBER, CKA_URL, CKA_HASH_OF_SUBJECT_PUBLIC_KEY, CKA_HASH_OF_ISSUER_PUBLIC_KEY,
+  CKA_JAVA_MIDP_SECURITY_DOMAIN,
+};
+
+/* The object's size: the bytes of every attribute value it shows (a private key's secret parts are not among them). */
+CK_RV C_GetObjectSize(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hObject, CK_ULONG_PTR pulSize)
+{
+  REQUIRE_INIT();
+  REQUIRE_SESSION(hSession);
+  (void)sync_for_handle(hObject);
+  pthread_mutex_lock(&M);
+  struct session *s = session_get(hSession);
+  struct object *o = s ? object_get(hObject) : NULL;
+  CK_RV rv = !s ? CKR_SESSION_HANDLE_INVALID : !o || !visible(o, s) ? CKR_OBJECT_HANDLE_INVALID : !pulSize ? CKR_ARGUMENTS_BAD : CKR_OK;
+  if (rv == CKR_OK) {
+    CK_ULONG size = 0;
+    for (size_t i = 0; i < sizeof ATTRIBUTE_TYPES / sizeof ATTRIBUTE_TYPES[0]; i++) {
+      const void *p;
+      CK_ULONG n, scratch;
+      if (attr_value(o, ATTRIBUTE_TYPES[i], &p, &n, &scratch) == CKR_OK) size += n;
+    }
+    *pulSize = size;
+  }
+  pthread_mutex_unlock(&M);
+  return rv;
+}
+
 static int matches(struct object *o, const CK_ATTRIBUTE *tmpl, CK_ULONG count)
 {
   for (CK_ULONG i = 0; i < count; i++) {
@@ -1313,6 +1381,7 @@ static int matches(struct object *o, const CK_ATTRIBUTE *tmpl, CK_ULONG count)
 CK_RV C_FindObjectsInit(CK_SESSION_HANDLE hSession, CK_ATTRIBUTE_PTR pTemplate, CK_ULONG ulCount)
 {
   REQUIRE_INIT();
+  REQUIRE_SESSION(hSession);
   if (!pTemplate && ulCount) return CKR_ARGUMENTS_BAD;
   for (CK_ULONG i = 0; i < ulCount; i++)
     if (!pTemplate[i].pValue && pTemplate[i].ulValueLen) return CKR_ATTRIBUTE_VALUE_INVALID;
@@ -1347,6 +1416,7 @@ CK_RV C_FindObjectsInit(CK_SESSION_HANDLE hSession, CK_ATTRIBUTE_PTR pTemplate, 
 CK_RV C_FindObjects(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE_PTR phObject, CK_ULONG ulMaxObjectCount, CK_ULONG_PTR pulObjectCount)
 {
   REQUIRE_INIT();
+  REQUIRE_SESSION(hSession);
   if (!pulObjectCount || (!phObject && ulMaxObjectCount)) return CKR_ARGUMENTS_BAD;
   pthread_mutex_lock(&M);
   struct session *s = session_get(hSession);
@@ -1426,6 +1496,7 @@ static const uint8_t DI_SHA512[] = { 0x30, 0x51, 0x30, 0x0d, 0x06, 0x09, 0x60, 0
 static CK_RV op_init(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism, CK_OBJECT_HANDLE hKey, enum op_kind kind)
 {
   REQUIRE_INIT();
+  REQUIRE_SESSION(hSession);
   if (!pMechanism) return CKR_ARGUMENTS_BAD;
   (void)sync_for_handle(hKey);
   pthread_mutex_lock(&M);
@@ -1636,6 +1707,7 @@ static CK_RV sign_input(struct session *s, const uint8_t *data, size_t len, uint
 static CK_RV sign_finish(CK_SESSION_HANDLE hSession, const uint8_t *data, size_t len, CK_BYTE_PTR pSignature, CK_ULONG_PTR pulSignatureLen, int single)
 {
   REQUIRE_INIT();
+  REQUIRE_SESSION(hSession);
   if (!pulSignatureLen || (single && !data && len)) return CKR_ARGUMENTS_BAD;
   pthread_mutex_lock(&M);
   struct session *s = session_get(hSession);
@@ -1668,6 +1740,7 @@ CK_RV C_Sign(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pData, CK_ULONG ulDataLen, 
 CK_RV C_SignUpdate(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pPart, CK_ULONG ulPartLen)
 {
   REQUIRE_INIT();
+  REQUIRE_SESSION(hSession);
   if (!pPart && ulPartLen) return CKR_ARGUMENTS_BAD;
   pthread_mutex_lock(&M);
   struct session *s = session_get(hSession);
@@ -1699,6 +1772,7 @@ CK_RV C_DecryptInit(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism, CK_
 CK_RV C_Decrypt(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pEncryptedData, CK_ULONG ulEncryptedDataLen, CK_BYTE_PTR pData, CK_ULONG_PTR pulDataLen)
 {
   REQUIRE_INIT();
+  REQUIRE_SESSION(hSession);
   if (!pulDataLen || (!pEncryptedData && ulEncryptedDataLen)) return CKR_ARGUMENTS_BAD;
   pthread_mutex_lock(&M);
   struct session *s = session_get(hSession);
@@ -1754,7 +1828,6 @@ CK_RV C_SetOperationState(CK_SESSION_HANDLE a, CK_BYTE_PTR b, CK_ULONG c, CK_OBJ
 CK_RV C_CreateObject(CK_SESSION_HANDLE a, CK_ATTRIBUTE_PTR b, CK_ULONG c, CK_OBJECT_HANDLE_PTR d) { U(a); U(b); U(c); U(d); UNSUPPORTED_BODY }
 CK_RV C_CopyObject(CK_SESSION_HANDLE a, CK_OBJECT_HANDLE b, CK_ATTRIBUTE_PTR c, CK_ULONG d, CK_OBJECT_HANDLE_PTR e) { U(a); U(b); U(c); U(d); U(e); UNSUPPORTED_BODY }
 CK_RV C_DestroyObject(CK_SESSION_HANDLE a, CK_OBJECT_HANDLE b) { U(a); U(b); UNSUPPORTED_BODY }
-CK_RV C_GetObjectSize(CK_SESSION_HANDLE a, CK_OBJECT_HANDLE b, CK_ULONG_PTR c) { U(a); U(b); U(c); UNSUPPORTED_BODY }
 CK_RV C_SetAttributeValue(CK_SESSION_HANDLE a, CK_OBJECT_HANDLE b, CK_ATTRIBUTE_PTR c, CK_ULONG d) { U(a); U(b); U(c); U(d); UNSUPPORTED_BODY }
 CK_RV C_EncryptInit(CK_SESSION_HANDLE a, CK_MECHANISM_PTR b, CK_OBJECT_HANDLE c) { U(a); U(b); U(c); UNSUPPORTED_BODY }
 CK_RV C_Encrypt(CK_SESSION_HANDLE a, CK_BYTE_PTR b, CK_ULONG c, CK_BYTE_PTR d, CK_ULONG_PTR e) { U(a); U(b); U(c); U(d); U(e); UNSUPPORTED_BODY }
@@ -1785,10 +1858,11 @@ CK_RV C_WrapKey(CK_SESSION_HANDLE a, CK_MECHANISM_PTR b, CK_OBJECT_HANDLE c, CK_
 CK_RV C_UnwrapKey(CK_SESSION_HANDLE a, CK_MECHANISM_PTR b, CK_OBJECT_HANDLE c, CK_BYTE_PTR d, CK_ULONG e, CK_ATTRIBUTE_PTR f, CK_ULONG g, CK_OBJECT_HANDLE_PTR h) { U(a); U(b); U(c); U(d); U(e); U(f); U(g); U(h); UNSUPPORTED_BODY }
 CK_RV C_DeriveKey(CK_SESSION_HANDLE a, CK_MECHANISM_PTR b, CK_OBJECT_HANDLE c, CK_ATTRIBUTE_PTR d, CK_ULONG e, CK_OBJECT_HANDLE_PTR f) { U(a); U(b); U(c); U(d); U(e); U(f); UNSUPPORTED_BODY }
 /* No RNG: pkcs11-tool and others skip their random tests on CKR_RANDOM_NO_RNG. */
-CK_RV C_SeedRandom(CK_SESSION_HANDLE a, CK_BYTE_PTR b, CK_ULONG c) { U(a); U(b); U(c); REQUIRE_INIT(); return CKR_RANDOM_NO_RNG; }
-CK_RV C_GenerateRandom(CK_SESSION_HANDLE a, CK_BYTE_PTR b, CK_ULONG c) { U(a); U(b); U(c); REQUIRE_INIT(); return CKR_RANDOM_NO_RNG; }
-CK_RV C_GetFunctionStatus(CK_SESSION_HANDLE a) { U(a); REQUIRE_INIT(); return CKR_FUNCTION_NOT_PARALLEL; }
-CK_RV C_CancelFunction(CK_SESSION_HANDLE a) { U(a); REQUIRE_INIT(); return CKR_FUNCTION_NOT_PARALLEL; }
+/* The tokens have no random number generator of their own to offer. */
+CK_RV C_SeedRandom(CK_SESSION_HANDLE a, CK_BYTE_PTR b, CK_ULONG c) { U(b); U(c); REQUIRE_INIT(); REQUIRE_SESSION(a); return CKR_RANDOM_NO_RNG; }
+CK_RV C_GenerateRandom(CK_SESSION_HANDLE a, CK_BYTE_PTR b, CK_ULONG c) { U(b); U(c); REQUIRE_INIT(); REQUIRE_SESSION(a); return CKR_RANDOM_NO_RNG; }
+CK_RV C_GetFunctionStatus(CK_SESSION_HANDLE a) { REQUIRE_INIT(); REQUIRE_SESSION(a); return CKR_FUNCTION_NOT_PARALLEL; }
+CK_RV C_CancelFunction(CK_SESSION_HANDLE a) { REQUIRE_INIT(); REQUIRE_SESSION(a); return CKR_FUNCTION_NOT_PARALLEL; }
 CK_RV C_WaitForSlotEvent(CK_FLAGS a, CK_SLOT_ID_PTR b, CK_VOID_PTR c) { U(a); U(b); U(c); UNSUPPORTED_BODY }
 
 static CK_FUNCTION_LIST function_list = {

@@ -263,6 +263,19 @@ int main(int argc, char **argv)
   RV(f->C_Initialize(&os), CKR_OK);
   RV(f->C_Initialize(NULL), CKR_CRYPTOKI_ALREADY_INITIALIZED);
 
+  /* Conformance (issue 12, google/pkcs11test): a slot id works before C_GetSlotList (Java's slot=, pkcs11-tool --slot). */
+  CK_SLOT_INFO si0;
+  CK_TOKEN_INFO ti0;
+  CK_MECHANISM_INFO mi0;
+  CK_ULONG nm0 = 0;
+  RV(f->C_GetSlotInfo(1, &si0), CKR_OK);
+  CHECK(si0.flags & CKF_TOKEN_PRESENT, "slot 1 has its token before C_GetSlotList");
+  RV(f->C_GetTokenInfo(1, &ti0), CKR_OK);
+  RV(f->C_GetMechanismList(1, NULL, &nm0), CKR_OK);
+  CHECK(nm0 == 10, "slot 1 lists 10 mechanisms before C_GetSlotList (%lu)", nm0);
+  RV(f->C_GetMechanismInfo(1, CKM_RSA_PKCS, &mi0), CKR_OK);
+  RV(f->C_GetSlotInfo(100000, &si0), CKR_SLOT_ID_INVALID);
+
   /* NULL and short buffers. */
   RV(f->C_GetInfo(NULL), CKR_ARGUMENTS_BAD);
   RV(f->C_GetSlotList(CK_TRUE, NULL, NULL), CKR_ARGUMENTS_BAD);
@@ -285,8 +298,40 @@ int main(int argc, char **argv)
 
   CK_SESSION_HANDLE s;
   RV(f->C_OpenSession(slot, CKF_SERIAL_SESSION, NULL, NULL, NULL), CKR_ARGUMENTS_BAD);
+
+  /* Conformance: C_Login as v2.40 lists it for a token with no SO PIN, and a PIN of a length no token has is incorrect. */
+  CK_SESSION_HANDLE rw;
+  RV(f->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &rw), CKR_OK);
+  RV(f->C_Login(rw, CKU_SO, (CK_UTF8CHAR_PTR)pin, strlen(pin)), CKR_PIN_INCORRECT);
+  RV(f->C_Login(rw, 42, (CK_UTF8CHAR_PTR)pin, strlen(pin)), CKR_USER_TYPE_INVALID);
+  RV(f->C_Login(rw, CKU_USER, (CK_UTF8CHAR_PTR)"1", 1), CKR_PIN_INCORRECT);
+  char long_pin[65];
+  memset(long_pin, 'x', sizeof long_pin);
+  RV(f->C_Login(rw, CKU_USER, (CK_UTF8CHAR_PTR)long_pin, sizeof long_pin), CKR_PIN_INCORRECT);
+  RV(f->C_Login(rw, CKU_USER, (CK_UTF8CHAR_PTR)pin, strlen(pin)), CKR_OK);
+  RV(f->C_Login(rw, CKU_SO, (CK_UTF8CHAR_PTR)pin, strlen(pin)), CKR_USER_ANOTHER_ALREADY_LOGGED_IN);
+  RV(f->C_Logout(rw), CKR_OK);
   RV(f->C_OpenSession(slot, CKF_SERIAL_SESSION, NULL, NULL, &s), CKR_OK);
-  RV(f->C_Login(s, CKU_SO, (CK_UTF8CHAR_PTR)pin, strlen(pin)), CKR_USER_TYPE_INVALID);
+  RV(f->C_Login(rw, CKU_SO, (CK_UTF8CHAR_PTR)pin, strlen(pin)), CKR_SESSION_READ_ONLY_EXISTS);
+  RV(f->C_CloseSession(rw), CKR_OK);
+  RV(f->C_Login(s, CKU_SO, (CK_UTF8CHAR_PTR)pin, strlen(pin)), CKR_SESSION_READ_ONLY_EXISTS);
+
+  /* Conformance: a bad session handle is reported before anything else is looked at. */
+  const CK_SESSION_HANDLE no_session = 0xbad;
+  uint8_t rnd[8];
+  RV(f->C_GenerateRandom(no_session, rnd, sizeof rnd), CKR_SESSION_HANDLE_INVALID);
+  RV(f->C_SeedRandom(no_session, rnd, sizeof rnd), CKR_SESSION_HANDLE_INVALID);
+  RV(f->C_GenerateRandom(s, rnd, sizeof rnd), CKR_RANDOM_NO_RNG);
+  RV(f->C_GetSessionInfo(no_session, NULL), CKR_SESSION_HANDLE_INVALID);
+  RV(f->C_GetAttributeValue(no_session, 1, NULL, 1), CKR_SESSION_HANDLE_INVALID);
+  RV(f->C_FindObjectsInit(no_session, NULL, 1), CKR_SESSION_HANDLE_INVALID);
+  RV(f->C_FindObjects(no_session, NULL, 1, NULL), CKR_SESSION_HANDLE_INVALID);
+  RV(f->C_SignInit(no_session, NULL, 1), CKR_SESSION_HANDLE_INVALID);
+  RV(f->C_Sign(no_session, NULL, 1, NULL, NULL), CKR_SESSION_HANDLE_INVALID);
+  RV(f->C_SignUpdate(no_session, NULL, 1), CKR_SESSION_HANDLE_INVALID);
+  RV(f->C_Decrypt(no_session, NULL, 1, NULL, NULL), CKR_SESSION_HANDLE_INVALID);
+  RV(f->C_GetObjectSize(no_session, 1, NULL), CKR_SESSION_HANDLE_INVALID);
+  RV(f->C_GetFunctionStatus(no_session), CKR_SESSION_HANDLE_INVALID);
   RV(f->C_Login(s, CKU_USER, NULL, 8), CKR_ARGUMENTS_BAD);
   RV(f->C_Login(s, CKU_USER, (CK_UTF8CHAR_PTR)pin, strlen(pin)), CKR_OK);
 
@@ -314,6 +359,19 @@ int main(int argc, char **argv)
   RV(f->C_GetAttributeValue(s, 0xdeadbeef, &size_q, 1), CKR_OBJECT_HANDLE_INVALID);
   pub = public_key(s, pubh);
   CHECK(pub != NULL, "public key attributes");
+
+  /* Conformance: C_GetObjectSize, the bytes of the values an object shows. */
+  CK_ULONG key_size = 0, pub_size = 0, cert_size = 0;
+  RV(f->C_GetObjectSize(s, key, &key_size), CKR_OK);
+  RV(f->C_GetObjectSize(s, pubh, &pub_size), CKR_OK);
+  CHECK(key_size > 256 && pub_size > 256, "key objects hold at least their modulus (%lu, %lu bytes)", key_size, pub_size);
+  CK_OBJECT_HANDLE certh = find_one(s, CKO_CERTIFICATE);
+  CK_ATTRIBUTE der = { CKA_VALUE, NULL, 0 };
+  RV(f->C_GetAttributeValue(s, certh, &der, 1), CKR_OK);
+  RV(f->C_GetObjectSize(s, certh, &cert_size), CKR_OK);
+  CHECK(cert_size > der.ulValueLen && der.ulValueLen > 300, "a certificate holds its DER and more (%lu > %lu bytes)", cert_size, der.ulValueLen);
+  RV(f->C_GetObjectSize(s, key, NULL), CKR_ARGUMENTS_BAD);
+  RV(f->C_GetObjectSize(s, 0xdeadbeef, &cert_size), CKR_OBJECT_HANDLE_INVALID);
 
   /* Sign: size query, then sign. */
   CK_MECHANISM m = { CKM_SHA256_RSA_PKCS, NULL, 0 };
