@@ -34,6 +34,27 @@ test('pkcs11-tool --test passes on the module', (t) => {
   t.regex(r.out, /RSA-PKCS-OAEP:[\s\S]*OK/);
 });
 
+// OpenSC's own thread and fork checks, as its test suite runs them: threads that
+// initialize (IN) and that, in turn, initialize, list slots, get info, list
+// slots with tokens and token info (ILGISLT0) while the main thread lists slots;
+// and C_Initialize again in a forked child. (pkcs11-tool waits 30 s before its
+// cleanup whenever a thread is still running then, as ILGISLT0's is: the 30 s
+// are its own, not the module's.)
+test('pkcs11-tool --test-threads and --test-fork pass on the module', (t) => {
+  let t0 = Date.now();
+  const threads = run('pkcs11-tool', ['--module', MODULE_PATH, '--test-threads', 'IN', '--test-threads', 'ILGISLT0', '-L']);
+  t.log(`--test-threads: ${Date.now() - t0} ms`);
+  t.is(threads.status, 0, threads.out);
+  t.regex(threads.out, /Slot 0 \(0x1\): nitro-acm enclave token tools/);
+  // A thread that initializes after the main thread did is told so (CKR_CRYPTOKI_ALREADY_INITIALIZED); nothing else fails.
+  t.notRegex(threads.out, /(returned|rv:) ?CKR_(?!OK|CRYPTOKI_ALREADY_INITIALIZED)/);
+  t0 = Date.now();
+  const fork = run('pkcs11-tool', ['--module', MODULE_PATH, '--login', '--pin', PIN, '--test-fork']);
+  t.log(`--test-fork: ${Date.now() - t0} ms`);
+  t.is(fork.status, 0, fork.out);
+  t.notRegex(fork.out, /CKR_(?!OK)|failed/i, fork.out);
+});
+
 test('pkcs11-tool with a wrong PIN is refused', (t) => {
   const r = run('pkcs11-tool', ['--module', MODULE_PATH, '--login', '--pin', '999999', '--list-objects']);
   t.not(r.status, 0);
