@@ -108,7 +108,7 @@ test('a number AWS takes but nitro-acm cannot work with is brought into range, w
 
 test("log.level in AWS's spelling (Error..Trace) and in lowercase", (t) => {
   for (const [given, read] of [['Error', 'error'], ['Warn', 'warn'], ['Info', 'info'], ['Debug', 'debug'], ['Trace', 'trace'], ['trace', 'trace'], ['info', 'info']]) {
-    t.is(parseConfig(`log:\n  level: ${given}\n`, 'acm.yaml').log.level, read, given);
+    t.is(String(parseConfig(`log:\n  level: ${given}\n`, 'acm.yaml').log.level), read, given);
   }
 });
 

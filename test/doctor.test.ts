@@ -199,3 +199,29 @@ test('a target directory other users can write to, and a short PIN: doctor says 
   t.is(check.status, 0, 'still a valid file');
   t.regex(check.stderr, /warning: .*:2: token "short": its pin is 4 characters; under 16/);
 });
+
+// Issue 12: a migrating user's hand-written configurations keep the URIs AWS's
+// agent wrote (model=p11ne-token;manufacturer=Amazon;...;id=%01;object=acm-key),
+// which match no nitro-acm token. Doctor finds each, in nginx's files and in
+// OpenSSL's, and prints the URI that replaces it, never the PIN it held.
+test("key URIs in AWS's form are found with file and line, and their replacement printed", async (t) => {
+  const stanza = path.join(dir, 'stanza-ref.conf');
+  fs.writeFileSync(stanza, '# written by nitro-acm\n');
+  const handWritten = path.join(dir, 'hand-written.conf');
+  fs.writeFileSync(handWritten, '# kept from the AWS set-up\nssl_certificate /etc/pki/nginx/cert.pem;\nssl_certificate_key "engine:pkcs11:pkcs11:model=p11ne-token;manufacturer=Amazon;token=t0;id=%01;object=acm-key;type=private?pin-value=s3cret-PIN-1234";\n');
+  const conf = nginxConf('reference', { top: 'ssl_engine pkcs11;', server: `    include ${stanza};\n    include ${handWritten};` });
+  const opensslConf = path.join(dir, 'reference-openssl.cnf');
+  fs.writeFileSync(opensslConf, '[req]\n# a script signs with the old key\nkey = pkcs11:model=p11ne-token;manufacturer=Amazon;token=other;id=%01;object=s3-key;type=private\n');
+  const socket = path.join(dir, 'reference-agent.sock');
+  const served = 'pkcs11:token=t0;id=%ab%cd;type=private?pin-source=file:/etc/pki/nginx/t0.pin';
+  const agent = await startControlServer(socket, { status: async () => ({ configFile: '', enclave: { reachable: true, health: { ok: true, tokens: 1, localMode: true } }, tokens: [{ label: 't0', state: 'serving', inEnclave: true, uris: [served] }] }) });
+  t.teardown(() => agent.close());
+  const found = (await doctor({ configFile: acmYaml([stanza]), socket, webServerConf: conf, opensslConf, proc: fakeProc({}) })).filter((f) => f.check === 'reference URI');
+  t.is(found.length, 2, JSON.stringify(found));
+  t.true(found[0].detail.startsWith(`${handWritten}:3: a key URI in the form AWS's agent wrote`), found[0].detail);
+  t.is(found[0].fix, `replace it with ${served} (the PIN from its file, not in the configuration)`);
+  t.false(JSON.stringify(found).includes('s3cret-PIN-1234'), 'the PIN it held is never printed');
+  t.true(found[1].detail.startsWith(`${opensslConf}:3: `), found[1].detail);
+  t.regex(found[1].detail, /acm\.yaml has no token "other"/);
+  t.regex(found[1].fix!, /^replace it with pkcs11:token=other;type=private and the PIN as before; nitro-acm status prints/);
+});

@@ -114,14 +114,19 @@ async function httpdFindings(c: AcmConfig, o: DoctorOptions): Promise<Finding[]>
   return findings;
 }
 
+/** The OpenSSL configuration file nginx's and httpd's OpenSSL reads. */
+async function opensslConfPath(o: DoctorOptions): Promise<string> {
+  const version = (await run('openssl', ['version', '-d'])).out;
+  return o.opensslConf ?? process.env.OPENSSL_CONF ?? path.join(/OPENSSLDIR: "([^"]+)"/.exec(version)?.[1] ?? '/etc/pki/tls', 'openssl.cnf');
+}
+
 async function opensslFindings(o: DoctorOptions): Promise<Finding[]> {
   const findings: Finding[] = [];
   const engine = await run('openssl', ['engine', '-t', 'pkcs11']);
   findings.push(/\[ available \]/.test(engine.out)
     ? { check: 'openssl engine', verdict: 'ok', detail: 'the OpenSSL pkcs11 engine loads' }
     : { check: 'openssl engine', verdict: 'fail', detail: `openssl cannot load the pkcs11 engine: ${engine.out.trim().split('\n')[0] ?? ''}`, fix: 'dnf install openssl-pkcs11 (Amazon Linux) or apt-get install libengine-pkcs11-openssl' });
-  const version = (await run('openssl', ['version', '-d'])).out;
-  const conf = o.opensslConf ?? process.env.OPENSSL_CONF ?? path.join(/OPENSSLDIR: "([^"]+)"/.exec(version)?.[1] ?? '/etc/pki/tls', 'openssl.cnf');
+  const conf = await opensslConfPath(o);
   let os = '';
   try { os = fs.readFileSync(o.osRelease ?? '/etc/os-release', 'utf8'); } catch { /* unknown */ }
   const al2023 = /^ID="?amzn"?$/m.test(os) && /^VERSION_ID="?2023/m.test(os);
@@ -204,6 +209,87 @@ function kmsProxyFinding(running: StatusReport | Error, proc?: string): Finding 
   };
 }
 
+/**
+ * Key URIs in the form AWS's agent wrote them
+ * (pkcs11:model=p11ne-token;manufacturer=Amazon;token=L;id=%01;object=acm-key;type=private):
+ * copied by migrating users into hand-written configurations, they match no
+ * nitro-acm token (its tokens have their own model and manufacturer, and each key
+ * its own id, so that a renewed key is never mistaken for the old one).
+ */
+const REFERENCE_URI = /pkcs11:[^\s"'<>]*?(?:model=p11ne-token|manufacturer=Amazon|object=(?:acm|s3)-key)[^\s"'<>]*/g;
+
+/** nginx's main file and every file it includes (globs in the last part of a path), as nginx reads them when nginx -T cannot say. */
+function nginxIncludes(main: string, seen = new Set<string>()): string[] {
+  if (seen.has(main) || seen.size >= 500) return [];
+  seen.add(main);
+  let text: string;
+  try { text = fs.readFileSync(main, 'utf8'); } catch { return []; }
+  for (const m of text.replace(/(^|\s)#.*$/gm, '').matchAll(/(?:^|[;{}\s])include\s+["']?([^"';\s]+)["']?\s*;/g)) {
+    const pattern = path.resolve(path.dirname(main), m[1]);
+    const dir = path.dirname(pattern), base = path.basename(pattern);
+    const glob = new RegExp(`^${base.replace(/[.+^${}()|[\]\\]/g, '\\$&').replace(/\*/g, '.*').replace(/\?/g, '.')}$`);
+    let names: string[] = [];
+    try { names = /[*?]/.test(base) ? fs.readdirSync(dir).filter((n) => glob.test(n)).sort() : [base]; } catch { /* no such directory */ }
+    for (const n of names) nginxIncludes(path.join(dir, n), seen);
+  }
+  return [...seen];
+}
+
+/** The files a web server and its OpenSSL read: nginx -T's dump split by file, httpd's .conf files, openssl.cnf and what it includes. */
+async function configurationTexts(c: AcmConfig, o: DoctorOptions): Promise<{ file: string; text: string }[]> {
+  const out: { file: string; text: string }[] = [];
+  const read = (file: string) => { try { out.push({ file, text: fs.readFileSync(file, 'utf8') }); } catch { /* absent or unreadable */ } };
+  if (c.options.service === 'nginx') {
+    const dump = await run('nginx', ['-T', ...(o.webServerConf ? ['-c', o.webServerConf] : [])]);
+    // nginx -T prints each file it reads after a "# configuration file PATH:" line.
+    for (const line of dump.out.split('\n')) {
+      const header = /^# configuration file (.+):$/.exec(line);
+      if (header) out.push({ file: header[1], text: '' });
+      else if (out.length) out[out.length - 1].text += `${line}\n`;
+    }
+    // It prints nothing when its test fails, as it does while a key URI matches no token: follow the includes here.
+    if (!out.length) for (const f of nginxIncludes(o.webServerConf ?? '/etc/nginx/nginx.conf')) read(f);
+  } else {
+    const dirs = (o.webServerConf ? [path.dirname(o.webServerConf)] : ['/etc/httpd', '/etc/apache2']).filter((d) => fs.existsSync(d));
+    for (const d of dirs) for (const f of fs.readdirSync(d, { recursive: true }) as string[]) if (f.endsWith('.conf')) read(path.join(d, f));
+  }
+  const conf = await opensslConfPath(o);
+  read(conf);
+  for (const inc of [...(out.find((x) => x.file === conf)?.text ?? '').matchAll(/^\s*\.include\s*=?\s*(\S+)\s*$/gm)].map((m) => m[1])) {
+    if (fs.existsSync(inc) && fs.statSync(inc).isDirectory()) for (const f of fs.readdirSync(inc)) read(path.join(inc, f));
+    else read(inc);
+  }
+  return out;
+}
+
+/** Every reference-style URI found, with its file and line, and the nitro-acm URI that replaces it. */
+function referenceUriFindings(c: AcmConfig, texts: { file: string; text: string }[], running: StatusReport | Error): Finding[] {
+  const findings: Finding[] = [];
+  for (const { file, text } of texts) {
+    text.split('\n').forEach((line, i) => {
+      for (const m of line.matchAll(REFERENCE_URI)) {
+        const uri = m[0].replace(/;+$/, '');
+        const attrs = new Map(uri.slice('pkcs11:'.length).split('?')[0].split(';').map((a) => a.split('=') as [string, string]));
+        const label = decodeURIComponent(attrs.get('token') ?? '');
+        const served = running instanceof Error ? undefined : running.tokens.find((t) => t.label === label)?.uris;
+        // A FileDb token keeps its entries' ids: the URI's own id picks among them.
+        const id = attrs.get('id')?.toLowerCase();
+        const replacement = served?.find((u) => id && u.toLowerCase().includes(`;id=${id};`)) ?? served?.[0];
+        const known = c.tokens.some((t) => t.label === label);
+        findings.push({
+          check: 'reference URI',
+          verdict: 'fail',
+          detail: `${file}:${i + 1}: a key URI in the form AWS's agent wrote (${uri.replace(/pin-value=[^&]*/, 'pin-value=(hidden)')}) matches no nitro-acm token${known ? '' : `, and acm.yaml has no token "${label}"`}`,
+          fix: replacement
+            ? `replace it with ${replacement}${/pin-value=/.test(uri) ? ' (the PIN from its file, not in the configuration)' : ''}`
+            : `replace it with pkcs11:token=${encodeURIComponent(label)};type=private and the PIN as before; nitro-acm status prints the token's full URI, with its key's id, once the agent serves it`,
+        });
+      }
+    });
+  }
+  return findings;
+}
+
 function agentFindings(c: AcmConfig, running: StatusReport | Error): Finding[] {
   if (running instanceof Error) {
     return [{ check: 'agent', verdict: 'fail', detail: running.message, fix: 'systemctl start nitro-enclaves-acm; journalctl -u nitro-enclaves-acm shows why it stopped' }];
@@ -215,7 +301,7 @@ function agentFindings(c: AcmConfig, running: StatusReport | Error): Finding[] {
   for (const t of c.tokens) {
     const s = st.tokens.find((x) => x.label === t.label);
     if (!s) findings.push({ check: `token ${t.label}`, verdict: 'warn', detail: 'the running agent does not have this token yet (acm.yaml changed since it read it?)', fix: 'the agent applies saved edits by itself; see journalctl -u nitro-enclaves-acm' });
-    else if (s.state === 'serving' && s.inEnclave) findings.push({ check: `token ${t.label}`, verdict: 'ok', detail: `serving ${s.subject}, not after ${s.notAfter}` });
+    else if (s.state === 'serving' && s.inEnclave) findings.push({ check: `token ${t.label}`, verdict: 'ok', detail: s.subject ? `serving ${s.subject}, not after ${s.notAfter}` : `serving ${s.uris?.length ?? 0} key(s) without a certificate` });
     else findings.push({ check: `token ${t.label}`, verdict: 'fail', detail: `${s.state}${s.inEnclave ? '' : ', not in the enclave'}${s.error ? `: ${s.error}` : ''}`, fix: 'the error names the cause (IAM role, S3 object, KMS key policy); nitro-acm status shows it too' });
   }
   return findings;
@@ -235,10 +321,11 @@ export async function doctor(given: DoctorOptions): Promise<Finding[]> {
   const findings: Finding[] = [{ check: 'acm.yaml', verdict: 'ok', detail: `${o.configFile}: ${c.tokens.length} token(s), service ${c.options.service}${agent && !given.configFile ? ' (the file the running agent serves)' : ''}` }];
   for (const w of configWarnings(c, o.configFile)) {
     const m = /^(.*?): (token "[^"]+": its pin is \d+ characters); (.*)$/.exec(w);
-    findings.push({ check: 'pin length', verdict: 'warn', detail: m ? `${m[1]}: ${m[2]}` : w, fix: m?.[3] });
+    findings.push(m ? { check: 'pin length', verdict: 'warn', detail: `${m[1]}: ${m[2]}`, fix: m[3] } : { check: 'acm.yaml', verdict: 'warn', detail: w });
   }
   findings.push(...await opensslFindings(o), await p11kitFinding());
   findings.push(...(c.options.service === 'nginx' ? await nginxFindings(c, o, running) : await httpdFindings(c, o)));
+  findings.push(...referenceUriFindings(c, await configurationTexts(c, o), running));
   findings.push(...fileFindings(c), kmsProxyFinding(running, given.proc), ...agentFindings(c, running));
   return findings;
 }
