@@ -8,6 +8,7 @@ import { listen, peerOf } from '../src/shared/transport.ts';
 import type { PeerIdentity } from '../src/shared/native.ts';
 import type { Address } from '../src/shared/address.ts';
 import { parseBundle, parseFileDb, splitLeaf, BundleError, type Bundle, type FileDbKey } from '../src/shared/bundle.ts';
+import { PIN_BYTES } from '../src/shared/key-wire.ts';
 import { serveJsonFrames, PROVISION_VERSION, ProvisionError, type TokenDescription, type Health } from '../src/shared/provision-wire.ts';
 import { log } from '../src/shared/log.ts';
 import { partitionOf } from '../src/shared/aws-partition.ts';
@@ -130,7 +131,7 @@ export class ProvisionServer {
   private async provision(op: 'add' | 'update' | 'refresh', m: Record<string, unknown>): Promise<Record<string, unknown>> {
     const l = label(m);
     const pin = field(m, 'pin');
-    if (Buffer.byteLength(pin) < 4 || Buffer.byteLength(pin) > 64) throw new ProvisionError('BadRequest', `"pin" must be 4..64 bytes`);
+    if (Buffer.byteLength(pin) < PIN_BYTES.min || Buffer.byteLength(pin) > PIN_BYTES.max) throw new ProvisionError('BadRequest', `"pin" must be ${PIN_BYTES.min}..${PIN_BYTES.max} bytes`);
     const exists = this.o.store.token(l) !== undefined;
     if (op === 'add' && exists) throw new ProvisionError('TokenExists', `token "${l}" exists; use update to renew it`);
     if (op !== 'add' && !exists) throw new ProvisionError('NoSuchToken', `no token "${l}" to ${op}`);

@@ -207,7 +207,7 @@ test('an enclave not in local mode refuses plaintext keys; bad requests name the
   const plain: Bundle = { certificate: leaf.certPem, certificateChain: '', encryptedPrivateKey: Buffer.from(leaf.keyPem).toString('base64'), encryptionMethod: 'plaintext' };
   const e1 = await t.throwsAsync(c.call('add', { label: 'x', pin: '1234', bundle: plain }));
   t.is((e1 as ProvisionError).code, 'PlaintextRefused');
-  await t.throwsAsync(c.call('add', { label: 'x', pin: '12', bundle: plain }), { message: /"pin" must be 4..64 bytes/ });
+  await t.throwsAsync(c.call('add', { label: 'x', pin: 'x'.repeat(256), bundle: plain }), { message: /"pin" must be 1..255 bytes/ });
   await t.throwsAsync(c.call('add', { label: 'x'.repeat(33), pin: '1234', bundle: plain }), { message: /"label" is 33 bytes, at most 32/ });
   await t.throwsAsync(c.call('add', { label: 'x', pin: '1234', bundle: { ...plain, certificate: 'nope' } }), { message: /"certificate" is not a PEM certificate/ });
   await t.throwsAsync(c.call('frobnicate'), { message: /unknown operation "frobnicate"/ });

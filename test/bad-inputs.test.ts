@@ -90,8 +90,8 @@ test('bad inputs: each error names what is wrong; the serving token keeps servin
     await stillServing(input);
   };
   await edit('broken YAML (unclosed quote)', `${header}${goodToken}  - label: "oops\n`, /acm\.yaml:\d+:\d+: .*the edit is ignored and everything keeps serving/);
-  await edit('schema: PIN of 2 bytes', `${header}${goodToken}    pin: 12\n`, /acm\.yaml:\d+:\d+: tokens\[0\]\.pin: 2 bytes; a PIN is 4 to 64 bytes/);
-  await edit('schema: unknown key', `${header}${goodToken}    refresh_interval: 60\n`, /acm\.yaml:\d+:\d+: tokens\[0\]: unknown key "refresh_interval"/);
+  await edit('schema: PIN of 256 bytes', `${header}${goodToken}    pin: ${'7'.repeat(256)}\n`, /acm\.yaml:\d+:\d+: tokens\[0\]\.pin: 256 bytes; a PIN is 1 to 255 bytes/);
+  await edit('schema: unknown source kind', `${header}${goodToken.replace('S3:', 'S4:')}`, /acm\.yaml:\d+:\d+: tokens\[0\]\.source: unknown kind "S4" \(expected Acm or S3 or FileDb\)/);
   await edit('schema: duplicate label', `${header}${goodToken}${goodToken}`, /acm\.yaml:\d+:\d+: tokens\[1\]\.label: "good" is already the label of the token at line 5/);
   fs.writeFileSync(configFile, header + goodToken);
   await new Promise((r) => setTimeout(r, 500));

@@ -42,11 +42,11 @@ test('service: serves acm.yaml, ignores a broken edit, applies a valid one', asy
   const write = process.stderr.write.bind(process.stderr);
   (process.stderr as unknown as { write: (s: string) => boolean }).write = (s: string) => { stderr.push(String(s)); return write(s); };
   t.teardown(() => { (process.stderr as unknown as { write: typeof write }).write = write; });
-  fs.writeFileSync(file, `tokens:\n${tokenYaml('one')}    pin: 12\n`);
+  fs.writeFileSync(file, `tokens:\n${tokenYaml('one')}    pin: ""\n`);
   const until = Date.now() + 10_000;
   while (!stderr.join('').includes('edit is ignored') && Date.now() < until) await new Promise((r) => setTimeout(r, 100));
   await service.idle();
-  t.regex(stderr.join(''), new RegExp(`${file}:9:10: tokens\\[0\\]\\.pin: 2 bytes; a PIN is 4 to 64 bytes; the edit is ignored and everything keeps serving`));
+  t.regex(stderr.join(''), new RegExp(`${file}:9:10: tokens\\[0\\]\\.pin: 0 bytes; a PIN is 1 to 255 bytes; the edit is ignored and everything keeps serving`));
   t.is(service.agent.tokens.get('one')!.state, 'serving');
 
   // A valid edit adding a token: applied without a restart.
@@ -97,8 +97,9 @@ test.serial('systemReload: tests the configuration, reloads a running web server
   fs.rmSync(path.join(bin, 'broken'));
   fs.rmSync(path.join(bin, 'active'));
   t.deepEqual(await run('  nginx_force_start: true\n', [{ label: 'new', addedAt: masterStarted + 1000 }]), { r: 'ok', calls: [show, 'nginx -t -q', 'start nginx'] }, 'stopped, force_start: started');
-  const off = await run('');
-  t.deepEqual(off.calls, [show, 'nginx -t -q', 'reload nginx'], 'stopped, no force_start: only a reload is tried');
+  t.deepEqual(await run(''), { r: 'ok', calls: [show, 'nginx -t -q', 'start nginx'] }, 'stopped, force_start left out: started (on by default, as in AWS\'s agent)');
+  const off = await run('  force_start: false\n');
+  t.deepEqual(off.calls, [show, 'nginx -t -q', 'reload nginx'], 'stopped, force_start: false: only a reload is tried');
   t.is(off.r, '"systemctl reload nginx" failed: nginx.service is not active, cannot reload.');
 });
 
@@ -128,7 +129,8 @@ test.serial('adding a certificate to a running nginx: the agent restarts it once
   for (const name of ['first', 'second']) certs[name] = await tc.publish(tc.cloud.bucket(), `add-${name}.json`, [`${name}.test`]);
   const tokenYaml = (name: string) => `  - label: ${name}\n    source:\n      S3:\n        uri: "s3://${tc.cloud.bucket()}/add-${name}.json"\n    target:\n      NginxStanza:\n        path: ${etc}/${name}.conf\n`;
   const acmYaml = path.join(root, 'acm.yaml');
-  fs.writeFileSync(acmYaml, `options:\n  service: nginx\ntokens:\n${tokenYaml('first')}`);
+  // The test starts nginx itself, after the agent: the agent must not start it first.
+  fs.writeFileSync(acmYaml, `options:\n  service: nginx\n  force_start: false\ntokens:\n${tokenYaml('first')}`);
   const port = await freePort();
   const conf = path.join(prefix, 'nginx.conf');
   const nginxConf = (names: string[]) => `worker_processes 1;\nerror_log ${prefix}/error.log notice;\npid ${prefix}/nginx.pid;\nssl_engine pkcs11;\nenv NITRO_ACM_KEY_ADDRESS;\nevents { worker_connections 64; }\nhttp {\n  access_log off;\n  client_body_temp_path ${prefix}/tmp;\n${names.map((n) => `  server {\n    listen 127.0.0.1:${port} ssl;\n    server_name ${n}.test;\n    include ${etc}/${n}.conf;\n  }\n`).join('')}}\n`;

@@ -36,9 +36,6 @@
 #define SYNC_INTERVAL_MS 20
 #define MIN_KEY_BITS 2048
 #define MAX_KEY_BITS 4096
-/* PIN lengths the agent provisions (src/agent/config.ts, enclave/provision-server.ts). */
-#define MIN_PIN 4
-#define MAX_PIN 64
 #define MAX_SIGN_INPUT 512 /* raw mechanisms take at most the modulus length */
 
 /* ---------- state ---------- */
@@ -50,7 +47,7 @@ struct slot {
   size_t first_object, nobjects; /* its objects: objects[first_object ..] (0 while absent) */
   size_t nsessions;
   int logged_in;
-  uint8_t pin[MAX_PIN];
+  uint8_t pin[KW_MAX_PIN];
   size_t pin_len;
   /* SHA-256 of the last PIN the enclave accepted for this token (kept across fork and re-initialization). */
   uint8_t accepted_pin_digest[32];
@@ -1042,8 +1039,8 @@ CK_RV C_GetTokenInfo(CK_SLOT_ID slotID, CK_TOKEN_INFO_PTR pInfo)
   pInfo->ulSessionCount = CK_UNAVAILABLE_INFORMATION;
   pInfo->ulMaxRwSessionCount = CK_EFFECTIVELY_INFINITE;
   pInfo->ulRwSessionCount = CK_UNAVAILABLE_INFORMATION;
-  pInfo->ulMaxPinLen = MAX_PIN;
-  pInfo->ulMinPinLen = MIN_PIN;
+  pInfo->ulMaxPinLen = KW_MAX_PIN;
+  pInfo->ulMinPinLen = KW_MIN_PIN;
   pInfo->ulTotalPublicMemory = CK_UNAVAILABLE_INFORMATION;
   pInfo->ulFreePublicMemory = CK_UNAVAILABLE_INFORMATION;
   pInfo->ulTotalPrivateMemory = CK_UNAVAILABLE_INFORMATION;
@@ -1228,7 +1225,7 @@ CK_RV C_Login(CK_SESSION_HANDLE hSession, CK_USER_TYPE userType, CK_UTF8CHAR_PTR
     return so;
   }
   /* No PIN of another length was ever given to a token: it is an incorrect one (C_Login has no CKR_PIN_LEN_RANGE). */
-  if (ulPinLen < MIN_PIN || ulPinLen > MAX_PIN) { pthread_mutex_unlock(&M); return CKR_PIN_INCORRECT; }
+  if (ulPinLen < KW_MIN_PIN || ulPinLen > KW_MAX_PIN) { pthread_mutex_unlock(&M); return CKR_PIN_INCORRECT; }
   if (slot->logged_in && userType == CKU_USER) { pthread_mutex_unlock(&M); return CKR_USER_ALREADY_LOGGED_IN; }
   char label[33];
   snprintf(label, sizeof label, "%s", slot->label);
@@ -1599,7 +1596,7 @@ static CK_RV private_op(CK_OBJECT_HANDLE hKey, uint8_t op, uint8_t scheme, uint8
     struct slot *sl = &slots[o->slot];
     if (!sl->logged_in) { pthread_mutex_unlock(&M); return CKR_USER_NOT_LOGGED_IN; }
     char slot_label[33];
-    uint8_t pin[MAX_PIN];
+    uint8_t pin[KW_MAX_PIN];
     size_t pin_len = sl->pin_len;
     memcpy(slot_label, sl->label, sizeof slot_label);
     memcpy(pin, sl->pin, sizeof pin);

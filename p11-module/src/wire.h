@@ -23,6 +23,9 @@
 #define KW_MAX_KEYS_PER_TOKEN 16u
 #define KW_MAX_CERTS_PER_KEY 8u
 #define KW_MAX_OBJECTS 65536u /* over the whole list: 2 per key plus its certificates */
+/* A token's PIN, in bytes (src/shared/key-wire.ts PIN_BYTES): AWS's agent takes any non-empty string, and LOGIN carries up to 255. */
+#define KW_MIN_PIN 1u
+#define KW_MAX_PIN 255u
 #define KW_REQUEST_HEADER 8
 #define KW_RESPONSE_HEADER 16
 #define KW_REPLY_BIT 0x80

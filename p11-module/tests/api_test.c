@@ -304,8 +304,8 @@ int main(int argc, char **argv)
   RV(f->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &rw), CKR_OK);
   RV(f->C_Login(rw, CKU_SO, (CK_UTF8CHAR_PTR)pin, strlen(pin)), CKR_PIN_INCORRECT);
   RV(f->C_Login(rw, 42, (CK_UTF8CHAR_PTR)pin, strlen(pin)), CKR_USER_TYPE_INVALID);
-  RV(f->C_Login(rw, CKU_USER, (CK_UTF8CHAR_PTR)"1", 1), CKR_PIN_INCORRECT);
-  char long_pin[65];
+  RV(f->C_Login(rw, CKU_USER, (CK_UTF8CHAR_PTR)"", 0), CKR_PIN_INCORRECT);
+  char long_pin[256];
   memset(long_pin, 'x', sizeof long_pin);
   RV(f->C_Login(rw, CKU_USER, (CK_UTF8CHAR_PTR)long_pin, sizeof long_pin), CKR_PIN_INCORRECT);
   RV(f->C_Login(rw, CKU_USER, (CK_UTF8CHAR_PTR)pin, strlen(pin)), CKR_OK);

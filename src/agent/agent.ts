@@ -18,6 +18,7 @@ import { writeTarget, writeAtomic, companionFiles, readPinFile, keyUri } from '.
 import { verifyTokenSigns } from './challenge.ts';
 import { splitLeaf, type Bundle, type FileDbKey } from '../shared/bundle.ts';
 import { ckaIdOf } from '../shared/key-id.ts';
+import { PIN_BYTES } from '../shared/key-wire.ts';
 import type { Health, TokenDescription } from '../shared/provision-wire.ts';
 
 export interface EnclaveEndpoints { keyAddress: string; provisionAddress: string }
@@ -140,7 +141,7 @@ function pinFor(t: TokenConfig, pinDir: string | undefined): string {
   if (t.pin) return t.pin;
   const file = pinFileOf(t, pinDir);
   const p = file ? readPinFile(file)?.trim() : undefined;
-  if (p && p.length >= 4) return p;
+  if (p && Buffer.byteLength(p) >= PIN_BYTES.min && Buffer.byteLength(p) <= PIN_BYTES.max) return p;
   return crypto.randomBytes(16).toString('base64url');
 }
 

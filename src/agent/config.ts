@@ -3,7 +3,7 @@
 // column and what was expected, like `nginx -t`.
 import fs from 'node:fs';
 import path from 'node:path';
-import { LIST_CAPS } from '../shared/key-wire.ts';
+import { LIST_CAPS, PIN_BYTES } from '../shared/key-wire.ts';
 import { parseDocument, LineCounter, isMap, isScalar, isSeq, type Node, type Pair, type YAMLMap } from 'yaml';
 
 export const DEFAULT_CONFIG = '/etc/nitro_enclaves/acm.yaml';
@@ -71,7 +71,7 @@ type Kind = 'int' | 'bool' | 'string' | 'abs-path';
  * takes (any non-negative integer of the field's width, `typeMax`) is brought
  * to the nearest end with a note, not refused; one it refuses is an error.
  */
-interface Field { kind: Kind; min?: number; max?: number; typeMax?: number; oneOf?: string[]; aliasOf?: string; map?: (v: string) => string }
+interface Field { kind: Kind; min?: number; max?: number; typeMax?: number; oneOf?: string[]; expected?: string; aliasOf?: string; map?: (v: string) => string }
 
 const U32 = 0xffffffff;
 const U64 = Number.MAX_SAFE_INTEGER;
@@ -84,7 +84,7 @@ const SCHEMA: Record<'enclave' | 'log' | 'options', Record<string, Field>> = {
     boot_timeout_ms: { kind: 'int', min: 100, max: 600_000, typeMax: U64 }, p11kit_port: { kind: 'int', min: 1, max: U32, typeMax: U32 }, rpc_port: { kind: 'int', min: 1, max: U32, typeMax: U32 },
     attestation_retry_count: { kind: 'int', min: 0, max: 100, typeMax: U64 },
   },
-  log: { level: { kind: 'string', oneOf: [...LOG_LEVELS, ...LOG_LEVELS.map((l) => l.toLowerCase())], map: (v) => v.toLowerCase() }, enable_timestamp: { kind: 'bool' } },
+  log: { level: { kind: 'string', oneOf: [...LOG_LEVELS, ...LOG_LEVELS.map((l) => l.toLowerCase())], expected: `${LOG_LEVELS.join(', ')} (or the same in lowercase)`, map: (v) => v.toLowerCase() }, enable_timestamp: { kind: 'bool' } },
   options: {
     service: { kind: 'string', oneOf: ['nginx', 'httpd'] }, force_start: { kind: 'bool' }, nginx_force_start: { kind: 'bool', aliasOf: 'force_start' },
     reload_wait_ms: { kind: 'int', min: 0, max: 600_000, typeMax: U64 }, nginx_reload_wait_ms: { kind: 'int', min: 0, max: 600_000, typeMax: U64, aliasOf: 'reload_wait_ms' },
@@ -146,7 +146,7 @@ export function parseConfig(text: string, file: string): AcmConfig {
     // A plain scalar such as 1234 or true is a string where one is expected, as in AWS's agent: its text as written.
     const text = typeof val === 'string' ? val : val === null ? '' : v.source ?? String(val);
     if (text === '') return fail(v, `${where}: expected a non-empty string, got ${JSON.stringify(val)}`);
-    if (f.oneOf && !f.oneOf.includes(text)) return fail(v, `${where}: "${text}" is not one of ${f.oneOf.join(', ')}`);
+    if (f.oneOf && !f.oneOf.includes(text)) return fail(v, `${where}: "${text}" is not one of ${f.expected ?? f.oneOf.join(', ')}`);
     if (f.kind === 'abs-path' && !path.isAbsolute(text)) return fail(v, `${where}: "${text}" is a relative path; give an absolute one`);
     return f.map ? f.map(text) : text;
   };
@@ -208,7 +208,7 @@ export function parseConfig(text: string, file: string): AcmConfig {
         } else if (k === 'pin') {
           const v = p.value as Node;
           const pin = isScalar(v) && v.value !== null && typeof v.value !== 'object' ? (typeof v.value === 'string' ? v.value : v.source ?? String(v.value)) : fail(v, `${where}.pin: expected a string`);
-          if (Buffer.byteLength(pin) < 4 || Buffer.byteLength(pin) > 64) fail(v, `${where}.pin: ${Buffer.byteLength(pin)} bytes; a PIN is 4 to 64 bytes`);
+          if (Buffer.byteLength(pin) < PIN_BYTES.min || Buffer.byteLength(pin) > PIN_BYTES.max) fail(v, `${where}.pin: ${Buffer.byteLength(pin)} bytes; a PIN is ${PIN_BYTES.min} to ${PIN_BYTES.max} bytes`);
           tok.pin = pin;
         } else if (k === 'source') {
           tok.source = oneKeyMap(p, `${where}.source`, { Acm: { certificate_arn: { kind: 'string', required: true }, bucket: { kind: 'string' } }, S3: { uri: { kind: 'string', required: true } }, FileDb: { path: { kind: 'abs-path', required: true } } }) as Source;

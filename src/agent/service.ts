@@ -8,6 +8,9 @@ import path from 'node:path';
 import chokidar from 'chokidar';
 import { log, configureLog } from '../shared/log.ts';
 import { loadConfig, ConfigError, type AcmConfig } from './config.ts';
+
+/** What acm.yaml says that nitro-acm reads otherwise than AWS's agent (an unknown key, a number brought into range), each once in the log. */
+const logNotes = (c: AcmConfig) => { for (const n of c.notes) log.warn(n); };
 import { Agent, type AddedToken, type EnclaveController, type EnclaveEndpoints } from './agent.ts';
 import type { Endpoints } from './aws.ts';
 import { runEnclave, describeEnclaves, terminateEnclave } from './nitro-cli.ts';
@@ -106,6 +109,7 @@ export async function systemReload(config: AcmConfig, added: AddedToken[] = []):
 export async function startService(o: ServiceOptions): Promise<RunningService> {
   let config = loadConfig(o.configFile);
   configureLog({ level: config.log.level, timestamps: config.log.enable_timestamp });
+  logNotes(config);
   const reload = o.reload ?? systemReload;
   const healthMs = o.healthIntervalMs ?? 5000;
   // A failed reload leaves the web server on its previous files and keys (the
@@ -174,6 +178,7 @@ export async function startService(o: ServiceOptions): Promise<RunningService> {
         if (e instanceof ConfigError) { log.error(`${e.message}; the edit is ignored and everything keeps serving`); return; }
         throw e;
       }
+      logNotes(next);
       // Before the diff is applied: the reload it ends with follows the edited options.
       config = next;
       const d = await agent.applyConfig(next);
