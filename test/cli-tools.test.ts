@@ -90,10 +90,16 @@ test('agent --check: the examples pass and list their tokens; a bad file fails w
   t.regex(ok.stdout, /syntax is ok, 1 token/);
   t.regex(ok.stdout, /nginx-acm-token: Acm arn:aws:acm:.* -> NginxStanza \/etc\/pki\/nginx\/nginx-acm\.conf/);
   const bad = path.join(dir, 'bad.yaml');
-  fs.writeFileSync(bad, 'options:\n  service: nginx\n  sync_interval: 10\n');
+  fs.writeFileSync(bad, 'options:\n  service: nginx\n  sync_interval_secs: often\n');
   const r = await cli(['agent', '--check', '--config', bad]);
   t.is(r.status, 1);
-  t.regex(r.stderr, new RegExp(`${bad}:3:3: options: unknown key "sync_interval"`));
+  t.regex(r.stderr, new RegExp(`${bad}:3:23: options.sync_interval_secs: expected an integer, got "often"`));
   const j = await cli(['agent', '--check', '--json', '--config', bad]);
-  t.deepEqual({ ...JSON.parse(j.stdout), file: undefined, error: undefined }, { ok: false, file: undefined, line: 3, column: 3, error: undefined });
+  t.deepEqual({ ...JSON.parse(j.stdout), file: undefined, error: undefined }, { ok: false, file: undefined, line: 3, column: 23, error: undefined });
+  // A key AWS's agent would ignore is ignored here too, with a warning naming its line.
+  const typo = path.join(dir, 'typo.yaml');
+  fs.writeFileSync(typo, 'options:\n  service: nginx\n  sync_interval: 10\n');
+  const w = await cli(['agent', '--check', '--config', typo]);
+  t.is(w.status, 0, w.stderr);
+  t.regex(w.stderr, new RegExp(`warning: ${typo}:3: options: unknown key "sync_interval" is ignored \\(known: service, force_start`));
 });

@@ -50,21 +50,36 @@ export async function verifyTokenSigns(o: { address: string; label: string; pin:
     try { session.login(o.pin, graphene.UserType.USER); } catch (e) {
       if (!String(e).includes('ALREADY_LOGGED_IN')) throw new ChallengeError(`token "${o.label}": login refused (${(e as Error).message.split('\n')[0]})`);
     }
-    const listed = session.find({ class: graphene.ObjectClass.PRIVATE_KEY }).length;
-    if (listed !== o.keys.length) throw new ChallengeError(`token "${o.label}": ${listed} private keys, expected ${o.keys.length}`);
+    // The keys listed without an id are the current ones (a retired key is found
+    // only by its id, and a key renewed back and forth has a retired twin with
+    // the same id): each expected key must be among them exactly once.
+    const byId = (cls: number) => {
+      const found = session.find({ class: cls });
+      const m = new Map<string, graphene.SessionObject[]>();
+      for (let i = 0; i < found.length; i++) {
+        const o = found.items(i);
+        const id = (o.getAttribute({ id: null }) as { id: Buffer }).id.toString('hex');
+        m.set(id, [...(m.get(id) ?? []), o]);
+      }
+      return { count: found.length, m };
+    };
+    const privates = byId(graphene.ObjectClass.PRIVATE_KEY);
+    if (privates.count !== o.keys.length) throw new ChallengeError(`token "${o.label}": ${privates.count} private keys, expected ${o.keys.length}`);
+    const publics = o.keys.some((k) => !k.certificatePem) ? byId(graphene.ObjectClass.PUBLIC_KEY) : undefined;
     for (const want of o.keys) {
-      const id = `id ${want.ckaId.toString('hex')}`;
-      const keys = session.find({ class: graphene.ObjectClass.PRIVATE_KEY, id: want.ckaId });
+      const hex = want.ckaId.toString('hex');
+      const id = `id ${hex}`;
+      const keys = privates.m.get(hex) ?? [];
       if (keys.length !== 1) throw new ChallengeError(`token "${o.label}": ${keys.length} private keys with ${id}, expected 1`);
       let publicKey: crypto.KeyLike | undefined = want.certificatePem;
       if (!publicKey) {
-        const pub = session.find({ class: graphene.ObjectClass.PUBLIC_KEY, id: want.ckaId });
+        const pub = publics!.m.get(hex) ?? [];
         if (pub.length !== 1) throw new ChallengeError(`token "${o.label}": ${pub.length} public keys with ${id}, expected 1`);
-        const a = pub.items(0).getAttribute({ modulus: null, publicExponent: null }) as { modulus: Buffer; publicExponent: Buffer };
+        const a = pub[0].getAttribute({ modulus: null, publicExponent: null }) as { modulus: Buffer; publicExponent: Buffer };
         publicKey = crypto.createPublicKey({ key: { kty: 'RSA', n: a.modulus.toString('base64url'), e: a.publicExponent.toString('base64url') }, format: 'jwk' });
       }
       const challenge = crypto.randomBytes(32);
-      const sig = session.createSign('SHA256_RSA_PKCS', keys.items(0).toType<graphene.PrivateKey>()).once(challenge);
+      const sig = session.createSign('SHA256_RSA_PKCS', keys[0].toType<graphene.PrivateKey>()).once(challenge);
       if (!crypto.verify('sha256', challenge, publicKey, sig)) throw new ChallengeError(`token "${o.label}": the signature of the key with ${id} does not verify with ${want.certificatePem ? "the certificate's public key" : 'its public key object'}`);
     }
   } finally {
