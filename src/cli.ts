@@ -34,8 +34,11 @@ attestation, writes the web server's files and reloads it; then polls for renewa
 re-attests, watches the enclave and applies edits of the file as they are saved.
 
 --check reads the configuration, prints the tokens it would serve, and exits
-non-zero with the file, line and column of the first error, like nginx -t. The
-same acm.yaml as AWS's ACM for Nitro Enclaves is accepted.
+non-zero with the file, line and column of the first error, like nginx -t. Every
+acm.yaml that AWS's ACM for Nitro Enclaves accepts is accepted, with its defaults;
+what it would ignore (an unknown key) or that nitro-acm reads otherwise (a number
+outside what it works with) is a warning naming the line. --json prints what was
+read, the warnings, or the error.
 
 --control-socket is where nitro-acm status reads the agent (default
 /run/nitro-acm/agent.sock, root only).
@@ -80,9 +83,10 @@ same acm.yaml as AWS's ACM for Nitro Enclaves is accepted.
     help: `Usage: nitro-acm status [--socket PATH] [--json]
 
 Asks the running agent (nitro-acm agent, or nitro-acm local) through its control
-socket. For every token: label, source, certificate subject, names (SANs), not-after,
-key type, last sync, last refresh, state (serving, pending, failed) and the last
-error; and whether the enclave answers. Exits 0 when the enclave is healthy and
+socket. For every token: label, source, target, certificate subject, names (SANs),
+not-after, key type, the pkcs11: URI of each key (to wire a web server or tool by
+hand, as for a token without a target), last sync, last refresh, state (serving,
+pending, failed) and the last error; and whether the enclave answers. Exits 0 when the enclave is healthy and
 every token serves, 1 otherwise, 2 when no agent answers.
 
   --socket PATH  the agent's control socket (default $NITRO_ACM_CONTROL_SOCKET, else
