@@ -146,7 +146,7 @@ test('a correct nginx configuration passes the nginx checks; a broken acm.yaml i
   t.is(byCheck['p11-kit'].verdict, 'ok');
 
   const bad = path.join(dir, 'bad.yaml');
-  fs.writeFileSync(bad, 'tokens:\n  - label: x\n    pin: 12\n');
+  fs.writeFileSync(bad, 'tokens:\n  - label: x\n    pin: ""\n');
   const b = await doctor({ configFile: bad, socket: path.join(dir, 'no-agent.sock') });
   t.is(b.length, 1);
   t.is(b[0].verdict, 'fail');
