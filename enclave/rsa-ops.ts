@@ -1,8 +1,8 @@
 // RSA private-key operations for the key server. Padding (PKCS#1 v1.5 type 1,
 // EMSA-PSS, PKCS#1 v1.5 type 2 removal) is done here in plain code; the modular
 // exponentiation itself is always node:crypto (OpenSSL, with blinding). These
-// functions are synchronous: they run on the crypto pool's worker threads, never
-// on the event loop.
+// functions are synchronous: a key worker thread (enclave/key-worker.ts) calls
+// them for the connections it serves, never the main thread's event loop.
 import crypto, { type KeyObject } from 'node:crypto';
 import { CKR, P11Error } from '../src/shared/pkcs11-rv.ts';
 import { SignScheme, DecryptScheme, HASH_NAMES, HASH_LEN } from '../src/shared/key-wire.ts';
