@@ -12,10 +12,13 @@ import { registerWithP11Kit } from '../src/local/p11kit.ts';
 import { launchNginx, startHttpd, freePort, handshake, fingerprintOf, type RunningServer } from '../src/local/webservers.ts';
 import { issueServerCert } from '../src/local/pki.ts';
 import { cli } from './helpers/cli.ts';
-import { tmpdir, ROOT } from './helpers/enclave.ts';
+import { tmpdir, ROOT, MODULE_PATH } from './helpers/enclave.ts';
+import { spawnSync } from 'node:child_process';
 import { startTestCloud, type TestCloud } from './helpers/cloud.ts';
 
 const FIXTURES = path.join(ROOT, 'test/fixtures/aws');
+/** A FileDb label as long as the wire carries (AWS's agent takes any string). */
+const LONG_LABEL = `second-key-${'x'.repeat(244)}`;
 const dir = tmpdir('aws-configs');
 fs.chmodSync(dir, 0o755);
 let tc: TestCloud;
@@ -62,7 +65,7 @@ test.serial("AWS's nginx example, a FileDb token and a token without a target, s
   const fileDb = path.join(dir, 'filedb.json');
   fs.writeFileSync(fileDb, JSON.stringify([
     { id: 1, label: 'acm-key', encrypted_pem_b64: await ciphertext(first.keyPem, first.certPem), cert_pem: first.certPem + tc.ca.certPem },
-    { id: 2, label: 'second-key', encrypted_pem_b64: await ciphertext(second.keyPem, second.certPem), cert_pem: null, unknown_field: 'ignored' },
+    { id: 2, label: LONG_LABEL, encrypted_pem_b64: await ciphertext(second.keyPem, second.certPem), cert_pem: null, unknown_field: 'ignored' },
   ]));
   const configFile = path.join(dir, 'acm-nginx.yaml');
   fs.writeFileSync(configFile, `${adapt('acm.example.yaml', etc).replace('\noptions:', '\nlog:\n  level: Trace\n\noptions:')}  - label: filedb
@@ -92,6 +95,10 @@ test.serial("AWS's nginx example, a FileDb token and a token without a target, s
   const pinFile = path.join(dir, 'pins', `${Buffer.from('by-hand').toString('hex')}.pin`);
   t.is(byLabel.get('by-hand')!.uris[0].replace(/id=[^;]+/, 'id=X'), `pkcs11:token=by-hand;id=X;type=private?pin-source=file:${pinFile}`);
   t.regex(byLabel.get('by-hand')!.target, /^none/);
+  // The FileDb's ids and labels, as a PKCS#11 tool sees them.
+  const objects = spawnSync('pkcs11-tool', ['--module', MODULE_PATH, '--token-label', 'filedb', '--login', '--pin', fs.readFileSync(path.join(etc, 'filedb.pin'), 'utf8'), '--list-objects', '--type', 'privkey'], { encoding: 'utf8', env: { ...process.env, NITRO_ACM_KEY_ADDRESS: service.agent.enclaveEndpoints!.keyAddress } });
+  t.is(objects.status, 0, objects.stderr);
+  t.deepEqual([...objects.stdout.matchAll(/label:\s+(\S+)\n\s+ID:\s+(\S+)/g)].map((m) => [m[1], m[2]]), [['acm-key', '01'], [LONG_LABEL, '02']]);
   t.is(fs.statSync(pinFile).mode & 0o777, 0o400);
   t.false(fs.existsSync(path.join(etc, 'by-hand.conf')), 'no web-server file for a token without a target');
   const text = await cli(['status', '--socket', socket]);

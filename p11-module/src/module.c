@@ -64,7 +64,9 @@ struct object {
   int retired;         /* previous key of a renewed token: usable, not findable */
   uint8_t id[20];
   size_t id_len;
-  char label[48];
+  /* CKA_LABEL: the key's label, as long as the list has it (the list owns it); an authority certificate's is its key's with " CA n" (ca_index n > 0). */
+  const char *label;
+  size_t ca_index;
   uint8_t *subject, *issuer, *serial; /* DER, from the leaf (keys) or the certificate */
   int subject_len, issuer_len, serial_len;
   int fields_parsed; /* the three above (cert_fields) */
@@ -391,7 +393,7 @@ static void take_key_identity(struct object *o, const kw_key *key)
 {
   o->id_len = key->cka_id_len < sizeof o->id ? key->cka_id_len : sizeof o->id;
   memcpy(o->id, key->cka_id, o->id_len);
-  snprintf(o->label, sizeof o->label, "%s", key->label);
+  o->label = key->label;
 }
 
 /* The objects of one key of token slot `s`: private and public key, then its certificates. Caller holds M. */
@@ -409,7 +411,8 @@ static void add_key_objects(size_t s, const kw_key *key)
       /* Authority certificates get an id of their own so no one pairs them with the key. */
       SHA1(cert->der, cert->der_len, o->id);
       o->id_len = 20;
-      snprintf(o->label, sizeof o->label, "%s CA %zu", key->label, c);
+      o->label = key->label;
+      o->ca_index = c;
     }
   }
 }
@@ -701,7 +704,14 @@ static CK_RV attr_value(struct object *o, CK_ATTRIBUTE_TYPE type, const void **p
   case CKA_TOKEN: BOOL(1);
   case CKA_PRIVATE: BOOL(priv);
   case CKA_MODIFIABLE: case CKA_COPYABLE: case CKA_DESTROYABLE: BOOL(0);
-  case CKA_LABEL: BYTES(o->label, strlen(o->label));
+  case CKA_LABEL:
+    if (o->ca_index) {
+      /* Callers hold M, and copy the value before they let go of it. */
+      static char ca_label[KW_MAX_LABEL_BYTES + 32];
+      int len = snprintf(ca_label, sizeof ca_label, "%s CA %zu", o->label, o->ca_index);
+      BYTES(ca_label, len < 0 ? 0 : (size_t)len < sizeof ca_label ? (size_t)len : sizeof ca_label - 1);
+    }
+    BYTES(o->label, strlen(o->label));
   case CKA_ID: BYTES(o->id, o->id_len);
   case CKA_SUBJECT: cert_fields(o); BYTES(o->subject, o->subject_len > 0 ? o->subject_len : 0);
   case CKA_START_DATE: case CKA_END_DATE: BYTES(NULL, 0);

@@ -24,6 +24,8 @@
 #define KW_MAX_CERTS_PER_KEY 8u
 #define KW_MAX_OBJECTS 65536u /* over the whole list: 2 per key plus its certificates */
 /* A token's PIN, in bytes (src/shared/key-wire.ts PIN_BYTES): AWS's agent takes any non-empty string, and LOGIN carries up to 255. */
+/* A key's label (CKA_LABEL) as LOGIN and LIST carry it: one length byte. */
+#define KW_MAX_LABEL_BYTES 255u
 #define KW_MIN_PIN 1u
 #define KW_MAX_PIN 255u
 #define KW_REQUEST_HEADER 8
