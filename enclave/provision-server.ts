@@ -8,7 +8,7 @@ import { listen, peerOf } from '../src/shared/transport.ts';
 import type { PeerIdentity } from '../src/shared/native.ts';
 import type { Address } from '../src/shared/address.ts';
 import { parseBundle, parseFileDb, splitLeaf, BundleError, type Bundle, type FileDbKey } from '../src/shared/bundle.ts';
-import { PIN_BYTES } from '../src/shared/key-wire.ts';
+import { PIN_BYTES, TOKEN_LABEL_MAX_BYTES } from '../src/shared/key-wire.ts';
 import { serveJsonFrames, PROVISION_VERSION, ProvisionError, type TokenDescription, type Health } from '../src/shared/provision-wire.ts';
 import { log } from '../src/shared/log.ts';
 import { partitionOf } from '../src/shared/aws-partition.ts';
@@ -31,7 +31,7 @@ function field(args: Record<string, unknown>, name: string): string {
 
 function label(args: Record<string, unknown>): string {
   const l = field(args, 'label');
-  if (Buffer.byteLength(l) > 32) throw new ProvisionError('BadRequest', `"label" is ${Buffer.byteLength(l)} bytes, at most 32`);
+  if (Buffer.byteLength(l) > TOKEN_LABEL_MAX_BYTES) throw new ProvisionError('BadRequest', `"label" is ${Buffer.byteLength(l)} bytes, at most ${TOKEN_LABEL_MAX_BYTES}`);
   return l;
 }
 

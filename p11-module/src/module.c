@@ -30,7 +30,6 @@
 #include "wire.h"
 
 #define EXPORT __attribute__((visibility("default")))
-#define DEFAULT_ADDRESS "vsock:cid=16;port=9999"
 #define DEFAULT_TIMEOUT_MS 5000
 /* Within this long of the last reply, a cached list is taken as current (calls in one burst share one check). */
 #define SYNC_INTERVAL_MS 20
@@ -41,7 +40,7 @@
 /* ---------- state ---------- */
 
 struct slot {
-  char label[33];
+  char label[KW_MAX_TOKEN_LABEL + 1];
   int present;
   size_t token_index; /* into list.tokens while present */
   size_t first_object, nobjects; /* its objects: objects[first_object ..] (0 while absent) */
@@ -246,7 +245,7 @@ static CK_OBJECT_HANDLE handle_for(const uint8_t fp[32])
 static void fingerprint(uint8_t out[32], CK_OBJECT_CLASS cls, const char *slot_label, const uint8_t *p, size_t n)
 {
   uint8_t buf[1 + 33 + 32];
-  size_t l = strnlen(slot_label, 32);
+  size_t l = strnlen(slot_label, KW_MAX_TOKEN_LABEL);
   buf[0] = (uint8_t)cls;
   memcpy(buf + 1, slot_label, l);
   buf[1 + l] = 0;
@@ -806,7 +805,7 @@ static CK_RV configure(const char *reserved)
 {
   const char *env = getenv("NITRO_ACM_KEY_ADDRESS");
   char text[sizeof address_text];
-  const char *src = env && *env ? env : reserved && *reserved ? reserved : DEFAULT_ADDRESS;
+  const char *src = env && *env ? env : reserved && *reserved ? reserved : KW_DEFAULT_KEY_ADDRESS;
   snprintf(text, sizeof text, "%s", src);
   int t = DEFAULT_TIMEOUT_MS;
   char *sp = strchr(text, ' ');
@@ -1237,7 +1236,7 @@ CK_RV C_Login(CK_SESSION_HANDLE hSession, CK_USER_TYPE userType, CK_UTF8CHAR_PTR
   /* No PIN of another length was ever given to a token: it is an incorrect one (C_Login has no CKR_PIN_LEN_RANGE). */
   if (ulPinLen < KW_MIN_PIN || ulPinLen > KW_MAX_PIN) { pthread_mutex_unlock(&M); return CKR_PIN_INCORRECT; }
   if (slot->logged_in && userType == CKU_USER) { pthread_mutex_unlock(&M); return CKR_USER_ALREADY_LOGGED_IN; }
-  char label[33];
+  char label[KW_MAX_TOKEN_LABEL + 1];
   snprintf(label, sizeof label, "%s", slot->label);
   size_t slot_index = s->slot;
   pthread_mutex_unlock(&M);
@@ -1288,7 +1287,7 @@ CK_RV C_Logout(CK_SESSION_HANDLE hSession)
   struct session *s = session_get(hSession);
   if (!s) { pthread_mutex_unlock(&M); return CKR_SESSION_HANDLE_INVALID; }
   if (!slots[s->slot].logged_in) { pthread_mutex_unlock(&M); return CKR_USER_NOT_LOGGED_IN; }
-  char label[33];
+  char label[KW_MAX_TOKEN_LABEL + 1];
   snprintf(label, sizeof label, "%s", slots[s->slot].label);
   logout_slot(s->slot);
   pthread_mutex_unlock(&M);
@@ -1605,7 +1604,7 @@ static CK_RV private_op(CK_OBJECT_HANDLE hKey, uint8_t op, uint8_t scheme, uint8
     uint32_t key_id = o->key->key_id;
     struct slot *sl = &slots[o->slot];
     if (!sl->logged_in) { pthread_mutex_unlock(&M); return CKR_USER_NOT_LOGGED_IN; }
-    char slot_label[33];
+    char slot_label[KW_MAX_TOKEN_LABEL + 1];
     uint8_t pin[KW_MAX_PIN];
     size_t pin_len = sl->pin_len;
     memcpy(slot_label, sl->label, sizeof slot_label);

@@ -23,9 +23,13 @@
 #define KW_MAX_KEYS_PER_TOKEN 16u
 #define KW_MAX_CERTS_PER_KEY 8u
 #define KW_MAX_OBJECTS 65536u /* over the whole list: 2 per key plus its certificates */
-/* A token's PIN, in bytes (src/shared/key-wire.ts PIN_BYTES): AWS's agent takes any non-empty string, and LOGIN carries up to 255. */
-/* A key's label (CKA_LABEL) as LOGIN and LIST carry it: one length byte. */
+/* A token's label (CK_TOKEN_INFO.label is 32 bytes; src/shared/key-wire.ts TOKEN_LABEL_MAX_BYTES). */
+#define KW_MAX_TOKEN_LABEL 32u
+/* Where the module finds the enclave unless told (src/shared/address.ts DEFAULT_KEY_ADDRESS). */
+#define KW_DEFAULT_KEY_ADDRESS "vsock:cid=16;port=9999"
+/* A key's label (CKA_LABEL) as LIST carries it: one length byte (KEY_LABEL_MAX_BYTES). */
 #define KW_MAX_LABEL_BYTES 255u
+/* A token's PIN, in bytes (src/shared/key-wire.ts PIN_BYTES): AWS's agent takes any non-empty string, and LOGIN carries up to 255. */
 #define KW_MIN_PIN 1u
 #define KW_MAX_PIN 255u
 #define KW_REQUEST_HEADER 8

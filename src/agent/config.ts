@@ -3,7 +3,8 @@
 // column and what was expected, like `nginx -t`.
 import fs from 'node:fs';
 import path from 'node:path';
-import { LIST_CAPS, PIN_BYTES } from '../shared/key-wire.ts';
+import { LIST_CAPS, PIN_BYTES, TOKEN_LABEL_MAX_BYTES } from '../shared/key-wire.ts';
+import { DEFAULT_KEY_PORT, DEFAULT_PROVISION_PORT } from '../shared/address.ts';
 import { parseDocument, LineCounter, isMap, isScalar, isSeq, type Node, type Pair, type YAMLMap } from 'yaml';
 
 export const DEFAULT_CONFIG = '/etc/nitro_enclaves/acm.yaml';
@@ -57,7 +58,7 @@ export class ConfigError extends Error {
 // The defaults of AWS's agent (its `defs`), except image_path (nitro-acm's own
 // image); cpu_count and memory_mib, which it requires, default to its example's.
 const DEFAULTS: Omit<AcmConfig, 'tokens' | 'notes'> = {
-  enclave: { cpu_count: 2, memory_mib: 256, image_path: '/usr/share/nitro_enclaves/nitro-acm/nitro-acm.eif', boot_timeout_ms: 5000, p11kit_port: 9999, rpc_port: 10000, attestation_retry_count: 5 },
+  enclave: { cpu_count: 2, memory_mib: 256, image_path: '/usr/share/nitro_enclaves/nitro-acm/nitro-acm.eif', boot_timeout_ms: 5000, p11kit_port: DEFAULT_KEY_PORT, rpc_port: DEFAULT_PROVISION_PORT, attestation_retry_count: 5 },
   log: { level: 'info', enable_timestamp: false },
   options: { service: 'nginx', force_start: true, reload_wait_ms: 1000, sync_interval_secs: 600, pin_in_config: false, restart_for_new_tokens: true },
 };
@@ -201,7 +202,7 @@ export function parseConfig(text: string, file: string): AcmConfig {
         const k = keyName(p);
         if (k === 'label') {
           const l = scalar(p, `${where}.label`, { kind: 'string' }) as string;
-          if (Buffer.byteLength(l) > 32) fail(p.value as Node, `${where}.label: "${l}" is ${Buffer.byteLength(l)} bytes; a PKCS#11 token label is at most 32`);
+          if (Buffer.byteLength(l) > TOKEN_LABEL_MAX_BYTES) fail(p.value as Node, `${where}.label: "${l}" is ${Buffer.byteLength(l)} bytes; a PKCS#11 token label is at most ${TOKEN_LABEL_MAX_BYTES}`);
           if (seen.has(l)) fail(p.value as Node, `${where}.label: "${l}" is already the label of the token at line ${seen.get(l)}`);
           seen.set(l, lc.linePos(t.range![0]).line);
           tok.label = l;

@@ -15,7 +15,7 @@ import { Agent, type AddedToken, type EnclaveController, type EnclaveEndpoints }
 import type { Endpoints } from './aws.ts';
 import { runEnclave, describeEnclaves, terminateEnclave } from './nitro-cli.ts';
 import { ProvisionClient } from '../shared/provision-wire.ts';
-import { parseAddress } from '../shared/address.ts';
+import { parseAddress, ENCLAVE_CID } from '../shared/address.ts';
 import { processStartedAt } from './process-start.ts';
 import { startControlServer, DEFAULT_CONTROL_SOCKET, type ControlHandler, type ControlServer } from './control.ts';
 
@@ -210,12 +210,6 @@ export async function startService(o: ServiceOptions): Promise<RunningService> {
   return service;
 }
 
-/**
- * The enclave's CID: fixed, because the PKCS#11 module's p11-kit registration
- * (/usr/share/p11-kit/modules/nitro-acm.module) names it, and web servers read it
- * when they start.
- */
-export const ENCLAVE_CID = 16;
 
 /** Production: the enclave image under nitro-cli, reused if it is already running. */
 export class NitroCliEnclaveController implements EnclaveController {

@@ -8,6 +8,7 @@ import path from 'node:path';
 import { render } from '../templates.ts';
 
 import { BUILT_MODULE } from '../paths.ts';
+import { DEFAULT_KEY_ADDRESS } from '../shared/address.ts';
 export const P11KIT_MODULE_FILE = '/etc/pkcs11/modules/nitro-acm.module';
 export const DEFAULT_TIMEOUT_MS = 5000;
 
@@ -16,7 +17,7 @@ export function renderModuleFile(modulePath: string, address: string, timeoutMs 
 }
 
 /** Writes the registration if it differs; returns the file written. */
-export function registerWithP11Kit(address = 'vsock:cid=16;port=9999', modulePath = BUILT_MODULE, file = P11KIT_MODULE_FILE): string {
+export function registerWithP11Kit(address = DEFAULT_KEY_ADDRESS, modulePath = BUILT_MODULE, file = P11KIT_MODULE_FILE): string {
   if (!fs.existsSync(modulePath)) throw new Error(`${modulePath}: the PKCS#11 module is not built (make -C p11-module)`);
   const text = renderModuleFile(modulePath, address);
   try { if (fs.readFileSync(file, 'utf8') === text) return file; } catch { /* absent */ }

@@ -55,5 +55,13 @@ export function formatAddress(a: Address): string {
 /** Defaults, as in AWS's ACM for Nitro Enclaves: key channel 9999, provisioning 10000. */
 export const DEFAULT_KEY_PORT = 9999;
 export const DEFAULT_PROVISION_PORT = 10000;
+/**
+ * The enclave's CID: fixed, because the PKCS#11 module's p11-kit registration
+ * (/usr/share/p11-kit/modules/nitro-acm.module) names it, and web servers read it
+ * when they start.
+ */
+export const ENCLAVE_CID = 16;
+/** Where the PKCS#11 module finds the enclave unless told (p11-module/src/wire.h KW_DEFAULT_KEY_ADDRESS). */
+export const DEFAULT_KEY_ADDRESS = `vsock:cid=${ENCLAVE_CID};port=${DEFAULT_KEY_PORT}`;
 /** VMADDR_CID_ANY, for servers inside the enclave. */
 export const VSOCK_CID_ANY = 0xffffffff;

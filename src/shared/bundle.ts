@@ -7,7 +7,7 @@
 // attestation document. "plaintext" (base64 of the PEM) exists for local mode and
 // is refused by an enclave that is not in local mode.
 import { X509Certificate } from 'node:crypto';
-import { LIST_CAPS } from './key-wire.ts';
+import { LIST_CAPS, KEY_LABEL_MAX_BYTES } from './key-wire.ts';
 
 export interface Bundle {
   certificate: string;
@@ -68,7 +68,7 @@ export function parseFileDb(text: string | Buffer, source: string): FileDbKey[] 
     if (typeof e !== 'object' || e === null || Array.isArray(e)) throw new BundleError(`${at}: expected a JSON object`);
     const k = e as Record<string, unknown>;
     if (!Number.isInteger(k.id) || (k.id as number) < 0 || (k.id as number) > 255) throw new BundleError(`${at}: "id" must be an integer 0..255 (it is the key's one-byte CKA_ID), got ${JSON.stringify(k.id)}`);
-    if (typeof k.label !== 'string' || k.label === '' || Buffer.byteLength(k.label) > 255) throw new BundleError(`${at}: "label" must be a string of 1 to 255 bytes`);
+    if (typeof k.label !== 'string' || k.label === '' || Buffer.byteLength(k.label) > KEY_LABEL_MAX_BYTES) throw new BundleError(`${at}: "label" must be a string of 1 to ${KEY_LABEL_MAX_BYTES} bytes`);
     if (typeof k.encrypted_pem_b64 !== 'string' || !/^[A-Za-z0-9+/=\s]+$/.test(k.encrypted_pem_b64)) throw new BundleError(`${at}: "encrypted_pem_b64" must be base64 (a KMS CiphertextBlob of the PEM private key)`);
     if (k.cert_pem !== undefined && k.cert_pem !== null) {
       if (typeof k.cert_pem !== 'string') throw new BundleError(`${at}: "cert_pem" must be a PEM string or null`);

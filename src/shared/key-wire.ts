@@ -15,6 +15,10 @@ export const MAX_RESPONSE = 8 * 1024 * 1024;
  * `objects` counts two per key (private, public) plus its certificates.
  */
 export const LIST_CAPS = { tokens: 1024, keysPerToken: 16, certificatesPerKey: 8, objects: 65536 } as const;
+/** A token's label, in bytes (CK_TOKEN_INFO.label; p11-module/src/wire.h KW_MAX_TOKEN_LABEL). */
+export const TOKEN_LABEL_MAX_BYTES = 32;
+/** A key's label (CKA_LABEL), in bytes: one length byte on the wire (KW_MAX_LABEL_BYTES). */
+export const KEY_LABEL_MAX_BYTES = 255;
 /** A token's PIN, in bytes (p11-module/src/wire.h KW_MIN_PIN, KW_MAX_PIN): AWS's agent takes any non-empty string; LOGIN carries up to 255. */
 export const PIN_BYTES = { min: 1, max: 255 } as const;
 export const REQUEST_HEADER = 8; // version, op, flags, id
