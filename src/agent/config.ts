@@ -5,6 +5,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { LIST_CAPS, PIN_BYTES, TOKEN_LABEL_MAX_BYTES } from '../shared/key-wire.ts';
 import { DEFAULT_KEY_PORT, DEFAULT_PROVISION_PORT } from '../shared/address.ts';
+import { parseS3Uri } from '../shared/s3-uri.ts';
 import { parseDocument, LineCounter, isMap, isScalar, isSeq, type Node, type Pair, type YAMLMap } from 'yaml';
 
 export const DEFAULT_CONFIG = '/etc/nitro_enclaves/acm.yaml';
@@ -216,7 +217,7 @@ export function parseConfig(text: string, file: string): AcmConfig {
           if ('Acm' in tok.source && !/^arn:aws[a-z-]*:acm:[a-z0-9-]+:\d{12}:certificate\/.+$/.test(tok.source.Acm.certificate_arn)) {
             fail(p.value as Node, `${where}.source.Acm.certificate_arn: "${tok.source.Acm.certificate_arn}" is not an ACM certificate ARN (arn:aws:acm:REGION:ACCOUNT:certificate/ID)`);
           }
-          if ('S3' in tok.source && !/^s3:\/\/[^/]+\/.+/.test(tok.source.S3.uri)) fail(p.value as Node, `${where}.source.S3.uri: "${tok.source.S3.uri}" is not s3://bucket/key`);
+          if ('S3' in tok.source) { const uri = tok.source.S3.uri; try { parseS3Uri(uri); } catch { fail(p.value as Node, `${where}.source.S3.uri: "${uri}" is not s3://bucket/key`); } }
         } else if (k === 'target') {
           // `target: ~` is AWS's None, as leaving it out.
           if (p.value === null || (isScalar(p.value) && (p.value as { value: unknown }).value === null)) continue;

@@ -8,6 +8,7 @@ import crypto from 'node:crypto';
 import { KMSClient, EncryptCommand } from '@aws-sdk/client-kms';
 import { S3Client, PutObjectCommand } from '@aws-sdk/client-s3';
 import type { Bundle } from '../shared/bundle.ts';
+import { parseS3Uri } from '../shared/s3-uri.ts';
 
 export interface SealOptions {
   certificate: string;
@@ -19,12 +20,6 @@ export interface SealOptions {
   region?: string;
   endpoint?: string;
   encryptionContext?: Record<string, string>;
-}
-
-export function parseS3Uri(uri: string): { bucket: string; key: string } {
-  const m = /^s3:\/\/([^/]+)\/(.+)$/.exec(uri);
-  if (!m) throw new Error(`"${uri}" is not an S3 URI (s3://bucket/key)`);
-  return { bucket: m[1], key: m[2] };
 }
 
 export async function seal(o: SealOptions): Promise<{ bundle: Bundle; written: string }> {
