@@ -31,7 +31,7 @@ npx tsc -p tsconfig.build.json --outDir "$app"
 cp package.json package-lock.json "$app/"
 cp -a templates config "$app/"
 cp -a src/shared/trust "$app/src/shared/"
-install -D -m 0755 enclave/native/build/Release/native.node "$app/enclave/native/build/Release/native.node"
+install -D -m 0755 src/shared/native/build/Release/native.node "$app/src/shared/native/build/Release/native.node"
 
 echo "rpm: production dependencies" >&2
 cp -a node_modules "$app/"

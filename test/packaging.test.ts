@@ -31,7 +31,7 @@ test.serial('npm run rpm: the package installs what an operator needs, with the 
 
   // File list: rpm -qlp.
   const files = sh('rpm', ['-qlp', rpm]).stdout.trim().split('\n');
-  for (const f of ['/usr/bin/nitro-acm', '/usr/lib/nitro-acm/src/cli.js', '/usr/lib/nitro-acm/enclave/main.js', '/usr/lib/nitro-acm/enclave/native/build/Release/native.node',
+  for (const f of ['/usr/bin/nitro-acm', '/usr/lib/nitro-acm/src/cli.js', '/usr/lib/nitro-acm/enclave/main.js', '/usr/lib/nitro-acm/src/shared/native/build/Release/native.node',
     '/usr/lib/nitro-acm/templates/nginx-stanza.conf', '/usr/lib/nitro-acm/src/shared/trust/aws_nitro_enclaves_root_g1.pem', '/usr/lib64/pkcs11/nitro-acm-p11.so',
     '/usr/share/p11-kit/modules/nitro-acm.module', '/usr/lib/systemd/system/nitro-enclaves-acm.service', '/etc/nitro_enclaves/acm.example.yaml',
     '/etc/nitro_enclaves/acm-httpd.example.yaml', '/usr/share/doc/nitro-acm/operations.md', '/usr/share/licenses/nitro-acm/LICENSE',
@@ -112,7 +112,7 @@ test('build:eif: the build context holds exactly the enclave app bundle, the add
   for (const absent of ['startService', 'chokidar', 'writeTarget', 'startLocalCloud', 'graphene', 'pkcs11js']) t.false(app.includes(absent), `${absent} is not in the enclave image`);
   t.true(app.includes('KMSClient') || app.includes('DecryptCommand'), 'the KMS client is bundled');
   // The bundle runs as the image's CMD would: the app answers --help with node alone.
-  fs.copyFileSync(path.join(ROOT, 'enclave/native/build/Release/native.node'), path.join(ctx, 'app/native.node'));
+  fs.copyFileSync(path.join(ROOT, 'src/shared/native/build/Release/native.node'), path.join(ctx, 'app/native.node'));
   const r = sh(process.execPath, [path.join(ctx, 'app/main.js'), '--help'], {}, ctx);
   t.is(r.status, 0, r.stderr);
   t.regex(r.stdout, /--key-address/);

@@ -1,4 +1,4 @@
-// Loads the native addon (enclave/native/native.c) on first use: vsock sockets,
+// Loads the native addon (src/shared/native/native.c, shared by the enclave app and the agent) on first use: vsock sockets,
 // descriptor duplication, and the NSM ioctl. Nothing else in nitro-acm is native
 // on the Node side.
 import fs from 'node:fs';
@@ -22,7 +22,7 @@ export function native(): NativeAddon {
     const require = createRequire(import.meta.url);
     // Next to the code in the enclave image (a bundle), else where node-gyp builds it in the source tree.
     const besideBundle = new URL('./native.node', import.meta.url).pathname;
-    const file = fs.existsSync(besideBundle) ? besideBundle : new URL('../../enclave/native/build/Release/native.node', import.meta.url).pathname;
+    const file = fs.existsSync(besideBundle) ? besideBundle : new URL('./native/build/Release/native.node', import.meta.url).pathname;
     try { addon = require(file) as NativeAddon; } catch (e) {
       throw new Error(`native addon not built (${file}): run "npm run build:native" (${(e as Error).message.split('\n')[0]})`);
     }
