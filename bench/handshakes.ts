@@ -4,6 +4,8 @@
 // connection per request; then sign latency through the module against a direct
 // node:crypto sign. All variants in one run, interleaved, quoted as ratios to the
 // key-in-a-file variant. BENCH_SECONDS sets each measurement's length (default 8).
+// BENCH_BASELINE_MODULE=path/to/another/nitro-acm-p11.so adds that build's sign
+// latency, measured in turns with this one's, to compare two builds of the module.
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -124,6 +126,9 @@ function p11Latency(lib: string, label: string, env: Record<string, string>): nu
   return out;
 }
 const viaModule = p11Latency(MODULE_PATH, 'bench', { NITRO_ACM_KEY_ADDRESS: fx.address });
+// Another build of the module, in turns with this one (each measured twice), so that both see the same machine.
+const BASELINE = process.env.BENCH_BASELINE_MODULE;
+const turns = BASELINE ? [0, 1, 2, 3].map((i) => p11Latency(i % 2 ? BASELINE : MODULE_PATH, 'bench', { NITRO_ACM_KEY_ADDRESS: fx.address })) : [];
 const viaSoftHsm = p11Latency(SOFTHSM_LIB, 'softbench', { SOFTHSM2_CONF: hsmConf });
 const enclaveRss = Number(/VmRSS:\s+(\d+)/.exec(fs.readFileSync(`/proc/${fx.proc.pid}/status`, 'utf8'))?.[1]) / 1024;
 await fx.cleanup();
@@ -148,6 +153,14 @@ for (const name of Object.keys(results)) {
 lines.push('', `Sign latency, RSA-2048 PSS/SHA-256, ${N} sequential signs from one thread:`, '', '| path | p50 | p99 |', '|---|---|---|');
 for (const [name, xs] of [['node:crypto sign in-process (no PKCS#11)', direct], ['nitro-acm module -> enclave app (unix socket)', viaModule], ['SoftHSM2 (in-process PKCS#11)', viaSoftHsm]] as const) {
   lines.push(`| ${name} | ${pct(xs, 0.5).toFixed(0)} µs | ${pct(xs, 0.99).toFixed(0)} µs |`);
+}
+if (BASELINE) {
+  const [a1, b1, a2, b2] = turns;
+  const p50 = (xs: number[]) => pct(xs, 0.5);
+  const mine = (p50(a1) + p50(a2)) / 2, base = (p50(b1) + p50(b2)) / 2;
+  lines.push(`| this build, in turns with the baseline (mean of 2 p50s) | ${mine.toFixed(0)} µs | ${((pct(a1, 0.99) + pct(a2, 0.99)) / 2).toFixed(0)} µs |`);
+  lines.push(`| baseline ${BASELINE} (mean of 2 p50s) | ${base.toFixed(0)} µs | ${((pct(b1, 0.99) + pct(b2, 0.99)) / 2).toFixed(0)} µs |`);
+  lines.push('', `This build's p50 over the baseline's: ${(mine / base).toFixed(3)}.`);
 }
 lines.push('', `Enclave app resident memory after the run: ${enclaveRss.toFixed(0)} MiB (1 token, ${os.availableParallelism()} crypto threads).`);
 process.stdout.write(lines.join('\n') + '\n');
