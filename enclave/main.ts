@@ -2,16 +2,21 @@
 // In a real enclave it listens on vsock; in local mode (development, tests) on a
 // unix socket, and only there may it load plaintext keys from files.
 import fs from 'node:fs';
-import { X509Certificate } from 'node:crypto';
 import os from 'node:os';
-import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { parseAddress, formatAddress, DEFAULT_KEY_PORT, VSOCK_CID_ANY, type Address } from '../src/shared/address.ts';
 import { log, configureLog, routeProcessWarnings } from '../src/shared/log.ts';
-import { KeyStore, KeyMaterialError } from './keystore.ts';
+import { KeyStore } from './keystore.ts';
 import { KeyServer } from './key-server.ts';
 import { ProvisionServer } from './provision-server.ts';
-import { DeviceNsm, SimulatedNsm, simulatedNsmRoot, type Nsm } from './nsm.ts';
+import { DeviceNsm, type Nsm } from './nsm.ts';
+
+/**
+ * Local mode's code (enclave/local-only.ts), or undefined in the production
+ * image: scripts/build-eif.ts defines NITRO_ACM_BUILD there, so the bundler
+ * drops this import and the file with it.
+ */
+const localOnly = () => (process.env.NITRO_ACM_BUILD === 'production-image' ? undefined : import('./local-only.ts'));
 import { DEFAULT_PROVISION_PORT } from '../src/shared/address.ts';
 
 const HELP = `Usage: nitro-acm-enclave [options]
@@ -41,28 +46,6 @@ Options:
                             whose key/certificate/chain are PEM file paths
   -h, --help                this text
 `;
-
-interface PlaintextTokenFile { tokens: { label: string; pin: string; key: string; certificate: string; chain?: string }[] }
-
-export function loadPlaintextTokens(store: KeyStore, file: string): void {
-  let parsed: PlaintextTokenFile;
-  try { parsed = JSON.parse(fs.readFileSync(file, 'utf8')) as PlaintextTokenFile; } catch (e) { throw new Error(`${file}: ${(e as Error).message}`); }
-  if (!Array.isArray(parsed?.tokens)) throw new Error(`${file}: expected {"tokens": [...]}`);
-  const dir = path.dirname(file);
-  const read = (p: string) => fs.readFileSync(path.resolve(dir, p), 'utf8');
-  parsed.tokens.forEach((t, i) => {
-    const where = `${file}: tokens[${i}]`;
-    for (const f of ['label', 'pin', 'key', 'certificate'] as const) {
-      if (typeof t[f] !== 'string' || t[f] === '') throw new Error(`${where}.${f}: expected a non-empty string`);
-    }
-    try {
-      store.put(t.label, Buffer.from(t.pin), { privateKeyPem: read(t.key), certificatePem: read(t.certificate), chainPem: t.chain ? read(t.chain) : '' });
-    } catch (e) {
-      throw new Error(`${where} (${t.label}): ${e instanceof KeyMaterialError ? e.message : (e as Error).message}`);
-    }
-    log.token(t.label).info('token loaded from plaintext files (local mode)');
-  });
-}
 
 async function main(): Promise<number> {
   let args;
@@ -106,14 +89,12 @@ async function main(): Promise<number> {
   try { keyAddress = parseAddress(args['key-address'] ?? `vsock:cid=${VSOCK_CID_ANY};port=${DEFAULT_KEY_PORT}`); } catch (e) { log.error(`--key-address: ${(e as Error).message}`); return 2; }
   try { provisionAddress = parseAddress(args['provision-address'] ?? `vsock:cid=${VSOCK_CID_ANY};port=${DEFAULT_PROVISION_PORT}`); } catch (e) { log.error(`--provision-address: ${(e as Error).message}`); return 2; }
   try { kmsProxy = parseAddress(args['kms-proxy'] ?? 'vsock:cid=3;port=8000'); } catch (e) { log.error(`--kms-proxy: ${(e as Error).message}`); return 2; }
+  const local = args.local ? await localOnly() : undefined;
+  if (args.local && !local) { log.error('--local is refused: this is the production enclave image, built without local mode'); return 2; }
   let nsm: Nsm | undefined;
   try {
-    nsm = args['nsm-sim-dir']
-      ? new SimulatedNsm({
-        pki: simulatedNsmRoot(args['nsm-sim-dir']), roleArn: args['nsm-sim-role-arn'], instanceId: args['nsm-sim-instance-id'], debug: args['nsm-sim-debug'],
-        // PCR8 measures the DER of the image's signing certificate.
-        signingCertificate: args['nsm-sim-signing-cert'] ? new X509Certificate(fs.readFileSync(args['nsm-sim-signing-cert'])).raw : undefined,
-      })
+    nsm = local && args['nsm-sim-dir']
+      ? local.simulatedNsm({ dir: args['nsm-sim-dir'], roleArn: args['nsm-sim-role-arn'], instanceId: args['nsm-sim-instance-id'], debug: args['nsm-sim-debug'], signingCertFile: args['nsm-sim-signing-cert'] })
       : DeviceNsm.open();
   } catch (e) {
     if (!args.local) { log.error((e as Error).message); return 1; }
@@ -124,8 +105,8 @@ async function main(): Promise<number> {
 
   if (args.local) log.warn('LOCAL MODE: simulated enclave for development and tests; keys live in an ordinary process');
   const store = new KeyStore();
-  if (args['insecure-plaintext-keys']) {
-    try { loadPlaintextTokens(store, args['insecure-plaintext-keys']); } catch (e) { log.error((e as Error).message); return 1; }
+  if (local && args['insecure-plaintext-keys']) {
+    try { local.loadPlaintextTokens(store, args['insecure-plaintext-keys']); } catch (e) { log.error((e as Error).message); return 1; }
   }
   const keys = new KeyServer(store, { threads });
   try { await keys.listen(keyAddress); } catch (e) { log.error(`key channel: cannot listen on ${formatAddress(keyAddress)}: ${(e as Error).message}`); return 1; }

@@ -25,6 +25,8 @@ export async function makeEnclaveContext(dir: string): Promise<string[]> {
     outdir: path.join(dir, 'app'),
     bundle: true, splitting: true, format: 'esm', platform: 'node', target: 'node20',
     chunkNames: 'chunk-[hash]', legalComments: 'none', logLevel: 'warning',
+    // The production image: enclave/main.ts then leaves local mode's code (enclave/local-only.ts) out of the bundle.
+    define: { 'process.env.NITRO_ACM_BUILD': '"production-image"' },
     // The AWS SDK has CommonJS parts; an ESM bundle gives them a require.
     banner: { js: "import { createRequire as __nitroAcmCreateRequire } from 'node:module'; const require = __nitroAcmCreateRequire(import.meta.url);" },
   });

@@ -14,7 +14,7 @@ import { KMSClient, CreateKeyCommand, EncryptCommand, DecryptCommand, KMSService
 import { startLocalCloud, type LocalCloud } from '../src/local/cloud/server.ts';
 import { startLocalEnclave, type LocalEnclave } from '../src/local/enclave-process.ts';
 import { ProvisionClient, ProvisionError } from '../src/shared/provision-wire.ts';
-import { measureEnclaveApp, simulatedNsmRoot, SimulatedNsm } from '../enclave/nsm.ts';
+import { measureEnclaveApp, simulatedNsmRoot, SimulatedNsm } from '../enclave/nsm-simulated.ts';
 import { ProvisionServer } from '../enclave/provision-server.ts';
 import { KeyStore } from '../enclave/keystore.ts';
 import { createCA, issueServerCert } from '../src/local/pki.ts';

@@ -8,7 +8,7 @@ import net from 'node:net';
 import path from 'node:path';
 import crypto from 'node:crypto';
 import { startLocalEnclave, type LocalEnclave } from '../src/local/enclave-process.ts';
-import { simulatedNsmRoot } from '../enclave/nsm.ts';
+import { simulatedNsmRoot } from '../enclave/nsm-simulated.ts';
 import { KeyClient, ConnectionClosed } from './helpers/key-client.ts';
 import { openFileLimit } from '../enclave/key-server.ts';
 import { ProvisionClient, jsonFrame, MAX_PROVISION_FRAME, PROVISION_VERSION } from '../src/shared/provision-wire.ts';

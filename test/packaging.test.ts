@@ -110,12 +110,19 @@ test('build:eif: the build context holds exactly the enclave app bundle, the add
   const app = files.filter((f) => f.startsWith('app/')).map((f) => fs.readFileSync(path.join(ctx, f), 'utf8')).join('\n');
   // The agent, local mode, tests and the PKCS#11 module are not in the enclave.
   for (const absent of ['startService', 'chokidar', 'writeTarget', 'startLocalCloud', 'graphene', 'pkcs11js']) t.false(app.includes(absent), `${absent} is not in the enclave image`);
+  // Nor is local mode's code (issue 13): no simulated NSM, no plaintext-key loader to be switched on in a real enclave.
+  for (const absent of ['SimulatedNsm', 'simulatedNsmRoot', 'nitro-acm simulated kernel', 'function loadPlaintextTokens', 'token loaded from plaintext files']) t.false(app.includes(absent), `${absent} (local mode) is not in the enclave image`);
+  t.true(app.includes('DeviceNsm') || app.includes('/dev/nsm'), 'the real NSM is');
   t.true(app.includes('KMSClient') || app.includes('DecryptCommand'), 'the KMS client is bundled');
   // The bundle runs as the image's CMD would: the app answers --help with node alone.
   fs.copyFileSync(path.join(ROOT, 'src/shared/native/build/Release/native.node'), path.join(ctx, 'app/native.node'));
   const r = sh(process.execPath, [path.join(ctx, 'app/main.js'), '--help'], {}, ctx);
   t.is(r.status, 0, r.stderr);
   t.regex(r.stdout, /--key-address/);
+  // And refuses local mode, which it does not have.
+  const local = sh(process.execPath, [path.join(ctx, 'app/main.js'), '--local', '--key-address', `unix:path=${path.join(ctx, 'k.sock')}`], {}, ctx);
+  t.is(local.status, 2, local.stderr);
+  t.regex(local.stderr, /--local is refused: this is the production enclave image, built without local mode/);
   const docker = fs.readFileSync(path.join(ctx, 'Dockerfile'), 'utf8');
   t.regex(docker, /^FROM \$\{BASE_RUN\}$/m);
   t.regex(docker, /^CMD \["\/app\/main\.js"\]$/m);

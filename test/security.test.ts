@@ -7,7 +7,7 @@ import net from 'node:net';
 import path from 'node:path';
 import crypto from 'node:crypto';
 import { startLocalEnclave, type LocalEnclave } from '../src/local/enclave-process.ts';
-import { simulatedNsmRoot } from '../enclave/nsm.ts';
+import { simulatedNsmRoot } from '../enclave/nsm-simulated.ts';
 import { KeyClient } from './helpers/key-client.ts';
 import { runAsNobody, SEND_AND_SEE } from './helpers/unprivileged.ts';
 import { ProvisionClient, ProvisionError, jsonFrame, PROVISION_VERSION } from '../src/shared/provision-wire.ts';

@@ -15,7 +15,7 @@ import { createCA, issueServerCert } from './pki.ts';
 import { S3Client, GetObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
 import { KMSClient, CreateKeyCommand, EncryptCommand, PutKeyPolicyCommand } from '@aws-sdk/client-kms';
 import { startLocalCloud, type LocalCloud } from './cloud/server.ts';
-import { measureEnclaveApp, simulatedNsmRoot } from '../../enclave/nsm.ts';
+import { measureEnclaveApp, simulatedNsmRoot } from '../../enclave/nsm-simulated.ts';
 import { pcrOf } from '../shared/pcr.ts';
 import type { Bundle } from '../shared/bundle.ts';
 import { registerWithP11Kit } from './p11kit.ts';

@@ -7,7 +7,7 @@ import { KMSClient, CreateKeyCommand, EncryptCommand } from '@aws-sdk/client-kms
 import { S3Client, PutObjectCommand } from '@aws-sdk/client-s3';
 import { startLocalCloud, type LocalCloud } from '../../src/local/cloud/server.ts';
 import { LocalEnclaveController, type LocalEnclaveControllerOptions } from '../../src/local/local-enclave-controller.ts';
-import { measureEnclaveApp, simulatedNsmRoot } from '../../enclave/nsm.ts';
+import { measureEnclaveApp, simulatedNsmRoot } from '../../enclave/nsm-simulated.ts';
 import { createCA, issueServerCert, type CertAuthority } from '../../src/local/pki.ts';
 import type { Endpoints } from '../../src/agent/aws.ts';
 
