@@ -5,7 +5,8 @@
 // node:crypto sign. All variants in one run, interleaved, quoted as ratios to the
 // key-in-a-file variant. BENCH_SECONDS sets each measurement's length (default 8).
 // BENCH_BASELINE_MODULE=path/to/another/nitro-acm-p11.so adds that build's sign
-// latency, measured in turns with this one's, to compare two builds of the module.
+// latency, measured in turns with this one's, to compare two builds of the module;
+// BENCH_SIGN_ONLY=1 skips the handshakes (for such a comparison alone).
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -86,7 +87,7 @@ async function measure(variant: Variant, protocol: 'TLSv1.2' | 'TLSv1.3', layout
 }
 
 const results: Record<string, Record<Variant, number[]>> = {};
-for (const layout of Object.keys(LAYOUTS) as Layout[]) {
+for (const layout of process.env.BENCH_SIGN_ONLY === '1' ? [] : Object.keys(LAYOUTS) as Layout[]) {
   for (const protocol of ['TLSv1.2', 'TLSv1.3'] as const) {
     const r: Record<Variant, number[]> = results[`${layout} ${protocol}`] = { file: [], enclave: [], softhsm2: [] };
     for (let round = 0; round < ROUNDS; round++) {
@@ -126,9 +127,10 @@ function p11Latency(lib: string, label: string, env: Record<string, string>): nu
   return out;
 }
 const viaModule = p11Latency(MODULE_PATH, 'bench', { NITRO_ACM_KEY_ADDRESS: fx.address });
-// Another build of the module, in turns with this one (each measured twice), so that both see the same machine.
+// Another build of the module, in turns with this one (A B B A A B B A: a drift of the machine favours neither), so that both see the same machine.
 const BASELINE = process.env.BENCH_BASELINE_MODULE;
-const turns = BASELINE ? [0, 1, 2, 3].map((i) => p11Latency(i % 2 ? BASELINE : MODULE_PATH, 'bench', { NITRO_ACM_KEY_ADDRESS: fx.address })) : [];
+const ORDER = [0, 1, 1, 0, 0, 1, 1, 0];
+const turns = BASELINE ? ORDER.map((b) => p11Latency(b ? BASELINE : MODULE_PATH, 'bench', { NITRO_ACM_KEY_ADDRESS: fx.address })) : [];
 const viaSoftHsm = p11Latency(SOFTHSM_LIB, 'softbench', { SOFTHSM2_CONF: hsmConf });
 const enclaveRss = Number(/VmRSS:\s+(\d+)/.exec(fs.readFileSync(`/proc/${fx.proc.pid}/status`, 'utf8'))?.[1]) / 1024;
 await fx.cleanup();
@@ -155,12 +157,13 @@ for (const [name, xs] of [['node:crypto sign in-process (no PKCS#11)', direct], 
   lines.push(`| ${name} | ${pct(xs, 0.5).toFixed(0)} µs | ${pct(xs, 0.99).toFixed(0)} µs |`);
 }
 if (BASELINE) {
-  const [a1, b1, a2, b2] = turns;
-  const p50 = (xs: number[]) => pct(xs, 0.5);
-  const mine = (p50(a1) + p50(a2)) / 2, base = (p50(b1) + p50(b2)) / 2;
-  lines.push(`| this build, in turns with the baseline (mean of 2 p50s) | ${mine.toFixed(0)} µs | ${((pct(a1, 0.99) + pct(a2, 0.99)) / 2).toFixed(0)} µs |`);
-  lines.push(`| baseline ${BASELINE} (mean of 2 p50s) | ${base.toFixed(0)} µs | ${((pct(b1, 0.99) + pct(b2, 0.99)) / 2).toFixed(0)} µs |`);
-  lines.push('', `This build's p50 over the baseline's: ${(mine / base).toFixed(3)}.`);
+  const of = (b: number) => turns.filter((_, i) => ORDER[i] === b);
+  const mean = (xs: number[]) => xs.reduce((a, x) => a + x, 0) / xs.length;
+  const row = (xs: number[][]) => [mean(xs.map((x) => pct(x, 0.5))), mean(xs.map((x) => pct(x, 0.99)))];
+  const [mine, mine99] = row(of(0)), [base, base99] = row(of(1));
+  lines.push(`| this build, in turns with the baseline (mean of ${of(0).length} runs) | ${mine.toFixed(0)} µs | ${mine99.toFixed(0)} µs |`);
+  lines.push(`| baseline ${BASELINE} (mean of ${of(1).length} runs) | ${base.toFixed(0)} µs | ${base99.toFixed(0)} µs |`);
+  lines.push('', `This build's p50 over the baseline's: ${(mine / base).toFixed(3)} (p99: ${(mine99 / base99).toFixed(3)}).`);
 }
 lines.push('', `Enclave app resident memory after the run: ${enclaveRss.toFixed(0)} MiB (1 token, ${os.availableParallelism()} crypto threads).`);
 process.stdout.write(lines.join('\n') + '\n');

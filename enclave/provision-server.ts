@@ -9,7 +9,7 @@ import type { PeerIdentity } from '../src/shared/native.ts';
 import type { Address } from '../src/shared/address.ts';
 import { parseBundle, parseFileDb, splitLeaf, BundleError, type Bundle, type FileDbKey } from '../src/shared/bundle.ts';
 import { PIN_BYTES, TOKEN_LABEL_MAX_BYTES } from '../src/shared/key-wire.ts';
-import { serveJsonFrames, PROVISION_VERSION, ProvisionError, type TokenDescription, type Health } from '../src/shared/provision-wire.ts';
+import { serveJsonFrames, PROVISION_VERSION, PROVISION_OPS, ProvisionError, type TokenDescription, type Health, type ProvisionOp } from '../src/shared/provision-wire.ts';
 import { log } from '../src/shared/log.ts';
 import { partitionOf } from '../src/shared/aws-partition.ts';
 import { KeyStore, KeyMaterialError } from './keystore.ts';
@@ -98,7 +98,9 @@ export class ProvisionServer {
 
   private async handle(m: Record<string, unknown>): Promise<Record<string, unknown>> {
     if (m.v !== PROVISION_VERSION) throw new ProvisionError('UnsupportedVersion', `provisioning version ${String(m.v)}; this enclave speaks ${PROVISION_VERSION}`);
-    switch (m.op) {
+    if (!PROVISION_OPS.includes(m.op as ProvisionOp)) throw new ProvisionError('BadRequest', `unknown operation "${String(m.op)}" (expected ${PROVISION_OPS.join(', ')})`);
+    const op = m.op as ProvisionOp;
+    switch (op) {
       case 'health': {
         const m = process.memoryUsage();
         const mib = (n: number) => Math.round(n / 1048576);
@@ -113,8 +115,8 @@ export class ProvisionServer {
         await this.o.keysServed?.();
         return {};
       }
-      case 'add': case 'update': case 'refresh': return this.provision(m.op, m);
-      default: throw new ProvisionError('BadRequest', `unknown operation "${String(m.op)}" (expected health, describe, add, update, refresh, remove)`);
+      case 'add': case 'update': case 'refresh': return this.provision(op, m);
+      default: { const unhandled: never = op; throw new ProvisionError('Internal', `operation ${String(unhandled)} has no handler`); }
     }
   }
 

@@ -10,7 +10,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { log } from '../shared/log.ts';
 import { parseAddress } from '../shared/address.ts';
-import { ProvisionClient, ProvisionError } from '../shared/provision-wire.ts';
+import { ProvisionClient, ProvisionError, PERMANENT_ERRORS, type ProvisionOp, type ProvisionOps, type TokenRequest } from '../shared/provision-wire.ts';
 import { targetSpec, describeSource, describeTarget, type AcmConfig, type TokenConfig } from './config.ts';
 import { instanceContext, type Endpoints, type InstanceContext } from './aws.ts';
 import { fetchBundle, readFileDb } from './source.ts';
@@ -151,7 +151,7 @@ class EnclaveUnreachable extends Error {}
 async function withRetries<T>(what: string, attempts: number, fn: () => Promise<T>): Promise<T> {
   for (let i = 1; ; i++) {
     try { return await fn(); } catch (e) {
-      if (i >= attempts || e instanceof EnclaveUnreachable || e instanceof ProvisionError && ['KeyMismatch', 'KeyInvalid', 'BadRequest', 'PlaintextRefused', 'KmsDenied'].includes(e.code)) throw e;
+      if (i >= attempts || e instanceof EnclaveUnreachable || e instanceof ProvisionError && PERMANENT_ERRORS.has(e.code)) throw e;
       const delay = Math.min(30_000, 250 * 2 ** (i - 1)) * (0.5 + Math.random());
       log.warn(`${what}: ${(e as Error).message}; retrying in ${Math.round(delay)} ms (${i}/${attempts})`);
       await new Promise((r) => setTimeout(r, delay));
@@ -186,7 +186,7 @@ export class Agent {
     log.info(`instance ${this.ctx.instanceId} in ${this.ctx.region}, role ${this.ctx.roleArn}`);
     await this.startEnclave();
     // Tokens the enclave does not have yet are new to a web server already running, too.
-    const present = await this.call<{ tokens: TokenDescription[] }>('describe').then((r) => new Set(r.tokens.map((x) => x.label)), () => undefined);
+    const present = await this.call('describe', {}).then((r) => new Set(r.tokens.map((x) => x.label)), () => undefined);
     const now = Date.now();
     for (const t of this.o.config.tokens) this.tokens.set(t.label, { config: t, pin: pinFor(t, this.o.pinDir), state: 'pending', ...(present && !present.has(t.label) ? { addedAt: now } : {}) });
     await this.provisionAll('add');
@@ -221,14 +221,14 @@ export class Agent {
     return this.connecting;
   }
 
-  private async call<T = Record<string, unknown>>(op: string, args: Record<string, unknown> = {}, timeoutMs?: number, probing = false): Promise<T> {
+  private async call<K extends ProvisionOp>(op: K, args: ProvisionOps[K]['args'], timeoutMs?: number, probing = false): Promise<ProvisionOps[K]['result']> {
     if (this.lost && !probing) throw new EnclaveUnreachable('the enclave was given up (it did not answer); the health check replaces it');
     let ch: ProvisionClient;
     try { ch = await this.channel(); } catch (e) {
       this.lost ??= 'unreachable';
       throw new EnclaveUnreachable(`the enclave does not answer on ${this.endpoints?.provisionAddress}: ${(e as Error).message}`);
     }
-    return ch.call<T>(op, args, timeoutMs);
+    return ch.op(op, args, timeoutMs);
   }
 
   private async provisionAll(op: 'add' | 'update'): Promise<void> {
@@ -269,7 +269,7 @@ export class Agent {
         t.lastSync = Date.now();
       }
       const creds = await this.ctx!.credentials();
-      const args = { label: t.config.label, pin: t.pin, ...(t.fileDb ? { keys: t.fileDb } : { bundle: t.bundle }), credentials: { accessKeyId: creds.accessKeyId, secretAccessKey: creds.secretAccessKey, sessionToken: creds.sessionToken }, region: this.ctx!.region };
+      const args: TokenRequest = { label: t.config.label, pin: t.pin, ...(t.fileDb ? { keys: t.fileDb } : { bundle: t.bundle }), credentials: { accessKeyId: creds.accessKeyId, secretAccessKey: creds.secretAccessKey, sessionToken: creds.sessionToken }, region: this.ctx!.region };
       // acm.yaml's enclave.attestation_retry_count: retries of the enclave's attested KMS decrypt.
       await withRetries(`[${t.config.label}] provisioning`, this.o.retries ?? this.o.config.enclave.attestation_retry_count + 1, async () => {
         try { await this.call(op, args); } catch (e) {
@@ -291,9 +291,9 @@ export class Agent {
    * every web-server connection out): when acm.yaml's PIN changed, the agent
    * removes the token and adds it again with the new one.
    */
-  private async replaceOnPinChange(e: unknown, args: Record<string, unknown>): Promise<void> {
+  private async replaceOnPinChange(e: unknown, args: TokenRequest): Promise<void> {
     if (!(e instanceof ProvisionError && e.code === 'PinChange')) throw e;
-    log.token(String(args.label)).info('the PIN changed: removing the token and adding it again with the new PIN');
+    log.token(args.label).info('the PIN changed: removing the token and adding it again with the new PIN');
     await this.call('remove', { label: args.label });
     await this.call('add', args);
   }
@@ -465,9 +465,9 @@ export class Agent {
     const enclave: AgentStatus['enclave'] = { reachable: false, keyAddress: this.endpoints?.keyAddress, provisionAddress: this.endpoints?.provisionAddress };
     let held = new Map<string, TokenDescription>();
     try {
-      const h = await this.call<Health>('health', {}, 5000);
+      const h = await this.call('health', {}, 5000);
       enclave.health = { ok: true, version: h.version, nsm: h.nsm, localMode: h.localMode, tokens: h.tokens, generation: h.generation, memory: h.memory };
-      held = new Map((await this.call<{ tokens: TokenDescription[] }>('describe', {}, 5000)).tokens.map((d) => [d.label, d]));
+      held = new Map((await this.call('describe', {}, 5000)).tokens.map((d) => [d.label, d]));
       enclave.reachable = true;
     } catch (e) { enclave.error = (e as Error).message; }
     const tokens = [...this.tokens.values()].map((t): TokenStatus => {

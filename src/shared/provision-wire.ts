@@ -32,6 +32,25 @@ export interface Health { ok: true; version: number; nsm: 'device' | 'simulated'
 
 export type ErrorCode = 'BadRequest' | 'TokenExists' | 'NoSuchToken' | 'PlaintextRefused' | 'KmsDenied' | 'KmsError' | 'KeyMismatch' | 'KeyInvalid' | 'Internal' | 'UnsupportedVersion' | 'PinChange';
 
+/** Errors that the same request would get again: the agent does not retry them. */
+export const PERMANENT_ERRORS: ReadonlySet<ErrorCode> = new Set<ErrorCode>(['KeyMismatch', 'KeyInvalid', 'BadRequest', 'PlaintextRefused', 'KmsDenied']);
+
+/**
+ * Every operation of the provisioning channel, once: its arguments and its
+ * result. The client (ProvisionClient.call) and the server
+ * (enclave/provision-server.ts, whose switch must cover every one) both use it.
+ */
+export interface ProvisionOps {
+  health: { args: Record<string, never>; result: Health };
+  describe: { args: Record<string, never>; result: { tokens: TokenDescription[] } };
+  add: { args: TokenRequest; result: { token: TokenDescription } };
+  update: { args: TokenRequest; result: { token: TokenDescription } };
+  refresh: { args: TokenRequest; result: { token: TokenDescription } };
+  remove: { args: { label: string }; result: Record<string, never> };
+}
+export type ProvisionOp = keyof ProvisionOps;
+export const PROVISION_OPS: readonly ProvisionOp[] = ['health', 'describe', 'add', 'update', 'refresh', 'remove'];
+
 export class ProvisionError extends Error {
   constructor(readonly code: ErrorCode, message: string) { super(message); }
 }
@@ -106,6 +125,12 @@ export class ProvisionClient {
     return new ProvisionClient(await connect(address, timeoutMs, { privilegedSource: true }));
   }
 
+  /** A provisioning operation, typed by ProvisionOps. */
+  op<K extends ProvisionOp>(op: K, args: ProvisionOps[K]['args'], timeoutMs?: number): Promise<ProvisionOps[K]['result']> {
+    return this.call<ProvisionOps[K]['result']>(op, args as Record<string, unknown>, timeoutMs);
+  }
+
+  /** Any operation of the framed-JSON channel (the agent's control socket speaks it too). */
   call<T = Record<string, unknown>>(op: string, args: Record<string, unknown> = {}, timeoutMs = 60_000): Promise<T> {
     const id = this.nextId++;
     if (this.closed) return Promise.reject(new Error('provisioning channel closed'));
