@@ -43,7 +43,7 @@ CK_RV sync_list(int ping)
   CK_RV rv = CKR_OK;
   if (need_ping) {
     uint32_t id = conn_next_id();
-    kw_begin_request(&req, KW_PING, id);
+    kw_encode_ping(&req, id);
     rv = call(&req, id, &resp, &reply);
     free(reply);
     reply = NULL;
@@ -54,7 +54,7 @@ CK_RV sync_list(int ping)
   }
   if (need_list) {
     uint32_t id = conn_next_id();
-    kw_begin_request(&req, KW_LIST, id);
+    kw_encode_list(&req, id);
     rv = call(&req, id, &resp, &reply);
     if (rv != CKR_OK) goto out;
     kw_token_list fresh;
@@ -118,9 +118,7 @@ CK_RV send_login(const char *label, const uint8_t *pin, size_t pin_len, CK_RV *r
 {
   kw_buf req = { 0 };
   uint32_t id = conn_next_id();
-  kw_begin_request(&req, KW_LOGIN, id);
-  kw_put_bytes8(&req, label, strlen(label));
-  kw_put_bytes8(&req, pin, pin_len);
+  kw_encode_login(&req, id, label, pin, pin_len);
   kw_response resp;
   uint8_t *reply = NULL;
   CK_RV rv = call(&req, id, &resp, &reply);
@@ -163,15 +161,9 @@ CK_RV private_op(CK_OBJECT_HANDLE hKey, uint8_t op, uint8_t scheme, uint8_t hash
 
     kw_buf req = { 0 };
     uint32_t id = conn_next_id();
-    kw_begin_request(&req, op, id);
-    kw_put_u32(&req, key_id);
-    kw_put_u8(&req, scheme);
-    kw_put_u8(&req, hash);
-    kw_put_u8(&req, mgf);
-    kw_put_u8(&req, 0);
-    if (op == KW_SIGN) kw_put_u32(&req, salt);
-    else kw_put_bytes16(&req, label, label_len);
-    kw_put_bytes16(&req, in, in_len);
+    const kw_private_op body = { .key_id = key_id, .scheme = scheme, .hash = hash, .mgf_hash = mgf, .salt_len = salt, .oaep_label = label, .oaep_label_len = label_len, .data = in, .data_len = in_len };
+    if (op == KW_SIGN) kw_encode_sign(&req, id, &body);
+    else kw_encode_decrypt(&req, id, &body);
     kw_response resp;
     uint8_t *reply = NULL;
     CK_RV rv = call(&req, id, &resp, &reply);

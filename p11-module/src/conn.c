@@ -89,12 +89,14 @@ int conn_parse_address(const char *text, conn_address *out)
       unsigned long long v;
       char *stop;
       if (n > 4 && strncmp(p, "cid=", 4) == 0) {
+        if (have_cid || p[4] < '0' || p[4] > '9') return -1; /* given twice, or not digits (as src/shared/address.ts) */
         errno = 0;
         v = strtoull(p + 4, &stop, 10);
         if (errno || stop != p + n || v > 0xffffffffULL) return -1;
         out->cid = (uint32_t)v;
         have_cid = 1;
       } else if (n > 5 && strncmp(p, "port=", 5) == 0) {
+        if (have_port || p[5] < '0' || p[5] > '9') return -1;
         errno = 0;
         v = strtoull(p + 5, &stop, 10);
         if (errno || stop != p + n || v > 0xffffffffULL) return -1;

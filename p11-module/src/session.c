@@ -245,8 +245,7 @@ CK_RV C_Logout(CK_SESSION_HANDLE hSession)
   pthread_mutex_unlock(&M);
   kw_buf req = { 0 };
   uint32_t id = conn_next_id();
-  kw_begin_request(&req, KW_LOGOUT, id);
-  kw_put_bytes8(&req, label, strlen(label));
+  kw_encode_logout(&req, id, label);
   kw_response resp;
   uint8_t *reply = NULL;
   (void)call(&req, id, &resp, &reply); /* logged out locally whatever the enclave says */

@@ -86,6 +86,60 @@ void kw_end_frame(kw_buf *b)
   b->p[3] = (uint8_t)n;
 }
 
+void kw_encode_list(kw_buf *b, uint32_t id)
+{
+  kw_begin_request(b, KW_LIST, id);
+  kw_end_frame(b);
+}
+
+void kw_encode_ping(kw_buf *b, uint32_t id)
+{
+  kw_begin_request(b, KW_PING, id);
+  kw_end_frame(b);
+}
+
+void kw_encode_login(kw_buf *b, uint32_t id, const char *label, const uint8_t *pin, size_t pin_len)
+{
+  kw_begin_request(b, KW_LOGIN, id);
+  kw_put_bytes8(b, label, strlen(label));
+  kw_put_bytes8(b, pin, pin_len);
+  kw_end_frame(b);
+}
+
+void kw_encode_logout(kw_buf *b, uint32_t id, const char *label)
+{
+  kw_begin_request(b, KW_LOGOUT, id);
+  kw_put_bytes8(b, label, strlen(label));
+  kw_end_frame(b);
+}
+
+/* SIGN and DECRYPT share their first fields; SIGN then has the salt length, DECRYPT the OAEP label. */
+static void private_op_head(kw_buf *b, uint8_t code, uint32_t id, const kw_private_op *op)
+{
+  kw_begin_request(b, code, id);
+  kw_put_u32(b, op->key_id);
+  kw_put_u8(b, op->scheme);
+  kw_put_u8(b, op->hash);
+  kw_put_u8(b, op->mgf_hash);
+  kw_put_u8(b, 0);
+}
+
+void kw_encode_sign(kw_buf *b, uint32_t id, const kw_private_op *op)
+{
+  private_op_head(b, KW_SIGN, id, op);
+  kw_put_u32(b, op->salt_len);
+  kw_put_bytes16(b, op->data, op->data_len);
+  kw_end_frame(b);
+}
+
+void kw_encode_decrypt(kw_buf *b, uint32_t id, const kw_private_op *op)
+{
+  private_op_head(b, KW_DECRYPT, id, op);
+  kw_put_bytes16(b, op->oaep_label, op->oaep_label_len);
+  kw_put_bytes16(b, op->data, op->data_len);
+  kw_end_frame(b);
+}
+
 void kw_reader_init(kw_reader *r, const uint8_t *p, size_t len)
 {
   r->p = p;

@@ -61,6 +61,27 @@ void kw_put_bytes16(kw_buf *b, const void *p, size_t n);
 void kw_begin_request(kw_buf *b, uint8_t op, uint32_t id);
 void kw_end_frame(kw_buf *b);
 
+/*
+ * Every request, whole (length prefix included), one function an operation: the
+ * C side of src/shared/key-wire.ts encodeRequest, checked byte for byte against
+ * its output by p11-module/tests/vectors_test.c (test/vectors/key-wire.txt).
+ */
+typedef struct {
+  uint32_t key_id;
+  uint8_t scheme, hash, mgf_hash;
+  uint32_t salt_len;             /* SIGN */
+  const uint8_t *oaep_label;     /* DECRYPT */
+  size_t oaep_label_len;
+  const uint8_t *data;
+  size_t data_len;
+} kw_private_op;
+void kw_encode_list(kw_buf *b, uint32_t id);
+void kw_encode_ping(kw_buf *b, uint32_t id);
+void kw_encode_login(kw_buf *b, uint32_t id, const char *label, const uint8_t *pin, size_t pin_len);
+void kw_encode_logout(kw_buf *b, uint32_t id, const char *label);
+void kw_encode_sign(kw_buf *b, uint32_t id, const kw_private_op *op);
+void kw_encode_decrypt(kw_buf *b, uint32_t id, const kw_private_op *op);
+
 typedef struct {
   const uint8_t *p;
   size_t len, off;

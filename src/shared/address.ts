@@ -8,6 +8,9 @@ export type Address =
 
 export class AddressError extends Error {}
 
+/** Longest unix socket path (sun_path is 108 bytes with its NUL). */
+export const MAX_UNIX_PATH = 107;
+
 function fields(rest: string, what: string): Map<string, string> {
   const out = new Map<string, string>();
   for (const part of rest.split(';')) {
@@ -38,6 +41,8 @@ export function parseAddress(text: string): Address {
   if (scheme === 'unix') {
     const path = f.get('path');
     if (!path) throw new AddressError(`${what}: missing path=`);
+    // sun_path holds 108 bytes with its NUL (the PKCS#11 module's conn.c refuses longer ones too).
+    if (Buffer.byteLength(path) > MAX_UNIX_PATH) throw new AddressError(`${what}: path is ${Buffer.byteLength(path)} bytes, at most ${MAX_UNIX_PATH}`);
     for (const k of f.keys()) if (k !== 'path') throw new AddressError(`${what}: unknown field "${k}"`);
     return { kind: 'unix', path };
   }
