@@ -49,7 +49,8 @@ read, the warnings, or the error.
       const { loadConfig, ConfigError, DEFAULT_CONFIG, configWarnings, describeSource, describeTarget } = await import('./agent/config.ts');
       const file = values.config ?? DEFAULT_CONFIG;
       if (!values.check) {
-        const { startService, NitroCliEnclaveController } = await import('./agent/service.ts');
+        const { startService } = await import('./agent/service.ts');
+        const { NitroCliEnclaveController } = await import('./agent/enclave-controller.ts');
         let service;
         try { service = await startService({ configFile: file, controller: (c) => new NitroCliEnclaveController(c.enclave), controlSocket: values['control-socket'] }); } catch (e) {
           if (e instanceof ConfigError) { log.error(e.message); return 1; }

@@ -79,7 +79,7 @@ test.serial('systemReload: tests the configuration, reloads a running web server
   const path0 = process.env.PATH;
   process.env.PATH = `${bin}:${path0}`;
   t.teardown(() => { process.env.PATH = path0; });
-  const { systemReload } = await import('../src/agent/service.ts');
+  const { systemReload } = await import('../src/agent/web-server.ts');
   const { parseConfig } = await import('../src/agent/config.ts');
   const config = (extra: string) => parseConfig(`options:\n  service: nginx\n${extra}tokens: []\n`, 'acm.yaml');
   const run = async (extra: string, added: { label: string; addedAt: number }[] = []) => { fs.rmSync(calls, { force: true }); const r = await systemReload(config(extra), added).then(() => 'ok', (e: Error) => e.message); return { r, calls: fs.readFileSync(calls, 'utf8').trim().split('\n') }; };
@@ -104,7 +104,7 @@ test.serial('systemReload: tests the configuration, reloads a running web server
 });
 
 test('a failed configuration test is reported on one line, each line once, without a PIN', async (t) => {
-  const { webServerErrors } = await import('../src/agent/service.ts');
+  const { webServerErrors } = await import('../src/agent/web-server.ts');
   // What nginx -t -q prints for a stanza whose token is gone, with the PIN in the URI (pin_in_config).
   const stderr = 'No matching initialized token was found for private key\nNo matching initialized token was found for private key\nThe private key was not found at: pkcs11:token=gone;id=%01;type=private?pin-value=s3cr3t-PIN\nPKCS11_get_private_key returned NULL\n2026/12/01 10:00:36 [emerg] 4242#4242: cannot load certificate key "engine:pkcs11:pkcs11:token=gone;id=%01;type=private?pin-value=s3cr3t-PIN": ENGINE_load_private_key() failed\nnginx: configuration file /etc/nginx/nginx.conf test failed\n';
   const line = webServerErrors(stderr);

@@ -10,7 +10,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { log } from '../shared/log.ts';
 import { parseAddress } from '../shared/address.ts';
-import { ProvisionClient, ProvisionError, PERMANENT_ERRORS, type ProvisionOp, type ProvisionOps, type TokenRequest } from '../shared/provision-wire.ts';
+import { ProvisionClient, ProvisionError, type ProvisionOp, type ProvisionOps, type TokenRequest } from '../shared/provision-wire.ts';
 import { targetSpec, describeSource, describeTarget, type AcmConfig, type TokenConfig } from './config.ts';
 import { instanceContext, type Endpoints, type InstanceContext } from './aws.ts';
 import { fetchBundle, readFileDb } from './source.ts';
@@ -19,18 +19,10 @@ import { verifyTokenSigns } from './challenge.ts';
 import { splitLeaf, type Bundle, type FileDbKey } from '../shared/bundle.ts';
 import { ckaIdOf } from '../shared/key-id.ts';
 import { PIN_BYTES } from '../shared/key-wire.ts';
-import type { Health, TokenDescription } from '../shared/provision-wire.ts';
-
-export interface EnclaveEndpoints { keyAddress: string; provisionAddress: string }
-
-/** Starts and watches the enclave: nitro-cli in production, a child process in local mode. */
-export interface EnclaveController {
-  start(): Promise<EnclaveEndpoints>;
-  /** True while the enclave is there (the process or the nitro-cli enclave). */
-  running(): Promise<boolean>;
-  /** Stops the enclave; `force`: it is hung or gone, do not wait for it to stop by itself. */
-  stop(opts?: { force?: boolean }): Promise<void>;
-}
+import type { TokenDescription } from '../shared/provision-wire.ts';
+import type { EnclaveController, EnclaveEndpoints } from './enclave-controller.ts';
+import { certificateFacts, iso, type AgentStatus, type TokenStatus } from './token-status.ts';
+import { eachLimited, EnclaveUnreachable, withRetries } from './retry.ts';
 
 export type TokenStateName = 'pending' | 'serving' | 'failed';
 export interface TokenState {
@@ -48,50 +40,6 @@ export interface TokenState {
   /** When this agent added it to the enclave (an edit of acm.yaml, or a start that found the enclave without it): a web server started before cannot load it. */
   addedAt?: number;
 }
-
-/** One token as `nitro-acm status` shows it: what the agent knows and what the enclave holds. */
-export interface TokenStatus {
-  label: string;
-  source: string;
-  target: string;
-  state: TokenStateName;
-  error?: string;
-  subject?: string;
-  sans?: string[];
-  notAfter?: string;
-  keyType?: string;
-  fingerprint256?: string;
-  /** The pkcs11: URI of each key the token serves, for a web server or tool wired by hand; never the PIN itself. */
-  uris?: string[];
-  lastSync?: string;
-  lastRefresh?: string;
-  /** When this agent added the token to the enclave (see TokenState.addedAt). */
-  addedAt?: string;
-  /** From the enclave: whether it holds the token, when it last re-attested, old keys still in their grace period. */
-  inEnclave: boolean;
-  enclaveRefreshedAt?: string;
-  retiredKeys?: number;
-}
-export interface AgentStatus {
-  enclave: { reachable: boolean; health?: Health; error?: string; keyAddress?: string; provisionAddress?: string };
-  tokens: TokenStatus[];
-}
-
-function certificateFacts(pem: string): Pick<TokenStatus, 'subject' | 'sans' | 'notAfter' | 'keyType' | 'fingerprint256'> {
-  const c = new crypto.X509Certificate(pem);
-  const k = c.publicKey;
-  const d = k.asymmetricKeyDetails;
-  const keyType = k.asymmetricKeyType === 'rsa' ? `RSA-${d?.modulusLength}` : k.asymmetricKeyType === 'ec' ? `EC-${d?.namedCurve}` : String(k.asymmetricKeyType);
-  return {
-    subject: c.subject.replace(/\n/g, ', '),
-    sans: (c.subjectAltName ?? '').split(', ').filter(Boolean),
-    notAfter: new Date(c.validTo).toISOString(),
-    keyType,
-    fingerprint256: c.fingerprint256,
-  };
-}
-
-const iso = (t?: number) => (t === undefined ? undefined : new Date(t).toISOString());
 
 /** A token the agent added to the enclave, and when (Agent.addedTokens). */
 export interface AddedToken { label: string; addedAt: number }
@@ -122,13 +70,6 @@ function servedKeys(t: TokenState): ServedKey[] {
 /** Tokens provisioned at once: each waits mostly on KMS and the enclave's key generation. */
 const PROVISION_CONCURRENCY = 4;
 
-/** Runs fn on every item, at most `limit` at a time. */
-async function eachLimited<T>(items: T[], limit: number, fn: (item: T) => Promise<unknown>): Promise<void> {
-  let next = 0;
-  const lane = async () => { while (next < items.length) await fn(items[next++]); };
-  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, lane));
-}
-
 /** The token's PIN file: beside its target, else (no target) in pinDir, named by the label in hex; undefined when neither. */
 function pinFileOf(t: TokenConfig, pinDir: string | undefined): string | undefined {
   const spec = targetSpec(t);
@@ -143,20 +84,6 @@ function pinFor(t: TokenConfig, pinDir: string | undefined): string {
   const p = file ? readPinFile(file)?.trim() : undefined;
   if (p && Buffer.byteLength(p) >= PIN_BYTES.min && Buffer.byteLength(p) <= PIN_BYTES.max) return p;
   return crypto.randomBytes(16).toString('base64url');
-}
-
-/** The enclave cannot be reached at all: waiting will not help, the health check starts another. */
-class EnclaveUnreachable extends Error {}
-
-async function withRetries<T>(what: string, attempts: number, fn: () => Promise<T>): Promise<T> {
-  for (let i = 1; ; i++) {
-    try { return await fn(); } catch (e) {
-      if (i >= attempts || e instanceof EnclaveUnreachable || e instanceof ProvisionError && PERMANENT_ERRORS.has(e.code)) throw e;
-      const delay = Math.min(30_000, 250 * 2 ** (i - 1)) * (0.5 + Math.random());
-      log.warn(`${what}: ${(e as Error).message}; retrying in ${Math.round(delay)} ms (${i}/${attempts})`);
-      await new Promise((r) => setTimeout(r, delay));
-    }
-  }
 }
 
 export class Agent {

@@ -1,8 +1,8 @@
 // nitro-acm status: the running agent's view of every token, from its control socket.
 import fs from 'node:fs';
 import { controlCall, DEFAULT_CONTROL_SOCKET, LOCAL_CONTROL_SOCKET } from '../agent/control.ts';
-import type { AgentStatus } from '../agent/agent.ts';
-import type { WebServerState } from '../agent/service.ts';
+import type { AgentStatus } from '../agent/token-status.ts';
+import type { WebServerState } from '../agent/web-server.ts';
 
 export type StatusReport = AgentStatus & { configFile: string; socket: string; webServer?: WebServerState };
 

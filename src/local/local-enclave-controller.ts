@@ -3,7 +3,7 @@
 import path from 'node:path';
 import fs from 'node:fs';
 import { startLocalEnclave, type LocalEnclave } from './enclave-process.ts';
-import type { EnclaveController, EnclaveEndpoints } from '../agent/agent.ts';
+import type { EnclaveController, EnclaveEndpoints } from '../agent/enclave-controller.ts';
 import { ProvisionClient } from '../shared/provision-wire.ts';
 import { parseAddress } from '../shared/address.ts';
 import { log } from '../shared/log.ts';

@@ -1,0 +1,49 @@
+// One token as `nitro-acm status` shows it, and the agent's whole view: what the
+// agent knows of each token and what the enclave holds. Never a PIN or a key.
+import crypto from 'node:crypto';
+import type { Health } from '../shared/provision-wire.ts';
+import type { TokenStateName } from './agent.ts';
+
+/** One token as `nitro-acm status` shows it: what the agent knows and what the enclave holds. */
+export interface TokenStatus {
+  label: string;
+  source: string;
+  target: string;
+  state: TokenStateName;
+  error?: string;
+  subject?: string;
+  sans?: string[];
+  notAfter?: string;
+  keyType?: string;
+  fingerprint256?: string;
+  /** The pkcs11: URI of each key the token serves, for a web server or tool wired by hand; never the PIN itself. */
+  uris?: string[];
+  lastSync?: string;
+  lastRefresh?: string;
+  /** When this agent added the token to the enclave (see TokenState.addedAt). */
+  addedAt?: string;
+  /** From the enclave: whether it holds the token, when it last re-attested, old keys still in their grace period. */
+  inEnclave: boolean;
+  enclaveRefreshedAt?: string;
+  retiredKeys?: number;
+}
+export interface AgentStatus {
+  enclave: { reachable: boolean; health?: Health; error?: string; keyAddress?: string; provisionAddress?: string };
+  tokens: TokenStatus[];
+}
+
+export function certificateFacts(pem: string): Pick<TokenStatus, 'subject' | 'sans' | 'notAfter' | 'keyType' | 'fingerprint256'> {
+  const c = new crypto.X509Certificate(pem);
+  const k = c.publicKey;
+  const d = k.asymmetricKeyDetails;
+  const keyType = k.asymmetricKeyType === 'rsa' ? `RSA-${d?.modulusLength}` : k.asymmetricKeyType === 'ec' ? `EC-${d?.namedCurve}` : String(k.asymmetricKeyType);
+  return {
+    subject: c.subject.replace(/\n/g, ', '),
+    sans: (c.subjectAltName ?? '').split(', ').filter(Boolean),
+    notAfter: new Date(c.validTo).toISOString(),
+    keyType,
+    fingerprint256: c.fingerprint256,
+  };
+}
+
+export const iso = (t?: number) => (t === undefined ? undefined : new Date(t).toISOString());
