@@ -279,7 +279,8 @@ CK_RV C_GetSlotInfo(CK_SLOT_ID slotID, CK_SLOT_INFO_PTR pInfo)
   if (!pInfo) return CKR_ARGUMENTS_BAD;
   ensure_list(); /* slot ids are good from C_Initialize on, as for C_OpenSession */
   pthread_mutex_lock(&M);
-  if (slotID == 0 || slotID > nslots) { pthread_mutex_unlock(&M); return CKR_SLOT_ID_INVALID; }
+  CK_RV rv = CKR_OK;
+  if (slotID == 0 || slotID > nslots) { rv = CKR_SLOT_ID_INVALID; goto out; }
   struct slot *s = &slots[slotID - 1];
   memset(pInfo, 0, sizeof *pInfo);
   char desc[64];
@@ -287,8 +288,9 @@ CK_RV C_GetSlotInfo(CK_SLOT_ID slotID, CK_SLOT_INFO_PTR pInfo)
   pad_copy(pInfo->slotDescription, sizeof pInfo->slotDescription, desc);
   pad_copy(pInfo->manufacturerID, sizeof pInfo->manufacturerID, "nitro-acm");
   pInfo->flags = (s->present ? CKF_TOKEN_PRESENT : 0) | CKF_HW_SLOT;
+out:
   pthread_mutex_unlock(&M);
-  return CKR_OK;
+  return rv;
 }
 
 CK_RV C_GetTokenInfo(CK_SLOT_ID slotID, CK_TOKEN_INFO_PTR pInfo)
@@ -297,9 +299,9 @@ CK_RV C_GetTokenInfo(CK_SLOT_ID slotID, CK_TOKEN_INFO_PTR pInfo)
   if (!pInfo) return CKR_ARGUMENTS_BAD;
   ensure_list(); /* slot ids are good from C_Initialize on, as for C_OpenSession */
   pthread_mutex_lock(&M);
-  CK_RV why;
-  struct slot *s = slot_get_rv(slotID, &why);
-  if (!s) { pthread_mutex_unlock(&M); return why; }
+  CK_RV rv;
+  struct slot *s = slot_get_rv(slotID, &rv);
+  if (!s) goto out;
   memset(pInfo, 0, sizeof *pInfo);
   pad_copy(pInfo->label, sizeof pInfo->label, s->label);
   pad_copy(pInfo->manufacturerID, sizeof pInfo->manufacturerID, "nitro-acm");
@@ -319,8 +321,9 @@ CK_RV C_GetTokenInfo(CK_SLOT_ID slotID, CK_TOKEN_INFO_PTR pInfo)
   pInfo->hardwareVersion.major = 1;
   pInfo->firmwareVersion.major = 1;
   pad_copy(pInfo->utcTime, sizeof pInfo->utcTime, "");
+out:
   pthread_mutex_unlock(&M);
-  return CKR_OK;
+  return rv;
 }
 
 static int mech_known(CK_MECHANISM_TYPE t)

@@ -86,15 +86,16 @@ CK_RV C_OpenSession(CK_SLOT_ID slotID, CK_FLAGS flags, CK_VOID_PTR pApplication,
   if (!(flags & CKF_SERIAL_SESSION)) return CKR_SESSION_PARALLEL_NOT_SUPPORTED;
   ensure_list();
   pthread_mutex_lock(&M);
+  CK_RV rv = CKR_OK;
   /*
    * A slot whose token is away for a moment (the enclave restarting, the token
    * being provisioned again) still opens sessions: libp11 waits, without a
    * timeout, for another thread's session when C_OpenSession fails, which hangs
    * a web-server thread. Operations on the session fail until the token is back.
    */
-  if (slotID == 0 || slotID > nslots) { pthread_mutex_unlock(&M); return CKR_SLOT_ID_INVALID; }
+  if (slotID == 0 || slotID > nslots) { rv = CKR_SLOT_ID_INVALID; goto out; }
   struct session *s = calloc(1, sizeof *s);
-  if (!s) { pthread_mutex_unlock(&M); return CKR_HOST_MEMORY; }
+  if (!s) { rv = CKR_HOST_MEMORY; goto out; }
   s->slot = slotID - 1;
   s->flags = flags;
   size_t i;
@@ -102,7 +103,7 @@ CK_RV C_OpenSession(CK_SLOT_ID slotID, CK_FLAGS flags, CK_VOID_PTR pApplication,
   if (i == nsessions_cap) {
     size_t cap = nsessions_cap ? nsessions_cap * 2 : 16;
     struct session **grown = realloc(sessions, cap * sizeof *grown);
-    if (!grown) { free(s); pthread_mutex_unlock(&M); return CKR_HOST_MEMORY; }
+    if (!grown) { free(s); rv = CKR_HOST_MEMORY; goto out; }
     memset(grown + nsessions_cap, 0, (cap - nsessions_cap) * sizeof *grown);
     sessions = grown;
     nsessions_cap = cap;
@@ -111,8 +112,9 @@ CK_RV C_OpenSession(CK_SLOT_ID slotID, CK_FLAGS flags, CK_VOID_PTR pApplication,
   s->handle = i + 1;
   slots[s->slot].nsessions++;
   *phSession = s->handle;
+out:
   pthread_mutex_unlock(&M);
-  return CKR_OK;
+  return rv;
 }
 
 static void close_session_locked(struct session *s)
@@ -128,22 +130,26 @@ CK_RV C_CloseSession(CK_SESSION_HANDLE hSession)
 {
   REQUIRE_INIT();
   pthread_mutex_lock(&M);
+  CK_RV rv = CKR_OK;
   struct session *s = session_get(hSession);
-  if (!s) { pthread_mutex_unlock(&M); return CKR_SESSION_HANDLE_INVALID; }
+  if (!s) { rv = CKR_SESSION_HANDLE_INVALID; goto out; }
   close_session_locked(s);
+out:
   pthread_mutex_unlock(&M);
-  return CKR_OK;
+  return rv;
 }
 
 CK_RV C_CloseAllSessions(CK_SLOT_ID slotID)
 {
   REQUIRE_INIT();
   pthread_mutex_lock(&M);
-  if (slotID == 0 || slotID > nslots) { pthread_mutex_unlock(&M); return CKR_SLOT_ID_INVALID; }
+  CK_RV rv = CKR_OK;
+  if (slotID == 0 || slotID > nslots) { rv = CKR_SLOT_ID_INVALID; goto out; }
   for (size_t i = 0; i < nsessions_cap; i++)
     if (sessions[i] && sessions[i]->slot == slotID - 1) close_session_locked(sessions[i]);
+out:
   pthread_mutex_unlock(&M);
-  return CKR_OK;
+  return rv;
 }
 
 CK_RV C_GetSessionInfo(CK_SESSION_HANDLE hSession, CK_SESSION_INFO_PTR pInfo)
@@ -152,15 +158,17 @@ CK_RV C_GetSessionInfo(CK_SESSION_HANDLE hSession, CK_SESSION_INFO_PTR pInfo)
   REQUIRE_SESSION(hSession);
   if (!pInfo) return CKR_ARGUMENTS_BAD;
   pthread_mutex_lock(&M);
+  CK_RV rv = CKR_OK;
   struct session *s = session_get(hSession);
-  if (!s) { pthread_mutex_unlock(&M); return CKR_SESSION_HANDLE_INVALID; }
+  if (!s) { rv = CKR_SESSION_HANDLE_INVALID; goto out; }
   int rw = (s->flags & CKF_RW_SESSION) != 0, user = slots[s->slot].logged_in;
   pInfo->slotID = s->slot + 1;
   pInfo->state = rw ? (user ? CKS_RW_USER_FUNCTIONS : CKS_RW_PUBLIC_SESSION) : (user ? CKS_RO_USER_FUNCTIONS : CKS_RO_PUBLIC_SESSION);
   pInfo->flags = s->flags;
   pInfo->ulDeviceError = 0;
+out:
   pthread_mutex_unlock(&M);
-  return CKR_OK;
+  return rv;
 }
 
 
@@ -263,11 +271,11 @@ CK_RV C_GetAttributeValue(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hObject, 
   if (!pTemplate && ulCount) return CKR_ARGUMENTS_BAD;
   (void)sync_for_handle(hObject);
   pthread_mutex_lock(&M);
-  struct session *s = session_get(hSession);
-  if (!s) { pthread_mutex_unlock(&M); return CKR_SESSION_HANDLE_INVALID; }
-  struct object *o = object_get(hObject);
-  if (!o || !visible(o, s)) { pthread_mutex_unlock(&M); return CKR_OBJECT_HANDLE_INVALID; }
   CK_RV rv = CKR_OK;
+  struct session *s = session_get(hSession);
+  if (!s) { rv = CKR_SESSION_HANDLE_INVALID; goto out; }
+  struct object *o = object_get(hObject);
+  if (!o || !visible(o, s)) { rv = CKR_OBJECT_HANDLE_INVALID; goto out; }
   for (CK_ULONG i = 0; i < ulCount; i++) {
     const void *p;
     CK_ULONG n, scratch;
@@ -285,6 +293,7 @@ CK_RV C_GetAttributeValue(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hObject, 
       pTemplate[i].ulValueLen = n;
     }
   }
+out:
   pthread_mutex_unlock(&M);
   return rv;
 }
