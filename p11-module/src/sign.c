@@ -167,31 +167,57 @@ static CK_RV sign_input(struct session *s, const uint8_t *data, size_t len, uint
   return CKR_OK;
 }
 
+/* A private-key operation taken out of its session under M: the key, its parameters and the input. */
+struct private_job {
+  CK_OBJECT_HANDLE key;
+  uint8_t scheme, hash, mgf;
+  uint32_t salt;
+  uint8_t input[MAX_SIGN_INPUT + 64]; /* sign: the hash or raw input; decrypt: unused (the caller's buffer is sent) */
+  size_t input_len;
+  uint8_t *label; /* decrypt: a copy of the OAEP label (another thread may end the operation meanwhile) */
+  size_t label_len;
+};
+
+/*
+ * The checks and the hand-over of C_Sign/C_SignFinal under M, with one exit
+ * path; *ready is set when the job is to be sent (not for a size query or an
+ * error). `data` is the last part (NULL for Final).
+ */
+static CK_RV take_sign_job(CK_SESSION_HANDLE hSession, const uint8_t *data, size_t len, CK_BYTE_PTR pSignature, CK_ULONG_PTR pulSignatureLen, struct private_job *job, int *ready)
+{
+  *ready = 0;
+  pthread_mutex_lock(&M);
+  CK_RV rv = CKR_OK;
+  struct session *s = session_get(hSession);
+  if (!s) { rv = CKR_SESSION_HANDLE_INVALID; goto out; }
+  if (s->op != OP_SIGN) { rv = CKR_OPERATION_NOT_INITIALIZED; goto out; }
+  size_t k = key_bytes(s);
+  if (!k) { op_reset(s); rv = CKR_KEY_HANDLE_INVALID; goto out; }
+  if (!pSignature) { *pulSignatureLen = k; goto out; }
+  if (*pulSignatureLen < k) { *pulSignatureLen = k; rv = CKR_BUFFER_TOO_SMALL; goto out; }
+  rv = sign_input(s, data, len, job->input, &job->input_len);
+  job->key = s->key;
+  job->scheme = s->scheme, job->hash = s->hash, job->mgf = s->mgf_hash;
+  job->salt = s->salt_len;
+  op_reset(s);
+  *ready = rv == CKR_OK;
+out:
+  pthread_mutex_unlock(&M);
+  return rv;
+}
+
 /* Shared by C_Sign and C_SignFinal: `data` is the last part (NULL for Final). */
 static CK_RV sign_finish(CK_SESSION_HANDLE hSession, const uint8_t *data, size_t len, CK_BYTE_PTR pSignature, CK_ULONG_PTR pulSignatureLen, int single)
 {
   REQUIRE_INIT();
   REQUIRE_SESSION(hSession);
   if (!pulSignatureLen || (single && !data && len)) return CKR_ARGUMENTS_BAD;
-  pthread_mutex_lock(&M);
-  struct session *s = session_get(hSession);
-  if (!s) { pthread_mutex_unlock(&M); return CKR_SESSION_HANDLE_INVALID; }
-  if (s->op != OP_SIGN) { pthread_mutex_unlock(&M); return CKR_OPERATION_NOT_INITIALIZED; }
-  size_t k = key_bytes(s);
-  if (!k) { op_reset(s); pthread_mutex_unlock(&M); return CKR_KEY_HANDLE_INVALID; }
-  if (!pSignature) { *pulSignatureLen = k; pthread_mutex_unlock(&M); return CKR_OK; }
-  if (*pulSignatureLen < k) { *pulSignatureLen = k; pthread_mutex_unlock(&M); return CKR_BUFFER_TOO_SMALL; }
-  uint8_t input[MAX_SIGN_INPUT + 64];
-  size_t input_len = 0;
-  CK_RV rv = sign_input(s, data, len, input, &input_len);
-  CK_OBJECT_HANDLE key = s->key;
-  uint8_t scheme = s->scheme, hash = s->hash, mgf = s->mgf_hash;
-  uint32_t salt = s->salt_len;
-  op_reset(s);
-  pthread_mutex_unlock(&M);
-  if (rv != CKR_OK) return rv;
+  struct private_job job = { 0 };
+  int ready;
+  CK_RV rv = take_sign_job(hSession, data, len, pSignature, pulSignatureLen, &job, &ready);
+  if (!ready) return rv;
   size_t out_len = *pulSignatureLen;
-  rv = private_op(key, KW_SIGN, scheme, hash, mgf, salt, NULL, 0, input, input_len, pSignature, &out_len);
+  rv = private_op(job.key, KW_SIGN, job.scheme, job.hash, job.mgf, job.salt, NULL, 0, job.input, job.input_len, pSignature, &out_len);
   if (rv == CKR_OK) *pulSignatureLen = out_len;
   return rv;
 }
@@ -233,37 +259,49 @@ CK_RV C_DecryptInit(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism, CK_
   return op_init(hSession, pMechanism, hKey, OP_DECRYPT);
 }
 
+/* The checks and the hand-over of C_Decrypt under M, with one exit path; *ready as for take_sign_job. */
+static CK_RV take_decrypt_job(CK_SESSION_HANDLE hSession, CK_ULONG in_len, CK_BYTE_PTR pData, CK_ULONG_PTR pulDataLen, struct private_job *job, int *ready)
+{
+  *ready = 0;
+  pthread_mutex_lock(&M);
+  CK_RV rv = CKR_OK;
+  struct session *s = session_get(hSession);
+  if (!s) { rv = CKR_SESSION_HANDLE_INVALID; goto out; }
+  if (s->op != OP_DECRYPT) { rv = CKR_OPERATION_NOT_INITIALIZED; goto out; }
+  size_t k = key_bytes(s);
+  if (!k) { op_reset(s); rv = CKR_KEY_HANDLE_INVALID; goto out; }
+  if (in_len != k) { op_reset(s); rv = CKR_ENCRYPTED_DATA_LEN_RANGE; goto out; }
+  if (!pData) { *pulDataLen = k; goto out; }
+  job->key = s->key;
+  job->scheme = s->scheme, job->hash = s->hash, job->mgf = s->mgf_hash;
+  job->label_len = s->oaep_label_len;
+  if (job->label_len) {
+    job->label = malloc(job->label_len);
+    if (!job->label) { rv = CKR_HOST_MEMORY; goto out; }
+    memcpy(job->label, s->oaep_label, job->label_len);
+  }
+  *ready = 1;
+out:
+  pthread_mutex_unlock(&M);
+  return rv;
+}
+
 CK_RV C_Decrypt(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pEncryptedData, CK_ULONG ulEncryptedDataLen, CK_BYTE_PTR pData, CK_ULONG_PTR pulDataLen)
 {
   REQUIRE_INIT();
   REQUIRE_SESSION(hSession);
   if (!pulDataLen || (!pEncryptedData && ulEncryptedDataLen)) return CKR_ARGUMENTS_BAD;
-  pthread_mutex_lock(&M);
-  struct session *s = session_get(hSession);
-  if (!s) { pthread_mutex_unlock(&M); return CKR_SESSION_HANDLE_INVALID; }
-  if (s->op != OP_DECRYPT) { pthread_mutex_unlock(&M); return CKR_OPERATION_NOT_INITIALIZED; }
-  size_t k = key_bytes(s);
-  if (!k) { op_reset(s); pthread_mutex_unlock(&M); return CKR_KEY_HANDLE_INVALID; }
-  if (ulEncryptedDataLen != k) { op_reset(s); pthread_mutex_unlock(&M); return CKR_ENCRYPTED_DATA_LEN_RANGE; }
-  if (!pData) { *pulDataLen = k; pthread_mutex_unlock(&M); return CKR_OK; }
-  CK_OBJECT_HANDLE key = s->key;
-  uint8_t scheme = s->scheme, hash = s->hash, mgf = s->mgf_hash;
-  /* The whole label, copied out of the session (another thread may end the operation meanwhile). */
-  size_t label_len = s->oaep_label_len;
-  uint8_t *label = NULL;
-  if (label_len) {
-    label = malloc(label_len);
-    if (!label) { pthread_mutex_unlock(&M); return CKR_HOST_MEMORY; }
-    memcpy(label, s->oaep_label, label_len);
-  }
-  pthread_mutex_unlock(&M);
+  struct private_job job = { 0 };
+  int ready;
+  CK_RV rv = take_decrypt_job(hSession, ulEncryptedDataLen, pData, pulDataLen, &job, &ready);
+  if (!ready) return rv;
 
   uint8_t out[MAX_SIGN_INPUT];
   size_t out_len = sizeof out;
-  CK_RV rv = private_op(key, KW_DECRYPT, scheme, hash, mgf, 0, label, label_len, pEncryptedData, ulEncryptedDataLen, out, &out_len);
-  free(label);
+  rv = private_op(job.key, KW_DECRYPT, job.scheme, job.hash, job.mgf, 0, job.label, job.label_len, pEncryptedData, ulEncryptedDataLen, out, &out_len);
+  free(job.label);
   pthread_mutex_lock(&M);
-  s = session_get(hSession);
+  struct session *s = session_get(hSession);
   if (rv == CKR_OK && *pulDataLen < out_len) {
     /* The operation stays active so the caller can retry with a bigger buffer. */
     *pulDataLen = out_len;
