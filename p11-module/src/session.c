@@ -172,14 +172,21 @@ out:
 }
 
 
-CK_RV C_Login(CK_SESSION_HANDLE hSession, CK_USER_TYPE userType, CK_UTF8CHAR_PTR pPin, CK_ULONG ulPinLen)
+/*
+ * C_Login's checks under M, with one exit path: *ready is set, with the token's
+ * label and slot, when the PIN is to be sent to the enclave; otherwise the
+ * result is the answer (a bad session or user type, an SO login, a PIN of a
+ * length no token has, already logged in).
+ */
+static CK_RV take_login(CK_SESSION_HANDLE hSession, CK_USER_TYPE userType, CK_UTF8CHAR_PTR pPin, CK_ULONG ulPinLen, char label[KW_MAX_TOKEN_LABEL + 1], size_t *slot_index, int *ready)
 {
-  REQUIRE_INIT();
+  *ready = 0;
   pthread_mutex_lock(&M);
+  CK_RV rv = CKR_OK;
   struct session *s = session_get(hSession);
-  if (!s) { pthread_mutex_unlock(&M); return CKR_SESSION_HANDLE_INVALID; }
-  if (userType != CKU_SO && userType != CKU_USER && userType != CKU_CONTEXT_SPECIFIC) { pthread_mutex_unlock(&M); return CKR_USER_TYPE_INVALID; }
-  if (!pPin && ulPinLen) { pthread_mutex_unlock(&M); return CKR_ARGUMENTS_BAD; }
+  if (!s) { rv = CKR_SESSION_HANDLE_INVALID; goto out; }
+  if (userType != CKU_SO && userType != CKU_USER && userType != CKU_CONTEXT_SPECIFIC) { rv = CKR_USER_TYPE_INVALID; goto out; }
+  if (!pPin && ulPinLen) { rv = CKR_ARGUMENTS_BAD; goto out; }
   struct slot *slot = &slots[s->slot];
   if (userType == CKU_SO) {
     /*
@@ -187,19 +194,30 @@ CK_RV C_Login(CK_SESSION_HANDLE hSession, CK_USER_TYPE userType, CK_UTF8CHAR_PTR
      * them through PKCS#11): v2.40's answers, in its order, and never a PIN
      * that works. Nothing is sent to the enclave.
      */
-    CK_RV so = slot->logged_in ? CKR_USER_ANOTHER_ALREADY_LOGGED_IN : CKR_PIN_INCORRECT;
-    for (size_t i = 0; so == CKR_PIN_INCORRECT && i < nsessions_cap; i++)
-      if (sessions[i] && sessions[i]->slot == s->slot && !(sessions[i]->flags & CKF_RW_SESSION)) so = CKR_SESSION_READ_ONLY_EXISTS;
-    pthread_mutex_unlock(&M);
-    return so;
+    rv = slot->logged_in ? CKR_USER_ANOTHER_ALREADY_LOGGED_IN : CKR_PIN_INCORRECT;
+    for (size_t i = 0; rv == CKR_PIN_INCORRECT && i < nsessions_cap; i++)
+      if (sessions[i] && sessions[i]->slot == s->slot && !(sessions[i]->flags & CKF_RW_SESSION)) rv = CKR_SESSION_READ_ONLY_EXISTS;
+    goto out;
   }
   /* No PIN of another length was ever given to a token: it is an incorrect one (C_Login has no CKR_PIN_LEN_RANGE). */
-  if (ulPinLen < KW_MIN_PIN || ulPinLen > KW_MAX_PIN) { pthread_mutex_unlock(&M); return CKR_PIN_INCORRECT; }
-  if (slot->logged_in && userType == CKU_USER) { pthread_mutex_unlock(&M); return CKR_USER_ALREADY_LOGGED_IN; }
-  char label[KW_MAX_TOKEN_LABEL + 1];
-  snprintf(label, sizeof label, "%s", slot->label);
-  size_t slot_index = s->slot;
+  if (ulPinLen < KW_MIN_PIN || ulPinLen > KW_MAX_PIN) { rv = CKR_PIN_INCORRECT; goto out; }
+  if (slot->logged_in && userType == CKU_USER) { rv = CKR_USER_ALREADY_LOGGED_IN; goto out; }
+  snprintf(label, KW_MAX_TOKEN_LABEL + 1, "%s", slot->label);
+  *slot_index = s->slot;
+  *ready = 1;
+out:
   pthread_mutex_unlock(&M);
+  return rv;
+}
+
+CK_RV C_Login(CK_SESSION_HANDLE hSession, CK_USER_TYPE userType, CK_UTF8CHAR_PTR pPin, CK_ULONG ulPinLen)
+{
+  REQUIRE_INIT();
+  char label[KW_MAX_TOKEN_LABEL + 1];
+  size_t slot_index = 0;
+  int ready;
+  CK_RV checked = take_login(hSession, userType, pPin, ulPinLen, label, &slot_index, &ready);
+  if (!ready) return checked;
 
   CK_RV answer = CKR_DEVICE_ERROR;
   CK_RV rv = send_login(label, pPin, ulPinLen, &answer);
@@ -240,17 +258,27 @@ CK_RV C_Login(CK_SESSION_HANDLE hSession, CK_USER_TYPE userType, CK_UTF8CHAR_PTR
   return CKR_OK;
 }
 
+/* C_Logout's part under M, with one exit path: the token's label, logged out here already. */
+static CK_RV take_logout(CK_SESSION_HANDLE hSession, char label[KW_MAX_TOKEN_LABEL + 1])
+{
+  pthread_mutex_lock(&M);
+  CK_RV rv = CKR_OK;
+  struct session *s = session_get(hSession);
+  if (!s) { rv = CKR_SESSION_HANDLE_INVALID; goto out; }
+  if (!slots[s->slot].logged_in) { rv = CKR_USER_NOT_LOGGED_IN; goto out; }
+  snprintf(label, KW_MAX_TOKEN_LABEL + 1, "%s", slots[s->slot].label);
+  logout_slot(s->slot);
+out:
+  pthread_mutex_unlock(&M);
+  return rv;
+}
+
 CK_RV C_Logout(CK_SESSION_HANDLE hSession)
 {
   REQUIRE_INIT();
-  pthread_mutex_lock(&M);
-  struct session *s = session_get(hSession);
-  if (!s) { pthread_mutex_unlock(&M); return CKR_SESSION_HANDLE_INVALID; }
-  if (!slots[s->slot].logged_in) { pthread_mutex_unlock(&M); return CKR_USER_NOT_LOGGED_IN; }
   char label[KW_MAX_TOKEN_LABEL + 1];
-  snprintf(label, sizeof label, "%s", slots[s->slot].label);
-  logout_slot(s->slot);
-  pthread_mutex_unlock(&M);
+  CK_RV rv = take_logout(hSession, label);
+  if (rv != CKR_OK) return rv;
   kw_buf req = { 0 };
   uint32_t id = conn_next_id();
   kw_encode_logout(&req, id, label);
