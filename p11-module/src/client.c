@@ -129,6 +129,38 @@ CK_RV send_login(const char *label, const uint8_t *pin, size_t pin_len, CK_RV *r
   return rv;
 }
 
+/* What a private-key operation needs from the cache, copied out under M so the round trip runs without it. */
+struct op_key {
+  uint32_t key_id;
+  size_t slot_index;
+  char slot_label[KW_MAX_TOKEN_LABEL + 1];
+  uint8_t pin[KW_MAX_PIN];
+  size_t pin_len;
+};
+
+/* private_op's part under M, with one exit path: the key's id and its token's label and PIN. */
+static CK_RV take_op_key(CK_OBJECT_HANDLE hKey, struct op_key *k)
+{
+  pthread_mutex_lock(&M);
+  CK_RV rv = CKR_OK;
+  struct object *o = object_get(hKey);
+  if (!o || !slots[o->slot].present) {
+    nacm_debug("sign/decrypt: key %lu invalid (%s)", (unsigned long)hKey, !o ? "no such object" : "token absent");
+    rv = CKR_KEY_HANDLE_INVALID;
+    goto out;
+  }
+  struct slot *sl = &slots[o->slot];
+  if (!sl->logged_in) { rv = CKR_USER_NOT_LOGGED_IN; goto out; }
+  k->key_id = o->key->key_id;
+  k->slot_index = o->slot;
+  memcpy(k->slot_label, sl->label, sizeof k->slot_label);
+  memcpy(k->pin, sl->pin, sizeof k->pin);
+  k->pin_len = sl->pin_len;
+out:
+  pthread_mutex_unlock(&M);
+  return rv;
+}
+
 /*
  * Runs the private-key operation in the enclave. Handles the cases a restart of
  * the enclave or a fork leaves behind: a connection not logged in yet (log in
@@ -141,23 +173,12 @@ CK_RV private_op(CK_OBJECT_HANDLE hKey, uint8_t op, uint8_t scheme, uint8_t hash
   for (int attempt = 0; attempt < 3; attempt++) {
     CK_RV srv = sync_for_handle(hKey);
     if (srv != CKR_OK) { nacm_debug("sign/decrypt: cannot refresh the token list (0x%lx)", (unsigned long)srv); return srv; }
-    pthread_mutex_lock(&M);
-    struct object *o = object_get(hKey);
-    if (!o || !slots[o->slot].present) {
-      nacm_debug("sign/decrypt: key %lu invalid (%s)", (unsigned long)hKey, !o ? "no such object" : "token absent");
-      pthread_mutex_unlock(&M);
-      return CKR_KEY_HANDLE_INVALID;
-    }
-    uint32_t key_id = o->key->key_id;
-    struct slot *sl = &slots[o->slot];
-    if (!sl->logged_in) { pthread_mutex_unlock(&M); return CKR_USER_NOT_LOGGED_IN; }
-    char slot_label[KW_MAX_TOKEN_LABEL + 1];
-    uint8_t pin[KW_MAX_PIN];
-    size_t pin_len = sl->pin_len;
-    memcpy(slot_label, sl->label, sizeof slot_label);
-    memcpy(pin, sl->pin, sizeof pin);
-    size_t slot_index = o->slot;
-    pthread_mutex_unlock(&M);
+    struct op_key k;
+    srv = take_op_key(hKey, &k);
+    if (srv != CKR_OK) return srv;
+    uint32_t key_id = k.key_id;
+    size_t slot_index = k.slot_index;
+    size_t pin_len = k.pin_len;
 
     kw_buf req = { 0 };
     uint32_t id = conn_next_id();
@@ -168,7 +189,7 @@ CK_RV private_op(CK_OBJECT_HANDLE hKey, uint8_t op, uint8_t scheme, uint8_t hash
     uint8_t *reply = NULL;
     CK_RV rv = call(&req, id, &resp, &reply);
     kw_buf_free(&req);
-    if (rv != CKR_OK) { OPENSSL_cleanse(pin, sizeof pin); return rv; }
+    if (rv != CKR_OK) { OPENSSL_cleanse(k.pin, sizeof k.pin); return rv; }
     CK_RV answer = resp.rv;
     if (answer == CKR_OK) {
       if (resp.body_len > *out_len) rv = CKR_DEVICE_ERROR; /* more than the modulus: never from a sane enclave */
@@ -177,27 +198,27 @@ CK_RV private_op(CK_OBJECT_HANDLE hKey, uint8_t op, uint8_t scheme, uint8_t hash
         *out_len = resp.body_len;
       }
       free(reply);
-      OPENSSL_cleanse(pin, sizeof pin);
+      OPENSSL_cleanse(k.pin, sizeof k.pin);
       return rv;
     }
     free(reply);
     if (answer == CKR_USER_NOT_LOGGED_IN && pin_len) {
       /* New connection (fork, enclave restart): log in again by ourselves. */
       CK_RV login_answer = CKR_DEVICE_ERROR;
-      rv = send_login(slot_label, pin, pin_len, &login_answer);
-      OPENSSL_cleanse(pin, sizeof pin);
+      rv = send_login(k.slot_label, k.pin, pin_len, &login_answer);
+      OPENSSL_cleanse(k.pin, sizeof k.pin);
       if (rv != CKR_OK) return rv;
       if (login_answer == CKR_PIN_INCORRECT) {
         pthread_mutex_lock(&M);
         if (slot_index < nslots) { logout_slot(slot_index); slots[slot_index].has_accepted_pin = 0; }
         pthread_mutex_unlock(&M);
-        nacm_log("nitro-acm-p11: token %s no longer accepts the PIN; logged out", slot_label);
+        nacm_log("nitro-acm-p11: token %s no longer accepts the PIN; logged out", k.slot_label);
         return CKR_USER_NOT_LOGGED_IN;
       }
       if (login_answer != CKR_OK) return CKR_DEVICE_ERROR;
       continue;
     }
-    OPENSSL_cleanse(pin, sizeof pin);
+    OPENSSL_cleanse(k.pin, sizeof k.pin);
     nacm_debug("sign/decrypt: the enclave answered 0x%lx for key %lu (attempt %d)", (unsigned long)answer, (unsigned long)hKey, attempt + 1);
     if (answer == CKR_KEY_HANDLE_INVALID) {
       pthread_mutex_lock(&M);

@@ -190,12 +190,14 @@ CK_RV C_Finalize(CK_VOID_PTR pReserved)
 {
   if (pReserved) return CKR_ARGUMENTS_BAD;
   pthread_mutex_lock(&M);
-  if (!initialized) { pthread_mutex_unlock(&M); return CKR_CRYPTOKI_NOT_INITIALIZED; }
-  reset_all_locked();
-  initialized = 0;
+  CK_RV rv = initialized ? CKR_OK : CKR_CRYPTOKI_NOT_INITIALIZED;
+  if (initialized) {
+    reset_all_locked();
+    initialized = 0;
+  }
   pthread_mutex_unlock(&M);
-  conn_close();
-  return CKR_OK;
+  if (rv == CKR_OK) conn_close();
+  return rv;
 }
 
 CK_RV C_GetInfo(CK_INFO_PTR pInfo)
