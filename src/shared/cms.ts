@@ -23,22 +23,28 @@ export interface EnvelopedParts { subjectKeyIdentifier: Buffer; encryptedKey: Bu
 export function parseEnvelopedData(ber: Buffer): EnvelopedParts {
   try {
     const ci = expect(parseBer(ber), 0x30, 'ContentInfo');
-    if (oid(ci.children[0] ?? ({} as BerNode), 'ContentInfo.contentType') !== OID.envelopedData) throw new CmsError('ContentInfo is not envelopedData');
-    const ed = expect(expect(ci.children[1], 0xa0, 'ContentInfo.content').children[0], 0x30, 'EnvelopedData');
-    let i = 1; // after version
+    if (ci.children.length !== 2) throw new CmsError(`ContentInfo has ${ci.children.length} fields, expected 2`);
+    if (oid(ci.children[0], 'ContentInfo.contentType') !== OID.envelopedData) throw new CmsError('ContentInfo is not envelopedData');
+    const ed = expect(explicit(ci.children[1], 0xa0, 'ContentInfo.content'), 0x30, 'EnvelopedData');
+    // 2: a KeyTransRecipientInfo of version 2 is in it; 4: originatorInfo holds other certificate formats (RFC 5652 6.1).
+    version(ed.children[0], [2, 4], 'EnvelopedData.version');
+    let i = 1;
     if (ed.children[i] && (ed.children[i].tag & 0xdf) === 0x80) i++; // originatorInfo [0], unused by KMS
     const ris = expect(ed.children[i], 0x31, 'EnvelopedData.recipientInfos');
     const eci = expect(ed.children[i + 1], 0x30, 'EnvelopedData.encryptedContentInfo');
     if (ris.children.length !== 1) throw new CmsError(`${ris.children.length} recipients, expected 1`);
     const ktri = expect(ris.children[0], 0x30, 'KeyTransRecipientInfo');
-    const [, rid, kea, ek] = ktri.children;
+    if (ktri.children.length !== 4) throw new CmsError(`KeyTransRecipientInfo has ${ktri.children.length} fields, expected 4`);
+    const [ver, rid, kea, ek] = ktri.children;
+    version(ver, [2], 'KeyTransRecipientInfo.version'); // 2 names the recipient by subjectKeyIdentifier
     const ski = octets(expect(rid, 0x80, 'KeyTransRecipientInfo.rid (subjectKeyIdentifier [0])'), 'rid');
-    checkOaep(expect(kea, 0x30, 'keyEncryptionAlgorithm'));
+    checkOaep(algorithm(kea, 'keyEncryptionAlgorithm'));
     const encryptedKey = octets(expect(ek, 0x04, 'encryptedKey'), 'encryptedKey');
+    if (eci.children.length !== 3) throw new CmsError(`EncryptedContentInfo has ${eci.children.length} fields, expected 3 (with the encrypted content)`);
     if (oid(eci.children[0], 'EncryptedContentInfo.contentType') !== OID.data) throw new CmsError('encrypted content type is not id-data');
-    const cea = expect(eci.children[1], 0x30, 'contentEncryptionAlgorithm');
-    if (oid(cea.children[0], 'contentEncryptionAlgorithm') !== OID.aes256cbc) throw new CmsError(`content encryption ${oid(cea.children[0], 'contentEncryptionAlgorithm')}, expected AES-256-CBC`);
-    const iv = octets(expect(cea.children[1], 0x04, 'AES-CBC IV'), 'IV');
+    const cea = algorithm(eci.children[1], 'contentEncryptionAlgorithm');
+    if (cea.id !== OID.aes256cbc) throw new CmsError(`content encryption ${cea.id}, expected AES-256-CBC`);
+    const iv = octets(expect(cea.params, 0x04, 'AES-CBC IV'), 'IV');
     if (iv.length !== 16) throw new CmsError(`IV of ${iv.length} bytes, expected 16`);
     const encryptedContent = octets(expect(eci.children[2], 0x80, 'encryptedContent [0]'), 'encryptedContent');
     if (encryptedContent.length === 0 || encryptedContent.length % 16) throw new CmsError(`encrypted content of ${encryptedContent.length} bytes is not whole AES blocks`);
@@ -50,15 +56,44 @@ export function parseEnvelopedData(ber: Buffer): EnvelopedParts {
   }
 }
 
-function checkOaep(alg: BerNode): void {
-  if (oid(alg.children[0], 'keyEncryptionAlgorithm') !== OID.rsaesOaep) throw new CmsError(`key encryption ${oid(alg.children[0], 'keyEncryptionAlgorithm')}, expected RSAES-OAEP`);
-  const params = alg.children[1];
-  // RSAES-OAEP-params: [0] hash (default SHA-1!), [1] MGF (default MGF1-SHA-1). KMS names SHA-256 for both.
-  if (!params || params.children.length < 2) throw new CmsError('RSAES-OAEP parameters must name SHA-256 and MGF1-SHA-256');
-  const hash = oid(expect(params.children[0], 0xa0, 'OAEP hashFunc').children[0].children[0], 'OAEP hash');
-  const mgf = expect(params.children[1], 0xa1, 'OAEP maskGenFunc').children[0];
-  const mgfHash = oid(mgf.children[1].children[0], 'MGF1 hash');
-  if (hash !== OID.sha256 || oid(mgf.children[0], 'MGF') !== OID.mgf1 || mgfHash !== OID.sha256) throw new CmsError('RSAES-OAEP must use SHA-256 and MGF1-SHA-256');
+/** A version INTEGER of one of the allowed values. */
+function version(n: BerNode | undefined, allowed: number[], what: string): void {
+  const v = expect(n, 0x02, what);
+  if (v.constructed || v.value.length !== 1 || !allowed.includes(v.value[0])) throw new CmsError(`${what} ${v.value.length === 1 ? v.value[0] : `of ${v.value.length} bytes`}, expected ${allowed.join(' or ')}`);
+}
+
+/** The one value inside an EXPLICIT [n] tag. */
+function explicit(n: BerNode | undefined, tag: number, what: string): BerNode {
+  const t = expect(n, tag, what);
+  if (!t.constructed || t.children.length !== 1) throw new CmsError(`${what}: expected one value inside the explicit tag`);
+  return t.children[0];
+}
+
+/** AlgorithmIdentifier ::= SEQUENCE { algorithm OID, parameters ANY OPTIONAL } */
+function algorithm(n: BerNode | undefined, what: string): { id: string; params?: BerNode } {
+  const a = expect(n, 0x30, what);
+  if (!a.constructed || a.children.length < 1 || a.children.length > 2) throw new CmsError(`${what}: expected an AlgorithmIdentifier (an OID and at most one parameter)`);
+  return { id: oid(a.children[0], what), params: a.children[1] };
+}
+
+/** A hash's AlgorithmIdentifier: its parameters are absent or NULL (RFC 5754; KMS sends NULL). */
+function hashAlgorithm(n: BerNode | undefined, what: string): string {
+  const a = algorithm(n, what);
+  if (a.params && (a.params.tag !== 0x05 || a.params.value.length !== 0)) throw new CmsError(`${what}: parameters are not NULL`);
+  return a.id;
+}
+
+function checkOaep(alg: { id: string; params?: BerNode }): void {
+  if (alg.id !== OID.rsaesOaep) throw new CmsError(`key encryption ${alg.id}, expected RSAES-OAEP`);
+  // RSAES-OAEP-params: [0] hash (default SHA-1!), [1] MGF (default MGF1-SHA-1), [2] label source
+  // (default empty). KMS names SHA-256 for both and no label: anything else is refused.
+  const params = expect(alg.params, 0x30, 'RSAES-OAEP parameters');
+  if (!params.constructed || params.children.length !== 2) throw new CmsError(`RSAES-OAEP parameters have ${params.children?.length ?? 0} fields, expected hashFunc and maskGenFunc (SHA-256, MGF1-SHA-256) and no pSourceFunc`);
+  const hash = hashAlgorithm(explicit(params.children[0], 0xa0, 'OAEP hashFunc'), 'OAEP hashFunc');
+  const mgf = algorithm(explicit(params.children[1], 0xa1, 'OAEP maskGenFunc'), 'OAEP maskGenFunc');
+  if (mgf.id !== OID.mgf1) throw new CmsError(`OAEP maskGenFunc ${mgf.id}, expected MGF1`);
+  const mgfHash = hashAlgorithm(mgf.params, 'MGF1 hash');
+  if (hash !== OID.sha256 || mgfHash !== OID.sha256) throw new CmsError('RSAES-OAEP must use SHA-256 and MGF1-SHA-256');
 }
 
 /** SHA-256 of the SubjectPublicKeyInfo DER: how KMS names the recipient. */
