@@ -35,6 +35,7 @@ import { decodeCbor, Tagged } from '../../src/shared/cbor.ts';
 import { parseBer, der, indefinite, derOid, derInt } from '../../src/shared/ber.ts';
 import { parseEnvelopedData, buildCiphertextForRecipient, type EnvelopedParts } from '../../src/shared/cms.ts';
 import { createCertificate } from '../../src/shared/x509.ts';
+import { makeEnclaveContext } from '../../scripts/build-eif.ts';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const ROOT = path.resolve(HERE, '../..');
@@ -545,6 +546,12 @@ await compareCms();
 console.error('libraries: CMS done');
 await compareX509();
 console.error(`libraries: X.509 done (${((Date.now() - started) / 1000).toFixed(0)} s in all)`);
+// For scale: the production enclave image's JavaScript (esbuild, not minified, the AWS SDK in it).
+const context = fs.mkdtempSync(path.join(os.tmpdir(), 'libcmp-eif-'));
+const imageFiles = (await makeEnclaveContext(context)).filter((f) => f.startsWith('app'));
+const imageBytes = imageFiles.reduce((n, f) => n + fs.statSync(path.join(context, f)).size, 0);
+fs.rmSync(context, { recursive: true, force: true });
+console.error(`libraries: the enclave image's app bundle today: ${(imageBytes / 1024).toFixed(0)} KiB in ${imageFiles.length} files`);
 if (process.argv.includes('--json')) console.log(JSON.stringify(rows, null, 2));
 else {
   console.log('| job | candidate | same verdict as ours | different | speed vs ours | bundle (minified) | our code / npm install | notes |');
