@@ -9,7 +9,8 @@ import type { PeerIdentity } from '../src/shared/native.ts';
 import type { Address } from '../src/shared/address.ts';
 import { parseBundle, parseFileDb, splitLeaf, BundleError, type Bundle, type FileDbKey } from '../src/shared/bundle.ts';
 import { PIN_BYTES, TOKEN_LABEL_MAX_BYTES } from '../src/shared/key-wire.ts';
-import { serveJsonFrames, PROVISION_VERSION, PROVISION_OPS, ProvisionError, type TokenDescription, type Health, type ProvisionOp } from '../src/shared/provision-wire.ts';
+import { serveJsonFrames } from '../src/shared/json-frames.ts';
+import { PROVISIONING, PROVISION_VERSION, PROVISION_OPS, ProvisionError, type TokenDescription, type Health, type ProvisionOp } from '../src/shared/provision-wire.ts';
 import { log } from '../src/shared/log.ts';
 import { partitionOf } from '../src/shared/aws-partition.ts';
 import { KeyStore, KeyMaterialError } from './keystore.ts';
@@ -93,11 +94,10 @@ export class ProvisionServer {
       }
     }
     this.connections.track(sock);
-    serveJsonFrames(sock, (m) => this.handle(m), (op, message) => log.error(`provisioning ${op}: ${message}`), (why) => log.warn(`provisioning: dropping a client: ${why}`));
+    serveJsonFrames(sock, PROVISIONING, { handle: (m) => this.handle(m), onInternal: (op, message) => log.error(`provisioning ${op}: ${message}`), onDrop: (why) => log.warn(`provisioning: dropping a client: ${why}`) });
   }
 
   private async handle(m: Record<string, unknown>): Promise<Record<string, unknown>> {
-    if (m.v !== PROVISION_VERSION) throw new ProvisionError('UnsupportedVersion', `provisioning version ${String(m.v)}; this enclave speaks ${PROVISION_VERSION}`);
     if (!PROVISION_OPS.includes(m.op as ProvisionOp)) throw new ProvisionError('BadRequest', `unknown operation "${String(m.op)}" (expected ${PROVISION_OPS.join(', ')})`);
     const op = m.op as ProvisionOp;
     switch (op) {

@@ -273,8 +273,9 @@ Options:
       if (positionals[0] === 'renew') {
         if (positionals.length !== 2) { process.stderr.write(`nitro-acm local renew: give the token's label (local mode serves "localhost")\n\n${this.help}`); return 2; }
         const { controlCall } = await import('./agent/control.ts');
+        type RenewReport = import('./agent/control.ts').RenewReport;
         const socket = path.join(path.resolve(values['runtime-dir']!), 'agent.sock');
-        let r: { label: string; previous: string; fingerprint: string; notAfter: string; seconds: number };
+        let r: RenewReport;
         try { r = await controlCall(socket, 'renew', { label: positionals[1] }, 120_000); } catch (e) {
           process.stderr.write(`nitro-acm local renew: ${(e as Error).message}\n`);
           return 1;

@@ -7,7 +7,7 @@ import test from 'ava';
 import fs from 'node:fs';
 import path from 'node:path';
 import { Agent } from '../src/agent/agent.ts';
-import { ProvisionClient, type TokenDescription } from '../src/shared/provision-wire.ts';
+import { ProvisionClient } from '../src/shared/provision-wire.ts';
 import { parseAddress } from '../src/shared/address.ts';
 import { parseConfig } from '../src/agent/config.ts';
 import { registerWithP11Kit } from '../src/local/p11kit.ts';
@@ -107,7 +107,7 @@ tokens:
   // period, and nginx with it); the next poll rolls the new certificate out.
   const describeCurrent = async () => {
     const c = await ProvisionClient.connect(parseAddress(agent.enclaveEndpoints!.provisionAddress));
-    try { return (await c.call<{ tokens: TokenDescription[] }>('describe')).tokens.find((x) => x.label === 'acm-token')!.fingerprint256; } finally { c.close(); }
+    try { return (await c.op('describe', {})).tokens.find((x) => x.label === 'acm-token')!.fingerprint256; } finally { c.close(); }
   };
   // Made group-writable, the directory is one the agent refuses to write into.
   const etcMode = fs.statSync(etc).mode & 0o7777;

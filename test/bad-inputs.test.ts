@@ -126,7 +126,7 @@ test('bad inputs: each error names what is wrong; the serving token keeps servin
   await service.queue('test', () => service.agent.applyConfig(parseConfig(header + goodToken, 'acm.yaml')));
   s3.off();
   t.deepEqual(await service.queue('sync', () => service.agent.sync()), []);
-  const st = await controlCall<StatusReport>(socket, 'status');
+  const st = await controlCall(socket, 'status');
   const good = st.tokens.find((x) => x.label === 'good')!;
   t.is(good.state, 'serving');
   t.regex(good.error ?? '', /^sync: .*(ECONNREFUSED|connect)/);
@@ -138,13 +138,13 @@ test('bad inputs: each error names what is wrong; the serving token keeps servin
   fs.writeFileSync(flag, '');
   const renewed = await tc.publish(bucket, 'good.json', ['good.test']);
   t.deepEqual(await service.queue('sync', () => service.agent.sync()), ['good']);
-  const failing = await controlCall<StatusReport>(socket, 'status');
+  const failing = await controlCall(socket, 'status');
   t.true(failing.webServer!.reloadPending);
   t.regex(failing.webServer!.error!, /\[emerg\] unknown directive/);
   record('web server reload fails', failing.webServer!.error!.replaceAll(dir, '…'));
   await stillServing('reload fails');
   fs.rmSync(flag);
-  for (const until = Date.now() + 10_000; (await controlCall<StatusReport>(socket, 'status')).webServer!.reloadPending && Date.now() < until;) await new Promise((r) => setTimeout(r, 100));
+  for (const until = Date.now() + 10_000; (await controlCall(socket, 'status')).webServer!.reloadPending && Date.now() < until;) await new Promise((r) => setTimeout(r, 100));
   serving = renewed;
   t.is(await servedSteadily(port, { servername: 'good.test', ca: tc.ca.certPem }, fingerprintOf(renewed)), fingerprintOf(renewed), 'the renewed certificate once the reload went through');
   await stillServing('reload retried');

@@ -168,7 +168,7 @@ test('a token added after the running nginx master started: a reload cannot load
   await new Promise((r) => setTimeout(r, 50));
   let addedAt = new Date().toISOString();
   const socket = path.join(dir, 'added-agent.sock');
-  const agent = await startControlServer(socket, { status: async () => ({ configFile: '', enclave: { reachable: true, health: { ok: true, tokens: 1, localMode: true } }, tokens: [{ label: 't0', state: 'serving', inEnclave: true, addedAt }] }) });
+  const agent = await startControlServer(socket, { status: async () => ({ configFile: '', enclave: { reachable: true, health: { ok: true, version: 1, nsm: 'simulated', generation: 1, tokens: 1, localMode: true } }, tokens: [{ label: 't0', source: 'acm', target: 'nginx', state: 'serving', inEnclave: true, addedAt }] }) });
   t.teardown(() => agent.close());
   const finding = async () => (await doctor({ configFile: acmYaml([stanza]), socket, webServerConf: conf })).find((f) => f.check === 'stanza t0')!;
   const late = await finding();
@@ -214,7 +214,7 @@ test("key URIs in AWS's form are found with file and line, and their replacement
   fs.writeFileSync(opensslConf, '[req]\n# a script signs with the old key\nkey = pkcs11:model=p11ne-token;manufacturer=Amazon;token=other;id=%01;object=s3-key;type=private\n');
   const socket = path.join(dir, 'reference-agent.sock');
   const served = 'pkcs11:token=t0;id=%ab%cd;type=private?pin-source=file:/etc/pki/nginx/t0.pin';
-  const agent = await startControlServer(socket, { status: async () => ({ configFile: '', enclave: { reachable: true, health: { ok: true, tokens: 1, localMode: true } }, tokens: [{ label: 't0', state: 'serving', inEnclave: true, uris: [served] }] }) });
+  const agent = await startControlServer(socket, { status: async () => ({ configFile: '', enclave: { reachable: true, health: { ok: true, version: 1, nsm: 'simulated', generation: 1, tokens: 1, localMode: true } }, tokens: [{ label: 't0', source: 'acm', target: 'nginx', state: 'serving', inEnclave: true, uris: [served] }] }) });
   t.teardown(() => agent.close());
   const found = (await doctor({ configFile: acmYaml([stanza]), socket, webServerConf: conf, opensslConf, proc: fakeProc({}) })).filter((f) => f.check === 'reference URI');
   t.is(found.length, 2, JSON.stringify(found));

@@ -12,7 +12,7 @@ import path from 'node:path';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { controlCall } from '../src/agent/control.ts';
 import { issueServerCert } from '../src/local/pki.ts';
-import type { StatusReport } from '../src/commands/status.ts';
+import type { AgentStatusReport } from '../src/agent/control.ts';
 import { keyNeedles, findSecrets, findSecretsInMemory } from './helpers/secrets.ts';
 import { tmpdir, ROOT } from './helpers/enclave.ts';
 import { startTestCloud, type TestCloud } from './helpers/cloud.ts';
@@ -35,9 +35,9 @@ function startAgent(args: object): Promise<Agent> {
   });
 }
 
-async function allServing(socket: string, timeoutMs = 30_000): Promise<StatusReport> {
+async function allServing(socket: string, timeoutMs = 30_000): Promise<AgentStatusReport> {
   for (const until = Date.now() + timeoutMs; ;) {
-    const st = await controlCall<StatusReport>(socket, 'status').catch(() => undefined);
+    const st = await controlCall(socket, 'status').catch(() => undefined);
     if (st && st.enclave.reachable && st.tokens.every((x) => x.state === 'serving' && x.inEnclave)) return st;
     if (Date.now() > until) throw new Error(`not serving: ${JSON.stringify(st)}`);
     await new Promise((r) => setTimeout(r, 200));
@@ -66,7 +66,7 @@ test('after renewals, an enclave restart and an agent restart: no private key in
   // Two renewals of both tokens.
   for (let i = 0; i < 2; i++) {
     for (const n of ['s1', 's2']) await publish(n);
-    t.deepEqual((await controlCall<{ renewed: string[] }>(socket, 'sync', {}, 60_000)).renewed.sort(), ['s1', 's2']);
+    t.deepEqual((await controlCall(socket, 'sync', {}, 60_000)).renewed.sort(), ['s1', 's2']);
   }
   // The enclave app dies; the agent starts another and provisions both again.
   t.is(spawnSync('pkill', ['-KILL', '-f', path.join(dir, 'run', 'keys.sock')]).status, 0);

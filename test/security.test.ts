@@ -10,7 +10,8 @@ import { startLocalEnclave, type LocalEnclave } from '../src/local/enclave-proce
 import { simulatedNsmRoot } from '../enclave/nsm-simulated.ts';
 import { KeyClient } from './helpers/key-client.ts';
 import { runAsNobody, SEND_AND_SEE } from './helpers/unprivileged.ts';
-import { ProvisionClient, ProvisionError, jsonFrame, PROVISION_VERSION } from '../src/shared/provision-wire.ts';
+import { ProvisionClient, ProvisionError, PROVISION_VERSION, MAX_PROVISION_FRAME } from '../src/shared/provision-wire.ts';
+import { jsonFrame as frameOf } from '../src/shared/json-frames.ts';
 import { provisioningRefusal } from '../enclave/provision-server.ts';
 import { Op, SignScheme, Hash, decodeTokenList, encodeRequest } from '../src/shared/key-wire.ts';
 import { CKR } from '../src/shared/pkcs11-rv.ts';
@@ -18,6 +19,8 @@ import { kmsHost } from '../src/shared/aws-partition.ts';
 import { PinThrottle, FREE_ATTEMPTS } from '../enclave/pin-throttle.ts';
 import { createCA, issueServerCert } from '../src/local/pki.ts';
 import { tmpdir } from './helpers/enclave.ts';
+
+const jsonFrame = (m: object) => frameOf(m, MAX_PROVISION_FRAME);
 
 const dir = tmpdir('security');
 fs.chmodSync(dir, 0o711); // as if the sockets were somewhere any local user can reach

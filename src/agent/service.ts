@@ -14,7 +14,7 @@ import { Agent, type AddedToken } from './agent.ts';
 import type { EnclaveController } from './enclave-controller.ts';
 import { systemReload, type WebServerState } from './web-server.ts';
 import type { Endpoints } from './aws.ts';
-import { startControlServer, DEFAULT_CONTROL_SOCKET, type ControlHandler, type ControlServer } from './control.ts';
+import { startControlServer, DEFAULT_CONTROL_SOCKET, type ControlHandlers, type ControlServer } from './control.ts';
 
 export interface ServiceOptions {
   configFile: string;
@@ -28,7 +28,7 @@ export interface ServiceOptions {
   /** The web server's main configuration file, when the agent knows it (local mode): nitro-acm doctor checks it. */
   webServerConfig?: string;
   /** More control operations (local mode adds "renew"). */
-  controlHandlers?: (service: RunningService) => Record<string, ControlHandler>;
+  controlHandlers?: (service: RunningService) => ControlHandlers;
 }
 
 export interface RunningService {

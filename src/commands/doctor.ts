@@ -310,7 +310,7 @@ function agentFindings(c: AcmConfig, running: StatusReport | Error): Finding[] {
 export async function doctor(given: DoctorOptions): Promise<Finding[]> {
   // What the running agent serves is what matters (local mode runs from its own
   // directory, with its own web server configuration); flags override it.
-  const running = await controlCall<StatusReport>(given.socket, 'status', {}, 15_000).catch((e: Error) => e);
+  const running = await controlCall(given.socket, 'status', {}, 15_000).then((r): StatusReport => ({ ...r, socket: given.socket })).catch((e: Error) => e);
   const agent = running instanceof Error ? undefined : running;
   const o = { ...given, configFile: given.configFile ?? agent?.configFile ?? DEFAULT_CONFIG, webServerConf: given.webServerConf ?? agent?.webServer?.configFile };
   let c: AcmConfig;

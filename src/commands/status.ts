@@ -1,10 +1,9 @@
 // nitro-acm status: the running agent's view of every token, from its control socket.
 import fs from 'node:fs';
 import { controlCall, DEFAULT_CONTROL_SOCKET, LOCAL_CONTROL_SOCKET } from '../agent/control.ts';
-import type { AgentStatus } from '../agent/token-status.ts';
-import type { WebServerState } from '../agent/web-server.ts';
+import type { AgentStatusReport } from '../agent/control.ts';
 
-export type StatusReport = AgentStatus & { configFile: string; socket: string; webServer?: WebServerState };
+export type StatusReport = AgentStatusReport & { socket: string };
 
 /** The production agent's socket, else a local-mode agent's, else the production path (for its error). */
 export function findControlSocket(): string {
@@ -14,7 +13,7 @@ export function findControlSocket(): string {
 }
 
 export async function readStatus(socket: string): Promise<StatusReport> {
-  return { ...(await controlCall<AgentStatus & { configFile: string; webServer?: WebServerState }>(socket, 'status')), socket };
+  return { ...(await controlCall(socket, 'status')), socket };
 }
 
 function ago(iso: string | undefined, now: number): string {

@@ -11,7 +11,7 @@ import { log } from '../shared/log.ts';
 async function answers(address: string): Promise<boolean> {
   try {
     const c = await ProvisionClient.connect(parseAddress(address), 1000);
-    try { return (await c.call<{ ok: boolean }>('health', {}, 2000)).ok; } finally { c.close(); }
+    try { return (await c.op('health', {}, 2000)).ok; } finally { c.close(); }
   } catch { return false; }
 }
 

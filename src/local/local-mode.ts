@@ -23,7 +23,7 @@ import { handshake, fingerprintOf, launchNginx, startHttpd, type RunningServer }
 import { writeAtomic } from '../agent/targets.ts';
 import { startService, type RunningService } from '../agent/service.ts';
 import { LocalEnclaveController } from './local-enclave-controller.ts';
-import { ProvisionError } from '../shared/provision-wire.ts';
+import { ControlError, type RenewReport } from '../agent/control.ts';
 
 export interface LocalOptions {
   port: number;
@@ -33,7 +33,7 @@ export interface LocalOptions {
   server?: 'nginx' | 'httpd';
 }
 
-export interface RenewResult { label: string; previous: string; fingerprint: string; notAfter: string; seconds: number }
+export type RenewResult = RenewReport;
 
 export interface LocalRun {
   caFile: string;
@@ -171,7 +171,7 @@ async function serve(o: LocalOptions, cloud: LocalCloud, nsmDir: string, kmsProx
     reload: async () => { server?.reload(); if (server) log.info(`reloaded ${serverKind} (pid ${server.pid}) gracefully`); },
     controlSocket,
     webServerConfig: path.join(prefix, `${serverKind}.conf`),
-    controlHandlers: () => ({ renew: async (args) => ({ ...(await renew(String(args.label ?? ''))) }) }),
+    controlHandlers: () => ({ renew: (args) => renew(String(args.label ?? '')) }),
   });
   started.push(async () => { await service.stop(); await service.agent.stop(); });
   const token = service.agent.tokens.get(LABEL)!;
@@ -196,7 +196,7 @@ async function serve(o: LocalOptions, cloud: LocalCloud, nsmDir: string, kmsProx
   log.token(LABEL).info(`serving ${url} with the key in the enclave app (${serverKind} pid ${server.pid})`);
 
   async function renew(label: string): Promise<RenewResult> {
-    if (!service.agent.tokens.has(label)) throw new ProvisionError('NoSuchToken', `no token "${label}" (local mode serves: ${[...service.agent.tokens.keys()].join(', ')})`);
+    if (!service.agent.tokens.has(label)) throw new ControlError('NoSuchToken', `no token "${label}" (local mode serves: ${[...service.agent.tokens.keys()].join(', ')})`);
     const previous = await served();
     const t0 = performance.now();
     const certPem = await sealDemoCertificate(ca, cloud, kmsKeyArn);

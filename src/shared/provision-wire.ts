@@ -1,8 +1,7 @@
-// The provisioning channel (agent <-> enclave app), version 1: length-prefixed
-// JSON frames (docs/protocol.md). The types, limits and the client live here; the
-// server is enclave/provision-server.ts.
-import type net from 'node:net';
-import { FrameSplitter } from './framing.ts';
+// The provisioning channel (agent <-> enclave app), version 1: framed JSON
+// (json-frames.ts, docs/protocol.md). Its operations, errors, limits and the
+// client live here; the server is enclave/provision-server.ts.
+import { FrameError, JsonFrameClient, type JsonChannel } from './json-frames.ts';
 import { connect } from './transport.ts';
 import type { Address } from './address.ts';
 import type { Bundle, FileDbKey } from './bundle.ts';
@@ -51,95 +50,20 @@ export interface ProvisionOps {
 export type ProvisionOp = keyof ProvisionOps;
 export const PROVISION_OPS: readonly ProvisionOp[] = ['health', 'describe', 'add', 'update', 'refresh', 'remove'];
 
-export class ProvisionError extends Error {
-  constructor(readonly code: ErrorCode, message: string) { super(message); }
-}
+export class ProvisionError extends FrameError<ErrorCode> {}
 
-export function jsonFrame(obj: unknown): Buffer {
-  const body = Buffer.from(JSON.stringify(obj));
-  if (body.length > MAX_PROVISION_FRAME) throw new RangeError(`message of ${body.length} bytes exceeds ${MAX_PROVISION_FRAME}`);
-  const head = Buffer.alloc(4);
-  head.writeUInt32BE(body.length);
-  return Buffer.concat([head, body]);
-}
-
-/**
- * The server side of a framed-JSON channel (the provisioning channel, and the
- * agent's control socket, which speaks the same frames): each request frame gets
- * one reply frame with its id; a handler's ProvisionError becomes a typed error,
- * anything else an Internal one. A frame that is not JSON gets a BadRequest; an
- * oversized frame drops the client.
- */
-export function serveJsonFrames(sock: net.Socket, handle: (m: Record<string, unknown>) => Promise<Record<string, unknown>>, onInternal: (op: string, message: string) => void, onDrop: (why: string) => void): void {
-  const split = new FrameSplitter(MAX_PROVISION_FRAME, (frame) => {
-    let msg: Record<string, unknown>;
-    try { msg = JSON.parse(frame.toString()) as Record<string, unknown>; } catch {
-      sock.write(jsonFrame({ v: PROVISION_VERSION, id: null, ok: false, error: { code: 'BadRequest', message: 'frame is not JSON' } }));
-      return;
-    }
-    const id = msg.id;
-    const reply = (body: Record<string, unknown>) => { if (!sock.destroyed) sock.write(jsonFrame({ v: PROVISION_VERSION, id, ...body })); };
-    handle(msg).then(
-      (result) => reply({ ok: true, ...result }),
-      (e) => {
-        const err = e instanceof ProvisionError ? e : new ProvisionError('Internal', (e as Error).message);
-        if (err.code === 'Internal') onInternal(String(msg.op), err.message);
-        reply({ ok: false, error: { code: err.code, message: err.message } });
-      },
-    );
-  });
-  sock.on('data', (d) => {
-    try { split.push(d); } catch (e) { onDrop((e as Error).message); sock.destroy(); }
-  });
-  sock.on('error', () => {});
-}
+/** The provisioning channel over framed JSON (json-frames.ts). */
+export const PROVISIONING: JsonChannel = { name: 'provisioning', server: 'enclave', version: PROVISION_VERSION, maxFrame: MAX_PROVISION_FRAME };
 
 /** A client for the provisioning channel; one request at a time is fine, several may be in flight. */
-export class ProvisionClient {
-  private waiting = new Map<number, { resolve(v: Record<string, unknown>): void; reject(e: Error): void }>();
-  private nextId = 1;
-  /** True once the connection has ended (the enclave went away or closed it). */
-  closed = false;
-  /** Called once when the connection ends by itself (not by close()). */
-  onLost?: () => void;
-  private constructor(private readonly sock: net.Socket) {
-    const split = new FrameSplitter(MAX_PROVISION_FRAME, (f) => {
-      const m = JSON.parse(f.toString()) as { id: number; ok: boolean; error?: { code: ErrorCode; message: string } } & Record<string, unknown>;
-      const w = this.waiting.get(m.id);
-      if (!w) return;
-      this.waiting.delete(m.id);
-      if (m.ok) w.resolve(m); else w.reject(new ProvisionError(m.error?.code ?? 'Internal', m.error?.message ?? 'unknown error'));
-    });
-    sock.on('data', (d) => { try { split.push(d); } catch (e) { sock.destroy(e as Error); } });
-    const fail = (e?: Error) => {
-      if (!this.closed) { this.closed = true; this.onLost?.(); }
-      for (const w of this.waiting.values()) w.reject(e ?? new Error('provisioning channel closed'));
-      this.waiting.clear();
-    };
-    sock.on('error', fail);
-    sock.on('close', () => fail());
-  }
-
+export class ProvisionClient extends JsonFrameClient {
   static async connect(address: Address, timeoutMs = 5000): Promise<ProvisionClient> {
     // Over vsock the enclave takes provisioning only from a root-bound source port.
-    return new ProvisionClient(await connect(address, timeoutMs, { privilegedSource: true }));
+    return new ProvisionClient(await connect(address, timeoutMs, { privilegedSource: true }), PROVISIONING, (code, message) => new ProvisionError(code as ErrorCode, message));
   }
 
   /** A provisioning operation, typed by ProvisionOps. */
   op<K extends ProvisionOp>(op: K, args: ProvisionOps[K]['args'], timeoutMs?: number): Promise<ProvisionOps[K]['result']> {
-    return this.call<ProvisionOps[K]['result']>(op, args as Record<string, unknown>, timeoutMs);
+    return this.call<ProvisionOps[K]['result']>(op, args, timeoutMs);
   }
-
-  /** Any operation of the framed-JSON channel (the agent's control socket speaks it too). */
-  call<T = Record<string, unknown>>(op: string, args: Record<string, unknown> = {}, timeoutMs = 60_000): Promise<T> {
-    const id = this.nextId++;
-    if (this.closed) return Promise.reject(new Error('provisioning channel closed'));
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => { this.waiting.delete(id); reject(new Error(`provisioning ${op} timed out after ${timeoutMs} ms`)); }, timeoutMs);
-      this.waiting.set(id, { resolve: (v) => { clearTimeout(timer); resolve(v as T); }, reject: (e) => { clearTimeout(timer); reject(e); } });
-      this.sock.write(jsonFrame({ v: PROVISION_VERSION, id, op, ...args }));
-    });
-  }
-
-  close(): void { this.closed = true; this.sock.destroy(); }
 }
