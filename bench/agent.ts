@@ -18,7 +18,7 @@ import { freePort } from '../src/local/webservers.ts';
 import { startTestCloud } from '../test/helpers/cloud.ts';
 import { issueServerCert } from '../src/local/pki.ts';
 import { PROJECT_ROOT } from '../src/paths.ts';
-import { configureLog } from '../src/shared/log.ts';
+import { configureLog } from '../shared/log.ts';
 
 const RENEWALS = Number(process.env.BENCH_RENEWALS ?? 5);
 const TOKEN_COUNTS = (process.env.BENCH_TOKENS ?? '1,100,1000').split(',').map(Number);

@@ -4,11 +4,11 @@
 // on RSA, and a request costs no further hand-off between threads.
 import type net from 'node:net';
 import { PinThrottle, FREE_ATTEMPTS } from './pin-throttle.ts';
-import { FrameSplitter, FrameTooLarge } from '../src/shared/framing.ts';
-import { DecodeError } from '../src/shared/bytes.ts';
-import { CKR, P11Error } from '../src/shared/pkcs11-rv.ts';
-import { KEY_WIRE_VERSION, MAX_REQUEST, Op, REQUEST_HEADER, decodeRequest, encodeResponseHead, readRequestHeader, type Request } from '../src/shared/key-wire.ts';
-import { log } from '../src/shared/log.ts';
+import { FrameSplitter, FrameTooLarge } from '../shared/framing.ts';
+import { DecodeError } from '../shared/bytes.ts';
+import { CKR, P11Error } from '../shared/pkcs11-rv.ts';
+import { KEY_WIRE_VERSION, MAX_REQUEST, Op, REQUEST_HEADER, decodeRequest, encodeResponseHead, readRequestHeader, type Request } from '../shared/key-wire.ts';
+import { log } from '../shared/log.ts';
 import { sign, decrypt } from './rsa-ops.ts';
 import type { KeyView } from './keystore.ts';
 

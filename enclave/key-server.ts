@@ -14,9 +14,9 @@ import net from 'node:net';
 import fs from 'node:fs';
 import os from 'node:os';
 import { Worker } from 'node:worker_threads';
-import { listen, detachSocket } from '../src/shared/transport.ts';
-import type { Address } from '../src/shared/address.ts';
-import { log } from '../src/shared/log.ts';
+import { listen, detachSocket } from '../shared/transport.ts';
+import type { Address } from '../shared/address.ts';
+import { log } from '../shared/log.ts';
 import type { KeyStore } from './keystore.ts';
 import { PinThrottle } from './pin-throttle.ts';
 

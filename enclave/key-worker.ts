@@ -3,7 +3,7 @@
 // When the main thread says the enclave holds too many connections, it closes the
 // one of its own that has been quiet longest.
 import { parentPort, workerData } from 'node:worker_threads';
-import { socketFromFd, peerOf } from '../src/shared/transport.ts';
+import { socketFromFd, peerOf } from '../shared/transport.ts';
 import { KeyView, type KeyStoreSnapshot, type KeyStoreDelta } from './keystore.ts';
 import { serveKeyConnection, ReplyBudget } from './key-connection.ts';
 import { PinThrottle } from './pin-throttle.ts';

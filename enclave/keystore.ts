@@ -5,8 +5,8 @@
 // previous keys stay usable, but unlisted for new lookups, for a grace period so
 // old web-server workers finish.
 import crypto, { type KeyObject, X509Certificate } from 'node:crypto';
-import { CertCategory, KeyFlag, LIST_CAPS, encodeTokenList, type WireToken } from '../src/shared/key-wire.ts';
-import { ckaIdOf } from '../src/shared/key-id.ts';
+import { CertCategory, KeyFlag, LIST_CAPS, encodeTokenList, type WireToken } from '../shared/key-wire.ts';
+import { ckaIdOf } from '../shared/key-id.ts';
 
 export interface KeyMaterial {
   /** PEM private key (PKCS#1 or PKCS#8). */
@@ -15,7 +15,7 @@ export interface KeyMaterial {
   certificatePem?: string;
   /** PEM chain, leaf's issuer first; may be empty. */
   chainPem?: string;
-  /** CKA_ID, when the source gives one (a FileDb entry's id); else derived from the key (src/shared/key-id.ts). */
+  /** CKA_ID, when the source gives one (a FileDb entry's id); else derived from the key (shared/key-id.ts). */
   ckaId?: Buffer;
   /** CKA_LABEL, when the source gives one (a FileDb entry's label); else the token's label. */
   label?: string;
@@ -100,7 +100,7 @@ export class KeyStore {
       modulus,
       publicExponent: Buffer.from(jwk.e!, 'base64url'),
       modulusBits: bits,
-      // Stable for a key, new for a renewed one (src/shared/key-id.ts), unless the source names it.
+      // Stable for a key, new for a renewed one (shared/key-id.ts), unless the source names it.
       ckaId: m.ckaId ?? ckaIdOf(pub),
       label: m.label,
       leaf,

@@ -10,10 +10,10 @@ import tls from 'node:tls';
 import { promisify } from 'node:util';
 import { KMSClient, DecryptCommand } from '@aws-sdk/client-kms';
 import { NodeHttpHandler } from '@smithy/node-http-handler';
-import { dialSync } from '../src/shared/transport.ts';
-import type { Address } from '../src/shared/address.ts';
-import { unwrapCiphertextForRecipient } from '../src/shared/cms.ts';
-import { kmsHost } from '../src/shared/aws-partition.ts';
+import { dialSync } from '../shared/transport.ts';
+import type { Address } from '../shared/address.ts';
+import { unwrapCiphertextForRecipient } from '../shared/cms.ts';
+import { kmsHost } from '../shared/aws-partition.ts';
 import type { Nsm } from './nsm.ts';
 
 export interface AwsCredentials { accessKeyId: string; secretAccessKey: string; sessionToken?: string }

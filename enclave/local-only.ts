@@ -6,7 +6,7 @@
 import fs from 'node:fs';
 import { X509Certificate } from 'node:crypto';
 import path from 'node:path';
-import { log } from '../src/shared/log.ts';
+import { log } from '../shared/log.ts';
 import { KeyMaterialError, type KeyStore } from './keystore.ts';
 import { SimulatedNsm, simulatedNsmRoot } from './nsm-simulated.ts';
 import type { Nsm } from './nsm.ts';

@@ -4,8 +4,8 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import { parseArgs } from 'node:util';
-import { parseAddress, formatAddress, DEFAULT_KEY_PORT, VSOCK_CID_ANY, type Address } from '../src/shared/address.ts';
-import { log, configureLog, routeProcessWarnings } from '../src/shared/log.ts';
+import { parseAddress, formatAddress, DEFAULT_KEY_PORT, VSOCK_CID_ANY, type Address } from '../shared/address.ts';
+import { log, configureLog, routeProcessWarnings } from '../shared/log.ts';
 import { KeyStore } from './keystore.ts';
 import { KeyServer } from './key-server.ts';
 import { ProvisionServer } from './provision-server.ts';
@@ -17,7 +17,7 @@ import { DeviceNsm, type Nsm } from './nsm.ts';
  * drops this import and the file with it.
  */
 const localOnly = () => (process.env.NITRO_ACM_BUILD === 'production-image' ? undefined : import('./local-only.ts'));
-import { DEFAULT_PROVISION_PORT } from '../src/shared/address.ts';
+import { DEFAULT_PROVISION_PORT } from '../shared/address.ts';
 
 const HELP = `Usage: nitro-acm-enclave [options]
 

@@ -7,9 +7,9 @@ import crypto, { X509Certificate, type KeyObject } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { signAttestation } from '../src/shared/attestation.ts';
-import { createCertificate } from '../src/shared/x509.ts';
-import { pcrOf, PCR_LENGTH } from '../src/shared/pcr.ts';
+import { signAttestation } from '../shared/attestation.ts';
+import { createCertificate } from '../shared/x509.ts';
+import { pcrOf, PCR_LENGTH } from '../shared/pcr.ts';
 import { NsmError, type Nsm, type AttestationRequest } from './nsm.ts';
 
 const ENCLAVE_DIR = path.dirname(fileURLToPath(import.meta.url));
@@ -42,7 +42,7 @@ function measure(files: string[]): Buffer {
 export function measureEnclaveApp(): { pcr0: Buffer; pcr1: Buffer; pcr2: Buffer } {
   const built = (p: string) => p.includes(`${path.sep}build${path.sep}`) || p.includes(`${path.sep}node_modules${path.sep}`);
   const app = filesUnder(ENCLAVE_DIR, built);
-  const image = [...app, ...filesUnder(path.join(PROJECT_DIR, 'src/shared'), built), ...['package-lock.json'].map((f) => path.join(PROJECT_DIR, f)).filter((f) => fs.existsSync(f))];
+  const image = [...app, ...filesUnder(path.join(PROJECT_DIR, 'shared'), built), ...['package-lock.json'].map((f) => path.join(PROJECT_DIR, f)).filter((f) => fs.existsSync(f))];
   return {
     pcr0: pcrOf(measure(image)),
     pcr1: pcrOf(`nitro-acm simulated kernel; node ${process.version} ${process.platform}-${process.arch}`),

@@ -4,8 +4,8 @@
 // NSM API defines them. Local mode's stand-in is enclave/nsm-simulated.ts, which
 // the production image leaves out.
 import fs from 'node:fs';
-import { decodeCbor, encodeCbor, type CborValue } from '../src/shared/cbor.ts';
-import { native } from '../src/shared/native.ts';
+import { decodeCbor, encodeCbor, type CborValue } from '../shared/cbor.ts';
+import { native } from '../shared/native.ts';
 
 export interface AttestationRequest { publicKey?: Buffer; userData?: Buffer; nonce?: Buffer }
 

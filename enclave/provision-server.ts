@@ -4,15 +4,15 @@
 // document (enclave/kms-client.ts), checked against its certificate, and kept in
 // memory only; plaintext bundles are refused outside local mode.
 import net from 'node:net';
-import { listen, peerOf } from '../src/shared/transport.ts';
-import type { PeerIdentity } from '../src/shared/native.ts';
-import type { Address } from '../src/shared/address.ts';
-import { parseBundle, parseFileDb, splitLeaf, BundleError, type Bundle, type FileDbKey } from '../src/shared/bundle.ts';
-import { PIN_BYTES, TOKEN_LABEL_MAX_BYTES } from '../src/shared/key-wire.ts';
-import { serveJsonFrames } from '../src/shared/json-frames.ts';
-import { PROVISIONING, PROVISION_VERSION, PROVISION_OPS, ProvisionError, type TokenDescription, type Health, type ProvisionOp } from '../src/shared/provision-wire.ts';
-import { log } from '../src/shared/log.ts';
-import { partitionOf } from '../src/shared/aws-partition.ts';
+import { listen, peerOf } from '../shared/transport.ts';
+import type { PeerIdentity } from '../shared/native.ts';
+import type { Address } from '../shared/address.ts';
+import { parseBundle, parseFileDb, splitLeaf, BundleError, type Bundle, type FileDbKey } from '../shared/bundle.ts';
+import { PIN_BYTES, TOKEN_LABEL_MAX_BYTES } from '../shared/key-wire.ts';
+import { serveJsonFrames } from '../shared/json-frames.ts';
+import { PROVISIONING, PROVISION_VERSION, PROVISION_OPS, ProvisionError, type TokenDescription, type Health, type ProvisionOp } from '../shared/provision-wire.ts';
+import { log } from '../shared/log.ts';
+import { partitionOf } from '../shared/aws-partition.ts';
 import { KeyStore, KeyMaterialError } from './keystore.ts';
 import { ConnectionsByActivity } from './connections-by-activity.ts';
 import { attestedDecrypt, prepareRecipientKeys, warmUpKmsClient, type KmsAccess, type AwsCredentials } from './kms-client.ts';

@@ -4,8 +4,8 @@
 // functions are synchronous: a key worker thread (enclave/key-worker.ts) calls
 // them for the connections it serves, never the main thread's event loop.
 import crypto, { type KeyObject } from 'node:crypto';
-import { CKR, P11Error } from '../src/shared/pkcs11-rv.ts';
-import { SignScheme, DecryptScheme, HASH_NAMES, HASH_LEN } from '../src/shared/key-wire.ts';
+import { CKR, P11Error } from '../shared/pkcs11-rv.ts';
+import { SignScheme, DecryptScheme, HASH_NAMES, HASH_LEN } from '../shared/key-wire.ts';
 
 export interface SignJob { key: KeyObject; modulusBits: number; scheme: number; hash: number; mgfHash: number; saltLength: number; data: Uint8Array }
 export interface DecryptJob { key: KeyObject; modulusBits: number; scheme: number; hash: number; mgfHash: number; oaepLabel: Uint8Array; data: Uint8Array }

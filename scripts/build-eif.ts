@@ -30,7 +30,7 @@ export async function makeEnclaveContext(dir: string): Promise<string[]> {
     // The AWS SDK has CommonJS parts; an ESM bundle gives them a require.
     banner: { js: "import { createRequire as __nitroAcmCreateRequire } from 'node:module'; const require = __nitroAcmCreateRequire(import.meta.url);" },
   });
-  fs.copyFileSync(path.join(PROJECT_ROOT, 'src/shared/native/native.c'), path.join(dir, 'native/native.c'));
+  fs.copyFileSync(path.join(PROJECT_ROOT, 'shared/native/native.c'), path.join(dir, 'native/native.c'));
   fs.copyFileSync(path.join(PROJECT_ROOT, 'enclave/Dockerfile'), path.join(dir, 'Dockerfile'));
   return (fs.readdirSync(dir, { recursive: true }) as string[]).filter((f) => fs.statSync(path.join(dir, f)).isFile()).sort();
 }

@@ -30,8 +30,8 @@ echo "rpm: compiling TypeScript" >&2
 npx tsc -p tsconfig.build.json --outDir "$app"
 cp package.json package-lock.json "$app/"
 cp -a templates config "$app/"
-cp -a src/shared/trust "$app/src/shared/"
-install -D -m 0755 src/shared/native/build/Release/native.node "$app/src/shared/native/build/Release/native.node"
+cp -a shared/trust "$app/shared/"
+install -D -m 0755 shared/native/build/Release/native.node "$app/shared/native/build/Release/native.node"
 
 echo "rpm: production dependencies" >&2
 cp -a node_modules "$app/"

@@ -9,7 +9,7 @@ import net from 'node:net';
 import path from 'node:path';
 import crypto from 'node:crypto';
 import { startEnclave } from '../test/helpers/enclave.ts';
-import { encodeRequest, decodeTokenList, Op, Hash, SignScheme, DecryptScheme, type Request } from '../src/shared/key-wire.ts';
+import { encodeRequest, decodeTokenList, Op, Hash, SignScheme, DecryptScheme, type Request } from '../shared/key-wire.ts';
 import { PROJECT_ROOT } from '../src/paths.ts';
 
 const fx = await startEnclave([{ label: 'fuzz', pin: '1234', names: ['fuzz.test'] }, { label: 'second', pin: 'abcdef', names: ['b.test'], bits: 3072 }], { prefix: 'fuzz-seeds' });

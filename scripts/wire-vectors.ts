@@ -1,5 +1,5 @@
 // Golden vectors of the key channel and the address grammar, made from the
-// TypeScript side (src/shared/key-wire.ts, src/shared/address.ts), which defines
+// TypeScript side (shared/key-wire.ts, shared/address.ts), which defines
 // the format: `node --import tsx scripts/wire-vectors.ts` writes
 // test/vectors/key-wire.txt. The C module's tests (p11-module/tests/vectors_test.c)
 // encode the same requests and must get the same bytes, decode the same token
@@ -16,8 +16,8 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { encodeRequest, encodeTokenList, Op, Hash, SignScheme, DecryptScheme, CertCategory, KeyFlag, LIST_CAPS, type WireToken } from '../src/shared/key-wire.ts';
-import { parseAddress } from '../src/shared/address.ts';
+import { encodeRequest, encodeTokenList, Op, Hash, SignScheme, DecryptScheme, CertCategory, KeyFlag, LIST_CAPS, type WireToken } from '../shared/key-wire.ts';
+import { parseAddress } from '../shared/address.ts';
 
 const hex = (b: Uint8Array) => (b.length ? Buffer.from(b).toString('hex') : '-');
 const bytes = (n: number, seed: number) => Buffer.from(Array.from({ length: n }, (_, i) => (i * 31 + seed) & 0xff));

@@ -2,7 +2,7 @@
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
-import { log, routeProcessWarnings } from './shared/log.ts';
+import { log, routeProcessWarnings } from '../shared/log.ts';
 
 interface Command { summary: string; help: string; run(argv: string[]): Promise<number> }
 

@@ -5,8 +5,8 @@ import test from 'ava';
 import fs from 'node:fs';
 import path from 'node:path';
 import crypto from 'node:crypto';
-import { verifyAttestation, parseAttestation, awsNitroRoot, AWS_NITRO_ROOT_G1_SHA256 } from '../src/shared/attestation.ts';
-import { encodeCbor, decodeCbor, Tagged } from '../src/shared/cbor.ts';
+import { verifyAttestation, parseAttestation, awsNitroRoot, AWS_NITRO_ROOT_G1_SHA256 } from '../shared/attestation.ts';
+import { encodeCbor, decodeCbor, Tagged } from '../shared/cbor.ts';
 import { ROOT } from './helpers/enclave.ts';
 
 const VECTORS = process.env.NITRO_ACM_VECTORS ?? path.join(ROOT, 'test/vectors');

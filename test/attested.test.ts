@@ -13,13 +13,13 @@ import pkcs11js from 'pkcs11js';
 import { KMSClient, CreateKeyCommand, EncryptCommand, DecryptCommand, KMSServiceException } from '@aws-sdk/client-kms';
 import { startLocalCloud, type LocalCloud } from '../src/local/cloud/server.ts';
 import { startLocalEnclave, type LocalEnclave } from '../src/local/enclave-process.ts';
-import { ProvisionClient, ProvisionError } from '../src/shared/provision-wire.ts';
+import { ProvisionClient, ProvisionError } from '../shared/provision-wire.ts';
 import { measureEnclaveApp, simulatedNsmRoot, SimulatedNsm } from '../enclave/nsm-simulated.ts';
 import { ProvisionServer } from '../enclave/provision-server.ts';
 import { KeyStore } from '../enclave/keystore.ts';
 import { createCA, issueServerCert } from '../src/local/pki.ts';
-import { parseAddress } from '../src/shared/address.ts';
-import type { Bundle } from '../src/shared/bundle.ts';
+import { parseAddress } from '../shared/address.ts';
+import type { Bundle } from '../shared/bundle.ts';
 import { tmpdir, MODULE_PATH, ROOT } from './helpers/enclave.ts';
 import { registerWithP11Kit } from '../src/local/p11kit.ts';
 import { startNginx, freePort, handshake, fingerprintOf } from '../src/local/webservers.ts';
@@ -121,7 +121,7 @@ test.serial('refused: the same bundle in debug mode (PCRs all zero)', async (t) 
 
 test.serial('refused: an enclave app with one changed file (different PCR0)', async (t) => {
   const copy = fs.mkdtempSync(path.join(dir, 'changed-'));
-  for (const d of ['enclave', 'src/shared']) fs.cpSync(path.join(ROOT, d), path.join(copy, d), { recursive: true, filter: (s) => !s.includes('/build/') || s.endsWith('.node') || fs.statSync(s).isDirectory() });
+  for (const d of ['enclave', 'shared']) fs.cpSync(path.join(ROOT, d), path.join(copy, d), { recursive: true, filter: (s) => !s.includes('/build/') || s.endsWith('.node') || fs.statSync(s).isDirectory() });
   fs.copyFileSync(path.join(ROOT, 'package-lock.json'), path.join(copy, 'package-lock.json'));
   fs.copyFileSync(path.join(ROOT, 'package.json'), path.join(copy, 'package.json'));
   fs.symlinkSync(path.join(ROOT, 'node_modules'), path.join(copy, 'node_modules'));

@@ -141,7 +141,7 @@ test.serial("AWS's httpd example served by real Apache httpd", async (t) => {
 });
 
 test('a bad FileDb is refused naming the file, the entry and the field', async (t) => {
-  const { parseFileDb } = await import('../src/shared/bundle.ts');
+  const { parseFileDb } = await import('../shared/bundle.ts');
   const { readFileDb } = await import('../src/agent/source.ts');
   t.throws(() => parseFileDb('{"id": 1}', 'db.json'), { message: /^db\.json: expected a JSON array of keys/ });
   t.throws(() => parseFileDb('[]', 'db.json'), { message: 'db.json: 0 keys; a token holds 1 to 16' });

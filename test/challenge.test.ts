@@ -4,7 +4,7 @@
 import test from 'ava';
 import { verifyTokenSigns, ChallengeError } from '../src/agent/challenge.ts';
 import { startEnclave, MODULE_PATH, type EnclaveFixture } from './helpers/enclave.ts';
-import { ckaIdOf } from '../src/shared/key-id.ts';
+import { ckaIdOf } from '../shared/key-id.ts';
 
 /** The token's key as the agent expects it: found by the CKA_ID of `idOf`'s key, verified with `certificatePem`. */
 const expect = (certificatePem: string, idOf = certificatePem) => ({ keys: [{ ckaId: ckaIdOf(idOf), certificatePem }] });

@@ -6,7 +6,7 @@ import path from 'node:path';
 import crypto from 'node:crypto';
 import { KMSClient, CreateKeyCommand, DecryptCommand } from '@aws-sdk/client-kms';
 import { startLocalCloud, type LocalCloud } from '../src/local/cloud/server.ts';
-import { parseBundle } from '../src/shared/bundle.ts';
+import { parseBundle } from '../shared/bundle.ts';
 import { createCA, issueServerCert } from '../src/local/pki.ts';
 import { cli } from './helpers/cli.ts';
 import { tmpdir, ROOT } from './helpers/enclave.ts';

@@ -7,8 +7,8 @@ import path from 'node:path';
 import crypto from 'node:crypto';
 import os from 'node:os';
 import { spawnSync } from 'node:child_process';
-import { unwrapCiphertextForRecipient, parseEnvelopedData, buildCiphertextForRecipient, recipientKeyId, CmsError } from '../src/shared/cms.ts';
-import { der, derOid, derInt, indefinite } from '../src/shared/ber.ts';
+import { unwrapCiphertextForRecipient, parseEnvelopedData, buildCiphertextForRecipient, recipientKeyId, CmsError } from '../shared/cms.ts';
+import { der, derOid, derInt, indefinite } from '../shared/ber.ts';
 import { ROOT } from './helpers/enclave.ts';
 
 const VECTORS = process.env.NITRO_ACM_VECTORS ?? path.join(ROOT, 'test/vectors');

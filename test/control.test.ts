@@ -9,8 +9,8 @@ import os from 'node:os';
 import path from 'node:path';
 import net from 'node:net';
 import { startControlServer, controlCall, ControlError, CONTROL } from '../src/agent/control.ts';
-import { jsonFrame } from '../src/shared/json-frames.ts';
-import { FrameSplitter } from '../src/shared/framing.ts';
+import { jsonFrame } from '../shared/json-frames.ts';
+import { FrameSplitter } from '../shared/framing.ts';
 
 async function agentSocket(t: { teardown(f: () => unknown): void }) {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'nitro-acm-control-'));

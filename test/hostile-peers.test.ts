@@ -11,10 +11,10 @@ import { startLocalEnclave, type LocalEnclave } from '../src/local/enclave-proce
 import { simulatedNsmRoot } from '../enclave/nsm-simulated.ts';
 import { KeyClient, ConnectionClosed } from './helpers/key-client.ts';
 import { openFileLimit } from '../enclave/key-server.ts';
-import { ProvisionClient, MAX_PROVISION_FRAME, PROVISION_VERSION } from '../src/shared/provision-wire.ts';
-import { jsonFrame as frameOf } from '../src/shared/json-frames.ts';
-import { Op, SignScheme, Hash, decodeTokenList, encodeRequest } from '../src/shared/key-wire.ts';
-import { CKR } from '../src/shared/pkcs11-rv.ts';
+import { ProvisionClient, MAX_PROVISION_FRAME, PROVISION_VERSION } from '../shared/provision-wire.ts';
+import { jsonFrame as frameOf } from '../shared/json-frames.ts';
+import { Op, SignScheme, Hash, decodeTokenList, encodeRequest } from '../shared/key-wire.ts';
+import { CKR } from '../shared/pkcs11-rv.ts';
 import { createCA, issueServerCert } from '../src/local/pki.ts';
 import { tmpdir } from './helpers/enclave.ts';
 import { runAsNobody } from './helpers/unprivileged.ts';

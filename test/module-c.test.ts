@@ -8,9 +8,9 @@ import net from 'node:net';
 import fs from 'node:fs';
 import crypto from 'node:crypto';
 import { startEnclave, tmpdir, ROOT, type EnclaveFixture } from './helpers/enclave.ts';
-import { FrameSplitter } from '../src/shared/framing.ts';
-import { Op, encodeResponse, encodeTokenList, readRequestHeader, MAX_REQUEST, KEY_WIRE_VERSION, REPLY_BIT, LIST_CAPS } from '../src/shared/key-wire.ts';
-import { CKR } from '../src/shared/pkcs11-rv.ts';
+import { FrameSplitter } from '../shared/framing.ts';
+import { Op, encodeResponse, encodeTokenList, readRequestHeader, MAX_REQUEST, KEY_WIRE_VERSION, REPLY_BIT, LIST_CAPS } from '../shared/key-wire.ts';
+import { CKR } from '../shared/pkcs11-rv.ts';
 import { createCA, issueServerCert } from '../src/local/pki.ts';
 
 let fx: EnclaveFixture;

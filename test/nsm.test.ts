@@ -7,8 +7,8 @@ import path from 'node:path';
 import crypto from 'node:crypto';
 import { DeviceNsm } from '../enclave/nsm.ts';
 import { SimulatedNsm, simulatedNsmRoot, measureEnclaveApp } from '../enclave/nsm-simulated.ts';
-import { verifyAttestation, awsNitroRoot } from '../src/shared/attestation.ts';
-import { pcrOf } from '../src/shared/pcr.ts';
+import { verifyAttestation, awsNitroRoot } from '../shared/attestation.ts';
+import { pcrOf } from '../shared/pcr.ts';
 import { tmpdir } from './helpers/enclave.ts';
 
 const dir = tmpdir('nsm');

@@ -31,8 +31,8 @@ test.serial('npm run rpm: the package installs what an operator needs, with the 
 
   // File list: rpm -qlp.
   const files = sh('rpm', ['-qlp', rpm]).stdout.trim().split('\n');
-  for (const f of ['/usr/bin/nitro-acm', '/usr/lib/nitro-acm/src/cli.js', '/usr/lib/nitro-acm/enclave/main.js', '/usr/lib/nitro-acm/src/shared/native/build/Release/native.node',
-    '/usr/lib/nitro-acm/templates/nginx-stanza.conf', '/usr/lib/nitro-acm/src/shared/trust/aws_nitro_enclaves_root_g1.pem', '/usr/lib64/pkcs11/nitro-acm-p11.so',
+  for (const f of ['/usr/bin/nitro-acm', '/usr/lib/nitro-acm/src/cli.js', '/usr/lib/nitro-acm/enclave/main.js', '/usr/lib/nitro-acm/shared/native/build/Release/native.node',
+    '/usr/lib/nitro-acm/templates/nginx-stanza.conf', '/usr/lib/nitro-acm/shared/trust/aws_nitro_enclaves_root_g1.pem', '/usr/lib64/pkcs11/nitro-acm-p11.so',
     '/usr/share/p11-kit/modules/nitro-acm.module', '/usr/lib/systemd/system/nitro-enclaves-acm.service', '/etc/nitro_enclaves/acm.example.yaml',
     '/etc/nitro_enclaves/acm-httpd.example.yaml', '/usr/share/doc/nitro-acm/operations.md', '/usr/share/licenses/nitro-acm/LICENSE',
     '/usr/lib/nitro-acm/node_modules/@aws-sdk/client-kms/package.json', '/usr/lib/nitro-acm/node_modules/pkcs11js/package.json']) t.true(files.includes(f), `${f} is packaged`);
@@ -115,7 +115,7 @@ test('build:eif: the build context holds exactly the enclave app bundle, the add
   t.true(app.includes('DeviceNsm') || app.includes('/dev/nsm'), 'the real NSM is');
   t.true(app.includes('KMSClient') || app.includes('DecryptCommand'), 'the KMS client is bundled');
   // The bundle runs as the image's CMD would: the app answers --help with node alone.
-  fs.copyFileSync(path.join(ROOT, 'src/shared/native/build/Release/native.node'), path.join(ctx, 'app/native.node'));
+  fs.copyFileSync(path.join(ROOT, 'shared/native/build/Release/native.node'), path.join(ctx, 'app/native.node'));
   const r = sh(process.execPath, [path.join(ctx, 'app/main.js'), '--help'], {}, ctx);
   t.is(r.status, 0, r.stderr);
   t.regex(r.stdout, /--key-address/);

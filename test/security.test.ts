@@ -10,12 +10,12 @@ import { startLocalEnclave, type LocalEnclave } from '../src/local/enclave-proce
 import { simulatedNsmRoot } from '../enclave/nsm-simulated.ts';
 import { KeyClient } from './helpers/key-client.ts';
 import { runAsNobody, SEND_AND_SEE } from './helpers/unprivileged.ts';
-import { ProvisionClient, ProvisionError, PROVISION_VERSION, MAX_PROVISION_FRAME } from '../src/shared/provision-wire.ts';
-import { jsonFrame as frameOf } from '../src/shared/json-frames.ts';
+import { ProvisionClient, ProvisionError, PROVISION_VERSION, MAX_PROVISION_FRAME } from '../shared/provision-wire.ts';
+import { jsonFrame as frameOf } from '../shared/json-frames.ts';
 import { provisioningRefusal } from '../enclave/provision-server.ts';
-import { Op, SignScheme, Hash, decodeTokenList, encodeRequest } from '../src/shared/key-wire.ts';
-import { CKR } from '../src/shared/pkcs11-rv.ts';
-import { kmsHost } from '../src/shared/aws-partition.ts';
+import { Op, SignScheme, Hash, decodeTokenList, encodeRequest } from '../shared/key-wire.ts';
+import { CKR } from '../shared/pkcs11-rv.ts';
+import { kmsHost } from '../shared/aws-partition.ts';
 import { PinThrottle, FREE_ATTEMPTS } from '../enclave/pin-throttle.ts';
 import { createCA, issueServerCert } from '../src/local/pki.ts';
 import { tmpdir } from './helpers/enclave.ts';

@@ -3,12 +3,12 @@
 import test from 'ava';
 import net from 'node:net';
 import crypto from 'node:crypto';
-import { parseAddress, formatAddress } from '../src/shared/address.ts';
-import { FrameSplitter, FrameTooLarge } from '../src/shared/framing.ts';
-import { encodeTokenList, decodeTokenList, encodeRequest, decodeRequest, Op, SignScheme, DecryptScheme, Hash } from '../src/shared/key-wire.ts';
-import { listen, connect } from '../src/shared/transport.ts';
+import { parseAddress, formatAddress } from '../shared/address.ts';
+import { FrameSplitter, FrameTooLarge } from '../shared/framing.ts';
+import { encodeTokenList, decodeTokenList, encodeRequest, decodeRequest, Op, SignScheme, DecryptScheme, Hash } from '../shared/key-wire.ts';
+import { listen, connect } from '../shared/transport.ts';
 import { sign, decrypt } from '../enclave/rsa-ops.ts';
-import { CKR, P11Error } from '../src/shared/pkcs11-rv.ts';
+import { CKR, P11Error } from '../shared/pkcs11-rv.ts';
 
 test('addresses: both forms parse and print back; errors say what is wrong', (t) => {
   for (const a of ['unix:path=/run/nitro-acm/keys.sock', 'vsock:cid=16;port=9999']) t.is(formatAddress(parseAddress(a)), a);

@@ -1,5 +1,5 @@
 // The key channel's numbers are written twice, once for each side: in
-// p11-module/src/wire.h for the C module and in src/shared/key-wire.ts (and
+// p11-module/src/wire.h for the C module and in shared/key-wire.ts (and
 // address.ts) for the enclave app and the agent. This test reads wire.h and
 // fails on any number the two sides disagree on, so a change on one side that
 // the other does not follow cannot land.
@@ -7,8 +7,8 @@ import test from 'ava';
 import fs from 'node:fs';
 import path from 'node:path';
 import { ROOT } from './helpers/enclave.ts';
-import * as kw from '../src/shared/key-wire.ts';
-import { DEFAULT_KEY_ADDRESS } from '../src/shared/address.ts';
+import * as kw from '../shared/key-wire.ts';
+import { DEFAULT_KEY_ADDRESS } from '../shared/address.ts';
 
 const header = fs.readFileSync(path.join(ROOT, 'p11-module/src/wire.h'), 'utf8');
 

@@ -31,10 +31,10 @@ import { RsaEsOaepParams } from '@peculiar/asn1-rsa';
 import { AlgorithmIdentifier } from '@peculiar/asn1-x509';
 import * as x509 from '@peculiar/x509';
 import forge from 'node-forge';
-import { decodeCbor, Tagged } from '../../src/shared/cbor.ts';
-import { parseBer, der, indefinite, derOid, derInt } from '../../src/shared/ber.ts';
-import { parseEnvelopedData, buildCiphertextForRecipient, type EnvelopedParts } from '../../src/shared/cms.ts';
-import { createCertificate } from '../../src/shared/x509.ts';
+import { decodeCbor, Tagged } from '../../shared/cbor.ts';
+import { parseBer, der, indefinite, derOid, derInt } from '../../shared/ber.ts';
+import { parseEnvelopedData, buildCiphertextForRecipient, type EnvelopedParts } from '../../shared/cms.ts';
+import { createCertificate } from '../../shared/x509.ts';
 import { makeEnclaveContext } from '../../scripts/build-eif.ts';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
@@ -263,12 +263,12 @@ async function compareCbor() {
   const docs = real.map((r) => r.bytes);
   const rates = speed(Object.fromEntries(Object.entries(decoders).map(([k, d]) => [k, () => { for (const doc of docs) attestationDecodes(d)(doc); }])));
   const bundles: Record<string, string> = {
-    ours: await bundleBytes(`export { decodeCbor } from ${JSON.stringify(path.join(ROOT, 'src/shared/cbor.ts'))};`),
+    ours: await bundleBytes(`export { decodeCbor } from ${JSON.stringify(path.join(ROOT, 'shared/cbor.ts'))};`),
     [`cbor2 ${version('cbor2')}`]: await bundleBytes(`export { decode } from 'cbor2';`),
     [`cbor-x ${version('cbor-x')}`]: await bundleBytes(`export { Decoder } from 'cbor-x';`),
     [`cbor ${version('cbor')}`]: await bundleBytes(`import c from 'cbor'; export const d = c.decodeFirstSync;`),
   };
-  const installs: Record<string, string> = { ours: ourLines('src/shared/cbor.ts'), [`cbor2 ${version('cbor2')}`]: installed(['cbor2']), [`cbor-x ${version('cbor-x')}`]: installed(['cbor-x']), [`cbor ${version('cbor')}`]: installed(['cbor']) };
+  const installs: Record<string, string> = { ours: ourLines('shared/cbor.ts'), [`cbor2 ${version('cbor2')}`]: installed(['cbor2']), [`cbor-x ${version('cbor-x')}`]: installed(['cbor-x']), [`cbor ${version('cbor')}`]: installed(['cbor']) };
   for (const name of Object.keys(decoders)) {
     const v = verdicts[name];
     rows.push({ job: `CBOR (${real.length} attestation documents; ${inputs.length} inputs)`, candidate: name, agree: `${v.agree}/${inputs.length}`, differ: summariseDiffer(v.differ), speed: `${(rates[name] / rates.ours).toFixed(2)} (${rates[name].toFixed(0)} docs/s)`, bundle: bundles[name], install: installs[name], note: `slowest input ${v.slowestMs.toFixed(0)} ms` });
@@ -402,13 +402,13 @@ async function compareCms() {
   const samples = real.map((r) => r.bytes);
   const rates = speed(Object.fromEntries(Object.entries(parsers).filter(([k]) => !k.startsWith('node-forge')).map(([k, p]) => [k, () => { for (const s of samples) { try { p(s); } catch { /* counted in the verdicts */ } } }])));
   const bundles: Record<string, string> = {
-    ours: await bundleBytes(`export { parseEnvelopedData } from ${JSON.stringify(path.join(ROOT, 'src/shared/cms.ts'))};`),
+    ours: await bundleBytes(`export { parseEnvelopedData } from ${JSON.stringify(path.join(ROOT, 'shared/cms.ts'))};`),
     [`pkijs ${version('pkijs')} (asn1js ${version('asn1js')})`]: await bundleBytes(`export { ContentInfo, EnvelopedData, RSAESOAEPParams } from 'pkijs'; export { fromBER } from 'asn1js';`),
     [`@peculiar/asn1-cms ${version('@peculiar/asn1-cms')}`]: await bundleBytes(`export { AsnParser } from '@peculiar/asn1-schema'; export { ContentInfo, EnvelopedData } from '@peculiar/asn1-cms'; export { RsaEsOaepParams } from '@peculiar/asn1-rsa';`),
     [`node-forge ${version('node-forge')} (pkcs7)`]: await bundleBytes(`import f from 'node-forge'; export const m = f.pkcs7.messageFromAsn1;`),
   };
   const installs: Record<string, string> = {
-    ours: ourLines('src/shared/cms.ts', 'src/shared/ber.ts'),
+    ours: ourLines('shared/cms.ts', 'shared/ber.ts'),
     [`pkijs ${version('pkijs')} (asn1js ${version('asn1js')})`]: installed(['pkijs']),
     [`@peculiar/asn1-cms ${version('@peculiar/asn1-cms')}`]: installed(['@peculiar/asn1-cms', '@peculiar/asn1-rsa']),
     [`node-forge ${version('node-forge')} (pkcs7)`]: installed(['node-forge']),
@@ -507,7 +507,7 @@ async function compareX509() {
     return ca.ca && leaf.checkIssued(ca) && leaf.verify(ca.publicKey) && opensslAccepts(pems[0], pems[1]);
   };
   const candidates: { name: string; ec?: () => Promise<string[]> | string[]; rsa: () => Promise<string[]> | string[]; bundle: string; install: string }[] = [
-    { name: 'ours', ec: () => oursPair(ecCa, ecLeaf), rsa: () => oursPair(rsaCa, rsaLeaf), bundle: await bundleBytes(`export { createCertificate } from ${JSON.stringify(path.join(ROOT, 'src/shared/x509.ts'))};`), install: ourLines('src/shared/x509.ts') },
+    { name: 'ours', ec: () => oursPair(ecCa, ecLeaf), rsa: () => oursPair(rsaCa, rsaLeaf), bundle: await bundleBytes(`export { createCertificate } from ${JSON.stringify(path.join(ROOT, 'shared/x509.ts'))};`), install: ourLines('shared/x509.ts') },
     { name: `@peculiar/x509 ${version('@peculiar/x509')}`, ec: () => peculiarPair(webEcCa, webEcLeaf), rsa: () => peculiarPair(webRsaCa, webRsaLeaf), bundle: await bundleBytes(`export * from '@peculiar/x509';`), install: installed(['@peculiar/x509', 'reflect-metadata']) },
     { name: `node-forge ${version('node-forge')}`, rsa: forgePair, bundle: await bundleBytes(`import f from 'node-forge'; export const p = f.pki;`), install: installed(['node-forge']) },
   ];

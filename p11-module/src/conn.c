@@ -89,7 +89,7 @@ int conn_parse_address(const char *text, conn_address *out)
       unsigned long long v;
       char *stop;
       if (n > 4 && strncmp(p, "cid=", 4) == 0) {
-        if (have_cid || p[4] < '0' || p[4] > '9') return -1; /* given twice, or not digits (as src/shared/address.ts) */
+        if (have_cid || p[4] < '0' || p[4] > '9') return -1; /* given twice, or not digits (as shared/address.ts) */
         errno = 0;
         v = strtoull(p + 4, &stop, 10);
         if (errno || stop != p + n || v > 0xffffffffULL) return -1;

@@ -1,5 +1,5 @@
 /*
- * Key channel, version 1: the C side of src/shared/key-wire.ts. docs/protocol.md
+ * Key channel, version 1: the C side of shared/key-wire.ts. docs/protocol.md
  * is the specification. Every length read from the socket is checked against
  * what is left before it is used.
  */
@@ -11,11 +11,11 @@
 
 #define KW_VERSION 1
 #define KW_MAX_REQUEST (16u * 1024u)
-/* Longest OAEP label carried to the enclave (src/shared/key-wire.ts MAX_OAEP_LABEL): fits a request beside a 4096-bit block. */
+/* Longest OAEP label carried to the enclave (shared/key-wire.ts MAX_OAEP_LABEL): fits a request beside a 4096-bit block. */
 #define KW_MAX_OAEP_LABEL 8192u
 #define KW_MAX_RESPONSE (8u * 1024u * 1024u)
 /*
- * Caps on one token list (src/shared/key-wire.ts LIST_CAPS; docs/protocol.md):
+ * Caps on one token list (shared/key-wire.ts LIST_CAPS; docs/protocol.md):
  * the enclave app refuses to hold more, and the module refuses a list over any
  * of them (a buggy or hostile peer must not stall the web server's threads).
  */
@@ -23,13 +23,13 @@
 #define KW_MAX_KEYS_PER_TOKEN 16u
 #define KW_MAX_CERTS_PER_KEY 8u
 #define KW_MAX_OBJECTS 65536u /* over the whole list: 2 per key plus its certificates */
-/* A token's label (CK_TOKEN_INFO.label is 32 bytes; src/shared/key-wire.ts TOKEN_LABEL_MAX_BYTES). */
+/* A token's label (CK_TOKEN_INFO.label is 32 bytes; shared/key-wire.ts TOKEN_LABEL_MAX_BYTES). */
 #define KW_MAX_TOKEN_LABEL 32u
-/* Where the module finds the enclave unless told (src/shared/address.ts DEFAULT_KEY_ADDRESS). */
+/* Where the module finds the enclave unless told (shared/address.ts DEFAULT_KEY_ADDRESS). */
 #define KW_DEFAULT_KEY_ADDRESS "vsock:cid=16;port=9999"
 /* A key's label (CKA_LABEL) as LIST carries it: one length byte (KEY_LABEL_MAX_BYTES). */
 #define KW_MAX_LABEL_BYTES 255u
-/* A token's PIN, in bytes (src/shared/key-wire.ts PIN_BYTES): AWS's agent takes any non-empty string, and LOGIN carries up to 255. */
+/* A token's PIN, in bytes (shared/key-wire.ts PIN_BYTES): AWS's agent takes any non-empty string, and LOGIN carries up to 255. */
 #define KW_MIN_PIN 1u
 #define KW_MAX_PIN 255u
 #define KW_REQUEST_HEADER 8
@@ -63,7 +63,7 @@ void kw_end_frame(kw_buf *b);
 
 /*
  * Every request, whole (length prefix included), one function an operation: the
- * C side of src/shared/key-wire.ts encodeRequest, checked byte for byte against
+ * C side of shared/key-wire.ts encodeRequest, checked byte for byte against
  * its output by p11-module/tests/vectors_test.c (test/vectors/key-wire.txt).
  */
 typedef struct {

@@ -3,13 +3,13 @@
 // column and what was expected, like `nginx -t`.
 import fs from 'node:fs';
 import path from 'node:path';
-import { LIST_CAPS, PIN_BYTES, TOKEN_LABEL_MAX_BYTES } from '../shared/key-wire.ts';
-import { DEFAULT_KEY_PORT, DEFAULT_PROVISION_PORT } from '../shared/address.ts';
-import { parseS3Uri } from '../shared/s3-uri.ts';
+import { LIST_CAPS, PIN_BYTES, TOKEN_LABEL_MAX_BYTES } from '../../shared/key-wire.ts';
+import { DEFAULT_KEY_PORT, DEFAULT_PROVISION_PORT } from '../../shared/address.ts';
+import { parseS3Uri } from '../../shared/s3-uri.ts';
 import { parseDocument, LineCounter, isMap, isScalar, isSeq, type Node, type Pair, type YAMLMap } from 'yaml';
 
 export const DEFAULT_CONFIG = '/etc/nitro_enclaves/acm.yaml';
-/** One token list holds at most this many (src/shared/key-wire.ts LIST_CAPS). */
+/** One token list holds at most this many (shared/key-wire.ts LIST_CAPS). */
 export const MAX_TOKENS = LIST_CAPS.tokens;
 
 export type Source = { Acm: { certificate_arn: string; bucket?: string } } | { S3: { uri: string } } | { FileDb: { path: string } };

@@ -1,5 +1,5 @@
 // The running agent's control socket: a unix socket, root only (0600), speaking
-// framed JSON (src/shared/json-frames.ts; docs/protocol.md) with its own
+// framed JSON (shared/json-frames.ts; docs/protocol.md) with its own
 // operations, version and errors, defined once here (ControlOps) for the agent
 // that serves them and the commands that ask. `nitro-acm status` and `doctor`
 // read the agent's view of every token through it, and local mode's
@@ -7,9 +7,9 @@
 import net from 'node:net';
 import fs from 'node:fs';
 import path from 'node:path';
-import { listen, connect } from '../shared/transport.ts';
-import { FrameError, JsonFrameClient, serveJsonFrames, type JsonChannel } from '../shared/json-frames.ts';
-import { log } from '../shared/log.ts';
+import { listen, connect } from '../../shared/transport.ts';
+import { FrameError, JsonFrameClient, serveJsonFrames, type JsonChannel } from '../../shared/json-frames.ts';
+import { log } from '../../shared/log.ts';
 import type { AgentStatus } from './token-status.ts';
 import type { WebServerState } from './web-server.ts';
 

@@ -2,9 +2,9 @@
 // that starts, watches and stops it. Production's runs the image under nitro-cli
 // (src/agent/nitro-cli.ts, the one place nitro-cli is called); local mode's
 // (src/local/local-enclave-controller.ts) runs the enclave app as a child process.
-import { log } from '../shared/log.ts';
-import { parseAddress, ENCLAVE_CID } from '../shared/address.ts';
-import { ProvisionClient } from '../shared/provision-wire.ts';
+import { log } from '../../shared/log.ts';
+import { parseAddress, ENCLAVE_CID } from '../../shared/address.ts';
+import { ProvisionClient } from '../../shared/provision-wire.ts';
 import { runEnclave, describeEnclaves, terminateEnclave } from './nitro-cli.ts';
 import type { AcmConfig } from './config.ts';
 

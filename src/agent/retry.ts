@@ -1,8 +1,8 @@
 // How the agent waits and retries: with backoff and jitter, never on an error the
 // same request would get again, never on an enclave that cannot be reached (the
 // health check replaces it); and a few things at a time.
-import { log } from '../shared/log.ts';
-import { ProvisionError, PERMANENT_ERRORS } from '../shared/provision-wire.ts';
+import { log } from '../../shared/log.ts';
+import { ProvisionError, PERMANENT_ERRORS } from '../../shared/provision-wire.ts';
 
 /** Runs fn on every item, at most `limit` at a time. */
 export async function eachLimited<T>(items: T[], limit: number, fn: (item: T) => Promise<unknown>): Promise<void> {

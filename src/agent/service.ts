@@ -5,7 +5,7 @@
 // keeps serving). Every operation runs one at a time, in order.
 import path from 'node:path';
 import chokidar from 'chokidar';
-import { log, configureLog } from '../shared/log.ts';
+import { log, configureLog } from '../../shared/log.ts';
 import { loadConfig, ConfigError, type AcmConfig } from './config.ts';
 
 /** What acm.yaml says that nitro-acm reads otherwise than AWS's agent (an unknown key, a number brought into range), each once in the log. */

@@ -5,8 +5,8 @@
 // request.
 import fs from 'node:fs';
 import { S3Client, GetObjectCommand, S3ServiceException } from '@aws-sdk/client-s3';
-import { parseBundle, parseFileDb, BundleError, MAX_FILEDB, type Bundle, type FileDbKey } from '../shared/bundle.ts';
-import { parseS3Uri } from '../shared/s3-uri.ts';
+import { parseBundle, parseFileDb, BundleError, MAX_FILEDB, type Bundle, type FileDbKey } from '../../shared/bundle.ts';
+import { parseS3Uri } from '../../shared/s3-uri.ts';
 import type { InstanceContext } from './aws.ts';
 
 export type TokenSource = { Acm: { certificate_arn: string; bucket?: string } } | { S3: { uri: string } };

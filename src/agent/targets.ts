@@ -8,11 +8,11 @@ import fs from 'node:fs';
 import crypto from 'node:crypto';
 import path from 'node:path';
 import { render } from '../templates.ts';
-import { ckaIdOf, uriId } from '../shared/key-id.ts';
+import { ckaIdOf, uriId } from '../../shared/key-id.ts';
 import type { TargetSpec } from './config.ts';
 
 export type { TargetSpec };
-/** ckaId: the key's CKA_ID (the URI's id=; default: the certificate's key's, src/shared/key-id.ts); certificatePem: its certificate, which a web server needs (a FileDb key may have none). */
+/** ckaId: the key's CKA_ID (the URI's id=; default: the certificate's key's, shared/key-id.ts); certificatePem: its certificate, which a web server needs (a FileDb key may have none). */
 export interface TokenOutput { label: string; source: string; pin: string; ckaId?: Buffer; certificatePem?: string; chainPem: string; pinInConfig?: boolean }
 export interface WrittenFiles { config: string; chain: string; pin?: string }
 

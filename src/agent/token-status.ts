@@ -1,7 +1,7 @@
 // One token as `nitro-acm status` shows it, and the agent's whole view: what the
 // agent knows of each token and what the enclave holds. Never a PIN or a key.
 import crypto from 'node:crypto';
-import type { Health } from '../shared/provision-wire.ts';
+import type { Health } from '../../shared/provision-wire.ts';
 import type { TokenStateName } from './agent.ts';
 
 /** One token as `nitro-acm status` shows it: what the agent knows and what the enclave holds. */

@@ -2,7 +2,7 @@
 // reload (or start, or restart) policy after the agent wrote its files
 // (src/agent/targets.ts writes them).
 import { execFile } from 'node:child_process';
-import { log } from '../shared/log.ts';
+import { log } from '../../shared/log.ts';
 import type { AcmConfig } from './config.ts';
 import type { AddedToken } from './agent.ts';
 import { processStartedAt } from './process-start.ts';

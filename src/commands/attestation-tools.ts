@@ -1,8 +1,8 @@
 // nitro-acm verify-attestation and nitro-acm pcrs: operator tools for attestation.
 import fs from 'node:fs';
 import { X509Certificate } from 'node:crypto';
-import { verifyAttestation, parseAttestation, awsNitroRoot, AttestationError } from '../shared/attestation.ts';
-import { pcrOf, pcrConditionKey } from '../shared/pcr.ts';
+import { verifyAttestation, parseAttestation, awsNitroRoot, AttestationError } from '../../shared/attestation.ts';
+import { pcrOf, pcrConditionKey } from '../../shared/pcr.ts';
 
 /** Reads a document given as raw CBOR, hex or base64 text. */
 export function readDocument(file: string): Buffer {

@@ -7,8 +7,8 @@ import fs from 'node:fs';
 import crypto from 'node:crypto';
 import { KMSClient, EncryptCommand } from '@aws-sdk/client-kms';
 import { S3Client, PutObjectCommand } from '@aws-sdk/client-s3';
-import type { Bundle } from '../shared/bundle.ts';
-import { parseS3Uri } from '../shared/s3-uri.ts';
+import type { Bundle } from '../../shared/bundle.ts';
+import { parseS3Uri } from '../../shared/s3-uri.ts';
 
 export interface SealOptions {
   certificate: string;

@@ -4,9 +4,9 @@ import path from 'node:path';
 import fs from 'node:fs';
 import { startLocalEnclave, type LocalEnclave } from './enclave-process.ts';
 import type { EnclaveController, EnclaveEndpoints } from '../agent/enclave-controller.ts';
-import { ProvisionClient } from '../shared/provision-wire.ts';
-import { parseAddress } from '../shared/address.ts';
-import { log } from '../shared/log.ts';
+import { ProvisionClient } from '../../shared/provision-wire.ts';
+import { parseAddress } from '../../shared/address.ts';
+import { log } from '../../shared/log.ts';
 
 async function answers(address: string): Promise<boolean> {
   try {

@@ -9,15 +9,15 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import crypto from 'node:crypto';
-import { log } from '../shared/log.ts';
+import { log } from '../../shared/log.ts';
 import { render } from '../templates.ts';
 import { createCA, issueServerCert } from './pki.ts';
 import { S3Client, GetObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
 import { KMSClient, CreateKeyCommand, EncryptCommand, PutKeyPolicyCommand } from '@aws-sdk/client-kms';
 import { startLocalCloud, type LocalCloud } from './cloud/server.ts';
 import { measureEnclaveApp, simulatedNsmRoot } from '../../enclave/nsm-simulated.ts';
-import { pcrOf } from '../shared/pcr.ts';
-import type { Bundle } from '../shared/bundle.ts';
+import { pcrOf } from '../../shared/pcr.ts';
+import type { Bundle } from '../../shared/bundle.ts';
 import { registerWithP11Kit } from './p11kit.ts';
 import { handshake, fingerprintOf, launchNginx, startHttpd, type RunningServer } from './webservers.ts';
 import { writeAtomic } from '../agent/targets.ts';

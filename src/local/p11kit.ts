@@ -8,7 +8,7 @@ import path from 'node:path';
 import { render } from '../templates.ts';
 
 import { BUILT_MODULE } from '../paths.ts';
-import { DEFAULT_KEY_ADDRESS } from '../shared/address.ts';
+import { DEFAULT_KEY_ADDRESS } from '../../shared/address.ts';
 export const P11KIT_MODULE_FILE = '/etc/pkcs11/modules/nitro-acm.module';
 export const DEFAULT_TIMEOUT_MS = 5000;
 

@@ -1,8 +1,8 @@
 // A small certificate authority for local mode and the tests (RSA keys from
-// node:crypto, certificates from src/shared/x509.ts). Never used for anything that
+// node:crypto, certificates from shared/x509.ts). Never used for anything that
 // reaches production.
 import crypto, { X509Certificate } from 'node:crypto';
-import { createCertificate } from '../shared/x509.ts';
+import { createCertificate } from '../../shared/x509.ts';
 
 export interface Issued { keyPem: string; certPem: string }
 export interface CertAuthority extends Issued { name: string }

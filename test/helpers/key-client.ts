@@ -1,7 +1,7 @@
 // A minimal key-channel client for protocol tests (the real client is the C module).
 import net from 'node:net';
-import { FrameSplitter } from '../../src/shared/framing.ts';
-import { MAX_RESPONSE, decodeResponse, encodeRequest, type Request, type Response } from '../../src/shared/key-wire.ts';
+import { FrameSplitter } from '../../shared/framing.ts';
+import { MAX_RESPONSE, decodeResponse, encodeRequest, type Request, type Response } from '../../shared/key-wire.ts';
 
 export class ConnectionClosed extends Error {}
 

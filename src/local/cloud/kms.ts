@@ -7,10 +7,10 @@
 import crypto, { type X509Certificate } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { verifyAttestation, AttestationError } from '../../shared/attestation.ts';
-import { buildCiphertextForRecipient } from '../../shared/cms.ts';
+import { verifyAttestation, AttestationError } from '../../../shared/attestation.ts';
+import { buildCiphertextForRecipient } from '../../../shared/cms.ts';
 import { evaluate, parsePolicy, PolicyError, type KeyPolicy } from './policy.ts';
-import { log } from '../../shared/log.ts';
+import { log } from '../../../shared/log.ts';
 
 export class AwsError extends Error {
   constructor(readonly type: string, message: string, readonly status = 400) { super(message); }

@@ -12,8 +12,8 @@ import net from 'node:net';
 import crypto, { X509Certificate } from 'node:crypto';
 import { LocalKms, AwsError, type Caller } from './kms.ts';
 import { verifySigV4, SignatureError } from './sigv4.ts';
-import { createCertificate } from '../../shared/x509.ts';
-import { log } from '../../shared/log.ts';
+import { createCertificate } from '../../../shared/x509.ts';
+import { log } from '../../../shared/log.ts';
 
 export interface LocalIdentity {
   region: string;

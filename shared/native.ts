@@ -1,4 +1,4 @@
-// Loads the native addon (src/shared/native/native.c, shared by the enclave app and the agent) on first use: vsock sockets,
+// Loads the native addon (shared/native/native.c, shared by the enclave app and the agent) on first use: vsock sockets,
 // descriptor duplication, and the NSM ioctl. Nothing else in nitro-acm is native
 // on the Node side.
 import fs from 'node:fs';

@@ -2,7 +2,7 @@
  * The native part of the enclave app (and of the agent's vsock client), kept to
  * what Node cannot do itself:
  * - create an AF_VSOCK socket and connect or listen; the descriptor is handed to
- *   Node's own stream machinery (src/shared/transport.ts), so framing and
+ *   Node's own stream machinery (shared/transport.ts), so framing and
  *   everything above the socket are the same code as over AF_UNIX, where the
  *   tests run (this machine has AF_VSOCK but no vsock loopback);
  * - duplicate a descriptor, so an accepted connection can be handed from the

@@ -1,5 +1,5 @@
 // Stream transports for both channels: AF_UNIX through Node's net module, AF_VSOCK
-// through the tiny native addon (src/shared/native/native.c) whose file descriptors
+// through the tiny native addon (shared/native/native.c) whose file descriptors
 // are wrapped in Node's own stream handles, so everything above the socket is the
 // same code on both. libuv cannot guess the type of a vsock descriptor, hence the
 // explicit wrap classes below.
