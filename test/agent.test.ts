@@ -11,7 +11,7 @@ import { ProvisionClient } from '../shared/provision-wire.ts';
 import { parseAddress } from '../shared/address.ts';
 import { parseConfig } from '../src/agent/config.ts';
 import { registerWithP11Kit } from '../src/local/p11kit.ts';
-import { launchNginx, freePort, handshake, fingerprintOf, servedSteadily, type RunningServer } from '../src/local/webservers.ts';
+import { launchNginx, freePort, handshake, fingerprintOf, servedSteadily, nginxMainLine, type RunningServer } from '../src/local/webservers.ts';
 import { render } from '../src/templates.ts';
 import { tmpdir } from './helpers/enclave.ts';
 import { startTestCloud, type TestCloud } from './helpers/cloud.ts';
@@ -67,7 +67,7 @@ tokens:
   const prefix = path.join(dir, 'nginx');
   fs.mkdirSync(path.join(prefix, 'tmp'), { recursive: true });
   const port = await freePort();
-  const conf = render('local/nginx.conf', { PREFIX: prefix, PORT: String(port), STANZA: `${etc}/acm.conf` })
+  const conf = render('local/nginx.conf', { PREFIX: prefix, PORT: String(port), STANZA: `${etc}/acm.conf`, OPENSSL_MAIN: nginxMainLine('engine') })
     .replace('server_name localhost;', 'server_name acm.test;')
     .replace(/\n}\n$/, `\n    server {\n        listen 127.0.0.1:${port} ssl;\n        server_name s3.test;\n        include ${etc}/s3.conf;\n        location / { return 200 "s3\\n"; }\n    }\n}\n`)
     .replace('ssl_engine pkcs11;', `ssl_engine pkcs11;\nenv NITRO_ACM_KEY_ADDRESS;`);

@@ -16,6 +16,7 @@ import { instanceContext, type Endpoints, type InstanceContext } from './aws.ts'
 import { fetchBundle, readFileDb } from './source.ts';
 import { writeTarget, writeAtomic, companionFiles, readPinFile, keyUri } from './targets.ts';
 import { verifyTokenSigns } from './challenge.ts';
+import { resolveOpenSsl } from './openssl-path.ts';
 import { splitLeaf, type Bundle, type FileDbKey } from '../../shared/bundle.ts';
 import { ckaIdOf } from '../../shared/key-id.ts';
 import { PIN_BYTES } from '../../shared/key-wire.ts';
@@ -247,7 +248,8 @@ export class Agent {
       if (file) { fs.mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 }); writeAtomic(file, t.pin, 0o400); }
       return;
     }
-    writeTarget(spec, { label: t.config.label, source: describeSource(t.config), pin: t.pin, ckaId: key.ckaId, certificatePem: key.certificatePem, chainPem: key.chainPem, pinInConfig: this.o.config.options.pin_in_config });
+    const openssl = resolveOpenSsl(this.o.config.options, writeAtomic, (l) => log.info(l));
+    writeTarget(spec, { label: t.config.label, source: describeSource(t.config), pin: t.pin, ckaId: key.ckaId, certificatePem: key.certificatePem, chainPem: key.chainPem, pinInConfig: this.o.config.options.pin_in_config }, openssl);
   }
 
   private failed(t: TokenState, op: string, e: Error): false {

@@ -6,6 +6,7 @@ import path from 'node:path';
 import { LIST_CAPS, PIN_BYTES, TOKEN_LABEL_MAX_BYTES } from '../../shared/key-wire.ts';
 import { DEFAULT_KEY_PORT, DEFAULT_PROVISION_PORT } from '../../shared/address.ts';
 import { parseS3Uri } from '../../shared/s3-uri.ts';
+import { OPENSSL_SETTINGS, DEFAULT_OPENSSL_CONF, type OpenSslSetting } from './openssl-path.ts';
 import { parseDocument, LineCounter, isMap, isScalar, isSeq, type Node, type Pair, type YAMLMap } from 'yaml';
 
 export const DEFAULT_CONFIG = '/etc/nitro_enclaves/acm.yaml';
@@ -41,7 +42,7 @@ export function describeTarget(t: TokenConfig): string {
 export interface AcmConfig {
   enclave: { cpu_count: number; memory_mib: number; image_path: string; boot_timeout_ms: number; p11kit_port: number; rpc_port: number; attestation_retry_count: number };
   log: { level: LogLevel; enable_timestamp: boolean };
-  options: { service: 'nginx' | 'httpd'; force_start: boolean; reload_wait_ms: number; sync_interval_secs: number; reload_command?: string; pin_in_config: boolean; restart_for_new_tokens: boolean };
+  options: { service: 'nginx' | 'httpd'; force_start: boolean; reload_wait_ms: number; sync_interval_secs: number; reload_command?: string; pin_in_config: boolean; restart_for_new_tokens: boolean; openssl: OpenSslSetting; openssl_conf: string };
   tokens: TokenConfig[];
   /** What the file says that AWS's agent accepts but nitro-acm reads differently or ignores, each with file:line. */
   notes: string[];
@@ -61,7 +62,7 @@ export class ConfigError extends Error {
 const DEFAULTS: Omit<AcmConfig, 'tokens' | 'notes'> = {
   enclave: { cpu_count: 2, memory_mib: 256, image_path: '/usr/share/nitro_enclaves/nitro-acm/nitro-acm.eif', boot_timeout_ms: 5000, p11kit_port: DEFAULT_KEY_PORT, rpc_port: DEFAULT_PROVISION_PORT, attestation_retry_count: 5 },
   log: { level: 'info', enable_timestamp: false },
-  options: { service: 'nginx', force_start: true, reload_wait_ms: 1000, sync_interval_secs: 600, pin_in_config: false, restart_for_new_tokens: true },
+  options: { service: 'nginx', force_start: true, reload_wait_ms: 1000, sync_interval_secs: 600, pin_in_config: false, restart_for_new_tokens: true, openssl: 'auto', openssl_conf: DEFAULT_OPENSSL_CONF },
 };
 
 /** AWS's agent reads 12 h when refresh_interval_secs is left out. */
@@ -92,6 +93,7 @@ const SCHEMA: Record<'enclave' | 'log' | 'options', Record<string, Field>> = {
     reload_wait_ms: { kind: 'int', min: 0, max: 600_000, typeMax: U64 }, nginx_reload_wait_ms: { kind: 'int', min: 0, max: 600_000, typeMax: U64, aliasOf: 'reload_wait_ms' },
     sync_interval_secs: { kind: 'int', min: 10, max: 86_400 * 7, typeMax: U64 },
     reload_command: { kind: 'string' }, pin_in_config: { kind: 'bool' }, restart_for_new_tokens: { kind: 'bool' },
+    openssl: { kind: 'string', oneOf: [...OPENSSL_SETTINGS] }, openssl_conf: { kind: 'abs-path' },
   },
 };
 

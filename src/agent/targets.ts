@@ -1,6 +1,7 @@
 // What the agent writes for a token (templates/): the certificate chain, the PIN
-// file the web server's engine reads, and either an nginx stanza or the two
-// key/certificate lines of an httpd configuration file. Every file is written to a
+// file the web server's engine or provider reads, and either an nginx stanza (on
+// the provider path with the key file it names, src/agent/openssl-path.ts) or the
+// two key/certificate lines of an httpd configuration file. Every file is written to a
 // temporary name in the same directory, owned and moded, then renamed over the old
 // one, so a failure at any step leaves the last good files in place. Files are
 // never deleted when the service stops.
@@ -10,11 +11,12 @@ import path from 'node:path';
 import { render } from '../templates.ts';
 import { ckaIdOf, uriId } from '../../shared/key-id.ts';
 import type { TargetSpec } from './config.ts';
+import { providerKeyPem, type OpenSslTarget } from './openssl-path.ts';
 
 export type { TargetSpec };
 /** ckaId: the key's CKA_ID (the URI's id=; default: the certificate's key's, shared/key-id.ts); certificatePem: its certificate, which a web server needs (a FileDb key may have none). */
 export interface TokenOutput { label: string; source: string; pin: string; ckaId?: Buffer; certificatePem?: string; chainPem: string; pinInConfig?: boolean }
-export interface WrittenFiles { config: string; chain: string; pin?: string }
+export interface WrittenFiles { config: string; chain: string; pin?: string; keyUri?: string }
 
 export class TargetError extends Error {}
 
@@ -121,10 +123,10 @@ export function writeAllAtomic(files: { file: string; data: string; mode: number
   for (const s of staged) s.commit();
 }
 
-/** Paths of the files that go with a target: <name>.chain.pem and <name>.pin beside it. */
-export function companionFiles(t: TargetSpec): { chain: string; pin: string } {
+/** Paths of the files that go with a target: <name>.chain.pem, <name>.pin and (nginx on the provider path) <name>.key-uri.pem beside it. */
+export function companionFiles(t: TargetSpec): { chain: string; pin: string; keyUri: string } {
   const base = t.path.replace(/\.conf$/, '');
-  return { chain: `${base}.chain.pem`, pin: `${base}.pin` };
+  return { chain: `${base}.chain.pem`, pin: `${base}.pin`, keyUri: `${base}.key-uri.pem` };
 }
 
 /** A key's PKCS#11 URI (RFC 7512), with where its PIN comes from when given. */
@@ -148,14 +150,18 @@ export function rewriteHttpdConf(existing: string, chainFile: string, uri: strin
   return out.join('\n');
 }
 
-export function writeTarget(t: TargetSpec, tok: TokenOutput): WrittenFiles {
+export function writeTarget(t: TargetSpec, tok: TokenOutput, openssl: OpenSslTarget = { path: 'engine' }): WrittenFiles {
   if (!tok.certificatePem) throw new TargetError(`${t.path}: the token's first key has no certificate (its FileDb entry has no cert_pem), and the web server needs one: add cert_pem to the entry, or leave target out and configure the web server by hand (nitro-acm status shows the key's pkcs11: URI)`);
   const own = owner(t);
-  const { chain, pin } = companionFiles(t);
+  const { chain, pin, keyUri: keyUriFile } = companionFiles(t);
   const uri = keyUri(tok.label, tok.ckaId ?? ckaIdOf(tok.certificatePem), tok.pinInConfig ? { value: tok.pin } : { file: pin });
   const configMode = tok.pinInConfig ? 0o400 : 0o440;
+  // nginx before 1.29 loads keys only from files: on the provider path the key file holds the URI (httpd takes the URI itself on both paths).
+  const uriFile = t.kind === 'NginxStanza' && openssl.path === 'provider';
   const config = t.kind === 'NginxStanza'
-    ? render('nginx-stanza.conf', { LABEL: tok.label, SOURCE: tok.source, CHAIN_FILE: chain, KEY_URI: uri })
+    ? uriFile
+      ? render('nginx-stanza-provider.conf', { LABEL: tok.label, SOURCE: tok.source, CHAIN_FILE: chain, KEY_URI_FILE: keyUriFile, OPENSSL_CONF: openssl.conf ?? '(options.openssl_conf)' })
+      : render('nginx-stanza.conf', { LABEL: tok.label, SOURCE: tok.source, CHAIN_FILE: chain, KEY_URI: uri })
     : fs.existsSync(t.path)
       ? rewriteHttpdConf(fs.readFileSync(t.path, 'utf8'), chain, uri, t.path)
       : render('httpd-acm.conf', { LABEL: tok.label, SOURCE: tok.source, CHAIN_FILE: chain, KEY_URI: uri });
@@ -164,7 +170,8 @@ export function writeTarget(t: TargetSpec, tok: TokenOutput): WrittenFiles {
   writeAllAtomic([
     { file: chain, data: tok.certificatePem.trimEnd() + '\n' + tok.chainPem.trim() + '\n', mode: 0o440 },
     ...(tok.pinInConfig ? [] : [{ file: pin, data: tok.pin, mode: 0o400 }]),
+    ...(uriFile ? [{ file: keyUriFile, data: providerKeyPem(uri), mode: configMode }] : []),
     { file: t.path, data: config, mode: configMode },
   ], own);
-  return { config: t.path, chain, pin: tok.pinInConfig ? undefined : pin };
+  return { config: t.path, chain, pin: tok.pinInConfig ? undefined : pin, keyUri: uriFile ? keyUriFile : undefined };
 }

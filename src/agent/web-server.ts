@@ -6,6 +6,10 @@ import { log } from '../../shared/log.ts';
 import type { AcmConfig } from './config.ts';
 import type { AddedToken } from './agent.ts';
 import { processStartedAt } from './process-start.ts';
+import { resolveOpenSsl } from './openssl-path.ts';
+import { writeAtomic } from './targets.ts';
+
+const shellQuote = (s: string) => `'${s.replace(/'/g, `'\\''`)}'`;
 
 /** The last reload of the web server, as nitro-acm status shows it. */
 export interface WebServerState { reloadPending: boolean; lastReload?: string; error?: string; configFile?: string }
@@ -60,7 +64,9 @@ export async function systemReload(config: AcmConfig, added: AddedToken[] = []):
     } else if (unseen.length) {
       log.warn(`${unseen.join(', ')} added after ${svc}'s main process (pid ${pid}) started: a reload cannot load ${unseen.length > 1 ? 'them' : 'it'}; systemctl restart ${svc} once (options.restart_for_new_tokens is off)`);
     }
-    const test = CONFIG_TEST[svc];
+    // On the provider path the web server loads keys only with the OpenSSL configuration that loads pkcs11-provider.
+    const openssl = resolveOpenSsl(config.options, writeAtomic, (l) => log.info(l));
+    const test = openssl.conf ? `OPENSSL_CONF=${shellQuote(openssl.conf)} ${CONFIG_TEST[svc]}` : CONFIG_TEST[svc];
     const t = await sh(test);
     // 127: not installed under that name (a web server built elsewhere); the reload still goes.
     if (!t.ok && t.code !== 127) throw new Error(`"${test}" failed, so ${svc} was not ${done[action]}: ${webServerErrors(t.stderr) || t.message}`);

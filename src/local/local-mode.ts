@@ -19,11 +19,12 @@ import { measureEnclaveApp, simulatedNsmRoot } from '../../enclave/nsm-simulated
 import { pcrOf } from '../../shared/pcr.ts';
 import type { Bundle } from '../../shared/bundle.ts';
 import { registerWithP11Kit } from './p11kit.ts';
-import { handshake, fingerprintOf, launchNginx, startHttpd, type RunningServer } from './webservers.ts';
+import { handshake, fingerprintOf, launchNginx, startHttpd, nginxMainLine, type RunningServer } from './webservers.ts';
 import { writeAtomic } from '../agent/targets.ts';
 import { startService, type RunningService } from '../agent/service.ts';
 import { LocalEnclaveController } from './local-enclave-controller.ts';
 import { ControlError, type RenewReport } from '../agent/control.ts';
+import type { OpenSslPath } from '../agent/openssl-path.ts';
 
 export interface LocalOptions {
   port: number;
@@ -31,6 +32,8 @@ export interface LocalOptions {
   runtimeDir: string;
   /** The web server (default nginx). */
   server?: 'nginx' | 'httpd';
+  /** How the web server's OpenSSL reaches the keys (default engine, options.openssl). */
+  openssl?: OpenSslPath;
 }
 
 export type RenewResult = RenewReport;
@@ -159,7 +162,11 @@ async function serve(o: LocalOptions, cloud: LocalCloud, nsmDir: string, kmsProx
   const controller = new LocalEnclaveController({ runtimeDir: o.runtimeDir, nsmDir, roleArn: cloud.identity.roleArn, instanceId: cloud.identity.instanceId, kmsProxySocket: kmsProxy, kmsCaFile: path.join(o.stateDir, 'cloud/tls-ca.pem') });
   const target = serverKind === 'nginx' ? `NginxStanza:\n        path: ${path.join(o.runtimeDir, `${LABEL}.conf`)}` : `Conf:\n        path: ${path.join(o.runtimeDir, `${LABEL}-httpd.conf`)}`;
   const configFile = path.join(o.runtimeDir, 'acm.yaml');
-  writeAtomic(configFile, render('local/acm.yaml', { SERVICE: serverKind, LABEL, CERT_ARN: DEMO_CERT_ARN, TARGET: target }), 0o600);
+  const openssl = o.openssl ?? 'engine';
+  const opensslConf = path.join(o.runtimeDir, 'openssl-provider.cnf');
+  writeAtomic(configFile, render('local/acm.yaml', { SERVICE: serverKind, LABEL, CERT_ARN: DEMO_CERT_ARN, TARGET: target, OPENSSL: openssl, OPENSSL_CONF: opensslConf }), 0o600);
+  // The provider path: the web server starts with the OpenSSL configuration the agent wrote.
+  const serverEnv: Record<string, string> = openssl === 'provider' ? { OPENSSL_CONF: opensslConf } : {};
   let server: RunningServer | undefined;
   const controlSocket = path.join(o.runtimeDir, 'agent.sock');
   const prefix = path.join(o.runtimeDir, serverKind);
@@ -182,7 +189,7 @@ async function serve(o: LocalOptions, cloud: LocalCloud, nsmDir: string, kmsProx
   log.info(`PKCS#11 module registered with p11-kit in ${moduleFile}`);
 
   const hello = 'Hello from nitro-acm local mode: this TLS handshake was signed by the enclave app.\n';
-  const launched = serverKind === 'nginx' ? launchLocalNginx(o, prefix) : startHttpd({ dir: prefix, port: o.port, sites: [{ serverName: 'localhost', include: path.join(o.runtimeDir, `${LABEL}-httpd.conf`) }], body: hello });
+  const launched = serverKind === 'nginx' ? launchLocalNginx(o, prefix, openssl, serverEnv) : startHttpd({ dir: prefix, port: o.port, openssl, env: serverEnv, sites: [{ serverName: 'localhost', include: path.join(o.runtimeDir, `${LABEL}-httpd.conf`) }], body: hello });
   server = await launched.catch((e: Error) => { throw new Error(`${e.message}\n(is port ${o.port} taken? --port chooses another)`); });
   started.push(() => server!.stop());
   const caPem = fs.readFileSync(ca.caFile, 'utf8');
@@ -193,7 +200,7 @@ async function serve(o: LocalOptions, cloud: LocalCloud, nsmDir: string, kmsProx
   if (h !== fingerprintOf(token.bundle!.certificate)) throw new Error(`port ${o.port} serves another certificate: is another server listening there? --port chooses another`);
   const url = `https://localhost:${o.port}/`;
   const curl = `curl --cacert ${ca.caFile} ${url}`;
-  log.token(LABEL).info(`serving ${url} with the key in the enclave app (${serverKind} pid ${server.pid})`);
+  log.token(LABEL).info(`serving ${url} with the key in the enclave app (${serverKind} pid ${server.pid}, OpenSSL ${openssl === 'engine' ? 'pkcs11 engine' : 'provider'})`);
 
   async function renew(label: string): Promise<RenewResult> {
     if (!service.agent.tokens.has(label)) throw new ControlError('NoSuchToken', `no token "${label}" (local mode serves: ${[...service.agent.tokens.keys()].join(', ')})`);
@@ -224,9 +231,9 @@ async function serve(o: LocalOptions, cloud: LocalCloud, nsmDir: string, kmsProx
   return { caFile: ca.caFile, url, curl, controlSocket, service, server, renew, stop };
 }
 
-function launchLocalNginx(o: LocalOptions, prefix: string): Promise<RunningServer> {
+function launchLocalNginx(o: LocalOptions, prefix: string, openssl: OpenSslPath, env: Record<string, string>): Promise<RunningServer> {
   fs.mkdirSync(path.join(prefix, 'tmp'), { recursive: true });
   const conf = path.join(prefix, 'nginx.conf');
-  writeAtomic(conf, render('local/nginx.conf', { PREFIX: prefix, PORT: String(o.port), STANZA: path.join(o.runtimeDir, `${LABEL}.conf`) }), 0o644);
-  return launchNginx({ prefix, conf, port: o.port });
+  writeAtomic(conf, render('local/nginx.conf', { PREFIX: prefix, PORT: String(o.port), STANZA: path.join(o.runtimeDir, `${LABEL}.conf`), OPENSSL_MAIN: nginxMainLine(openssl) }), 0o644);
+  return launchNginx({ prefix, conf, port: o.port, env });
 }

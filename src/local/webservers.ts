@@ -6,6 +6,7 @@ import tls from 'node:tls';
 import crypto from 'node:crypto';
 import path from 'node:path';
 import { spawn, type ChildProcess } from 'node:child_process';
+import type { OpenSslPath } from '../agent/openssl-path.ts';
 
 /** Runs a command without blocking the event loop (tests may serve sockets from it meanwhile). */
 export function run(cmd: string, args: string[], env: NodeJS.ProcessEnv = process.env): Promise<{ status: number | null; out: string }> {
@@ -60,6 +61,15 @@ export interface RunningServer {
   errorLog: () => string;
   reload(): void;
   stop(): Promise<void>;
+}
+
+/**
+ * What an nginx main configuration needs for each OpenSSL path: the engine
+ * path loads libp11's engine; the provider path needs nginx started with
+ * OPENSSL_CONF, and `env` keeps it for the processes nginx starts.
+ */
+export function nginxMainLine(openssl: OpenSslPath): string {
+  return openssl === 'engine' ? 'ssl_engine pkcs11;' : 'env OPENSSL_CONF;';
 }
 
 export function nginxConfig(o: NginxOptions): string {
@@ -170,6 +180,8 @@ export interface HttpdOptions {
   env?: Record<string, string>;
   /** What GET / answers (default "ok"). */
   body?: string;
+  /** The engine path (default) needs SSLCryptoDevice; the provider path needs OPENSSL_CONF in env instead. */
+  openssl?: OpenSslPath;
 }
 
 const HTTPD_MODULES = '/usr/lib/apache2/modules';
@@ -201,8 +213,7 @@ StartServers 2
 ServerLimit 4
 ThreadsPerChild 16
 MaxRequestWorkers 64
-SSLCryptoDevice pkcs11
-SSLProtocol -all +TLSv1.2 +TLSv1.3
+${(o.openssl ?? 'engine') === 'engine' ? 'SSLCryptoDevice pkcs11\n' : ''}SSLProtocol -all +TLSv1.2 +TLSv1.3
 SSLSessionCache none
 SSLSessionTickets off
 SSLRandomSeed startup builtin
