@@ -1,15 +1,18 @@
-// The agent service with real nginx and real Apache httpd at once: three tokens
-// each (SNI picks every certificate), nitro-acm status over the control socket, a
-// renewal on both servers under continuous load with zero failed handshakes and
-// no restart, and the enclave app killed under load: serving resumes by itself;
-// the failed handshakes and the seconds to recover are printed.
+// The agent service with real nginx and real Apache httpd at once, on each OpenSSL
+// path (the pkcs11 engine, and pkcs11-provider): three tokens each (SNI picks
+// every certificate), nitro-acm status over the control socket, a renewal on both
+// servers under continuous load with zero failed handshakes and no restart, and
+// the enclave app killed under load: serving resumes by itself; the failed
+// handshakes and the seconds to recover are printed. On the provider path also
+// TLS 1.2 with ECDHE and with RSA key exchange (a decryption in the enclave,
+// which the engine path cannot do) and TLS 1.3.
 import test from 'ava';
 import fs from 'node:fs';
 import path from 'node:path';
 import { startService } from '../src/agent/service.ts';
 import { controlCall } from '../src/agent/control.ts';
 import { registerWithP11Kit } from '../src/local/p11kit.ts';
-import { launchNginx, startHttpd, freePort, handshake, fingerprintOf, type RunningServer } from '../src/local/webservers.ts';
+import { launchNginx, startHttpd, freePort, handshake, fingerprintOf, nginxMainLine, type RunningServer } from '../src/local/webservers.ts';
 import { cli } from './helpers/cli.ts';
 import { tmpdir } from './helpers/enclave.ts';
 import { startTestCloud, type TestCloud } from './helpers/cloud.ts';
@@ -20,8 +23,8 @@ let tc: TestCloud;
 test.before(async () => { tc = await startTestCloud(dir); });
 test.after.always(async () => { await tc?.stop(); fs.rmSync(dir, { recursive: true, force: true }); });
 
-const NGINX = ['n1', 'n2', 'n3'];
-const HTTPD = ['h1', 'h2', 'h3'];
+const NGINX_TOKENS = ['n1', 'n2', 'n3'];
+const HTTPD_TOKENS = ['h1', 'h2', 'h3'];
 
 
 /** New TLS connections against every name, round robin, until stopped. */
@@ -44,33 +47,37 @@ function load(targets: { port: number; name: string }[]) {
   return { get ok() { return ok; }, get failed() { return failed; }, get lastFailure() { return lastFailure; }, errors, failures, async stop() { stop = true; await Promise.all(runners); } };
 }
 
-test('nginx and httpd, three tokens each: SNI, status, renewal under load with zero failures, enclave killed under load', async (t) => {
-  const etc = path.join(dir, 'etc');
-  fs.mkdirSync(etc);
+for (const openssl of ['engine', 'provider'] as const) test.serial(`${openssl}: nginx and httpd, three tokens each: SNI, status, renewal under load with zero failures, enclave killed under load`, async (t) => {
+  const run = path.join(dir, openssl);
+  const etc = path.join(run, 'etc');
+  fs.mkdirSync(etc, { recursive: true, mode: 0o755 });
+  fs.chmodSync(run, 0o755);
+  const NGINX = NGINX_TOKENS.map((n) => `${n}${openssl[0]}`), HTTPD = HTTPD_TOKENS.map((n) => `${n}${openssl[0]}`);
+  const opensslConf = path.join(run, 'openssl.cnf');
   const certs = new Map<string, string>();
   for (const n of [...NGINX, ...HTTPD]) certs.set(n, await tc.publish(tc.cloud.bucket(), `bundles/${n}.json`, [`${n}.test`]));
   const token = (n: string, kind: 'NginxStanza' | 'Conf') => `  - label: ${n}\n    source:\n      S3:\n        uri: "s3://${tc.cloud.bucket()}/bundles/${n}.json"\n    target:\n      ${kind}:\n        path: ${etc}/${n}.conf\n`;
-  const configFile = path.join(dir, 'acm.yaml');
-  fs.writeFileSync(configFile, `tokens:\n${NGINX.map((n) => token(n, 'NginxStanza')).join('')}${HTTPD.map((n) => token(n, 'Conf')).join('')}`);
+  const configFile = path.join(run, 'acm.yaml');
+  fs.writeFileSync(configFile, `options:\n  openssl: ${openssl}\n  openssl_conf: ${opensslConf}\ntokens:\n${NGINX.map((n) => token(n, 'NginxStanza')).join('')}${HTTPD.map((n) => token(n, 'Conf')).join('')}`);
 
   let nginx: RunningServer | undefined, httpd: RunningServer | undefined;
   const controller = tc.controller();
-  const socket = path.join(dir, 'agent.sock');
+  const socket = path.join(run, 'agent.sock');
   const service = await startService({
     configFile, controller: () => controller, endpoints: tc.endpoints, controlSocket: socket, healthIntervalMs: 500,
     reload: async () => { nginx?.reload(); httpd?.reload(); },
   });
   t.teardown(async () => { await nginx?.stop(); await httpd?.stop(); await service.stop(); await service.agent.stop(); });
-  const env = { NITRO_ACM_KEY_ADDRESS: service.agent.enclaveEndpoints!.keyAddress };
+  const env: Record<string, string> = { NITRO_ACM_KEY_ADDRESS: service.agent.enclaveEndpoints!.keyAddress, ...(openssl === 'provider' ? { OPENSSL_CONF: opensslConf } : {}) };
   registerWithP11Kit();
 
   const nginxPort = await freePort();
-  const prefix = path.join(dir, 'nginx');
+  const prefix = path.join(run, 'nginx');
   fs.mkdirSync(path.join(prefix, 'tmp'), { recursive: true });
-  fs.writeFileSync(path.join(prefix, 'nginx.conf'), `daemon off;\nworker_processes 2;\nerror_log ${prefix}/error.log notice;\npid ${prefix}/nginx.pid;\nssl_engine pkcs11;\nenv NITRO_ACM_KEY_ADDRESS;\nevents { worker_connections 256; }\nhttp {\n  access_log off;\n  client_body_temp_path ${prefix}/tmp;\n${NGINX.map((n) => `  server {\n    listen 127.0.0.1:${nginxPort} ssl;\n    server_name ${n}.test;\n    include ${etc}/${n}.conf;\n    location / { return 200 "${n}\\n"; }\n  }\n`).join('')}}\n`);
+  fs.writeFileSync(path.join(prefix, 'nginx.conf'), `daemon off;\nworker_processes 2;\nerror_log ${prefix}/error.log notice;\npid ${prefix}/nginx.pid;\n${nginxMainLine(openssl)}\nenv NITRO_ACM_KEY_ADDRESS;\nevents { worker_connections 256; }\nhttp {\n  access_log off;\n  client_body_temp_path ${prefix}/tmp;\n${NGINX.map((n) => `  server {\n    listen 127.0.0.1:${nginxPort} ssl;\n    server_name ${n}.test;\n    ssl_protocols TLSv1.2 TLSv1.3;\n    include ${etc}/${n}.conf;\n    location / { return 200 "${n}\\n"; }\n  }\n`).join('')}}\n`);
   nginx = await launchNginx({ prefix, conf: path.join(prefix, 'nginx.conf'), port: nginxPort, env });
   const httpdPort = await freePort();
-  httpd = await startHttpd({ dir: path.join(dir, 'httpd'), port: httpdPort, env, sites: HTTPD.map((n) => ({ serverName: `${n}.test`, include: `${etc}/${n}.conf` })) });
+  httpd = await startHttpd({ dir: path.join(run, 'httpd'), port: httpdPort, env, openssl, sites: HTTPD.map((n) => ({ serverName: `${n}.test`, include: `${etc}/${n}.conf` })) });
   const portOf = (n: string) => (n.startsWith('n') ? nginxPort : httpdPort);
   const served = async (n: string) => (await handshake(portOf(n), { servername: `${n}.test`, ca: tc.ca.certPem, timeoutMs: 5000 })).fingerprint256;
 
@@ -85,17 +92,43 @@ test('nginx and httpd, three tokens each: SNI, status, renewal under load with z
   t.is(report.enclave.health.tokens, 6);
   t.deepEqual(report.tokens.map((x) => [x.label, x.state, x.sans.join(), x.keyType, x.inEnclave]), [...NGINX, ...HTTPD].map((n) => [n, 'serving', `DNS:${n}.test`, 'RSA-2048', true]));
   const text = await cli(['status', '--socket', socket]);
-  t.regex(text.stdout, /^h2: SERVING\n {2}certificate {2}CN=h2\.test\n {2}names {8}DNS:h2\.test\n {2}not after {4}\S+ \(\d+ days left\)\n {2}key {10}RSA-2048$/m);
+  t.regex(text.stdout, new RegExp(`^${HTTPD[1]}: SERVING\n {2}certificate {2}CN=${HTTPD[1]}\\.test\n {2}names {8}DNS:${HTTPD[1]}\\.test\n {2}not after {4}\\S+ \\(\\d+ days left\\)\n {2}key {10}RSA-2048$`, 'm'));
+
+  // Each server took the path asked for: the libp11 engine, or pkcs11-provider and no engine at all.
+  const loaded = (pid: number) => {
+    const maps = fs.readFileSync(`/proc/${pid}/maps`, 'utf8');
+    return { engine: /engines-\d+\/(lib)?pkcs11\.so/.test(maps), provider: /ossl-modules\/pkcs11\.so/.test(maps) };
+  };
+  for (const [server, pid] of [['nginx', nginx.pid], ['httpd', httpd.pid]] as const) {
+    t.deepEqual(loaded(pid), openssl === 'engine' ? { engine: true, provider: false } : { engine: false, provider: true }, `${server} (pid ${pid}) uses the ${openssl}`);
+  }
+
+  if (openssl === 'provider') {
+    // Every TLS version and key exchange, each verified against the token's own certificate.
+    const kinds: [string, { minVersion: 'TLSv1.2' | 'TLSv1.3'; maxVersion: 'TLSv1.2' | 'TLSv1.3'; ciphers?: string }][] = [
+      ['TLS 1.3', { minVersion: 'TLSv1.3', maxVersion: 'TLSv1.3' }],
+      ['TLS 1.2 ECDHE', { minVersion: 'TLSv1.2', maxVersion: 'TLSv1.2', ciphers: 'ECDHE-RSA-AES128-GCM-SHA256' }],
+      ['TLS 1.2 RSA key exchange', { minVersion: 'TLSv1.2', maxVersion: 'TLSv1.2', ciphers: 'AES128-GCM-SHA256' }],
+    ];
+    for (const n of [NGINX[0], HTTPD[0]]) {
+      for (const [what, o] of kinds) {
+        const h = await handshake(portOf(n), { servername: `${n}.test`, ca: tc.ca.certPem, timeoutMs: 5000, ...o }).catch((e: Error) => e);
+        t.false(h instanceof Error, `${n} ${what}: ${h instanceof Error ? h.message : ''}`);
+        if (!(h instanceof Error)) t.deepEqual([h.protocol, h.fingerprint256], [o.maxVersion, fingerprintOf(certs.get(n)!)], `${n} ${what}`);
+      }
+    }
+  }
 
   // Renewal of one nginx and one httpd token under continuous load: zero failures, no restart.
   const pids = [nginx.pid, httpd.pid];
   const targets = [...NGINX, ...HTTPD].map((name) => ({ name, port: portOf(name) }));
   let l = load(targets);
   await new Promise((r) => setTimeout(r, 500));
-  for (const n of ['n1', 'h2']) certs.set(n, await tc.publish(tc.cloud.bucket(), `bundles/${n}.json`, [`${n}.test`]));
+  const renewing = [NGINX[0], HTTPD[1]];
+  for (const n of renewing) certs.set(n, await tc.publish(tc.cloud.bucket(), `bundles/${n}.json`, [`${n}.test`]));
   const t0 = Date.now();
-  t.deepEqual((await controlCall(socket, 'sync')).renewed, ['n1', 'h2']);
-  for (const n of ['n1', 'h2']) {
+  t.deepEqual((await controlCall(socket, 'sync')).renewed, renewing);
+  for (const n of renewing) {
     while ((await served(n)) !== fingerprintOf(certs.get(n)!)) {
       if (Date.now() - t0 > 20_000) { t.fail(`${n}: the renewed certificate is not served`); break; }
       await new Promise((r) => setTimeout(r, 50));
@@ -103,7 +136,7 @@ test('nginx and httpd, three tokens each: SNI, status, renewal under load with z
   }
   await new Promise((r) => setTimeout(r, 1000));
   await l.stop();
-  t.log(`renewal on nginx and httpd under load: ${l.ok} handshakes, ${l.failed} failed ${JSON.stringify([...l.errors])}`);
+  t.log(`${openssl}: renewal on nginx and httpd under load: ${l.ok} handshakes, ${l.failed} failed ${JSON.stringify([...l.errors])}`);
   t.is(l.failed, 0, 'zero failed handshakes during the renewal');
   t.true(l.ok > 20);
   t.deepEqual([nginx.pid, httpd.pid, nginx.proc.exitCode, httpd.proc.exitCode], [...pids, null, null], 'reloaded, not restarted');
@@ -125,7 +158,7 @@ test('nginx and httpd, three tokens each: SNI, status, renewal under load with z
   await new Promise((r) => setTimeout(r, 1000));
   await l.stop();
   const seconds = ((Math.max(recovered, l.lastFailure) - killedAt) / 1000).toFixed(2);
-  t.log(`enclave killed under load: ${l.failed} failed handshakes of ${l.ok + l.failed}; serving again ${seconds} s after the kill; ${JSON.stringify([...l.errors])}`);
+  t.log(`${openssl}: enclave killed under load: ${l.failed} failed handshakes of ${l.ok + l.failed}; serving again ${seconds} s after the kill; ${JSON.stringify([...l.errors])}`);
   const buckets = new Map<number, { nginx: number; httpd: number }>();
   for (const f of l.failures) {
     const b = Math.floor((f.at - killedAt) / 500) * 0.5;

@@ -4,8 +4,8 @@
 // provider, pkcs11-provider (the ENGINE API is deprecated since OpenSSL 3.0 and
 // gone in 4.0). Both reach the tokens through p11-kit's proxy. For the provider
 // the agent writes one OpenSSL configuration that loads it (the web server starts
-// with OPENSSL_CONF naming it) and, for nginx, a key file per token that wraps
-// the key's PKCS#11 URI in the PEM form pkcs11-provider decodes.
+// with OPENSSL_CONF naming it) and a key file per token that wraps the key's
+// PKCS#11 URI in the PEM form pkcs11-provider decodes (targets.ts says why a file).
 import fs from 'node:fs';
 import { spawnSync } from 'node:child_process';
 import { render } from '../templates.ts';

@@ -123,7 +123,7 @@ export function writeAllAtomic(files: { file: string; data: string; mode: number
   for (const s of staged) s.commit();
 }
 
-/** Paths of the files that go with a target: <name>.chain.pem, <name>.pin and (nginx on the provider path) <name>.key-uri.pem beside it. */
+/** Paths of the files that go with a target: <name>.chain.pem, <name>.pin and (on the provider path) <name>.key-uri.pem beside it. */
 export function companionFiles(t: TargetSpec): { chain: string; pin: string; keyUri: string } {
   const base = t.path.replace(/\.conf$/, '');
   return { chain: `${base}.chain.pem`, pin: `${base}.pin`, keyUri: `${base}.key-uri.pem` };
@@ -156,15 +156,18 @@ export function writeTarget(t: TargetSpec, tok: TokenOutput, openssl: OpenSslTar
   const { chain, pin, keyUri: keyUriFile } = companionFiles(t);
   const uri = keyUri(tok.label, tok.ckaId ?? ckaIdOf(tok.certificatePem), tok.pinInConfig ? { value: tok.pin } : { file: pin });
   const configMode = tok.pinInConfig ? 0o400 : 0o440;
-  // nginx before 1.29 loads keys only from files: on the provider path the key file holds the URI (httpd takes the URI itself on both paths).
-  const uriFile = t.kind === 'NginxStanza' && openssl.path === 'provider';
+  // On the provider path the web server loads the key from a file that holds its URI: nginx before 1.29
+  // loads keys only from files, and Debian's mod_ssl hands a pkcs11: URI to the ENGINE (libp11) whenever
+  // OpenSSL has one, provider or not (and the engine cannot decrypt a TLS 1.2 RSA key exchange).
+  const uriFile = openssl.path === 'provider';
+  const keyLine = uriFile ? keyUriFile : uri;
   const config = t.kind === 'NginxStanza'
     ? uriFile
       ? render('nginx-stanza-provider.conf', { LABEL: tok.label, SOURCE: tok.source, CHAIN_FILE: chain, KEY_URI_FILE: keyUriFile, OPENSSL_CONF: openssl.conf ?? '(options.openssl_conf)' })
       : render('nginx-stanza.conf', { LABEL: tok.label, SOURCE: tok.source, CHAIN_FILE: chain, KEY_URI: uri })
     : fs.existsSync(t.path)
-      ? rewriteHttpdConf(fs.readFileSync(t.path, 'utf8'), chain, uri, t.path)
-      : render('httpd-acm.conf', { LABEL: tok.label, SOURCE: tok.source, CHAIN_FILE: chain, KEY_URI: uri });
+      ? rewriteHttpdConf(fs.readFileSync(t.path, 'utf8'), chain, keyLine, t.path)
+      : render('httpd-acm.conf', { LABEL: tok.label, SOURCE: tok.source, CHAIN_FILE: chain, KEY_URI: keyLine });
   // All or nothing; renamed chain first, stanza last: a web server reloaded in
   // between still finds a consistent pair.
   writeAllAtomic([
