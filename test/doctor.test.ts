@@ -11,6 +11,7 @@ import { processStartedAt } from '../src/agent/process-start.ts';
 import { startControlServer } from '../src/agent/control.ts';
 import { launchNginx, freePort } from '../src/local/webservers.ts';
 import { registerWithP11Kit, P11KIT_MODULE_FILE } from '../src/local/p11kit.ts';
+import { providerConfig, inspectOpenSsl } from '../src/agent/openssl-path.ts';
 import { cli } from './helpers/cli.ts';
 import { tmpdir } from './helpers/enclave.ts';
 
@@ -224,4 +225,42 @@ test("key URIs in AWS's form are found with file and line, and their replacement
   t.true(found[1].detail.startsWith(`${opensslConf}:3: `), found[1].detail);
   t.regex(found[1].detail, /acm\.yaml has no token "other"/);
   t.regex(found[1].fix!, /^replace it with pkcs11:token=other;type=private and the PIN as before; nitro-acm status prints/);
+});
+
+test('the provider path: doctor checks pkcs11-provider loads from options.openssl_conf and that the running nginx loaded it, with the fix', async (t) => {
+  const stanza = path.join(dir, 'stanza-provider.conf');
+  fs.writeFileSync(stanza, '# written by nitro-acm\n');
+  const opensslConf = path.join(dir, 'provider-openssl.cnf');
+  fs.writeFileSync(opensslConf, providerConfig(opensslConf, inspectOpenSsl()));
+  const acm = acmYaml([stanza]);
+  fs.writeFileSync(acm, `options:\n  openssl: provider\n  openssl_conf: ${opensslConf}\n${fs.readFileSync(acm, 'utf8')}`);
+  const port = await freePort();
+  const conf = nginxConf('provider', { top: 'daemon off;\nenv OPENSSL_CONF;', server: `    include ${stanza};` });
+  fs.writeFileSync(conf, fs.readFileSync(conf, 'utf8').replace('listen 127.0.0.1:1;', `listen 127.0.0.1:${port};`));
+  const findings = async () => {
+    const f = await doctor({ configFile: acm, socket: path.join(dir, 'no-agent.sock'), webServerConf: conf });
+    return Object.fromEntries(f.filter((x) => ['openssl path', 'provider config', 'web server provider', 'env OPENSSL_CONF', 'ssl_engine', 'openssl engine'].includes(x.check)).map((x) => [x.check, x]));
+  };
+  // nginx started the way an operator forgets: without OPENSSL_CONF.
+  let nginx = await launchNginx({ prefix: path.dirname(conf), conf, port });
+  let f = await findings();
+  t.is(f['openssl path'].verdict, 'ok');
+  t.regex(f['openssl path'].detail, /pkcs11-provider \(options\.openssl: provider\)/);
+  t.is(f['provider config'].verdict, 'ok', f['provider config'].detail);
+  t.is(f['env OPENSSL_CONF'].verdict, 'ok');
+  t.false('ssl_engine' in f || 'openssl engine' in f, 'the engine is not asked for on the provider path');
+  t.is(f['web server provider'].verdict, 'fail');
+  t.regex(f['web server provider'].detail, new RegExp(`nginx \\(pid ${nginx.pid}\\) has not loaded pkcs11-provider: it was not started with OPENSSL_CONF=${opensslConf.replace(/\./g, '\\.')}`));
+  t.regex(f['web server provider'].fix!, /systemctl edit nginx.*Environment=OPENSSL_CONF=/);
+  await nginx.stop();
+  // Started with it: passes.
+  nginx = await launchNginx({ prefix: path.dirname(conf), conf, port, env: { OPENSSL_CONF: opensslConf } });
+  t.teardown(() => nginx.stop());
+  f = await findings();
+  t.is(f['web server provider'].verdict, 'ok', f['web server provider'].detail);
+  // A configuration that does not load the provider is caught before nginx is.
+  fs.writeFileSync(opensslConf, '# nothing\n');
+  f = await findings();
+  t.is(f['provider config'].verdict, 'fail');
+  t.regex(f['provider config'].detail, /does not show pkcs11 active/);
 });

@@ -10,6 +10,7 @@ import { loadConfig, ConfigError, DEFAULT_CONFIG, configWarnings, targetSpec, ty
 import { companionFiles, owner, targetDirProblem, type TargetSpec } from '../agent/targets.ts';
 import { controlCall } from '../agent/control.ts';
 import type { StatusReport } from './status.ts';
+import { inspectOpenSsl, chooseOpenSslPath, type OpenSslPath } from '../agent/openssl-path.ts';
 
 export type Verdict = 'ok' | 'warn' | 'fail';
 export interface Finding { check: string; verdict: Verdict; detail: string; fix?: string }
@@ -56,10 +57,11 @@ export function nginxDirectives(dump: string): { name: string; args: string[]; b
   return out;
 }
 
-async function nginxFindings(c: AcmConfig, o: DoctorOptions, running: StatusReport | Error): Promise<Finding[]> {
+async function nginxFindings(c: AcmConfig, o: DoctorOptions, running: StatusReport | Error, openssl: OpenSslPath): Promise<Finding[]> {
   const stanzas = withTarget(c, 'NginxStanza').map(({ t, s }) => ({ label: t.label, file: s.path }));
   const args = ['-T', ...(o.webServerConf ? ['-c', o.webServerConf] : [])];
-  const dump = await run('nginx', args);
+  // On the provider path nginx loads keys only with the OpenSSL configuration that loads pkcs11-provider.
+  const dump = await run('nginx', args, 15_000, openssl === 'provider' ? { OPENSSL_CONF: c.options.openssl_conf } : {});
   const where = o.webServerConf ?? 'nginx.conf';
   if (dump.code === 127 && /ENOENT|not found/i.test(dump.out)) return [{ check: 'nginx', verdict: 'fail', detail: 'nginx is not installed (options.service is nginx)', fix: 'dnf install nginx (Amazon Linux) or apt-get install nginx' }];
   const findings: Finding[] = [];
@@ -68,7 +70,13 @@ async function nginxFindings(c: AcmConfig, o: DoctorOptions, running: StatusRepo
   } else findings.push({ check: 'nginx -t', verdict: 'ok', detail: `${where}: syntax is ok` });
   const ds = nginxDirectives(dump.out);
   const engine = ds.find((d) => d.name === 'ssl_engine' && d.blocks.length === 0);
-  findings.push(engine?.args[0] === 'pkcs11'
+  if (openssl === 'provider') {
+    // The master has OPENSSL_CONF from its environment (checked below); `env` keeps it for what nginx starts (a binary upgrade).
+    const env = ds.some((d) => d.name === 'env' && d.blocks.length === 0 && /^OPENSSL_CONF(=|$)/.test(d.args[0] ?? ''));
+    findings.push(env
+      ? { check: 'env OPENSSL_CONF', verdict: 'ok', detail: `${where} keeps OPENSSL_CONF for the processes nginx starts` }
+      : { check: 'env OPENSSL_CONF', verdict: 'warn', detail: `no top-level "env OPENSSL_CONF;" in ${where}: a binary upgrade (nginx -s USR2) would start without pkcs11-provider`, fix: `add "env OPENSSL_CONF;" at the top level of ${where}` });
+  } else findings.push(engine?.args[0] === 'pkcs11'
     ? { check: 'ssl_engine', verdict: 'ok', detail: 'ssl_engine pkcs11; is set at the top level' }
     : { check: 'ssl_engine', verdict: 'fail', detail: engine ? `ssl_engine is "${engine.args[0]}", not pkcs11` : `no top-level "ssl_engine pkcs11;" in ${where}: nginx cannot load keys from the enclave`, fix: `add "ssl_engine pkcs11;" at the top level of ${where} (below the pid line), then: systemctl reload nginx` });
   // A token added after nginx's master started cannot be loaded by a reload (libp11 reads the token list once).
@@ -79,6 +87,7 @@ async function nginxFindings(c: AcmConfig, o: DoctorOptions, running: StatusRepo
     const startedAt = processStartedAt(pid, o.proc);
     if (startedAt !== undefined) master = { pid, startedAt };
   } catch { /* nginx is not running */ }
+  if (openssl === 'provider') findings.push(environmentFinding(c, master?.pid, o.proc));
   for (const s of stanzas) {
     const inc = ds.filter((d) => d.name === 'include' && d.args[0] === s.file);
     const inServer = inc.filter((d) => d.blocks.includes('server'));
@@ -91,7 +100,7 @@ async function nginxFindings(c: AcmConfig, o: DoctorOptions, running: StatusRepo
   return findings;
 }
 
-async function httpdFindings(c: AcmConfig, o: DoctorOptions): Promise<Finding[]> {
+async function httpdFindings(c: AcmConfig, o: DoctorOptions, openssl: OpenSslPath): Promise<Finding[]> {
   const findings: Finding[] = [];
   for (const { t, s } of withTarget(c, 'Conf')) {
     const file = s.path;
@@ -100,10 +109,12 @@ async function httpdFindings(c: AcmConfig, o: DoctorOptions): Promise<Finding[]>
       findings.push({ check: `conf ${t.label}`, verdict: 'warn', detail: `${file} does not exist yet (the agent writes it when the token is provisioned)`, fix: 'start the agent: systemctl start nitro-enclaves-acm' });
       continue;
     }
-    findings.push(/^\s*SSLCertificateKeyFile\s+"?pkcs11:/mi.test(text)
+    const wanted = openssl === 'engine' ? 'pkcs11:' : companionFiles(s).keyUri;
+    findings.push(new RegExp(`^\\s*SSLCertificateKeyFile\\s+"?${wanted.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}`, 'mi').test(text)
       ? { check: `conf ${t.label}`, verdict: 'ok', detail: `${file} points SSLCertificateKeyFile at the enclave token` }
-      : { check: `conf ${t.label}`, verdict: 'fail', detail: `${file} has no SSLCertificateKeyFile line with a pkcs11: URI`, fix: `make sure ${file} has SSLCertificateKeyFile and SSLCertificateFile lines (any value) inside its VirtualHost; the agent rewrites them` });
+      : { check: `conf ${t.label}`, verdict: 'fail', detail: `${file} has no SSLCertificateKeyFile line naming ${openssl === 'engine' ? 'a pkcs11: URI' : `the key-URI file ${wanted}`} (the ${openssl} path)`, fix: `make sure ${file} has SSLCertificateKeyFile and SSLCertificateFile lines (any value) inside its VirtualHost; the agent rewrites them` });
   }
+  if (openssl === 'provider') return [...findings, environmentFinding(c, masterPid(['apache2', 'httpd'], o.proc), o.proc)];
   // SSLCryptoDevice pkcs11 somewhere in the server's configuration.
   const dirs = (o.webServerConf ? [path.dirname(o.webServerConf)] : ['/etc/httpd', '/etc/apache2']).filter((d) => fs.existsSync(d));
   const files = dirs.flatMap((d) => (fs.readdirSync(d, { recursive: true }) as string[]).map((f) => path.join(d, f)).filter((f) => f.endsWith('.conf')));
@@ -118,6 +129,62 @@ async function httpdFindings(c: AcmConfig, o: DoctorOptions): Promise<Finding[]>
 async function opensslConfPath(o: DoctorOptions): Promise<string> {
   const version = (await run('openssl', ['version', '-d'])).out;
   return o.opensslConf ?? process.env.OPENSSL_CONF ?? path.join(/OPENSSLDIR: "([^"]+)"/.exec(version)?.[1] ?? '/etc/pki/tls', 'openssl.cnf');
+}
+
+/** The OpenSSL path acm.yaml asks for, as the agent resolves it on this machine. */
+function opensslPathFinding(c: AcmConfig): { finding: Finding; path?: OpenSslPath } {
+  try {
+    const chosen = chooseOpenSslPath(c.options.openssl, inspectOpenSsl());
+    return { path: chosen.path, finding: { check: 'openssl path', verdict: 'ok', detail: `keys through the ${chosen.path === 'engine' ? 'pkcs11 engine (libp11)' : 'pkcs11-provider'} (${chosen.why})` } };
+  } catch (e) {
+    return { finding: { check: 'openssl path', verdict: 'fail', detail: (e as Error).message, fix: 'install what it names, or set options.openssl to the path this machine has' } };
+  }
+}
+
+/** The master process of a web server (its parent is not one of its own), or undefined. */
+function masterPid(names: string[], proc = '/proc'): number | undefined {
+  const comm = (pid: string) => { try { return fs.readFileSync(path.join(proc, pid, 'comm'), 'utf8').trim(); } catch { return ''; } };
+  for (const pid of fs.readdirSync(proc).filter((d) => /^\d+$/.test(d)).sort((a, b) => Number(a) - Number(b))) {
+    if (!names.includes(comm(pid))) continue;
+    let ppid = '';
+    try { ppid = fs.readFileSync(path.join(proc, pid, 'stat'), 'utf8').replace(/^.*\) /s, '').split(' ')[1]; } catch { continue; }
+    if (!names.includes(comm(ppid))) return Number(pid);
+  }
+  return undefined;
+}
+
+/** The provider path: pkcs11-provider loads from options.openssl_conf, and the running web server was started with it. */
+async function providerFindings(c: AcmConfig, o: DoctorOptions): Promise<Finding[]> {
+  const conf = c.options.openssl_conf;
+  const findings: Finding[] = [];
+  if (!fs.existsSync(conf)) {
+    findings.push({ check: 'provider config', verdict: 'fail', detail: `${conf} (options.openssl_conf) does not exist`, fix: 'start the agent: it writes it when it starts (systemctl start nitro-enclaves-acm)' });
+  } else {
+    const listed = await run('openssl', ['list', '-providers'], 15_000, { OPENSSL_CONF: conf });
+    findings.push(/^\s*pkcs11\s*$/m.test(listed.out) && /status: active/.test(listed.out)
+      ? { check: 'provider config', verdict: 'ok', detail: `OPENSSL_CONF=${conf} openssl list -providers: pkcs11 is active` }
+      : { check: 'provider config', verdict: 'fail', detail: `OPENSSL_CONF=${conf} openssl list -providers does not show pkcs11 active: ${listed.out.trim().split('\n').slice(0, 4).join('; ')}`, fix: 'install pkcs11-provider; restart the agent so that it writes the file again' });
+  }
+  return findings;
+}
+
+/**
+ * On the provider path: did the running web server's OpenSSL load pkcs11-provider
+ * (started with OPENSSL_CONF naming options.openssl_conf)? Asked of its memory
+ * map: nginx overwrites its environment block with its process title.
+ */
+function environmentFinding(c: AcmConfig, pid: number | undefined, proc?: string): Finding {
+  const conf = c.options.openssl_conf;
+  const svc = c.options.service;
+  if (!pid) return { check: 'web server provider', verdict: 'warn', detail: `${svc} is not running: cannot check that it starts with OPENSSL_CONF=${conf}` };
+  let maps = '';
+  try { maps = fs.readFileSync(path.join(proc ?? '/proc', String(pid), 'maps'), 'utf8'); } catch { /* not ours to read */ }
+  const fix = svc === 'nginx'
+    ? `systemctl edit nginx, add "[Service]" and "Environment=OPENSSL_CONF=${conf}", then: systemctl restart nginx`
+    : `Debian/Ubuntu: add "export OPENSSL_CONF=${conf}" to /etc/apache2/envvars; Amazon Linux/RHEL: systemctl edit httpd, "[Service]" and "Environment=OPENSSL_CONF=${conf}"; then restart it`;
+  return /ossl-modules\/pkcs11\.so/.test(maps)
+    ? { check: 'web server provider', verdict: 'ok', detail: `${svc} (pid ${pid}) has pkcs11-provider loaded` }
+    : { check: 'web server provider', verdict: 'fail', detail: `${svc} (pid ${pid}) has not loaded pkcs11-provider: it was not started with OPENSSL_CONF=${conf}, so it cannot load the enclave's keys`, fix };
 }
 
 async function opensslFindings(o: DoctorOptions): Promise<Finding[]> {
@@ -158,13 +225,13 @@ async function p11kitFinding(): Promise<Finding> {
     : { check: 'p11-kit', verdict: 'fail', detail: 'p11-kit does not list a module named nitro-acm: the OpenSSL engine will not find the enclave tokens', fix: 'reinstall the package (it puts nitro-acm.module in /usr/share/p11-kit/modules), or copy templates/nitro-acm.module to /etc/pkcs11/modules/' };
 }
 
-function fileFindings(c: AcmConfig): Finding[] {
+function fileFindings(c: AcmConfig, openssl: OpenSslPath): Finding[] {
   const findings: Finding[] = [];
   for (const t of c.tokens) {
     const s = targetSpec(t);
     if (!s) continue; // no files of its own to check
     const own = (() => { try { return owner(s); } catch { return undefined; } })();
-    const files = [s.path, companionFiles(s).chain, ...(c.options.pin_in_config ? [] : [companionFiles(s).pin])];
+    const files = [s.path, companionFiles(s).chain, ...(c.options.pin_in_config ? [] : [companionFiles(s).pin]), ...(openssl === 'provider' ? [companionFiles(s).keyUri] : [])];
     const problems: string[] = [];
     const dirProblem = targetDirProblem(path.dirname(s.path));
     if (dirProblem) {
@@ -323,10 +390,13 @@ export async function doctor(given: DoctorOptions): Promise<Finding[]> {
     const m = /^(.*?): (token "[^"]+": its pin is \d+ characters); (.*)$/.exec(w);
     findings.push(m ? { check: 'pin length', verdict: 'warn', detail: `${m[1]}: ${m[2]}`, fix: m[3] } : { check: 'acm.yaml', verdict: 'warn', detail: w });
   }
-  findings.push(...await opensslFindings(o), await p11kitFinding());
-  findings.push(...(c.options.service === 'nginx' ? await nginxFindings(c, o, running) : await httpdFindings(c, o)));
+  const openssl = opensslPathFinding(c);
+  findings.push(openssl.finding);
+  const via = openssl.path ?? 'engine';
+  findings.push(...(via === 'engine' ? await opensslFindings(o) : await providerFindings(c, o)), await p11kitFinding());
+  findings.push(...(c.options.service === 'nginx' ? await nginxFindings(c, o, running, via) : await httpdFindings(c, o, via)));
   findings.push(...referenceUriFindings(c, await configurationTexts(c, o), running));
-  findings.push(...fileFindings(c), kmsProxyFinding(running, given.proc), ...agentFindings(c, running));
+  findings.push(...fileFindings(c, via), kmsProxyFinding(running, given.proc), ...agentFindings(c, running));
   return findings;
 }
 
