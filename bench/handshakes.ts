@@ -1,6 +1,7 @@
 // npm run bench: TLS handshakes per second against one nginx configuration with
-// three places for the key (a PEM file / the enclave app through our module /
-// SoftHSM2 through the same OpenSSL engine and p11-kit), TLS 1.2 and 1.3, a new
+// four ways to the key (a PEM file / the enclave app through our module, by the
+// OpenSSL pkcs11 engine and by pkcs11-provider / SoftHSM2 through the same engine
+// and p11-kit), TLS 1.2 and 1.3, a new
 // connection per request; then sign latency through the module against a direct
 // node:crypto sign. All variants in one run, interleaved, quoted as ratios to the
 // key-in-a-file variant. BENCH_SECONDS sets each measurement's length (default 8).
@@ -16,6 +17,7 @@ import pkcs11js from 'pkcs11js';
 import { startEnclave, MODULE_PATH } from '../test/helpers/enclave.ts';
 import { registerWithP11Kit } from '../src/local/p11kit.ts';
 import { startNginx, freePort, handshake, fingerprintOf, run } from '../src/local/webservers.ts';
+import { providerConfig, providerKeyPem, inspectOpenSsl } from '../src/agent/openssl-path.ts';
 
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 8);
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 2);
@@ -51,9 +53,15 @@ spawnSync('chmod', ['-R', 'a+rX', hsmDir]);
 
 const pinFile = path.join(dir, 'bench.pin');
 fs.writeFileSync(pinFile, PIN, { mode: 0o400 });
+// The provider path as the agent writes it: an OpenSSL configuration loading pkcs11-provider, a key file holding the URI.
+const providerConf = path.join(dir, 'openssl-provider.cnf');
+fs.writeFileSync(providerConf, providerConfig(providerConf, inspectOpenSsl()));
+const providerKey = path.join(dir, 'bench.key-uri.pem');
+fs.writeFileSync(providerKey, providerKeyPem(`pkcs11:token=bench;type=private?pin-source=file:${pinFile}`), { mode: 0o644 });
 const variants = {
   file: tok.key,
   enclave: `engine:pkcs11:pkcs11:token=bench;type=private?pin-source=file:${pinFile}`,
+  provider: providerKey,
   softhsm2: `engine:pkcs11:pkcs11:token=softbench;type=private?pin-source=file:${pinFile}`,
 } as const;
 type Variant = keyof typeof variants;
@@ -71,8 +79,9 @@ async function measure(variant: Variant, protocol: 'TLSv1.2' | 'TLSv1.3', layout
   const prefix = fs.mkdtempSync(path.join(dir, `nginx-${variant}-`));
   fs.chmodSync(prefix, 0o755);
   const port = await freePort();
-  const env = { NITRO_ACM_KEY_ADDRESS: fx.address, SOFTHSM2_CONF: hsmConf };
-  const nginx = await startNginx({ dir: prefix, port, env, workers: WORKERS, protocols: protocol, cpus: cpus.rest, sites: [{ serverName: 'bench.test', certificateFile: tok.fullchain, key: variants[variant] }] });
+  const provider = variant === 'provider';
+  const env = { NITRO_ACM_KEY_ADDRESS: fx.address, SOFTHSM2_CONF: hsmConf, ...(provider ? { OPENSSL_CONF: providerConf } : {}) };
+  const nginx = await startNginx({ dir: prefix, port, env, engine: !provider, workers: WORKERS, protocols: protocol, cpus: cpus.rest, sites: [{ serverName: 'bench.test', certificateFile: tok.fullchain, key: variants[variant] }] });
   const h = await handshake(port, { servername: 'bench.test', ca: fx.ca.certPem });
   if (h.fingerprint256 !== fingerprintOf(tok.certPem) || h.protocol !== protocol) throw new Error(`${variant}: wrong certificate or protocol ${h.protocol}`);
   const wrk = (secs: number) => run('taskset', ['-c', cpus.rest, 'wrk', '-t1', '-c16', `-d${secs}s`, '-H', 'Connection: close', `https://127.0.0.1:${port}/`]);
@@ -89,7 +98,7 @@ async function measure(variant: Variant, protocol: 'TLSv1.2' | 'TLSv1.3', layout
 const results: Record<string, Record<Variant, number[]>> = {};
 for (const layout of process.env.BENCH_SIGN_ONLY === '1' ? [] : Object.keys(LAYOUTS) as Layout[]) {
   for (const protocol of ['TLSv1.2', 'TLSv1.3'] as const) {
-    const r: Record<Variant, number[]> = results[`${layout} ${protocol}`] = { file: [], enclave: [], softhsm2: [] };
+    const r: Record<Variant, number[]> = results[`${layout} ${protocol}`] = { file: [], enclave: [], provider: [], softhsm2: [] };
     for (let round = 0; round < ROUNDS; round++) {
       for (const v of Object.keys(variants) as Variant[]) r[v].push(await measure(v, protocol, layout));
     }
@@ -140,17 +149,17 @@ const lines = [
   `Machine: ${os.availableParallelism()} CPUs (${cpu}), ${Math.round(os.totalmem() / 2 ** 30)} GiB, ${os.type()} ${os.release()}, Node ${process.version}, nginx ${/nginx\/(\S+)/.exec(must('nginx', ['-v']) + spawnSync('nginx', ['-v'], { encoding: 'utf8' }).stderr)?.[1]}.`,
   `Load: wrk -t1 -c16 -d${SECONDS}s -H "Connection: close" (a full handshake per request; session cache and tickets off), nginx worker_processes ${os.availableParallelism()}, RSA-2048, median of ${ROUNDS} interleaved rounds, all on this one machine.`,
   '',
-  'Layouts: "shared" = every process on every CPU; "nitro" = the enclave app alone on CPU ' + LAYOUTS.nitro.enclave + ' (as an enclave\'s own vCPUs), nginx and wrk on CPU ' + LAYOUTS.nitro.rest + ', for all three variants.',
+  'Layouts: "shared" = every process on every CPU; "nitro" = the enclave app alone on CPU ' + LAYOUTS.nitro.enclave + ' (as an enclave\'s own vCPUs), nginx and wrk on CPU ' + LAYOUTS.nitro.rest + ', for every variant.',
   '',
-  '| layout, protocol | key in a file | key in the enclave app (nitro-acm module) | key in SoftHSM2 (same engine) |',
-  '|---|---|---|---|',
+  '| layout, protocol | key in a file | key in the enclave app (nitro-acm module, pkcs11 engine) | key in the enclave app (nitro-acm module, pkcs11-provider) | key in SoftHSM2 (pkcs11 engine) |',
+  '|---|---|---|---|---|',
 ];
 for (const name of Object.keys(results)) {
   const r = results[name];
   const protocol = name;
   const f = median(r.file);
   const cell = (v: Variant) => `${median(r[v]).toFixed(0)}/s (${(median(r[v]) / f).toFixed(2)})`;
-  lines.push(`| ${protocol} | ${f.toFixed(0)}/s (1.00) | ${cell('enclave')} | ${cell('softhsm2')} |`);
+  lines.push(`| ${protocol} | ${f.toFixed(0)}/s (1.00) | ${cell('enclave')} | ${cell('provider')} | ${cell('softhsm2')} |`);
 }
 lines.push('', `Sign latency, RSA-2048 PSS/SHA-256, ${N} sequential signs from one thread:`, '', '| path | p50 | p99 |', '|---|---|---|');
 for (const [name, xs] of [['node:crypto sign in-process (no PKCS#11)', direct], ['nitro-acm module -> enclave app (unix socket)', viaModule], ['SoftHSM2 (in-process PKCS#11)', viaSoftHsm]] as const) {

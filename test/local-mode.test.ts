@@ -85,3 +85,32 @@ test.serial('local mode with --httpd: nitro-acm status and nitro-acm local renew
   t.is(none.status, 2);
   t.regex(none.stderr, /absent\.sock: no agent is running there/);
 });
+
+test.serial('local mode with --openssl provider: nginx serves through pkcs11-provider, doctor agrees, RSA key exchange and a renewal work', async (t) => {
+  const o = { port: await freePort(), stateDir: path.join(dir, 'state'), runtimeDir: path.join(dir, 'run'), openssl: 'provider' as const };
+  const local = await runLocal(o);
+  t.teardown(() => local.stop());
+  const ca = fs.readFileSync(local.caFile, 'utf8');
+  const before = await handshake(o.port, { servername: 'localhost', ca });
+  t.regex(before.body, /signed by the enclave app/);
+  // TLS 1.2 RSA key exchange: the enclave decrypts the premaster secret (the engine path cannot).
+  const rsa = await handshake(o.port, { servername: 'localhost', ca, maxVersion: 'TLSv1.2', ciphers: 'AES128-GCM-SHA256' });
+  t.is(rsa.fingerprint256, before.fingerprint256);
+  const stanza = fs.readFileSync(path.join(o.runtimeDir, 'localhost.conf'), 'utf8');
+  t.regex(stanza, new RegExp(`^ssl_certificate_key ${o.runtimeDir.replace(/\//g, '\\/')}\\/localhost\\.key-uri\\.pem;$`, 'm'));
+  t.notRegex(stanza, /engine:pkcs11/);
+  t.regex(fs.readFileSync(path.join(o.runtimeDir, 'localhost.key-uri.pem'), 'utf8'), /^-----BEGIN PKCS#11 PROVIDER URI-----\n/);
+
+  const d = await cli(['doctor', '--socket', local.controlSocket]);
+  t.is(d.status, 0, d.stdout + d.stderr);
+  t.regex(d.stdout, /^ok {4}openssl path: keys through the pkcs11-provider \(options\.openssl: provider\)$/m);
+  t.regex(d.stdout, new RegExp(`^ok {4}web server provider: nginx \\(pid ${local.server.pid}\\) has pkcs11-provider loaded$`, 'm'));
+  t.notRegex(d.stdout, /ssl_engine/);
+
+  const renew = await cli(['local', 'renew', 'localhost', '--runtime-dir', o.runtimeDir, '--json']);
+  t.is(renew.status, 0, renew.stderr);
+  const r = JSON.parse(renew.stdout) as { previous: string; fingerprint: string };
+  t.is(r.previous, before.fingerprint256);
+  t.is((await handshake(o.port, { servername: 'localhost', ca })).fingerprint256, r.fingerprint, 'nginx serves the renewed certificate');
+  t.is(local.server.proc.exitCode, null, 'nginx was reloaded, not restarted');
+});
