@@ -7,6 +7,7 @@ import type { AcmConfig } from './config.ts';
 import type { AddedToken } from './agent.ts';
 import { processStartedAt } from './process-start.ts';
 import { resolveOpenSsl } from './openssl-path.ts';
+import { nginxBinaryUpgrade } from './nginx-upgrade.ts';
 import { writeAtomic } from './targets.ts';
 
 const shellQuote = (s: string) => `'${s.replace(/'/g, `'\\''`)}'`;
@@ -44,23 +45,27 @@ export function webServerErrors(stderr: string): string {
  * is started instead, as AWS's agent does. A web server whose main process started
  * before a token was added is restarted instead, once, as AWS's agent does when it
  * provisions a token (`restart_for_new_tokens`, default on): the OpenSSL pkcs11
- * engine reads the token list when that process starts, and a reload cannot load
- * a token it did not see. Renewals only ever reload.
+ * engine and pkcs11-provider read the token list when that process first uses
+ * them, and a reload cannot load a token they did not see. nginx is not
+ * restarted but upgraded in place (nginx-upgrade.ts: a new master on the same
+ * listening sockets, so no connection is refused); httpd has no such way and is
+ * restarted. Renewals only ever reload.
  */
 export async function systemReload(config: AcmConfig, added: AddedToken[] = []): Promise<void> {
   const svc = config.options.service;
-  const done = { reload: 'reloaded', start: 'started', restart: 'restarted' } as const;
+  const done = { reload: 'reloaded', start: 'started', restart: 'restarted', upgrade: 'upgraded in place' } as const;
   let action: keyof typeof done = 'reload';
+  let pid = 0;
   if (!config.options.reload_command) {
-    const pid = Number((await sh(`systemctl show --property=MainPID --value ${svc}`)).stdout) || 0;
+    pid = Number((await sh(`systemctl show --property=MainPID --value ${svc}`)).stdout) || 0;
     const startedAt = pid ? processStartedAt(pid) : undefined;
     const unseen = startedAt === undefined ? [] : added.filter((t) => t.addedAt > startedAt).map((t) => t.label);
     if (!pid && config.options.force_start) {
       action = 'start';
       log.warn(`${svc} is not running: starting it (options.force_start)`);
     } else if (unseen.length && config.options.restart_for_new_tokens) {
-      action = 'restart';
-      log.warn(`restarting ${svc} once (options.restart_for_new_tokens): ${unseen.join(', ')} added after its main process (pid ${pid}) started, and a reload cannot load a token that process did not see`);
+      action = svc === 'nginx' ? 'upgrade' : 'restart';
+      log.warn(`${action === 'upgrade' ? 'starting a new nginx master in place of' : 'restarting'} ${svc}'s main process (pid ${pid}) once (options.restart_for_new_tokens): ${unseen.join(', ')} added after it started, and a reload cannot load a token that process did not see`);
     } else if (unseen.length) {
       log.warn(`${unseen.join(', ')} added after ${svc}'s main process (pid ${pid}) started: a reload cannot load ${unseen.length > 1 ? 'them' : 'it'}; systemctl restart ${svc} once (options.restart_for_new_tokens is off)`);
     }
@@ -70,6 +75,11 @@ export async function systemReload(config: AcmConfig, added: AddedToken[] = []):
     const t = await sh(test);
     // 127: not installed under that name (a web server built elsewhere); the reload still goes.
     if (!t.ok && t.code !== 127) throw new Error(`"${test}" failed, so ${svc} was not ${done[action]}: ${webServerErrors(t.stderr) || t.message}`);
+  }
+  if (action === 'upgrade') {
+    const u = await nginxBinaryUpgrade(pid);
+    log.info(`${done.upgrade}: nginx master ${u.newMaster} serves, the previous one (${u.oldMaster}) finishes its connections (${u.seconds.toFixed(2)} s)`);
+    return;
   }
   const cmd = config.options.reload_command ?? `systemctl ${action} ${svc}`;
   const r = await sh(cmd);
