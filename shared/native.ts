@@ -1,5 +1,5 @@
 // Loads the native addon (shared/native/native.c, shared by the enclave app and the agent) on first use: vsock sockets,
-// descriptor duplication, and the NSM ioctl. Nothing else in nitro-acm is native
+// descriptor duplication, the NSM ioctl, and ECDSA over a given digest. Nothing else in nitro-acm is native
 // on the Node side.
 import fs from 'node:fs';
 import { createRequire } from 'node:module';
@@ -12,6 +12,8 @@ export interface NativeAddon {
   /** Who is on the other end of a connected socket. */
   peer(fd: number): PeerIdentity;
   nsmRequest(fd: number, request: Buffer): Buffer;
+  /** ECDSA over a digest already computed (PKCS#11 CKM_ECDSA; node:crypto always hashes): r||s. */
+  ecdsaSignDigest(pkcs8Der: Buffer, digest: Buffer): Buffer;
 }
 
 export type PeerIdentity = { family: 'unix'; uid: number; gid: number; pid: number } | { family: 'vsock'; cid: number; port: number };

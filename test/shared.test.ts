@@ -9,6 +9,7 @@ import { encodeTokenList, decodeTokenList, encodeRequest, decodeRequest, Op, Sig
 import { listen, connect } from '../shared/transport.ts';
 import { sign, decrypt } from '../enclave/rsa-ops.ts';
 import { CKR, P11Error } from '../shared/pkcs11-rv.ts';
+import { native } from '../shared/native.ts';
 
 test('addresses: both forms parse and print back; errors say what is wrong', (t) => {
   for (const a of ['unix:path=/run/nitro-acm/keys.sock', 'vsock:cid=16;port=9999']) t.is(formatAddress(parseAddress(a)), a);
@@ -76,4 +77,18 @@ test('vsock transport: listening works here; connecting to an absent CID fails w
   const err = await t.throwsAsync(connect({ kind: 'vsock', cid: 77, port: 9999 }, 500));
   t.regex(err!.message, /vsock connect to cid 77 port 9999/);
   t.true(Date.now() - started < 5000);
+});
+
+test('ECDSA over a given digest (native addon, for CKM_ECDSA): P-256 and P-384 verify as r||s; other keys and bad arguments are refused', (t) => {
+  for (const [curve, hash, size] of [['P-256', 'sha256', 64], ['P-384', 'sha384', 96], ['P-384', 'sha256', 96]] as const) {
+    const { privateKey, publicKey } = crypto.generateKeyPairSync('ec', { namedCurve: curve });
+    const data = crypto.randomBytes(100);
+    const sig = native().ecdsaSignDigest(privateKey.export({ type: 'pkcs8', format: 'der' }), crypto.createHash(hash).update(data).digest());
+    t.is(sig.length, size, `${curve}: r||s`);
+    t.true(crypto.verify(hash, data, { key: publicKey, dsaEncoding: 'ieee-p1363' }, sig), `${curve} over ${hash}`);
+  }
+  const rsa = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey.export({ type: 'pkcs8', format: 'der' });
+  t.throws(() => native().ecdsaSignDigest(rsa, Buffer.alloc(32)), { message: 'not an EC private key' });
+  t.throws(() => native().ecdsaSignDigest(Buffer.from('not a key'), Buffer.alloc(32)), { message: 'not an EC private key' });
+  t.throws(() => native().ecdsaSignDigest(rsa, Buffer.alloc(65)), { message: /a digest of 1\.\.64 bytes/ });
 });

@@ -27,6 +27,10 @@
 #include <unistd.h>
 #include <linux/vm_sockets.h>
 #include <node_api.h>
+#include <openssl/bn.h>
+#include <openssl/ec.h>
+#include <openssl/evp.h>
+#include <openssl/x509.h>
 
 static const char *errno_code(int err)
 {
@@ -265,6 +269,53 @@ static napi_value js_nsm_request(napi_env env, napi_callback_info info)
   return sliced;
 }
 
+/*
+ * ecdsaSignDigest(pkcs8Der, digest) -> r||s, each as long as the curve's order:
+ * ECDSA over a digest the caller already computed (PKCS#11 CKM_ECDSA), which
+ * node:crypto cannot do (its sign() always hashes). OpenSSL is Node's own: an
+ * addon resolves these symbols from the node binary, which exports them.
+ */
+static napi_value js_ecdsa_sign_digest(napi_env env, napi_callback_info info)
+{
+  size_t argc = 2;
+  napi_value argv[2];
+  void *der = NULL, *dg = NULL;
+  size_t der_len = 0, dg_len = 0;
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc < 2 || napi_get_buffer_info(env, argv[0], &der, &der_len) != napi_ok || napi_get_buffer_info(env, argv[1], &dg, &dg_len) != napi_ok
+      || der_len == 0 || der_len > 4096 || dg_len == 0 || dg_len > 64) {
+    napi_throw_type_error(env, NULL, "ecdsaSignDigest(pkcs8Der, digest): a key of 1..4096 bytes and a digest of 1..64 bytes expected");
+    return NULL;
+  }
+  const unsigned char *p = der;
+  EVP_PKEY *pkey = d2i_AutoPrivateKey(NULL, &p, (long)der_len);
+  napi_value result = NULL;
+  EVP_PKEY_CTX *ctx = NULL;
+  unsigned char *sig = NULL;
+  ECDSA_SIG *parsed = NULL;
+  const char *why = NULL;
+  if (!pkey || EVP_PKEY_get_base_id(pkey) != EVP_PKEY_EC) { why = "not an EC private key"; goto out; }
+  size_t field = (size_t)(EVP_PKEY_get_bits(pkey) + 7) / 8;
+  size_t sig_len = 0;
+  ctx = EVP_PKEY_CTX_new(pkey, NULL);
+  if (!ctx || EVP_PKEY_sign_init(ctx) <= 0 || EVP_PKEY_sign(ctx, NULL, &sig_len, dg, dg_len) <= 0) { why = "cannot sign with this key"; goto out; }
+  sig = OPENSSL_malloc(sig_len);
+  if (!sig || EVP_PKEY_sign(ctx, sig, &sig_len, dg, dg_len) <= 0) { why = "signing failed"; goto out; }
+  const unsigned char *q = sig;
+  parsed = d2i_ECDSA_SIG(NULL, &q, (long)sig_len);
+  if (!parsed) { why = "signing gave no signature"; goto out; }
+  void *raw = NULL;
+  if (napi_create_buffer(env, 2 * field, &raw, &result) != napi_ok) { result = NULL; goto out; }
+  if (BN_bn2binpad(ECDSA_SIG_get0_r(parsed), raw, (int)field) < 0 || BN_bn2binpad(ECDSA_SIG_get0_s(parsed), (unsigned char *)raw + field, (int)field) < 0) { why = "signature does not fit the curve"; result = NULL; }
+out:
+  if (why) napi_throw_error(env, "ECDSA", why);
+  ECDSA_SIG_free(parsed);
+  OPENSSL_free(sig);
+  EVP_PKEY_CTX_free(ctx);
+  EVP_PKEY_free(pkey);
+  return result;
+}
+
 static napi_value init(napi_env env, napi_value exports)
 {
   napi_property_descriptor props[] = {
@@ -273,6 +324,7 @@ static napi_value init(napi_env env, napi_value exports)
     { "dup", NULL, js_dup, NULL, NULL, NULL, napi_default, NULL },
     { "peer", NULL, js_peer, NULL, NULL, NULL, napi_default, NULL },
     { "nsmRequest", NULL, js_nsm_request, NULL, NULL, NULL, napi_default, NULL },
+    { "ecdsaSignDigest", NULL, js_ecdsa_sign_digest, NULL, NULL, NULL, napi_default, NULL },
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   return exports;
