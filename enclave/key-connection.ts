@@ -7,9 +7,10 @@ import { PinThrottle, FREE_ATTEMPTS } from './pin-throttle.ts';
 import { FrameSplitter, FrameTooLarge } from '../shared/framing.ts';
 import { DecodeError } from '../shared/bytes.ts';
 import { CKR, P11Error } from '../shared/pkcs11-rv.ts';
-import { KEY_WIRE_VERSION, MAX_REQUEST, Op, REQUEST_HEADER, decodeRequest, encodeResponseHead, readRequestHeader, type Request } from '../shared/key-wire.ts';
+import { KEY_WIRE_VERSION, MAX_REQUEST, Op, REQUEST_HEADER, KeyType, decodeRequest, encodeResponseHead, readRequestHeader, type Request } from '../shared/key-wire.ts';
 import { log } from '../shared/log.ts';
 import { sign, decrypt } from './rsa-ops.ts';
+import { ecdsaSign } from './ec-ops.ts';
 import type { KeyView } from './keystore.ts';
 
 export interface ConnectionOptions {
@@ -139,7 +140,9 @@ export function serveKeyConnection(sock: net.Socket, view: () => KeyView, opts: 
           if (!key) { reply(CKR.KEY_HANDLE_INVALID, Buffer.from(`no key ${req.keyId}`)); return; }
           const identity = loggedIn.get(key.tokenLabel);
           if (identity === undefined || identity !== v.identity(key.tokenLabel)) { loggedIn.delete(key.tokenLabel); reply(CKR.USER_NOT_LOGGED_IN); return; }
-          const out = req.op === Op.SIGN
+          if (key.keyType === KeyType.EC && req.op === Op.DECRYPT) { reply(CKR.KEY_TYPE_INCONSISTENT, Buffer.from('an EC key does not decrypt')); return; }
+          const out = key.keyType === KeyType.EC ? ecdsaSign(key.privateKey, req.scheme, req.data)
+            : req.op === Op.SIGN
             ? sign({ key: key.privateKey, modulusBits: key.modulusBits, scheme: req.scheme, hash: req.hash, mgfHash: req.mgfHash, saltLength: req.saltLength, data: req.data })
             : decrypt({ key: key.privateKey, modulusBits: key.modulusBits, scheme: req.scheme, hash: req.hash, mgfHash: req.mgfHash, oaepLabel: req.oaepLabel, data: req.data });
           reply(CKR.OK, out);

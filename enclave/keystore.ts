@@ -5,7 +5,8 @@
 // previous keys stay usable, but unlisted for new lookups, for a grace period so
 // old web-server workers finish.
 import crypto, { type KeyObject, X509Certificate } from 'node:crypto';
-import { CertCategory, KeyFlag, LIST_CAPS, encodeTokenList, type WireToken } from '../shared/key-wire.ts';
+import { CertCategory, KeyFlag, KeyType, LIST_CAPS, encodeTokenList, type KeyTypeCode, type WirePublicKey, type WireToken } from '../shared/key-wire.ts';
+import { derOid } from '../shared/ber.ts';
 import { ckaIdOf } from '../shared/key-id.ts';
 
 export interface KeyMaterial {
@@ -24,9 +25,12 @@ export interface KeyMaterial {
 export interface StoredKey {
   keyId: number;
   privateKey: KeyObject;
-  modulus: Buffer;
-  publicExponent: Buffer;
+  /** What LIST tells of the public key: RSA modulus and exponent, or EC curve and point. */
+  pub: WirePublicKey;
+  /** RSA: the modulus's bits; EC: the curve's. */
   modulusBits: number;
+  /** As nitro-acm status shows it: RSA-2048, EC-P256. */
+  keyTypeName: string;
   ckaId: Buffer;
   /** CKA_LABEL of its objects; undefined: the token's label. */
   label?: string;
@@ -51,6 +55,11 @@ export class KeyMaterialError extends Error {
 
 export const MIN_RSA_BITS = 2048;
 export const MAX_RSA_BITS = 4096;
+/** The curves ACM issues certificates on, by node:crypto's name: the name shown, bits, CKA_EC_PARAMS' OID. */
+const EC_CURVES: Record<string, { name: string; bits: number; oid: string }> = {
+  prime256v1: { name: 'EC-P256', bits: 256, oid: '1.2.840.10045.3.1.7' },
+  secp384r1: { name: 'EC-P384', bits: 384, oid: '1.3.132.0.34' },
+};
 
 function splitPem(pem: string): string[] {
   return pem.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g) ?? [];
@@ -75,7 +84,9 @@ export class KeyStore {
   private load(m: KeyMaterial): StoredKey {
     let privateKey: KeyObject, leaf: X509Certificate | undefined;
     try { privateKey = crypto.createPrivateKey(m.privateKeyPem); } catch (e) { throw new KeyMaterialError('invalid', `private key: cannot parse (${(e as Error).message.split('\n')[0]})`); }
-    if (privateKey.asymmetricKeyType !== 'rsa') throw new KeyMaterialError('unsupported', `private key: type ${privateKey.asymmetricKeyType} is not supported (RSA ${MIN_RSA_BITS}-${MAX_RSA_BITS})`);
+    const curve = privateKey.asymmetricKeyType === 'ec' ? EC_CURVES[privateKey.asymmetricKeyDetails?.namedCurve ?? ''] : undefined;
+    if (privateKey.asymmetricKeyType === 'ec' && !curve) throw new KeyMaterialError('unsupported', `private key: EC curve ${privateKey.asymmetricKeyDetails?.namedCurve} is not supported (P-256, P-384)`);
+    if (privateKey.asymmetricKeyType !== 'rsa' && !curve) throw new KeyMaterialError('unsupported', `private key: type ${privateKey.asymmetricKeyType} is not supported (RSA ${MIN_RSA_BITS}-${MAX_RSA_BITS}, EC P-256 and P-384)`);
     if (m.certificatePem !== undefined) {
       try { leaf = new X509Certificate(m.certificatePem); } catch (e) { throw new KeyMaterialError('invalid', `certificate: cannot parse (${(e as Error).message})`); }
     }
@@ -89,17 +100,25 @@ export class KeyStore {
       throw new KeyMaterialError('mismatch', 'private key does not match the certificate\'s public key');
     }
     const jwk = pub.export({ format: 'jwk' });
-    const modulus = Buffer.from(jwk.n!, 'base64url');
-    const bits = privateKey.asymmetricKeyDetails!.modulusLength!;
-    if (bits < MIN_RSA_BITS || bits > MAX_RSA_BITS) throw new KeyMaterialError('unsupported', `private key: RSA-${bits} is outside ${MIN_RSA_BITS}-${MAX_RSA_BITS}`);
+    let wirePub: WirePublicKey, bits: number, keyTypeName: string;
+    if (curve) {
+      wirePub = { keyType: KeyType.EC, ecParams: derOid(curve.oid), ecPoint: Buffer.concat([Buffer.from([4]), Buffer.from(jwk.x!, 'base64url'), Buffer.from(jwk.y!, 'base64url')]) };
+      bits = curve.bits;
+      keyTypeName = curve.name;
+    } else {
+      bits = privateKey.asymmetricKeyDetails!.modulusLength!;
+      if (bits < MIN_RSA_BITS || bits > MAX_RSA_BITS) throw new KeyMaterialError('unsupported', `private key: RSA-${bits} is outside ${MIN_RSA_BITS}-${MAX_RSA_BITS}`);
+      wirePub = { keyType: KeyType.RSA, modulus: Buffer.from(jwk.n!, 'base64url'), publicExponent: Buffer.from(jwk.e!, 'base64url') };
+      keyTypeName = `RSA-${bits}`;
+    }
     const keyId = this.nextKeyId;
     this.nextKeyId = (this.nextKeyId + 1) >>> 0 || 1;
     return {
       keyId,
       privateKey,
-      modulus,
-      publicExponent: Buffer.from(jwk.e!, 'base64url'),
+      pub: wirePub,
       modulusBits: bits,
+      keyTypeName,
       // Stable for a key, new for a renewed one (shared/key-id.ts), unless the source names it.
       ckaId: m.ckaId ?? ckaIdOf(pub),
       label: m.label,
@@ -207,8 +226,7 @@ export class KeyStore {
           flags: t.current.includes(k) ? 0 : KeyFlag.RETIRED,
           ckaId: k.ckaId,
           label: k.label ?? t.label,
-          modulus: k.modulus,
-          publicExponent: k.publicExponent,
+          ...k.pub,
           certificates: k.certificates,
         })),
       }));
@@ -229,7 +247,7 @@ export class KeyStore {
   /** The changes since the workers got the keys in `sent` (which is updated to the keys now held). */
   delta(sent: Set<number>): KeyStoreDelta {
     const tokens = [...this.tokens.values()];
-    const now = tokens.flatMap((t) => [...t.current, ...t.retired].map((k) => ({ keyId: k.keyId, tokenLabel: t.label, privateKey: k.privateKey, modulusBits: k.modulusBits })));
+    const now = tokens.flatMap((t) => [...t.current, ...t.retired].map((k) => ({ keyId: k.keyId, tokenLabel: t.label, privateKey: k.privateKey, modulusBits: k.modulusBits, keyType: k.pub.keyType })));
     const ids = new Set(now.map((k) => k.keyId));
     const removeKeyIds = [...sent].filter((id) => !ids.has(id));
     const addKeys = now.filter((k) => !sent.has(k.keyId));
@@ -245,7 +263,7 @@ export class KeyStore {
       generation: this.generation,
       listBody: this.listBody(),
       tokens: tokens.map((t) => ({ label: t.label, pinDigest: t.pinDigest, identity: t.identity })),
-      keys: tokens.flatMap((t) => [...t.current, ...t.retired].map((k) => ({ keyId: k.keyId, tokenLabel: t.label, privateKey: k.privateKey, modulusBits: k.modulusBits }))),
+      keys: tokens.flatMap((t) => [...t.current, ...t.retired].map((k) => ({ keyId: k.keyId, tokenLabel: t.label, privateKey: k.privateKey, modulusBits: k.modulusBits, keyType: k.pub.keyType }))),
     };
   }
 }
@@ -271,7 +289,7 @@ export interface KeyStoreSnapshot {
   generation: number;
   listBody: Uint8Array;
   tokens: WorkerToken[];
-  keys: { keyId: number; tokenLabel: string; privateKey: KeyObject; modulusBits: number }[];
+  keys: { keyId: number; tokenLabel: string; privateKey: KeyObject; modulusBits: number; keyType: KeyTypeCode }[];
 }
 
 /** The read-only view of a snapshot that a key worker serves connections from. */

@@ -125,7 +125,7 @@ export class ProvisionServer {
     const key = t.current[0];
     const c = key.leaf;
     return {
-      label: l, keyType: `RSA-${key.modulusBits}`, subject: c?.subject.replace(/\n/g, ', ') ?? '', notAfter: c ? new Date(c.validTo).toISOString() : '', serial: c?.serialNumber ?? '', fingerprint256: c?.fingerprint256 ?? '',
+      label: l, keyType: key.keyTypeName, subject: c?.subject.replace(/\n/g, ', ') ?? '', notAfter: c ? new Date(c.validTo).toISOString() : '', serial: c?.serialNumber ?? '', fingerprint256: c?.fingerprint256 ?? '',
       refreshedAt: new Date(t.refreshedAt).toISOString(), retiredKeys: t.retired.length, keys: t.current.length,
     };
   }

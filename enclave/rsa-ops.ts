@@ -85,6 +85,8 @@ export function sign(job: SignJob): Buffer {
     case SignScheme.RAW:
       if (data.length > k) throw new P11Error(CKR.DATA_LEN_RANGE, `raw RSA input of ${data.length} bytes exceeds the modulus (${k})`);
       return rawPrivate(job.key, toModulusLength(data, k));
+    case SignScheme.ECDSA:
+      throw new P11Error(CKR.KEY_TYPE_INCONSISTENT, 'ECDSA with an RSA key');
     default:
       throw new P11Error(CKR.MECHANISM_INVALID, `unknown sign scheme ${job.scheme}`);
   }

@@ -16,7 +16,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { encodeRequest, encodeTokenList, Op, Hash, SignScheme, DecryptScheme, CertCategory, KeyFlag, LIST_CAPS, type WireToken } from '../shared/key-wire.ts';
+import { encodeRequest, encodeTokenList, Op, Hash, SignScheme, DecryptScheme, CertCategory, KeyFlag, KeyType, LIST_CAPS, type WireKey, type WireToken } from '../shared/key-wire.ts';
 import { parseAddress } from '../shared/address.ts';
 
 const hex = (b: Uint8Array) => (b.length ? Buffer.from(b).toString('hex') : '-');
@@ -24,7 +24,7 @@ const bytes = (n: number, seed: number) => Buffer.from(Array.from({ length: n },
 
 /** A token list as the C test prints what it decoded: tokens by "|", keys by ";", certificates by ",". */
 export function summary(tokens: WireToken[]): string {
-  return tokens.map((t) => `${t.label}/${t.serial}/${t.keys.map((k) => `${k.keyId}.${k.flags}.${hex(k.ckaId)}.${k.label}.${k.modulus.length}.${k.publicExponent.length}.${k.certificates.map((c) => `${c.category}:${c.der.length}`).join(',') || '-'}`).join(';') || '-'}`).join('|') || '-';
+  return tokens.map((t) => `${t.label}/${t.serial}/${t.keys.map((k) => `${k.keyId}.${k.flags}.${hex(k.ckaId)}.${k.label}.${k.keyType}.${(k.keyType === KeyType.RSA ? k.modulus : k.ecParams).length}.${(k.keyType === KeyType.RSA ? k.publicExponent : k.ecPoint).length}.${k.certificates.map((c) => `${c.category}:${c.der.length}`).join(',') || '-'}`).join(';') || '-'}`).join('|') || '-';
 }
 
 export function wireVectors(): string {
@@ -36,7 +36,7 @@ export function wireVectors(): string {
     req('login', 42, [label, hex(pin)], encodeRequest(42, { op: Op.LOGIN, label, pin }));
   }
   req('logout', 43, ['www'], encodeRequest(43, { op: Op.LOGOUT, label: 'www' }));
-  for (const [scheme, hash, mgf, salt, n] of [[SignScheme.PKCS1, Hash.SHA256, 0, 0, 51], [SignScheme.PSS, Hash.SHA384, Hash.SHA384, 48, 48], [SignScheme.RAW, 0, 0, 0, 512]]) {
+  for (const [scheme, hash, mgf, salt, n] of [[SignScheme.PKCS1, Hash.SHA256, 0, 0, 51], [SignScheme.PSS, Hash.SHA384, Hash.SHA384, 48, 48], [SignScheme.RAW, 0, 0, 0, 512], [SignScheme.ECDSA, 0, 0, 0, 48]]) {
     const data = bytes(n, scheme);
     req('sign', 7, [0x12345678, scheme, hash, mgf, salt, hex(data)], encodeRequest(7, { op: Op.SIGN, keyId: 0x12345678, scheme, hash, mgfHash: mgf, saltLength: salt, data }));
   }
@@ -44,7 +44,10 @@ export function wireVectors(): string {
     const data = bytes(256, 3);
     req('decrypt', 9, [1, scheme, hash, mgf, hex(label), hex(data)], encodeRequest(9, { op: Op.DECRYPT, keyId: 1, scheme, hash, mgfHash: mgf, oaepLabel: label, data }));
   }
-  const key = (keyId: number, flags: number, id: Buffer, label: string, certs: number[]) => ({ keyId, flags, ckaId: id, label, modulus: bytes(256, keyId), publicExponent: Buffer.from([1, 0, 1]), certificates: certs.map((n, i) => ({ category: i ? CertCategory.AUTHORITY : CertCategory.LEAF, der: bytes(n, i) })) });
+  const certsOf = (certs: number[]) => certs.map((n, i) => ({ category: i ? CertCategory.AUTHORITY : CertCategory.LEAF, der: bytes(n, i) }));
+  const key = (keyId: number, flags: number, id: Buffer, label: string, certs: number[]): WireKey => ({ keyType: KeyType.RSA, keyId, flags, ckaId: id, label, modulus: bytes(256, keyId), publicExponent: Buffer.from([1, 0, 1]), certificates: certsOf(certs) });
+  // P-256 (the OID 1.2.840.10045.3.1.7) and P-384 (1.3.132.0.34) keys: CKA_EC_PARAMS and an uncompressed point.
+  const ecKey = (keyId: number, oid: string, field: number): WireKey => ({ keyType: KeyType.EC, keyId, flags: 0, ckaId: bytes(20, keyId), label: 'ec', ecParams: Buffer.from(oid, 'hex'), ecPoint: Buffer.concat([Buffer.from([4]), bytes(2 * field, keyId)]), certificates: certsOf([500]) });
   const lists: WireToken[][] = [
     [],
     [{ label: 'www', serial: '0123456789abcdef', keys: [key(1, 0, bytes(20, 1), 'www', [900, 800])] }],
@@ -53,6 +56,7 @@ export function wireVectors(): string {
       { label: 'filedb', serial: 'bb', keys: [key(4, 0, Buffer.from([1]), 'acm-key', [600]), key(5, 0, Buffer.from([2]), 'k'.repeat(255), [])] },
       { label: 'empty', serial: '', keys: [] },
     ],
+    [{ label: 'ecdsa', serial: 'cc', keys: [ecKey(6, '06082a8648ce3d030107', 32), ecKey(7, '06052b81040022', 48)] }],
   ];
   for (const l of lists) lines.push(`tokenlist ${hex(encodeTokenList(l))} ${summary(l)}`);
   const good = encodeTokenList(lists[1]);

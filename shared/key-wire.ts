@@ -31,21 +31,30 @@ export const Hash = { SHA1: 1, SHA224: 2, SHA256: 3, SHA384: 4, SHA512: 5 } as c
 export const HASH_NAMES: Record<number, string> = { 1: 'sha1', 2: 'sha224', 3: 'sha256', 4: 'sha384', 5: 'sha512' };
 export const HASH_LEN: Record<number, number> = { 1: 20, 2: 28, 3: 32, 4: 48, 5: 64 };
 
-export const SignScheme = { PKCS1: 1, PSS: 2, RAW: 3 } as const;
+/** ECDSA: the input is a digest already computed; the signature is r||s (PKCS#11's form). */
+export const SignScheme = { PKCS1: 1, PSS: 2, RAW: 3, ECDSA: 4 } as const;
 export const DecryptScheme = { PKCS1: 1, OAEP: 2, RAW: 3 } as const;
 
 export const KeyFlag = { RETIRED: 1 } as const;
 export const CertCategory = { LEAF: 0, AUTHORITY: 2 } as const; // CKA_CERTIFICATE_CATEGORY values
 
-export interface WireKey {
+/** A key's type on the wire, and what its two public fields hold. */
+export const KeyType = { RSA: 0, EC: 1 } as const;
+export type KeyTypeCode = (typeof KeyType)[keyof typeof KeyType];
+
+/**
+ * RSA: `modulus` and `publicExponent`. EC: `ecParams` (CKA_EC_PARAMS, the DER OID
+ * of a named curve) and `ecPoint` (the public point, uncompressed: 04 || X || Y).
+ */
+export type WirePublicKey = { keyType: typeof KeyType.RSA; modulus: Buffer; publicExponent: Buffer } | { keyType: typeof KeyType.EC; ecParams: Buffer; ecPoint: Buffer };
+
+export type WireKey = WirePublicKey & {
   keyId: number;
   flags: number;
   ckaId: Buffer;
   label: string;
-  modulus: Buffer;
-  publicExponent: Buffer;
   certificates: { category: number; der: Buffer }[];
-}
+};
 export interface WireToken { label: string; serial: string; keys: WireKey[] }
 
 export interface RequestHeader { version: number; op: number; id: number }
@@ -140,7 +149,9 @@ export function encodeTokenList(tokens: WireToken[]): Buffer {
   for (const t of tokens) {
     w.str8(t.label).str8(t.serial).u16(t.keys.length);
     for (const k of t.keys) {
-      w.u32(k.keyId).u8(k.flags).bytes8(k.ckaId).str8(k.label).u8(0 /* RSA */).bytes16(k.modulus).bytes16(k.publicExponent);
+      w.u32(k.keyId).u8(k.flags).bytes8(k.ckaId).str8(k.label).u8(k.keyType);
+      if (k.keyType === KeyType.RSA) w.bytes16(k.modulus).bytes16(k.publicExponent);
+      else w.bytes16(k.ecParams).bytes16(k.ecPoint);
       w.u16(k.certificates.length);
       for (const c of k.certificates) w.u8(c.category).bytes32(c.der);
     }
@@ -157,11 +168,13 @@ export function decodeTokenList(body: Buffer): WireToken[] {
     for (let m = r.u16('key count'); m > 0; m--) {
       const keyId = r.u32('key id'), flags = r.u8('key flags'), ckaId = r.bytes8('CKA_ID'), klabel = r.str8('key label');
       const type = r.u8('key type');
-      if (type !== 0) throw new DecodeError(`unknown key type ${type}`);
-      const modulus = r.bytes16('modulus'), publicExponent = r.bytes16('public exponent');
+      let pub: WirePublicKey;
+      if (type === KeyType.RSA) pub = { keyType: KeyType.RSA, modulus: r.bytes16('modulus'), publicExponent: r.bytes16('public exponent') };
+      else if (type === KeyType.EC) pub = { keyType: KeyType.EC, ecParams: r.bytes16('EC parameters'), ecPoint: r.bytes16('EC point') };
+      else throw new DecodeError(`unknown key type ${type}`);
       const certificates: WireKey['certificates'] = [];
       for (let c = r.u16('certificate count'); c > 0; c--) certificates.push({ category: r.u8('category'), der: r.bytes32('certificate') });
-      keys.push({ keyId, flags, ckaId, label: klabel, modulus, publicExponent, certificates });
+      keys.push({ ...pub, keyId, flags, ckaId, label: klabel, certificates });
     }
     tokens.push({ label, serial, keys });
   }

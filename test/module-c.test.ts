@@ -9,7 +9,7 @@ import fs from 'node:fs';
 import crypto from 'node:crypto';
 import { startEnclave, tmpdir, ROOT, type EnclaveFixture } from './helpers/enclave.ts';
 import { FrameSplitter } from '../shared/framing.ts';
-import { Op, encodeResponse, encodeTokenList, readRequestHeader, MAX_REQUEST, KEY_WIRE_VERSION, REPLY_BIT, LIST_CAPS } from '../shared/key-wire.ts';
+import { Op, KeyType, encodeResponse, encodeTokenList, readRequestHeader, MAX_REQUEST, KEY_WIRE_VERSION, REPLY_BIT, LIST_CAPS } from '../shared/key-wire.ts';
 import { CKR } from '../shared/pkcs11-rv.ts';
 import { createCA, issueServerCert } from '../src/local/pki.ts';
 
@@ -66,7 +66,7 @@ function validList(n = 1, prefix = 'fake'): Buffer {
   const { ca, leaf } = fakePki;
   const jwk = crypto.createPublicKey(leaf.certPem).export({ format: 'jwk' });
   const certificates = [{ category: 1, der: new crypto.X509Certificate(leaf.certPem).raw }, { category: 2, der: new crypto.X509Certificate(ca.certPem).raw }];
-  return encodeTokenList(Array.from({ length: n }, (_, i) => ({ label: n === 1 ? prefix : `${prefix}${i}`, serial: i.toString(16).padStart(16, '0'), keys: [{ keyId: 7 + i, flags: 0, ckaId: Buffer.alloc(20, 1 + i), label: 'fake', modulus: Buffer.from(jwk.n!, 'base64url'), publicExponent: Buffer.from(jwk.e!, 'base64url'), certificates }] })));
+  return encodeTokenList(Array.from({ length: n }, (_, i) => ({ label: n === 1 ? prefix : `${prefix}${i}`, serial: i.toString(16).padStart(16, '0'), keys: [{ keyType: KeyType.RSA, keyId: 7 + i, flags: 0, ckaId: Buffer.alloc(20, 1 + i), label: 'fake', modulus: Buffer.from(jwk.n!, 'base64url'), publicExponent: Buffer.from(jwk.e!, 'base64url'), certificates }] })));
 }
 
 type Scenario = (op: number, id: number, list: Buffer) => Buffer | null | 'close';

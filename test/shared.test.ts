@@ -5,7 +5,7 @@ import net from 'node:net';
 import crypto from 'node:crypto';
 import { parseAddress, formatAddress } from '../shared/address.ts';
 import { FrameSplitter, FrameTooLarge } from '../shared/framing.ts';
-import { encodeTokenList, decodeTokenList, encodeRequest, decodeRequest, Op, SignScheme, DecryptScheme, Hash } from '../shared/key-wire.ts';
+import { encodeTokenList, decodeTokenList, encodeRequest, decodeRequest, Op, SignScheme, DecryptScheme, Hash, KeyType } from '../shared/key-wire.ts';
 import { listen, connect } from '../shared/transport.ts';
 import { sign, decrypt } from '../enclave/rsa-ops.ts';
 import { CKR, P11Error } from '../shared/pkcs11-rv.ts';
@@ -39,7 +39,7 @@ test('framing: frames split across and packed into chunks come out whole; oversi
 test('key channel codec: requests and token lists survive a round trip; truncation is an error', (t) => {
   const req = { op: Op.SIGN, keyId: 9, scheme: SignScheme.PSS, hash: Hash.SHA384, mgfHash: Hash.SHA384, saltLength: 48, data: crypto.randomBytes(48) } as const;
   t.deepEqual(decodeRequest(encodeRequest(5, req).subarray(4)), req);
-  const tokens = [{ label: 'a', serial: '01', keys: [{ keyId: 1, flags: 0, ckaId: Buffer.alloc(20, 7), label: 'a', modulus: crypto.randomBytes(256), publicExponent: Buffer.from([1, 0, 1]), certificates: [{ category: 1, der: crypto.randomBytes(700) }] }] }];
+  const tokens = [{ label: 'a', serial: '01', keys: [{ keyType: KeyType.RSA, keyId: 1, flags: 0, ckaId: Buffer.alloc(20, 7), label: 'a', modulus: crypto.randomBytes(256), publicExponent: Buffer.from([1, 0, 1]), certificates: [{ category: 1, der: crypto.randomBytes(700) }] }] }];
   const body = encodeTokenList(tokens);
   t.deepEqual(decodeTokenList(body), tokens);
   t.throws(() => decodeTokenList(body.subarray(0, body.length - 1)), { message: /truncated certificate/ });

@@ -54,6 +54,7 @@ test('operations, hashes and schemes have the same codes in C and TypeScript', (
     ['KW_', kw.Hash],
     ['KW_SIGN_', kw.SignScheme],
     ['KW_DEC_', kw.DecryptScheme],
+    ['KW_KEY_', kw.KeyType],
   ];
   for (const [prefix, values] of enums) {
     for (const [name, code] of Object.entries(values)) t.is(c.get(`${prefix}${name}`), code, `${prefix}${name} in wire.h`);

@@ -215,6 +215,8 @@ void kw_token_list_free(kw_token_list *l)
       free(key->label);
       free(key->modulus);
       free(key->exponent);
+      free(key->ec_params);
+      free(key->ec_point);
     }
     free(t->keys);
     free(t->label);
@@ -269,13 +271,24 @@ int kw_parse_token_list(const uint8_t *body, size_t len, kw_token_list *out)
       key->cka_id_len = kw_u8(&r);
       key->cka_id = dup_field(&r, key->cka_id_len);
       key->label = (char *)dup_field(&r, kw_u8(&r));
-      if (kw_u8(&r) != 0) { r.err = 1; break; } /* key type: RSA only in version 1 */
-      key->modulus_len = kw_u16(&r);
-      if (key->modulus_len == 0 || key->modulus_len > 1024) { r.err = 1; break; }
-      key->modulus = dup_field(&r, key->modulus_len);
-      key->exponent_len = kw_u16(&r);
-      if (key->exponent_len == 0 || key->exponent_len > 16) { r.err = 1; break; }
-      key->exponent = dup_field(&r, key->exponent_len);
+      key->key_type = kw_u8(&r);
+      if (key->key_type == KW_KEY_RSA) {
+        key->modulus_len = kw_u16(&r);
+        if (key->modulus_len == 0 || key->modulus_len > 1024) { r.err = 1; break; }
+        key->modulus = dup_field(&r, key->modulus_len);
+        key->exponent_len = kw_u16(&r);
+        if (key->exponent_len == 0 || key->exponent_len > 16) { r.err = 1; break; }
+        key->exponent = dup_field(&r, key->exponent_len);
+      } else if (key->key_type == KW_KEY_EC) {
+        /* A named curve's OID (06 len ...), and 04 || X || Y of at most P-521's size. */
+        key->ec_params_len = kw_u16(&r);
+        if (key->ec_params_len < 3 || key->ec_params_len > 16) { r.err = 1; break; }
+        key->ec_params = dup_field(&r, key->ec_params_len);
+        key->ec_point_len = kw_u16(&r);
+        if (key->ec_point_len < 3 || key->ec_point_len > 133 || key->ec_point_len % 2 == 0) { r.err = 1; break; }
+        key->ec_point = dup_field(&r, key->ec_point_len);
+        if (!r.err && (key->ec_params[0] != 0x06 || key->ec_params[1] != key->ec_params_len - 2 || key->ec_point[0] != 0x04)) { r.err = 1; break; }
+      } else { r.err = 1; break; }
       size_t ncerts = kw_u16(&r);
       nobjects += 2 + ncerts;
       if (ncerts > KW_MAX_CERTS_PER_KEY || nobjects > KW_MAX_OBJECTS) { over_cap = r.err = 1; break; }

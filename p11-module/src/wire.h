@@ -38,7 +38,10 @@
 
 enum kw_op { KW_LIST = 1, KW_LOGIN = 2, KW_LOGOUT = 3, KW_SIGN = 4, KW_DECRYPT = 5, KW_PING = 6 };
 enum kw_hash { KW_SHA1 = 1, KW_SHA224 = 2, KW_SHA256 = 3, KW_SHA384 = 4, KW_SHA512 = 5 };
-enum kw_sign_scheme { KW_SIGN_PKCS1 = 1, KW_SIGN_PSS = 2, KW_SIGN_RAW = 3 };
+/* KW_SIGN_ECDSA: the input is a digest; the signature r||s. */
+enum kw_sign_scheme { KW_SIGN_PKCS1 = 1, KW_SIGN_PSS = 2, KW_SIGN_RAW = 3, KW_SIGN_ECDSA = 4 };
+/* A key's type in a token list, and what its two public fields hold. */
+enum kw_key_type { KW_KEY_RSA = 0, KW_KEY_EC = 1 };
 enum kw_decrypt_scheme { KW_DEC_PKCS1 = 1, KW_DEC_OAEP = 2, KW_DEC_RAW = 3 };
 #define KW_KEY_RETIRED 1u
 
@@ -117,8 +120,13 @@ typedef struct {
   uint8_t *cka_id;
   size_t cka_id_len;
   char *label; /* NUL-terminated copy */
+  uint8_t key_type; /* enum kw_key_type */
+  /* RSA: modulus and public exponent. */
   uint8_t *modulus, *exponent;
   size_t modulus_len, exponent_len;
+  /* EC: CKA_EC_PARAMS (the DER OID of a named curve) and the public point, uncompressed (04 || X || Y). */
+  uint8_t *ec_params, *ec_point;
+  size_t ec_params_len, ec_point_len;
   kw_cert *certs;
   size_t ncerts;
 } kw_key;

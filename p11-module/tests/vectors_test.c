@@ -71,7 +71,7 @@ static char *summary(const kw_token_list *l)
       hexcat(&s, &len, &cap, key->cka_id, key->cka_id_len);
       strcat_grow(&s, &len, &cap, ".");
       strcat_grow(&s, &len, &cap, key->label);
-      snprintf(num, sizeof num, ".%zu.%zu.", key->modulus_len, key->exponent_len);
+      snprintf(num, sizeof num, ".%u.%zu.%zu.", (unsigned)key->key_type, key->key_type == KW_KEY_EC ? key->ec_params_len : key->modulus_len, key->key_type == KW_KEY_EC ? key->ec_point_len : key->exponent_len);
       strcat_grow(&s, &len, &cap, num);
       if (key->ncerts == 0) strcat_grow(&s, &len, &cap, "-");
       for (size_t c = 0; c < key->ncerts; c++) {
