@@ -364,10 +364,12 @@ CK_RV C_GetMechanismInfo(CK_SLOT_ID slotID, CK_MECHANISM_TYPE type, CK_MECHANISM
   pthread_mutex_unlock(&M);
   if (!ok) return why;
   if (!mech_known(type)) return CKR_MECHANISM_INVALID;
-  pInfo->ulMinKeySize = MIN_KEY_BITS;
-  pInfo->ulMaxKeySize = MAX_KEY_BITS;
+  int ec = type == CKM_ECDSA || type == CKM_ECDSA_SHA256 || type == CKM_ECDSA_SHA384 || type == CKM_ECDSA_SHA512;
+  pInfo->ulMinKeySize = ec ? 256 : MIN_KEY_BITS;
+  pInfo->ulMaxKeySize = ec ? 384 : MAX_KEY_BITS;
   pInfo->flags = CKF_HW;
-  if (type == CKM_RSA_PKCS || type == CKM_RSA_X_509) pInfo->flags |= CKF_SIGN | CKF_DECRYPT;
+  if (ec) pInfo->flags |= CKF_SIGN | CKF_EC_F_P | CKF_EC_NAMEDCURVE | CKF_EC_UNCOMPRESS;
+  else if (type == CKM_RSA_PKCS || type == CKM_RSA_X_509) pInfo->flags |= CKF_SIGN | CKF_DECRYPT;
   else if (type == CKM_RSA_PKCS_OAEP) pInfo->flags |= CKF_DECRYPT;
   else pInfo->flags |= CKF_SIGN;
   return CKR_OK;

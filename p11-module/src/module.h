@@ -153,6 +153,9 @@ extern size_t nsessions_cap;
 
 extern const CK_MECHANISM_TYPE MECHS[];
 extern const size_t NMECHS;
+/* MECHS[0 .. NRSA_MECHS) are RSA's, the rest EC's. */
+extern const size_t NRSA_MECHS;
+size_t ec_field_bytes(const kw_key *key);
 
 #define REQUIRE_INIT() do { if (!initialized) return CKR_CRYPTOKI_NOT_INITIALIZED; } while (0)
 #define REQUIRE_SESSION(h) do { CK_RV session_rv_ = session_check(h); if (session_rv_ != CKR_OK) return session_rv_; } while (0)

@@ -155,6 +155,7 @@ static struct object *add_object(CK_OBJECT_CLASS cls, size_t slot, const kw_key 
   o->cert = cert;
   o->retired = (key->flags & KW_KEY_RETIRED) != 0;
   if (cert) fingerprint(o->fp, cls, slots[slot].label, cert->der, cert->der_len);
+  else if (key->key_type == KW_KEY_EC) fingerprint(o->fp, cls, slots[slot].label, key->ec_point, key->ec_point_len);
   else fingerprint(o->fp, cls, slots[slot].label, key->modulus, key->modulus_len);
   o->handle = handle_for(o->fp);
   if (o->handle == CK_INVALID_HANDLE) return NULL;
@@ -375,12 +376,21 @@ int visible(const struct object *o, const struct session *s)
 
 /* ---------- attributes ---------- */
 
+/* The RSA mechanisms first, then the EC ones: a key's CKA_ALLOWED_MECHANISMS is its part. */
 const CK_MECHANISM_TYPE MECHS[] = {
   CKM_RSA_PKCS, CKM_RSA_PKCS_PSS, CKM_RSA_X_509, CKM_RSA_PKCS_OAEP,
   CKM_SHA256_RSA_PKCS, CKM_SHA384_RSA_PKCS, CKM_SHA512_RSA_PKCS,
   CKM_SHA256_RSA_PKCS_PSS, CKM_SHA384_RSA_PKCS_PSS, CKM_SHA512_RSA_PKCS_PSS,
+  CKM_ECDSA, CKM_ECDSA_SHA256, CKM_ECDSA_SHA384, CKM_ECDSA_SHA512,
 };
 const size_t NMECHS = sizeof MECHS / sizeof MECHS[0];
+const size_t NRSA_MECHS = 10;
+
+/* The bytes of an EC key's r or s: the curve's field size, from its uncompressed point. */
+size_t ec_field_bytes(const kw_key *key)
+{
+  return key->key_type == KW_KEY_EC ? (key->ec_point_len - 1) / 2 : 0;
+}
 
 /*
  * Finds an attribute's value. Returns CKR_OK with (*p, *n) set, or
@@ -412,12 +422,35 @@ CK_RV attr_value(struct object *o, CK_ATTRIBUTE_TYPE type, const void **p, CK_UL
   case CKA_START_DATE: case CKA_END_DATE: BYTES(NULL, 0);
   default: break;
   }
+  const int ec = key && o->key->key_type == KW_KEY_EC;
   if (key) {
     switch (type) {
-    case CKA_KEY_TYPE: ULONG(CKK_RSA);
+    case CKA_KEY_TYPE: ULONG(ec ? CKK_EC : CKK_RSA);
     case CKA_DERIVE: case CKA_LOCAL: BOOL(0);
     case CKA_KEY_GEN_MECHANISM: ULONG(CK_UNAVAILABLE_INFORMATION);
-    case CKA_ALLOWED_MECHANISMS: BYTES(MECHS, NMECHS * sizeof MECHS[0]);
+    case CKA_ALLOWED_MECHANISMS: if (ec) BYTES(MECHS + NRSA_MECHS, (NMECHS - NRSA_MECHS) * sizeof MECHS[0]); BYTES(MECHS, NRSA_MECHS * sizeof MECHS[0]);
+    default: break;
+    }
+  }
+  if (ec) {
+    switch (type) {
+    case CKA_EC_PARAMS: BYTES(o->key->ec_params, o->key->ec_params_len);
+    case CKA_EC_POINT:
+      if (!priv) {
+        /* DER OCTET STRING around the point (at most 133 bytes: one or two length bytes). Callers hold M and copy it. */
+        static uint8_t point[3 + 133];
+        size_t plen = o->key->ec_point_len, h = plen < 128 ? 2 : 3;
+        point[0] = 0x04;
+        if (h == 2) point[1] = (uint8_t)plen; else { point[1] = 0x81; point[2] = (uint8_t)plen; }
+        memcpy(point + h, o->key->ec_point, plen);
+        BYTES(point, h + plen);
+      }
+      break;
+    case CKA_MODULUS: case CKA_MODULUS_BITS: case CKA_PUBLIC_EXPONENT: return CKR_ATTRIBUTE_TYPE_INVALID;
+    default: break;
+    }
+  } else if (key) {
+    switch (type) {
     case CKA_MODULUS: BYTES(o->key->modulus, o->key->modulus_len);
     case CKA_MODULUS_BITS: {
       /* Bits of the modulus, counted from its first non-zero byte. */
@@ -434,7 +467,8 @@ CK_RV attr_value(struct object *o, CK_ATTRIBUTE_TYPE type, const void **p, CK_UL
   if (priv) {
     switch (type) {
     case CKA_SENSITIVE: case CKA_ALWAYS_SENSITIVE: case CKA_NEVER_EXTRACTABLE: BOOL(1);
-    case CKA_SIGN: case CKA_DECRYPT: BOOL(1);
+    case CKA_SIGN: BOOL(1);
+    case CKA_DECRYPT: BOOL(!ec);
     case CKA_SIGN_RECOVER: case CKA_UNWRAP: case CKA_EXTRACTABLE: case CKA_WRAP_WITH_TRUSTED: case CKA_ALWAYS_AUTHENTICATE: BOOL(0);
     case CKA_PRIVATE_EXPONENT: case CKA_PRIME_1: case CKA_PRIME_2: case CKA_EXPONENT_1: case CKA_EXPONENT_2: case CKA_COEFFICIENT: case CKA_VALUE:
       return CKR_ATTRIBUTE_SENSITIVE;

@@ -64,6 +64,10 @@ static CK_RV op_init(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism, CK
   if (o->cls != CKO_PRIVATE_KEY) { rv = CKR_KEY_TYPE_INCONSISTENT; goto out; }
   if (!slots[s->slot].logged_in) { rv = CKR_USER_NOT_LOGGED_IN; goto out; }
   CK_MECHANISM_TYPE m = pMechanism->mechanism;
+  /* A mechanism of the other key type: RSA mechanisms come first in MECHS, EC ones after. */
+  int ec_key = o->key->key_type == KW_KEY_EC, rsa_mech = 0, ec_mech = 0;
+  for (size_t i = 0; i < NMECHS; i++) if (MECHS[i] == m) { if (i < NRSA_MECHS) rsa_mech = 1; else ec_mech = 1; }
+  if ((ec_key && rsa_mech) || (!ec_key && ec_mech)) { rv = CKR_KEY_TYPE_INCONSISTENT; goto out; }
   uint8_t scheme = 0, hash = 0, mgf = 0;
   uint32_t salt = 0;
   const EVP_MD *md = NULL;
@@ -84,9 +88,13 @@ static CK_RV op_init(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism, CK
       salt = (uint32_t)pp->sLen;
       break;
     }
+    case CKM_ECDSA: scheme = KW_SIGN_ECDSA; break;
+    case CKM_ECDSA_SHA256: scheme = KW_SIGN_ECDSA; hash = KW_SHA256; break;
+    case CKM_ECDSA_SHA384: scheme = KW_SIGN_ECDSA; hash = KW_SHA384; break;
+    case CKM_ECDSA_SHA512: scheme = KW_SIGN_ECDSA; hash = KW_SHA512; break;
     default: rv = CKR_MECHANISM_INVALID; goto out;
     }
-    if (m != CKM_RSA_PKCS && m != CKM_RSA_X_509 && m != CKM_RSA_PKCS_PSS) md = evp_for(hash);
+    if (m != CKM_RSA_PKCS && m != CKM_RSA_X_509 && m != CKM_RSA_PKCS_PSS && m != CKM_ECDSA) md = evp_for(hash);
   } else {
     switch (m) {
     case CKM_RSA_PKCS: scheme = KW_DEC_PKCS1; break;
@@ -127,11 +135,12 @@ out:
   return rv;
 }
 
-/* Caller holds M. Modulus length in bytes of the session's key, or 0. */
+/* Caller holds M. The signature's length for the session's key (RSA: the modulus's; EC: r||s), or 0. */
 static size_t key_bytes(const struct session *s)
 {
   struct object *o = object_get(s->key);
-  return o ? o->key->modulus_len : 0;
+  if (!o) return 0;
+  return o->key->key_type == KW_KEY_EC ? 2 * ec_field_bytes(o->key) : o->key->modulus_len;
 }
 
 CK_RV C_SignInit(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism, CK_OBJECT_HANDLE hKey)

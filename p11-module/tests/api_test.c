@@ -272,7 +272,7 @@ int main(int argc, char **argv)
   CHECK(si0.flags & CKF_TOKEN_PRESENT, "slot 1 has its token before C_GetSlotList");
   RV(f->C_GetTokenInfo(1, &ti0), CKR_OK);
   RV(f->C_GetMechanismList(1, NULL, &nm0), CKR_OK);
-  CHECK(nm0 == 10, "slot 1 lists 10 mechanisms before C_GetSlotList (%lu)", nm0);
+  CHECK(nm0 == 14, "slot 1 lists 14 mechanisms (10 RSA, 4 ECDSA) before C_GetSlotList (%lu)", nm0);
   RV(f->C_GetMechanismInfo(1, CKM_RSA_PKCS, &mi0), CKR_OK);
   RV(f->C_GetSlotInfo(100000, &si0), CKR_SLOT_ID_INVALID);
 
@@ -291,7 +291,9 @@ int main(int argc, char **argv)
   CK_MECHANISM_INFO mi;
   RV(f->C_GetMechanismInfo(slot, CKM_SHA256_RSA_PKCS_PSS, &mi), CKR_OK);
   CHECK(mi.ulMinKeySize == 2048 && mi.ulMaxKeySize == 4096 && (mi.flags & CKF_SIGN), "PSS mechanism info");
-  RV(f->C_GetMechanismInfo(slot, CKM_ECDSA, &mi), CKR_MECHANISM_INVALID);
+  RV(f->C_GetMechanismInfo(slot, CKM_ECDSA, &mi), CKR_OK);
+  CHECK(mi.ulMinKeySize == 256 && mi.ulMaxKeySize == 384 && (mi.flags & CKF_SIGN) && !(mi.flags & CKF_DECRYPT) && (mi.flags & CKF_EC_NAMEDCURVE), "ECDSA mechanism info: P-256 to P-384, sign only, named curves");
+  RV(f->C_GetMechanismInfo(slot, CKM_DSA, &mi), CKR_MECHANISM_INVALID);
   CK_ULONG nm = 1;
   CK_MECHANISM_TYPE mt;
   RV(f->C_GetMechanismList(slot, &mt, &nm), CKR_BUFFER_TOO_SMALL);
