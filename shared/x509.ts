@@ -72,8 +72,9 @@ export function createCertificate(s: CertificateSpec): X509Certificate {
   const issuerKey = s.issuer ? s.issuer.publicKey : s.publicKey;
   const exts: Buffer[] = [];
   exts.push(extension('2.5.29.19', true, der(0x30, ...(s.ca ? [der(0x01, Buffer.from([0xff]))] : []), ...(s.ca && s.pathLength !== undefined ? [der(0x02, Buffer.from([s.pathLength]))] : []))));
-  // keyUsage: CA -> keyCertSign|cRLSign; leaf -> digitalSignature|keyEncipherment (RSA)
-  exts.push(extension('2.5.29.15', true, s.ca ? der(0x03, Buffer.from([0x01, 0x06])) : der(0x03, Buffer.from([0x05, 0xa0]))));
+  // keyUsage: CA -> keyCertSign|cRLSign; RSA leaf -> digitalSignature|keyEncipherment; EC leaf -> digitalSignature
+  const leafUsage = s.publicKey.asymmetricKeyType === 'ec' ? der(0x03, Buffer.from([0x07, 0x80])) : der(0x03, Buffer.from([0x05, 0xa0]));
+  exts.push(extension('2.5.29.15', true, s.ca ? der(0x03, Buffer.from([0x01, 0x06])) : leafUsage));
   if (s.serverAuth) exts.push(extension('2.5.29.37', false, der(0x30, derOid('1.3.6.1.5.5.7.3.1'))));
   const alt = [...(s.dnsNames ?? []).map((d) => der(0x82, Buffer.from(d))), ...(s.ipAddresses ?? []).map((ip) => der(0x87, ipBytes(ip)))];
   if (alt.length) exts.push(extension('2.5.29.17', false, der(0x30, ...alt)));

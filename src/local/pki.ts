@@ -20,11 +20,18 @@ export function createCA(name: string, bits = 2048): CertAuthority {
   return { name, keyPem: k.privateKey.export({ type: 'pkcs8', format: 'pem' }).toString(), certPem: cert.toString() };
 }
 
-export interface LeafOptions { bits?: number; days?: number; commonName?: string }
+/** The key types ACM issues (and local mode makes): RSA (bits from `bits`), EC P-256 and P-384. */
+export type LeafKeyType = 'rsa' | 'ec-p256' | 'ec-p384';
+export interface LeafOptions { bits?: number; days?: number; commonName?: string; keyType?: LeafKeyType }
+
+function leafKey(o: LeafOptions) {
+  if (o.keyType === 'ec-p256' || o.keyType === 'ec-p384') return crypto.generateKeyPairSync('ec', { namedCurve: o.keyType === 'ec-p256' ? 'P-256' : 'P-384' });
+  return rsaKey(o.bits ?? 2048);
+}
 
 /** A TLS server certificate for the given DNS names and IPv4 addresses (the first is the CN), signed by `ca`. */
 export function issueServerCert(ca: CertAuthority, names: string[], opts: LeafOptions = {}): Issued {
-  const k = rsaKey(opts.bits ?? 2048);
+  const k = leafKey(opts);
   const isIp = (n: string) => /^\d+\.\d+\.\d+\.\d+$/.test(n);
   const cert = createCertificate({
     subject: { CN: opts.commonName ?? names[0] },

@@ -5,14 +5,14 @@ import os from 'node:os';
 import path from 'node:path';
 import net from 'node:net';
 import type { ChildProcess } from 'node:child_process';
-import { createCA, issueServerCert, type CertAuthority } from '../../src/local/pki.ts';
+import { createCA, issueServerCert, type CertAuthority, type LeafKeyType } from '../../src/local/pki.ts';
 import { startLocalEnclave, type LocalEnclave } from '../../src/local/enclave-process.ts';
 
 export { PROJECT_ROOT as ROOT } from '../../src/paths.ts';
 import { PROJECT_ROOT } from '../../src/paths.ts';
 export const MODULE_PATH = path.resolve(PROJECT_ROOT, process.env.NITRO_ACM_MODULE ?? 'p11-module/build/nitro-acm-p11.so');
 
-export interface TokenSpec { label: string; pin: string; names: string[]; bits?: number }
+export interface TokenSpec { label: string; pin: string; names: string[]; bits?: number; keyType?: LeafKeyType }
 export interface TokenFiles extends TokenSpec { key: string; certificate: string; chain: string; fullchain: string; keyPem: string; certPem: string }
 
 export interface EnclaveFixture {
@@ -44,7 +44,7 @@ export async function startEnclave(specs: TokenSpec[], opts: { threads?: number;
   const caFile = path.join(dir, 'ca.pem');
   fs.writeFileSync(caFile, ca.certPem);
   const tokens: TokenFiles[] = specs.map((s) => {
-    const leaf = issueServerCert(ca, s.names, { bits: s.bits });
+    const leaf = issueServerCert(ca, s.names, { bits: s.bits, keyType: s.keyType });
     const base = path.join(dir, s.label);
     fs.writeFileSync(`${base}.key`, leaf.keyPem, { mode: 0o600 });
     fs.writeFileSync(`${base}.crt`, leaf.certPem);
