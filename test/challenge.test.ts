@@ -12,7 +12,10 @@ const expect = (certificatePem: string, idOf = certificatePem) => ({ keys: [{ ck
 let fx: EnclaveFixture;
 test.before(async () => {
   process.env.NITRO_ACM_P11_QUIET = '1';
-  fx = await startEnclave([{ label: 'good', pin: '11223344', names: ['good.test'] }, { label: 'other', pin: '55667788', names: ['other.test'] }], { prefix: 'challenge' });
+  fx = await startEnclave([
+    { label: 'good', pin: '11223344', names: ['good.test'] }, { label: 'other', pin: '55667788', names: ['other.test'] },
+    { label: 'ec256', pin: '11223344', names: ['ec256.test'], keyType: 'ec-p256' }, { label: 'ec384', pin: '11223344', names: ['ec384.test'], keyType: 'ec-p384' },
+  ], { prefix: 'challenge' });
 });
 test.after.always(async () => { await fx?.cleanup(); });
 
@@ -26,4 +29,14 @@ test.serial('wrong PIN, wrong certificate, unknown token: each refused with the 
   await t.throwsAsync(verifyTokenSigns({ ...base, label: 'good', pin: '11223344', ...expect(fx.tokens[1].certPem, fx.tokens[0].certPem) }), { instanceOf: ChallengeError, message: /does not verify with the certificate's public key/ });
   await t.throwsAsync(verifyTokenSigns({ ...base, label: 'good', pin: '11223344', ...expect(fx.tokens[1].certPem) }), { instanceOf: ChallengeError, message: /token "good": 0 private keys with id [0-9a-f]{40}, expected 1/ });
   await t.throwsAsync(verifyTokenSigns({ ...base, label: 'nope', pin: '11223344', ...expect(fx.tokens[0].certPem) }), { instanceOf: ChallengeError, message: /token "nope" is not listed/ });
+});
+
+test.serial('ECDSA keys (P-256, P-384) pass the challenge with their certificate, and with their public key object when there is none', async (t) => {
+  for (const [i, label] of [[2, 'ec256'], [3, 'ec384']] as const) {
+    const base = { address: fx.address, modulePath: MODULE_PATH, label, pin: '11223344' };
+    await t.notThrowsAsync(verifyTokenSigns({ ...base, ...expect(fx.tokens[i].certPem) }), `${label} with its certificate`);
+    // As a FileDb key without cert_pem: the public key object's CKA_EC_PARAMS and CKA_EC_POINT.
+    await t.notThrowsAsync(verifyTokenSigns({ ...base, keys: [{ ckaId: ckaIdOf(fx.tokens[i].certPem) }] }), `${label} with its public key object`);
+  }
+  await t.throwsAsync(verifyTokenSigns({ address: fx.address, modulePath: MODULE_PATH, label: 'ec256', pin: '11223344', keys: [{ ckaId: ckaIdOf(fx.tokens[2].certPem), certificatePem: fx.tokens[3].certPem }] }), { instanceOf: ChallengeError, message: /does not verify with the certificate's public key/ });
 });

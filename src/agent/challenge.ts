@@ -35,6 +35,26 @@ const MODULE_SYNC_MS = 25;
 export interface ExpectedKey { ckaId: Buffer; certificatePem?: string }
 
 /** Signs a fresh challenge with each of the token's keys through PKCS#11 and verifies it; rejects with a ChallengeError saying what failed. */
+/** EC curves by their CKA_EC_PARAMS (the DER OID), as JWK names them. */
+const CURVES: Record<string, string> = { '06082a8648ce3d030107': 'P-256', '06052b81040022': 'P-384' };
+
+/** A public key object's key, from its modulus and exponent (RSA) or its curve and point (EC). */
+function publicKeyOf(pub: graphene.SessionObject): crypto.KeyObject {
+  const { keyType } = pub.getAttribute({ keyType: null }) as { keyType: number };
+  if (keyType === graphene.KeyType.EC) {
+    // graphene reads CKA_EC_PARAMS back under the name paramsECDSA (its alias for the same attribute).
+    const a = pub.getAttribute({ paramsEC: null, pointEC: null }) as unknown as { paramsECDSA: Buffer; pointEC: Buffer };
+    const crv = CURVES[a.paramsECDSA.toString('hex')];
+    // CKA_EC_POINT is a DER OCTET STRING around 04 || X || Y.
+    const point = a.pointEC.subarray(a.pointEC[1] & 0x80 ? 2 + (a.pointEC[1] & 0x7f) : 2);
+    if (!crv || point[0] !== 4) throw new ChallengeError(`public key object: EC parameters ${a.paramsECDSA.toString('hex')} or point not understood`);
+    const half = (point.length - 1) / 2;
+    return crypto.createPublicKey({ key: { kty: 'EC', crv, x: point.subarray(1, 1 + half).toString('base64url'), y: point.subarray(1 + half).toString('base64url') }, format: 'jwk' });
+  }
+  const a = pub.getAttribute({ modulus: null, publicExponent: null }) as { modulus: Buffer; publicExponent: Buffer };
+  return crypto.createPublicKey({ key: { kty: 'RSA', n: a.modulus.toString('base64url'), e: a.publicExponent.toString('base64url') }, format: 'jwk' });
+}
+
 export async function verifyTokenSigns(o: { address: string; label: string; pin: string; keys: ExpectedKey[]; modulePath?: string }): Promise<void> {
   const mod = moduleFor(o.address, o.modulePath ?? BUILT_MODULE);
   // A token added a moment after the module's last look (another token's
@@ -71,16 +91,17 @@ export async function verifyTokenSigns(o: { address: string; label: string; pin:
       const id = `id ${hex}`;
       const keys = privates.m.get(hex) ?? [];
       if (keys.length !== 1) throw new ChallengeError(`token "${o.label}": ${keys.length} private keys with ${id}, expected 1`);
-      let publicKey: crypto.KeyLike | undefined = want.certificatePem;
-      if (!publicKey) {
+      let publicKey: crypto.KeyObject;
+      if (want.certificatePem) publicKey = new crypto.X509Certificate(want.certificatePem).publicKey;
+      else {
         const pub = publics!.m.get(hex) ?? [];
         if (pub.length !== 1) throw new ChallengeError(`token "${o.label}": ${pub.length} public keys with ${id}, expected 1`);
-        const a = pub[0].getAttribute({ modulus: null, publicExponent: null }) as { modulus: Buffer; publicExponent: Buffer };
-        publicKey = crypto.createPublicKey({ key: { kty: 'RSA', n: a.modulus.toString('base64url'), e: a.publicExponent.toString('base64url') }, format: 'jwk' });
+        publicKey = publicKeyOf(pub[0]);
       }
+      const ec = publicKey.asymmetricKeyType === 'ec';
       const challenge = crypto.randomBytes(32);
-      const sig = session.createSign('SHA256_RSA_PKCS', keys[0].toType<graphene.PrivateKey>()).once(challenge);
-      if (!crypto.verify('sha256', challenge, publicKey, sig)) throw new ChallengeError(`token "${o.label}": the signature of the key with ${id} does not verify with ${want.certificatePem ? "the certificate's public key" : 'its public key object'}`);
+      const sig = session.createSign(ec ? 'ECDSA_SHA256' : 'SHA256_RSA_PKCS', keys[0].toType<graphene.PrivateKey>()).once(challenge);
+      if (!crypto.verify('sha256', challenge, ec ? { key: publicKey, dsaEncoding: 'ieee-p1363' } : publicKey, sig)) throw new ChallengeError(`token "${o.label}": the signature of the key with ${id} does not verify with ${want.certificatePem ? "the certificate's public key" : 'its public key object'}`);
     }
   } finally {
     session.close();
