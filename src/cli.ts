@@ -240,7 +240,7 @@ trusts attestation documents from the AWS root and, when given, --nsm-root.
   },
   local: {
     summary: 'run everything on this machine: local cloud, enclave app, agent, nginx (or httpd) on https://localhost:8443; renew on demand',
-    help: `Usage: nitro-acm local [--port N] [--httpd] [--openssl engine|provider] [--state-dir DIR] [--runtime-dir DIR]
+    help: `Usage: nitro-acm local [--port N] [--httpd] [--openssl engine|provider] [--key-type TYPE] [--state-dir DIR] [--runtime-dir DIR]
        nitro-acm local renew LABEL [--runtime-dir DIR] [--json]
 
 Local mode, for trying nitro-acm and for development (no AWS account, no Nitro
@@ -264,6 +264,8 @@ Options:
   --openssl PATH     how the web server's OpenSSL reaches the key: engine (the
                      pkcs11 engine, libp11; default) or provider (pkcs11-provider,
                      OpenSSL 3; the only way with OpenSSL 4)
+  --key-type TYPE    the demo certificate's key: rsa-2048 (default), rsa-4096,
+                     ec-p256, ec-p384 (ACM's key types)
   --state-dir DIR    demo CA, local cloud state (default ${DEFAULT_STATE})
   --runtime-dir DIR  sockets, acm.yaml, web server prefix, chain/PIN/stanza files
                      (default ${DEFAULT_RUNTIME})
@@ -271,7 +273,7 @@ Options:
   -h, --help         this text
 `,
     async run(argv) {
-      const { values, positionals } = parseArgs({ args: argv, allowPositionals: true, options: { port: { type: 'string', default: '8443' }, httpd: { type: 'boolean' }, openssl: { type: 'string', default: 'engine' }, 'state-dir': { type: 'string', default: DEFAULT_STATE }, 'runtime-dir': { type: 'string', default: DEFAULT_RUNTIME }, json: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } }, strict: true });
+      const { values, positionals } = parseArgs({ args: argv, allowPositionals: true, options: { port: { type: 'string', default: '8443' }, httpd: { type: 'boolean' }, openssl: { type: 'string', default: 'engine' }, 'key-type': { type: 'string', default: 'rsa-2048' }, 'state-dir': { type: 'string', default: DEFAULT_STATE }, 'runtime-dir': { type: 'string', default: DEFAULT_RUNTIME }, json: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } }, strict: true });
       if (values.help) { process.stdout.write(this.help); return 0; }
       if (positionals[0] === 'renew') {
         if (positionals.length !== 2) { process.stderr.write(`nitro-acm local renew: give the token's label (local mode serves "localhost")\n\n${this.help}`); return 2; }
@@ -289,10 +291,13 @@ Options:
       }
       if (positionals.length) { process.stderr.write(`nitro-acm local: unknown subcommand "${positionals[0]}" (expected renew)\n\n${this.help}`); return 2; }
       if (values.openssl !== 'engine' && values.openssl !== 'provider') { log.error(`--openssl: expected engine or provider, got "${values.openssl}"`); return 2; }
+      const { DEMO_KEY_TYPES } = await import('./local/local-mode.ts');
+      const keyType = DEMO_KEY_TYPES.find((k) => k === values['key-type']);
+      if (!keyType) { log.error(`--key-type: expected ${DEMO_KEY_TYPES.join(', ')}, got "${values['key-type']}"`); return 2; }
       const port = Number(values.port);
       if (!Number.isInteger(port) || port < 1 || port > 65535) { log.error(`--port: expected 1..65535, got "${values.port}"`); return 2; }
       const { runLocal } = await import('./local/local-mode.ts');
-      const local = await runLocal({ port, stateDir: path.resolve(values['state-dir']!), runtimeDir: path.resolve(values['runtime-dir']!), server: values.httpd ? 'httpd' : 'nginx', openssl: values.openssl });
+      const local = await runLocal({ port, stateDir: path.resolve(values['state-dir']!), runtimeDir: path.resolve(values['runtime-dir']!), server: values.httpd ? 'httpd' : 'nginx', openssl: values.openssl, keyType });
       process.stdout.write(`\nnitro-acm local mode is serving ${local.url} (${values.httpd ? 'Apache httpd' : 'nginx'})\nProve it (the handshake is signed by the enclave app):\n\n  ${local.curl}\n\nWatch a renewal:  ${SELF} local renew localhost${values['runtime-dir'] === DEFAULT_RUNTIME ? '' : ` --runtime-dir ${values['runtime-dir']}`}\nSee the token:    ${SELF} status${values['runtime-dir'] === DEFAULT_RUNTIME ? '' : ` --socket ${local.controlSocket}`}\nCheck the set-up: ${SELF} doctor${values['runtime-dir'] === DEFAULT_RUNTIME ? '' : ` --socket ${local.controlSocket}`}\nCtrl-C stops.\n`);
       await new Promise<void>((resolve) => {
         const stop = () => { void local.stop().then(resolve); };

@@ -114,3 +114,19 @@ test.serial('local mode with --openssl provider: nginx serves through pkcs11-pro
   t.is((await handshake(o.port, { servername: 'localhost', ca })).fingerprint256, r.fingerprint, 'nginx serves the renewed certificate');
   t.is(local.server.proc.exitCode, null, 'nginx was reloaded, not restarted');
 });
+
+test.serial('local mode with --key-type ec-p256 and --httpd: an ECDSA certificate from the enclave, status shows its key, a renewal keeps the type', async (t) => {
+  const o = { port: await freePort(), stateDir: path.join(dir, 'state'), runtimeDir: path.join(dir, 'run'), server: 'httpd' as const, keyType: 'ec-p256' as const };
+  const local = await runLocal(o);
+  t.teardown(() => local.stop());
+  const ca = fs.readFileSync(local.caFile, 'utf8');
+  const before = await handshake(o.port, { servername: 'localhost', ca, sigalgs: 'ecdsa_secp256r1_sha256' });
+  t.regex(before.body, /signed by the enclave app/);
+  const status = await cli(['status', '--socket', local.controlSocket, '--json']);
+  t.is(status.status, 0, status.stderr);
+  t.is((JSON.parse(status.stdout) as { tokens: { keyType: string }[] }).tokens[0].keyType, 'EC-P256');
+  const renew = await cli(['local', 'renew', 'localhost', '--runtime-dir', o.runtimeDir, '--json']);
+  t.is(renew.status, 0, renew.stderr);
+  const after = await handshake(o.port, { servername: 'localhost', ca, sigalgs: 'ecdsa_secp256r1_sha256' });
+  t.is(after.fingerprint256, (JSON.parse(renew.stdout) as { fingerprint: string }).fingerprint, 'the renewed ECDSA certificate is served');
+});

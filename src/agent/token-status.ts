@@ -36,7 +36,9 @@ export function certificateFacts(pem: string): Pick<TokenStatus, 'subject' | 'sa
   const c = new crypto.X509Certificate(pem);
   const k = c.publicKey;
   const d = k.asymmetricKeyDetails;
-  const keyType = k.asymmetricKeyType === 'rsa' ? `RSA-${d?.modulusLength}` : k.asymmetricKeyType === 'ec' ? `EC-${d?.namedCurve}` : String(k.asymmetricKeyType);
+  const curves: Record<string, string> = { prime256v1: 'P256', secp384r1: 'P384', secp521r1: 'P521' };
+  // As the enclave names them (nitro-acm status shows both): RSA-2048, EC-P256.
+  const keyType = k.asymmetricKeyType === 'rsa' ? `RSA-${d?.modulusLength}` : k.asymmetricKeyType === 'ec' ? `EC-${curves[d?.namedCurve ?? ''] ?? d?.namedCurve}` : String(k.asymmetricKeyType);
   return {
     subject: c.subject.replace(/\n/g, ', '),
     sans: (c.subjectAltName ?? '').split(', ').filter(Boolean),

@@ -11,7 +11,8 @@ import path from 'node:path';
 import crypto from 'node:crypto';
 import { log } from '../../shared/log.ts';
 import { render } from '../templates.ts';
-import { createCA, issueServerCert } from './pki.ts';
+import { createCA, issueServerCert, type LeafOptions } from './pki.ts';
+import { certificateFacts } from '../agent/token-status.ts';
 import { S3Client, GetObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
 import { KMSClient, CreateKeyCommand, EncryptCommand, PutKeyPolicyCommand } from '@aws-sdk/client-kms';
 import { startLocalCloud, type LocalCloud } from './cloud/server.ts';
@@ -34,7 +35,16 @@ export interface LocalOptions {
   server?: 'nginx' | 'httpd';
   /** How the web server's OpenSSL reaches the keys (default engine, options.openssl). */
   openssl?: OpenSslPath;
+  /** The demo certificate's key (default rsa-2048). */
+  keyType?: DemoKeyType;
 }
+
+/** The key types ACM issues certificates with, as `--key-type` names them. */
+export const DEMO_KEY_TYPES = ['rsa-2048', 'rsa-4096', 'ec-p256', 'ec-p384'] as const;
+export type DemoKeyType = (typeof DEMO_KEY_TYPES)[number];
+const leafOptions = (k: DemoKeyType): LeafOptions => (k.startsWith('rsa') ? { keyType: 'rsa', bits: Number(k.slice(4)) } : { keyType: k as 'ec-p256' | 'ec-p384' });
+/** As nitro-acm status shows a certificate's key: RSA-2048, EC-P256. */
+const shownAs = (k: DemoKeyType) => k.toUpperCase();
 
 export type RenewResult = RenewReport;
 
@@ -78,27 +88,28 @@ const s3Key = (cloud: LocalCloud) => `${cloud.identity.roleArn}/${DEMO_CERT_ARN}
  * into the local S3 under the local KMS key at once; the key is never written to
  * disk: from then on only the enclave app can decrypt it.
  */
-async function sealDemoCertificate(ca: DemoCA, cloud: LocalCloud, kmsKeyArn: string): Promise<string> {
+async function sealDemoCertificate(ca: DemoCA, cloud: LocalCloud, kmsKeyArn: string, keyType: DemoKeyType): Promise<string> {
   const caPem = fs.readFileSync(ca.caFile, 'utf8');
-  const leaf = issueServerCert({ name: 'demo CA', certPem: caPem, keyPem: fs.readFileSync(ca.caKeyFile, 'utf8') }, ['localhost', '127.0.0.1']);
+  const leaf = issueServerCert({ name: 'demo CA', certPem: caPem, keyPem: fs.readFileSync(ca.caKeyFile, 'utf8') }, ['localhost', '127.0.0.1'], leafOptions(keyType));
   const kms = new KMSClient({ region: cloud.identity.region, endpoint: cloud.endpoint, credentials: cloud.identity.admin });
   const ct = (await kms.send(new EncryptCommand({ KeyId: kmsKeyArn, Plaintext: Buffer.from(leaf.keyPem) }))).CiphertextBlob!;
   const bundle: Bundle = { certificate: leaf.certPem, certificateChain: caPem, encryptedPrivateKey: Buffer.from(ct).toString('base64'), encryptionMethod: 'KMS' };
   await s3Client(cloud).send(new PutObjectCommand({ Bucket: cloud.bucket(), Key: s3Key(cloud), Body: JSON.stringify(bundle) }));
-  log.token(LABEL).info(`issued a certificate for localhost (serial ${new crypto.X509Certificate(leaf.certPem).serialNumber}) and sealed its key into s3://${cloud.bucket()}/${s3Key(cloud)}`);
+  log.token(LABEL).info(`issued a certificate for localhost (${shownAs(keyType)}, serial ${new crypto.X509Certificate(leaf.certPem).serialNumber}) and sealed its key into s3://${cloud.bucket()}/${s3Key(cloud)}`);
   return leaf.certPem;
 }
 
 const s3Client = (cloud: LocalCloud) => new S3Client({ region: cloud.identity.region, endpoint: cloud.endpoint, forcePathStyle: true, credentials: cloud.identity.admin });
 
 /** The sealed demo certificate in S3 from an earlier run, or a new one if there is none or it expires within a day. */
-async function demoBundle(ca: DemoCA, cloud: LocalCloud, kmsKeyArn: string): Promise<void> {
+async function demoBundle(ca: DemoCA, cloud: LocalCloud, kmsKeyArn: string, keyType: DemoKeyType): Promise<void> {
   try {
     const existing = await s3Client(cloud).send(new GetObjectCommand({ Bucket: cloud.bucket(), Key: s3Key(cloud) }));
     const b = JSON.parse(await existing.Body!.transformToString()) as { certificate: string };
-    if (new Date(new crypto.X509Certificate(b.certificate).validTo).getTime() > Date.now() + 86400_000) return;
+    const fresh = new Date(new crypto.X509Certificate(b.certificate).validTo).getTime() > Date.now() + 86400_000;
+    if (fresh && certificateFacts(b.certificate).keyType === shownAs(keyType)) return;
   } catch { /* not sealed yet */ }
-  await sealDemoCertificate(ca, cloud, kmsKeyArn);
+  await sealDemoCertificate(ca, cloud, kmsKeyArn, keyType);
 }
 
 /** The local KMS key; its policy lets the instance role decrypt only from an enclave whose PCR0 is this code's. */
@@ -153,7 +164,8 @@ export async function runLocal(o: LocalOptions): Promise<LocalRun> {
 async function serve(o: LocalOptions, cloud: LocalCloud, nsmDir: string, kmsProxy: string, started: (() => Promise<void>)[]): Promise<LocalRun> {
   const kmsKeyArn = await demoKmsKey(o.stateDir, cloud);
   const ca = demoCA(o.stateDir);
-  await demoBundle(ca, cloud, kmsKeyArn);
+  const keyType = o.keyType ?? 'rsa-2048';
+  await demoBundle(ca, cloud, kmsKeyArn, keyType);
   const serverKind = o.server ?? 'nginx';
 
   // The agent service does the rest as in production: IMDS, S3, the enclave, KMS
@@ -206,7 +218,7 @@ async function serve(o: LocalOptions, cloud: LocalCloud, nsmDir: string, kmsProx
     if (!service.agent.tokens.has(label)) throw new ControlError('NoSuchToken', `no token "${label}" (local mode serves: ${[...service.agent.tokens.keys()].join(', ')})`);
     const previous = await served();
     const t0 = performance.now();
-    const certPem = await sealDemoCertificate(ca, cloud, kmsKeyArn);
+    const certPem = await sealDemoCertificate(ca, cloud, kmsKeyArn, keyType);
     const renewed = await service.queue('renew', () => service.agent.sync());
     if (!renewed.includes(label)) throw new Error(`the agent did not roll out the new certificate: ${service.agent.tokens.get(label)?.error ?? 'unchanged in S3'}`);
     const want = fingerprintOf(certPem);
