@@ -15,7 +15,7 @@ let env: NodeJS.ProcessEnv;
 
 test.before(async () => {
   registerWithP11Kit();
-  fx = await startEnclave([{ label: 'tools', pin: PIN, names: ['tools.test'] }], { prefix: 'tools' });
+  fx = await startEnclave([{ label: 'tools', pin: PIN, names: ['tools.test'] }, { label: 'tools-ec', pin: PIN, names: ['tools-ec.test'], keyType: 'ec-p256' }], { prefix: 'tools' });
   env = { ...process.env, NITRO_ACM_KEY_ADDRESS: fx.address };
 });
 test.after.always(async () => { await fx?.cleanup(); });
@@ -25,8 +25,26 @@ function run(cmd: string, args: string[]) {
   return { status: r.status, out: `${r.stdout}${r.stderr}` };
 }
 
+test('pkcs11-tool on an ECDSA (P-256) token: --test passes (its signature tests are RSA only), ECDSA and ECDSA-SHA256 signatures verify with openssl', (t) => {
+  const r = run('pkcs11-tool', ['--module', MODULE_PATH, '--token-label', 'tools-ec', '--login', '--pin', PIN, '--test']);
+  t.is(r.status, 0, r.out);
+  t.regex(r.out, /No errors/);
+  const dir = fs.mkdtempSync(path.join(fx.dir, 'ec-'));
+  const data = path.join(dir, 'data'), digest = path.join(dir, 'digest'), pub = path.join(dir, 'pub.pem');
+  fs.writeFileSync(data, crypto.randomBytes(1000));
+  fs.writeFileSync(digest, crypto.createHash('sha256').update(fs.readFileSync(data)).digest());
+  fs.writeFileSync(pub, new crypto.X509Certificate(fx.tokens[1].certPem).publicKey.export({ type: 'spki', format: 'pem' }));
+  for (const [mech, input] of [['ECDSA', digest], ['ECDSA-SHA256', data]]) {
+    const sig = path.join(dir, `${mech}.sig`);
+    const s = run('pkcs11-tool', ['--module', MODULE_PATH, '--token-label', 'tools-ec', '--login', '--pin', PIN, '--sign', '--mechanism', mech, '--signature-format', 'openssl', '--input-file', input, '--output-file', sig]);
+    t.is(s.status, 0, s.out);
+    const v = run('openssl', ['dgst', '-sha256', '-verify', pub, '-signature', sig, data]);
+    t.regex(v.out, /Verified OK/, `${mech}: ${v.out}`);
+  }
+});
+
 test('pkcs11-tool --test passes on the module', (t) => {
-  const r = run('pkcs11-tool', ['--module', MODULE_PATH, '--login', '--pin', PIN, '--test']);
+  const r = run('pkcs11-tool', ['--module', MODULE_PATH, '--token-label', 'tools', '--login', '--pin', PIN, '--test']);
   t.is(r.status, 0, r.out);
   t.regex(r.out, /No errors/);
   t.regex(r.out, /RSA-PKCS: OK/);
