@@ -1,6 +1,7 @@
-// Seeds for the module's fuzzers from real traffic: starts an enclave app with two
-// test tokens, sends it real requests (PING, LIST, LOGIN right and wrong, SIGN
-// PKCS#1 and PSS, DECRYPT, LOGOUT, a bad request) and records its raw replies.
+// Seeds for the module's fuzzers from real traffic: starts an enclave app with three
+// test tokens (RSA-2048, RSA-3072, EC P-256), sends it real requests (PING, LIST,
+// LOGIN right and wrong, SIGN PKCS#1, PSS and ECDSA, DECRYPT, an EC key asked to
+// decrypt, LOGOUT, a bad request) and records its raw replies.
 // Writes p11-module/fuzz/corpus/wire/* (reply messages) and corpus/module/* (a
 // call script followed by those replies as chunks, see fuzz_module.c).
 // Usage: node --import tsx scripts/fuzz-seeds.ts
@@ -12,7 +13,7 @@ import { startEnclave } from '../test/helpers/enclave.ts';
 import { encodeRequest, decodeTokenList, Op, Hash, SignScheme, DecryptScheme, type Request } from '../shared/key-wire.ts';
 import { PROJECT_ROOT } from '../src/paths.ts';
 
-const fx = await startEnclave([{ label: 'fuzz', pin: '1234', names: ['fuzz.test'] }, { label: 'second', pin: 'abcdef', names: ['b.test'], bits: 3072 }], { prefix: 'fuzz-seeds' });
+const fx = await startEnclave([{ label: 'fuzz', pin: '1234', names: ['fuzz.test'] }, { label: 'second', pin: 'abcdef', names: ['b.test'], bits: 3072 }, { label: 'ec', pin: 'ec-pin', names: ['ec.test'], keyType: 'ec-p256' }], { prefix: 'fuzz-seeds' });
 const sock = net.connect(fx.socket);
 await new Promise((r) => sock.once('connect', r));
 let pending = Buffer.alloc(0);
@@ -42,6 +43,10 @@ const ct = crypto.publicEncrypt({ key: fx.tokens[0].certPem, padding: crypto.con
 replies.push(['decrypt-oaep', await ask({ op: Op.DECRYPT, keyId, scheme: DecryptScheme.OAEP, hash: Hash.SHA256, mgfHash: Hash.SHA256, oaepLabel: Buffer.alloc(0), data: ct })]);
 replies.push(['sign-unknown-key', await ask({ op: Op.SIGN, keyId: keyId + 999, scheme: SignScheme.PKCS1, hash: Hash.SHA256, mgfHash: 0, saltLength: 0, data: digest })]);
 replies.push(['logout', await ask({ op: Op.LOGOUT, label: 'fuzz' })]);
+const ecKeyId = decodeTokenList(list.subarray(16)).find((t) => t.label === 'ec')!.keys[0].keyId;
+await ask({ op: Op.LOGIN, label: 'ec', pin: Buffer.from('ec-pin') });
+replies.push(['sign-ecdsa', await ask({ op: Op.SIGN, keyId: ecKeyId, scheme: SignScheme.ECDSA, hash: 0, mgfHash: 0, saltLength: 0, data: digest })]);
+replies.push(['decrypt-ec-key', await ask({ op: Op.DECRYPT, keyId: ecKeyId, scheme: DecryptScheme.PKCS1, hash: 0, mgfHash: 0, oaepLabel: Buffer.alloc(0), data: Buffer.alloc(64) })]);
 sock.destroy();
 await fx.cleanup();
 
@@ -70,4 +75,5 @@ const r = Object.fromEntries(replies);
 seed('flow', [r.list, r.login, r.ping, r['sign-pkcs1'], r.list]);
 seed('flow-wrong-pin', [r.list, r['login-wrong'], r.ping, r['sign-unknown-key']]);
 seed('flow-pss', [r.list, r.login, r.list, r['sign-pss'], r.ping, r['decrypt-oaep']]);
-process.stderr.write(`fuzz seeds: ${replies.length} replies in ${corpus}/wire, 3 scripts in ${corpus}/module\n`);
+seed('flow-ecdsa', [r.list, r.login, r['sign-ecdsa'], r.list, r['decrypt-ec-key']]);
+process.stderr.write(`fuzz seeds: ${replies.length} replies in ${corpus}/wire, 4 scripts in ${corpus}/module\n`);
