@@ -33,8 +33,9 @@ function must(cmd: string, args: string[], env: NodeJS.ProcessEnv = process.env)
 }
 
 registerWithP11Kit();
-const fx = await startEnclave([{ label: 'bench', pin: PIN, names: ['bench.test'] }], { prefix: 'bench', threads: os.availableParallelism() });
+const fx = await startEnclave([{ label: 'bench', pin: PIN, names: ['bench.test'] }, { label: 'benchec', pin: PIN, names: ['bench.test'], keyType: 'ec-p256' }], { prefix: 'bench', threads: os.availableParallelism() });
 const tok = fx.tokens[0];
+const ecTok = fx.tokens[1];
 const dir = fx.dir;
 
 // SoftHSM2 holding the same key, in a token directory of its own.
@@ -56,13 +57,20 @@ fs.writeFileSync(pinFile, PIN, { mode: 0o400 });
 // The provider path as the agent writes it: an OpenSSL configuration loading pkcs11-provider, a key file holding the URI.
 const providerConf = path.join(dir, 'openssl-provider.cnf');
 fs.writeFileSync(providerConf, providerConfig(providerConf, inspectOpenSsl()));
-const providerKey = path.join(dir, 'bench.key-uri.pem');
-fs.writeFileSync(providerKey, providerKeyPem(`pkcs11:token=bench;type=private?pin-source=file:${pinFile}`), { mode: 0o644 });
+const providerKeyFor = (label: string) => {
+  const file = path.join(dir, `${label}.key-uri.pem`);
+  fs.writeFileSync(file, providerKeyPem(`pkcs11:token=${label};type=private?pin-source=file:${pinFile}`), { mode: 0o644 });
+  return file;
+};
+// RSA-2048 in four places; ECDSA P-256 in three (a file, the enclave by the engine, by the provider).
 const variants = {
-  file: tok.key,
-  enclave: `engine:pkcs11:pkcs11:token=bench;type=private?pin-source=file:${pinFile}`,
-  provider: providerKey,
-  softhsm2: `engine:pkcs11:pkcs11:token=softbench;type=private?pin-source=file:${pinFile}`,
+  file: { key: tok.key, tok },
+  enclave: { key: `engine:pkcs11:pkcs11:token=bench;type=private?pin-source=file:${pinFile}`, tok },
+  provider: { key: providerKeyFor('bench'), tok, provider: true },
+  softhsm2: { key: `engine:pkcs11:pkcs11:token=softbench;type=private?pin-source=file:${pinFile}`, tok },
+  ecFile: { key: ecTok.key, tok: ecTok },
+  ecEnclave: { key: `engine:pkcs11:pkcs11:token=benchec;type=private?pin-source=file:${pinFile}`, tok: ecTok },
+  ecProvider: { key: providerKeyFor('benchec'), tok: ecTok, provider: true },
 } as const;
 type Variant = keyof typeof variants;
 
@@ -79,11 +87,12 @@ async function measure(variant: Variant, protocol: 'TLSv1.2' | 'TLSv1.3', layout
   const prefix = fs.mkdtempSync(path.join(dir, `nginx-${variant}-`));
   fs.chmodSync(prefix, 0o755);
   const port = await freePort();
-  const provider = variant === 'provider';
+  const v = variants[variant];
+  const provider = 'provider' in v;
   const env = { NITRO_ACM_KEY_ADDRESS: fx.address, SOFTHSM2_CONF: hsmConf, ...(provider ? { OPENSSL_CONF: providerConf } : {}) };
-  const nginx = await startNginx({ dir: prefix, port, env, engine: !provider, workers: WORKERS, protocols: protocol, cpus: cpus.rest, sites: [{ serverName: 'bench.test', certificateFile: tok.fullchain, key: variants[variant] }] });
+  const nginx = await startNginx({ dir: prefix, port, env, engine: !provider, workers: WORKERS, protocols: protocol, cpus: cpus.rest, sites: [{ serverName: 'bench.test', certificateFile: v.tok.fullchain, key: v.key }] });
   const h = await handshake(port, { servername: 'bench.test', ca: fx.ca.certPem });
-  if (h.fingerprint256 !== fingerprintOf(tok.certPem) || h.protocol !== protocol) throw new Error(`${variant}: wrong certificate or protocol ${h.protocol}`);
+  if (h.fingerprint256 !== fingerprintOf(v.tok.certPem) || h.protocol !== protocol) throw new Error(`${variant}: wrong certificate or protocol ${h.protocol}`);
   const wrk = (secs: number) => run('taskset', ['-c', cpus.rest, 'wrk', '-t1', '-c16', `-d${secs}s`, '-H', 'Connection: close', `https://127.0.0.1:${port}/`]);
   await wrk(1); // warm-up
   const r = await wrk(SECONDS);
@@ -98,7 +107,7 @@ async function measure(variant: Variant, protocol: 'TLSv1.2' | 'TLSv1.3', layout
 const results: Record<string, Record<Variant, number[]>> = {};
 for (const layout of process.env.BENCH_SIGN_ONLY === '1' ? [] : Object.keys(LAYOUTS) as Layout[]) {
   for (const protocol of ['TLSv1.2', 'TLSv1.3'] as const) {
-    const r: Record<Variant, number[]> = results[`${layout} ${protocol}`] = { file: [], enclave: [], provider: [], softhsm2: [] };
+    const r: Record<Variant, number[]> = results[`${layout} ${protocol}`] = { file: [], enclave: [], provider: [], softhsm2: [], ecFile: [], ecEnclave: [], ecProvider: [] };
     for (let round = 0; round < ROUNDS; round++) {
       for (const v of Object.keys(variants) as Variant[]) r[v].push(await measure(v, protocol, layout));
     }
@@ -160,6 +169,13 @@ for (const name of Object.keys(results)) {
   const f = median(r.file);
   const cell = (v: Variant) => `${median(r[v]).toFixed(0)}/s (${(median(r[v]) / f).toFixed(2)})`;
   lines.push(`| ${protocol} | ${f.toFixed(0)}/s (1.00) | ${cell('enclave')} | ${cell('provider')} | ${cell('softhsm2')} |`);
+}
+lines.push('', 'ECDSA P-256, the same way (ratios to the P-256 key in a file; in brackets, to the RSA-2048 key in a file):', '', '| layout, protocol | P-256 key in a file | P-256 key in the enclave app (pkcs11 engine) | P-256 key in the enclave app (pkcs11-provider) |', '|---|---|---|---|');
+for (const name of Object.keys(results)) {
+  const r = results[name];
+  const f = median(r.ecFile), rsaFile = median(r.file);
+  const cell = (v: Variant) => `${median(r[v]).toFixed(0)}/s (${(median(r[v]) / f).toFixed(2)}) [${(median(r[v]) / rsaFile).toFixed(2)}]`;
+  lines.push(`| ${name} | ${cell('ecFile')} | ${cell('ecEnclave')} | ${cell('ecProvider')} |`);
 }
 lines.push('', `Sign latency, RSA-2048 PSS/SHA-256, ${N} sequential signs from one thread:`, '', '| path | p50 | p99 |', '|---|---|---|');
 for (const [name, xs] of [['node:crypto sign in-process (no PKCS#11)', direct], ['nitro-acm module -> enclave app (unix socket)', viaModule], ['SoftHSM2 (in-process PKCS#11)', viaSoftHsm]] as const) {

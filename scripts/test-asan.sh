@@ -1,5 +1,6 @@
 #!/bin/bash
-# The PKCS#11 module's tests through pkcs11js and graphene-pk11 (test/module.test.ts)
+# The PKCS#11 module's tests through pkcs11js and graphene-pk11 (test/module.test.ts, and
+# the EC objects and mechanisms of test/ecdsa.test.ts, without its nginx tests)
 # against the AddressSanitizer + UndefinedBehaviorSanitizer build of the module:
 # node is started with the sanitizer runtimes preloaded; any report aborts the
 # worker and fails the run. (The C API tests and the hostile fake enclave run
@@ -14,4 +15,4 @@ cd "$root"
 # leaks are checked by the C API tests under LeakSanitizer and valgrind.
 LD_PRELOAD="$asan $ubsan" ASAN_OPTIONS=detect_leaks=0:verify_asan_link_order=0:abort_on_error=1 \
   UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
-  NITRO_ACM_MODULE=p11-module/build/asan/nitro-acm-p11.so npx ava test/module.test.ts
+  NITRO_ACM_MODULE=p11-module/build/asan/nitro-acm-p11.so npx ava test/module.test.ts test/ecdsa.test.ts --match "!*nginx*"

@@ -59,7 +59,7 @@ test('pcrs: values as the user guide computes them, a ready policy condition, an
   t.regex(e.stderr, /--instance-id "instance-1" is not an EC2 instance id/);
 });
 
-test('seal: writes a bundle whose key decrypts under the KMS key; refuses a key that is not the certificate\'s', async (t) => {
+test('seal: writes a bundle whose key decrypts under the KMS key (RSA and ECDSA); refuses a key that is not the certificate\'s', async (t) => {
   const kms = new KMSClient({ region: 'us-east-1', endpoint: cloud.endpoint, credentials: cloud.identity.admin });
   const keyId = (await kms.send(new CreateKeyCommand({}))).KeyMetadata!.KeyId!;
   const ca = createCA('seal CA');
@@ -77,6 +77,14 @@ test('seal: writes a bundle whose key decrypts under the KMS key; refuses a key 
   // To S3 too.
   const s3 = await cli(['seal', '--certificate', path.join(dir, 'cert.pem'), '--key', path.join(dir, 'key.pem'), '--kms-key-id', keyId, '--endpoint', cloud.endpoint, '--s3', `s3://${cloud.bucket()}/bundles/seal.json`], env);
   t.is(s3.status, 0, s3.stderr);
+  // An ECDSA certificate (ACM's EC_secp384r1) seals the same way.
+  const ec = issueServerCert(ca, ['ec.test'], { keyType: 'ec-p384' });
+  fs.writeFileSync(path.join(dir, 'ec.pem'), ec.certPem);
+  fs.writeFileSync(path.join(dir, 'ec.key'), ec.keyPem);
+  const ecOut = await cli(['seal', '--certificate', path.join(dir, 'ec.pem'), '--key', path.join(dir, 'ec.key'), '--kms-key-id', keyId, '--endpoint', cloud.endpoint, '--out', path.join(dir, 'ec.json')], env);
+  t.is(ecOut.status, 0, ecOut.stderr);
+  const ecPt = await kms.send(new DecryptCommand({ CiphertextBlob: Buffer.from(parseBundle(fs.readFileSync(path.join(dir, 'ec.json')), 'ec.json').encryptedPrivateKey, 'base64') }));
+  t.is(Buffer.from(ecPt.Plaintext!).toString(), ec.keyPem);
   const other = issueServerCert(ca, ['other.test']);
   fs.writeFileSync(path.join(dir, 'other.key'), other.keyPem);
   const bad = await cli(['seal', '--certificate', path.join(dir, 'cert.pem'), '--key', path.join(dir, 'other.key'), '--kms-key-id', keyId, '--endpoint', cloud.endpoint, '--out', path.join(dir, 'x.json')], env);

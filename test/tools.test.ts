@@ -79,7 +79,7 @@ test('pkcs11-tool with a wrong PIN is refused', (t) => {
   t.regex(r.out, /CKR_PIN_INCORRECT/);
 });
 
-test('p11tool lists the token, its key and certificates through p11-kit', (t) => {
+test('p11tool lists the tokens, their keys (RSA and ECDSA) and certificates through p11-kit', (t) => {
   const tokens = run('p11tool', ['--list-tokens']);
   t.regex(tokens.out, /Label: tools/);
   t.regex(tokens.out, /Manufacturer: nitro-acm/);
@@ -89,6 +89,11 @@ test('p11tool lists the token, its key and certificates through p11-kit', (t) =>
   t.regex(all.out, /Type: Public key \(RSA-2048\)/);
   t.is(all.out.match(/Type: X\.509 Certificate/g)?.length, 2, all.out);
   t.regex(all.out, /CKA_CERTIFICATE_CATEGORY=CA/);
+  // The ECDSA token: its keys as GnuTLS names them.
+  const ec = run('p11tool', ['--login', '--set-pin', PIN, '--list-all', 'pkcs11:token=tools-ec']);
+  t.is(ec.status, 0, ec.out);
+  t.regex(ec.out, /Type: Private key \(EC\/ECDSA-SECP256R1\)/);
+  t.regex(ec.out, /Type: Public key \(EC\/ECDSA-SECP256R1\)/);
 });
 
 test('openssl with the pkcs11 engine signs through p11-kit and the signature verifies', (t) => {
