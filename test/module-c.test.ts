@@ -17,7 +17,7 @@ let fx: EnclaveFixture;
 test.before(async () => {
   const make = spawnSync('make', ['-C', path.join(ROOT, 'p11-module'), 'tests'], { encoding: 'utf8' });
   if (make.status !== 0) throw new Error(make.stdout + make.stderr);
-  fx = await startEnclave([{ label: 'capi', pin: '86420000', names: ['capi.test'] }], { prefix: 'capi' });
+  fx = await startEnclave([{ label: 'capi', pin: '86420000', names: ['capi.test'] }, { label: 'capi-ec', pin: '86420000', names: ['capi-ec.test'], keyType: 'ec-p256' }], { prefix: 'capi' });
 });
 test.after.always(async () => { await fx?.cleanup(); });
 
@@ -28,7 +28,7 @@ for (const [name, dir] of [['plain build', 'build'], ['ASan+UBSan build', 'build
     const r = spawnSync(bin, [mod, 'capi', '86420000'], {
       encoding: 'utf8',
       timeout: 120_000,
-      env: { ...process.env, NITRO_ACM_KEY_ADDRESS: fx.address, ASAN_OPTIONS: 'detect_leaks=1:abort_on_error=0:exitcode=99', UBSAN_OPTIONS: 'print_stacktrace=1:halt_on_error=1' },
+      env: { ...process.env, NITRO_ACM_KEY_ADDRESS: fx.address, NITRO_ACM_TEST_EC_TOKEN: 'capi-ec', ASAN_OPTIONS: 'detect_leaks=1:abort_on_error=0:exitcode=99', UBSAN_OPTIONS: 'print_stacktrace=1:halt_on_error=1' },
     });
     const out = `${r.stdout}${r.stderr}`;
     t.notRegex(out, /ERROR: (AddressSanitizer|LeakSanitizer)|runtime error:/, out);
@@ -47,7 +47,7 @@ test('C API checks pass under valgrind: no memory errors, no leaks', (t) => {
   const r = spawnSync('valgrind', ['--quiet', '--error-exitcode=99', '--leak-check=full', '--errors-for-leak-kinds=definite,indirect', '--show-leak-kinds=definite,indirect', '--trace-children=no', '--child-silent-after-fork=yes', bin, mod, 'capi', '86420000'], {
     encoding: 'utf8',
     timeout: 300_000,
-    env: { ...process.env, NITRO_ACM_KEY_ADDRESS: fx.address, NITRO_ACM_TIMEOUT_MS: '30000', NITRO_ACM_TEST_FORK_STORM: '0' },
+    env: { ...process.env, NITRO_ACM_KEY_ADDRESS: fx.address, NITRO_ACM_TEST_EC_TOKEN: 'capi-ec', NITRO_ACM_TIMEOUT_MS: '30000', NITRO_ACM_TEST_FORK_STORM: '0' },
   });
   const out = `${r.stdout}${r.stderr}`;
   t.notRegex(out, /Invalid (read|write)|uninitialised|definitely lost: [1-9]|indirectly lost: [1-9]/, out);

@@ -17,6 +17,7 @@
 
 #include <openssl/bn.h>
 #include <openssl/evp.h>
+#include <openssl/ec.h>
 #include <openssl/rsa.h>
 #include <openssl/core_names.h>
 #include <openssl/param_build.h>
@@ -54,6 +55,87 @@ static CK_OBJECT_HANDLE find_one(CK_SESSION_HANDLE s, CK_OBJECT_CLASS cls)
   f->C_FindObjects(s, &h, 1, &n);
   f->C_FindObjectsFinal(s);
   return n == 1 ? h : CK_INVALID_HANDLE;
+}
+
+/*
+ * An EC token (NITRO_ACM_TEST_EC_TOKEN, same PIN): its objects' EC attributes,
+ * CKM_ECDSA over a digest and CKM_ECDSA_SHA256 in two parts, each verified with
+ * the public key built from CKA_EC_PARAMS (P-256) and CKA_EC_POINT; the size
+ * query and a short buffer; RSA mechanisms and decryption refused.
+ */
+static void ec_checks(const char *ec_label)
+{
+  const char *saved = label;
+  label = ec_label;
+  CK_SLOT_ID slot = find_slot();
+  label = saved;
+  CHECK(slot != (CK_SLOT_ID)-1, "EC token %s found", ec_label);
+  if (slot == (CK_SLOT_ID)-1) return;
+  CK_SESSION_HANDLE s;
+  RV(f->C_OpenSession(slot, CKF_SERIAL_SESSION, NULL, NULL, &s), CKR_OK);
+  RV(f->C_Login(s, CKU_USER, (CK_UTF8CHAR_PTR)pin, strlen(pin)), CKR_OK);
+  CK_OBJECT_HANDLE key = find_one(s, CKO_PRIVATE_KEY), pubh = find_one(s, CKO_PUBLIC_KEY);
+  CK_KEY_TYPE kt = 0;
+  uint8_t params[32], point[140], modulus[8];
+  CK_ATTRIBUTE a[] = { { CKA_KEY_TYPE, &kt, sizeof kt }, { CKA_EC_PARAMS, params, sizeof params } };
+  RV(f->C_GetAttributeValue(s, key, a, 2), CKR_OK);
+  static const uint8_t P256[] = { 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07 };
+  CHECK(kt == CKK_EC && a[1].ulValueLen == sizeof P256 && memcmp(params, P256, sizeof P256) == 0, "EC private key: CKK_EC, CKA_EC_PARAMS is P-256");
+  CK_ATTRIBUTE pa[] = { { CKA_EC_POINT, point, sizeof point } };
+  RV(f->C_GetAttributeValue(s, pubh, pa, 1), CKR_OK);
+  CHECK(pa[0].ulValueLen == 67 && point[0] == 0x04 && point[1] == 65 && point[2] == 0x04, "CKA_EC_POINT: an OCTET STRING of a 65-byte uncompressed point (%lu)", pa[0].ulValueLen);
+  CK_ATTRIBUTE none[] = { { CKA_MODULUS, modulus, sizeof modulus } };
+  RV(f->C_GetAttributeValue(s, pubh, none, 1), CKR_ATTRIBUTE_TYPE_INVALID);
+  CK_ATTRIBUTE nopoint[] = { { CKA_EC_POINT, point, sizeof point } };
+  RV(f->C_GetAttributeValue(s, key, nopoint, 1), CKR_ATTRIBUTE_TYPE_INVALID);
+
+  OSSL_PARAM_BLD *b = OSSL_PARAM_BLD_new();
+  OSSL_PARAM_BLD_push_utf8_string(b, OSSL_PKEY_PARAM_GROUP_NAME, "prime256v1", 0);
+  OSSL_PARAM_BLD_push_octet_string(b, OSSL_PKEY_PARAM_PUB_KEY, point + 2, 65);
+  OSSL_PARAM *op = OSSL_PARAM_BLD_to_param(b);
+  EVP_PKEY_CTX *fc = EVP_PKEY_CTX_new_from_name(NULL, "EC", NULL);
+  EVP_PKEY *ecpub = NULL;
+  CHECK(fc && EVP_PKEY_fromdata_init(fc) == 1 && EVP_PKEY_fromdata(fc, &ecpub, EVP_PKEY_PUBLIC_KEY, op) == 1, "EC public key from CKA_EC_POINT");
+  EVP_PKEY_CTX_free(fc);
+  OSSL_PARAM_free(op);
+  OSSL_PARAM_BLD_free(b);
+
+  uint8_t data[100], digest[32], sig[96], der[80];
+  for (size_t i = 0; i < sizeof data; i++) data[i] = (uint8_t)(i * 7);
+  unsigned dlen = 0;
+  EVP_Digest(data, sizeof data, digest, &dlen, EVP_sha256(), NULL);
+  CK_MECHANISM ecdsa = { CKM_ECDSA, NULL, 0 }, ecdsa256 = { CKM_ECDSA_SHA256, NULL, 0 }, rsa = { CKM_RSA_PKCS, NULL, 0 };
+  for (int round = 0; round < 2; round++) {
+    CK_ULONG n = 0;
+    if (round == 0) {
+      RV(f->C_SignInit(s, &ecdsa, key), CKR_OK);
+      RV(f->C_Sign(s, digest, sizeof digest, NULL, &n), CKR_OK);
+      CHECK(n == 64, "ECDSA signature size query: 64 (%lu)", n);
+      n = 10;
+      RV(f->C_Sign(s, digest, sizeof digest, sig, &n), CKR_BUFFER_TOO_SMALL);
+      n = sizeof sig;
+      RV(f->C_Sign(s, digest, sizeof digest, sig, &n), CKR_OK);
+    } else {
+      RV(f->C_SignInit(s, &ecdsa256, key), CKR_OK);
+      RV(f->C_SignUpdate(s, data, 40), CKR_OK);
+      RV(f->C_SignUpdate(s, data + 40, sizeof data - 40), CKR_OK);
+      n = sizeof sig;
+      RV(f->C_SignFinal(s, sig, &n), CKR_OK);
+    }
+    /* r||s to DER for OpenSSL's verify. */
+    ECDSA_SIG *es = ECDSA_SIG_new();
+    ECDSA_SIG_set0(es, BN_bin2bn(sig, 32, NULL), BN_bin2bn(sig + 32, 32, NULL));
+    uint8_t *dp = der;
+    int der_len = i2d_ECDSA_SIG(es, &dp);
+    ECDSA_SIG_free(es);
+    EVP_PKEY_CTX *vc = ecpub ? EVP_PKEY_CTX_new(ecpub, NULL) : NULL;
+    CHECK(n == 64 && der_len > 0 && vc && EVP_PKEY_verify_init(vc) == 1 && EVP_PKEY_verify(vc, der, (size_t)der_len, digest, sizeof digest) == 1, "%s signature verifies with the public key object", round ? "CKM_ECDSA_SHA256 (two parts)" : "CKM_ECDSA");
+    EVP_PKEY_CTX_free(vc);
+  }
+  RV(f->C_SignInit(s, &rsa, key), CKR_KEY_TYPE_INCONSISTENT);
+  RV(f->C_DecryptInit(s, &rsa, key), CKR_KEY_TYPE_INCONSISTENT);
+  EVP_PKEY_free(ecpub);
+  RV(f->C_CloseSession(s), CKR_OK);
 }
 
 static EVP_PKEY *public_key(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h)
@@ -449,6 +531,9 @@ int main(int argc, char **argv)
   }
   waitpid(pid, &st, 0);
   CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "child that initializes again starts afresh and signs");
+
+  const char *ec_label = getenv("NITRO_ACM_TEST_EC_TOKEN");
+  if (ec_label) ec_checks(ec_label);
 
   RV(f->C_Logout(s), CKR_OK);
   RV(f->C_SignInit(s, &m, key), CKR_USER_NOT_LOGGED_IN);
