@@ -51,7 +51,7 @@ export function webServerErrors(stderr: string): string {
  * listening sockets, so no connection is refused); httpd has no such way and is
  * restarted. Renewals only ever reload.
  */
-export async function systemReload(config: AcmConfig, added: AddedToken[] = []): Promise<void> {
+export async function systemReload(config: AcmConfig, added: AddedToken[] = [], upgrade: typeof nginxBinaryUpgrade = nginxBinaryUpgrade): Promise<void> {
   const svc = config.options.service;
   const done = { reload: 'reloaded', start: 'started', restart: 'restarted', upgrade: 'upgraded in place' } as const;
   let action: keyof typeof done = 'reload';
@@ -77,7 +77,7 @@ export async function systemReload(config: AcmConfig, added: AddedToken[] = []):
     if (!t.ok && t.code !== 127) throw new Error(`"${test}" failed, so ${svc} was not ${done[action]}: ${webServerErrors(t.stderr) || t.message}`);
   }
   if (action === 'upgrade') {
-    const u = await nginxBinaryUpgrade(pid);
+    const u = await upgrade(pid);
     log.info(`${done.upgrade}: nginx master ${u.newMaster} serves, the previous one (${u.oldMaster}) finishes its connections (${u.seconds.toFixed(2)} s)`);
     return;
   }
