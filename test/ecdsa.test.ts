@@ -8,7 +8,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import crypto from 'node:crypto';
 import pkcs11js from 'pkcs11js';
-import { startEnclave, MODULE_PATH, type EnclaveFixture } from './helpers/enclave.ts';
+import { startEnclave, type EnclaveFixture } from './helpers/enclave.ts';
+import { loadModule, unloadModule, slotFor } from './helpers/pkcs11.ts';
 import { registerWithP11Kit } from '../src/local/p11kit.ts';
 import { launchNginx, freePort, handshake, fingerprintOf, nginxMainLine } from '../src/local/webservers.ts';
 import { providerConfig, providerKeyPem, inspectOpenSsl } from '../src/agent/openssl-path.ts';
@@ -24,18 +25,15 @@ test.before(async () => {
     { label: 'ecboth', pin: PIN, names: ['both.test'], keyType: 'ec-p256' },
   ], { prefix: 'ecdsa' });
   process.env.NITRO_ACM_KEY_ADDRESS = fx.address;
-  p11 = new pkcs11js.PKCS11();
-  p11.load(MODULE_PATH);
-  p11.C_Initialize();
+  p11 = loadModule();
 });
 test.after.always(async () => {
-  try { p11?.C_Finalize(); } catch { /* already */ }
+  unloadModule(p11);
   await fx?.cleanup();
 });
 
 function session(label: string): Buffer {
-  const slot = p11.C_GetSlotList(true).find((s) => p11.C_GetTokenInfo(s).label.trim() === label)!;
-  const s = p11.C_OpenSession(slot, pkcs11js.CKF_SERIAL_SESSION);
+  const s = p11.C_OpenSession(slotFor(p11, label), pkcs11js.CKF_SERIAL_SESSION);
   p11.C_Login(s, pkcs11js.CKU_USER, PIN);
   return s;
 }

@@ -6,6 +6,7 @@ import crypto from 'node:crypto';
 import pkcs11js from 'pkcs11js';
 import * as graphene from 'graphene-pk11';
 import { startEnclave, MODULE_PATH, type EnclaveFixture } from './helpers/enclave.ts';
+import { loadModule, unloadModule, slotFor as slotOf } from './helpers/pkcs11.ts';
 
 const PIN = '246813';
 let fx: EnclaveFixture;
@@ -19,22 +20,15 @@ test.before(async () => {
   process.env.NITRO_ACM_KEY_ADDRESS = fx.address;
   process.env.NITRO_ACM_TIMEOUT_MS = '2000';
   process.env.NITRO_ACM_P11_QUIET = '1';
-  p11 = new pkcs11js.PKCS11();
-  p11.load(MODULE_PATH);
-  p11.C_Initialize();
+  p11 = loadModule();
 });
 
 test.after.always(async () => {
-  try { p11?.C_Finalize(); } catch { /* already */ }
+  unloadModule(p11);
   await fx?.cleanup();
 });
 
-function slotFor(label: string): Buffer {
-  for (const s of p11.C_GetSlotList(true)) {
-    if (p11.C_GetTokenInfo(s).label.trim() === label) return s;
-  }
-  throw new Error(`no slot ${label}`);
-}
+const slotFor = (label: string) => slotOf(p11, label);
 
 const ulong = (b: unknown) => Number((b as Buffer).readBigUInt64LE(0));
 
