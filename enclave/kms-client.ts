@@ -1,7 +1,7 @@
-// KMS Decrypt from inside the enclave, the way only the enclave can: a fresh
-// RSA-2048 key pair per request (made ahead), its public key in an NSM attestation document
-// sent as the Recipient, and the answer (CiphertextForRecipient) unwrapped with the
-// private key that never leaves this function. The HTTPS connection to KMS is
+// KMS Decrypt from inside the enclave, the way only the enclave can: an ephemeral
+// RSA-2048 key pair, its public key in an NSM attestation document sent as the
+// Recipient, and the answer (CiphertextForRecipient) unwrapped with the private
+// key, which never leaves this file. The HTTPS connection to KMS is
 // dialed through the parent's proxy (vsock in production, a unix socket in local
 // mode) and TLS ends here, inside the enclave.
 import crypto from 'node:crypto';
@@ -28,27 +28,37 @@ export interface KmsAccess {
 
 const generateKeyPair = promisify(crypto.generateKeyPair);
 
-// RSA-2048 key generation is the slowest step of a decrypt (tens to hundreds of
-// ms, and random). A few key pairs are made ahead, as many as the agent sends
-// requests at once (after an enclave restart every token comes at once), while
-// the enclave waits for KMS or for the next request; each is still used for
-// exactly one request and then dropped.
-const RECIPIENT_KEYS_AHEAD = 4;
-const recipientKeys: Promise<crypto.KeyPairKeyObjectResult>[] = [];
+/**
+ * RSA-2048 key generation (tens to hundreds of ms, random) and the attestation
+ * document were the slowest steps of a decrypt, and KMS needs neither to be new
+ * per request: it accepts a document up to 5 minutes old. So one key pair and
+ * its document serve every Decrypt for RECIPIENT_REUSE_MS (after an enclave
+ * restart, every token of the agent at once), then both are dropped and the next
+ * request makes new ones. The private key stays in this file's memory only.
+ */
+export const RECIPIENT_REUSE_MS = 60_000;
+interface Recipient { privateKey: crypto.KeyObject; attestation: Buffer }
+const recipients = new WeakMap<Nsm, { made: Promise<Recipient>; until: number }>();
 
-/** Tops up the key pairs made ahead (the enclave app calls it when it starts, before any request). */
-export function prepareRecipientKeys(): void {
-  while (recipientKeys.length < RECIPIENT_KEYS_AHEAD) {
-    const k = generateKeyPair('rsa', { modulusLength: 2048 });
-    k.catch(() => { const i = recipientKeys.indexOf(k); if (i >= 0) recipientKeys.splice(i, 1); });
-    recipientKeys.push(k);
-  }
+function recipient(nsm: Nsm): Promise<Recipient> {
+  const have = recipients.get(nsm);
+  if (have && Date.now() < have.until) return have.made;
+  const made = generateKeyPair('rsa', { modulusLength: 2048 }).then(({ publicKey, privateKey }) => ({
+    privateKey,
+    attestation: nsm.attestation({ publicKey: publicKey.export({ type: 'spki', format: 'der' }) }),
+  }));
+  const entry = { made, until: Date.now() + RECIPIENT_REUSE_MS };
+  const drop = () => { if (recipients.get(nsm) === entry) recipients.delete(nsm); };
+  made.catch(drop);
+  // Dropped when its time is up even if no request comes after it.
+  setTimeout(drop, RECIPIENT_REUSE_MS).unref();
+  recipients.set(nsm, entry);
+  return made;
 }
 
-function recipientKey(): Promise<crypto.KeyPairKeyObjectResult> {
-  const key = recipientKeys.shift() ?? generateKeyPair('rsa', { modulusLength: 2048 });
-  prepareRecipientKeys();
-  return key;
+/** Makes the first recipient key and document before any request (the enclave app calls it when it starts). */
+export function prepareRecipient(nsm: Nsm): void {
+  recipient(nsm).catch(() => { /* the first request tries again and reports it */ });
 }
 
 // Node's roots plus one (local mode's KMS): parsing ~150 certificates costs more
@@ -78,8 +88,7 @@ export async function warmUpKmsClient(): Promise<void> {
 }
 
 export async function attestedDecrypt(o: { ciphertext: Buffer; region: string; credentials: AwsCredentials; encryptionContext?: Record<string, string>; nsm: Nsm; kms: KmsAccess }): Promise<Buffer> {
-  const { publicKey, privateKey } = await recipientKey();
-  const attestation = o.nsm.attestation({ publicKey: publicKey.export({ type: 'spki', format: 'der' }) });
+  const { privateKey, attestation } = await recipient(o.nsm);
   const host = kmsHost(o.region); // throws for anything that is not a region
   const agent = new https.Agent({ keepAlive: false });
   const secureContext = o.kms.extraCa ? contextWithExtraCa(o.kms.extraCa) : undefined;

@@ -15,7 +15,7 @@ import { log } from '../shared/log.ts';
 import { partitionOf } from '../shared/aws-partition.ts';
 import { KeyStore, KeyMaterialError } from './keystore.ts';
 import { ConnectionsByActivity } from './connections-by-activity.ts';
-import { attestedDecrypt, prepareRecipientKeys, warmUpKmsClient, type KmsAccess, type AwsCredentials } from './kms-client.ts';
+import { attestedDecrypt, prepareRecipient, warmUpKmsClient, type KmsAccess, type AwsCredentials } from './kms-client.ts';
 import type { Nsm } from './nsm.ts';
 
 export interface ProvisionServerOptions {
@@ -66,7 +66,7 @@ export class ProvisionServer {
   }
 
   async listen(address: Address): Promise<void> {
-    prepareRecipientKeys();
+    prepareRecipient(this.o.nsm);
     await warmUpKmsClient();
     await listen(this.server, address);
   }
