@@ -1,18 +1,24 @@
 // ECDSA for the key server: the input is a digest the client computed (PKCS#11
 // CKM_ECDSA; the module hashes for CKM_ECDSA_SHA*), the signature r||s. The
 // signing is OpenSSL's, through the native addon (node:crypto's sign always
-// hashes its input); the key's DER is taken from its KeyObject once per worker.
+// hashes its input); each key is parsed into the addon once per worker thread
+// (parsing costs ten times a signature).
 import type { KeyObject } from 'node:crypto';
-import { native } from '../shared/native.ts';
+import { native, type EcdsaKey } from '../shared/native.ts';
 import { CKR, P11Error } from '../shared/pkcs11-rv.ts';
 import { SignScheme } from '../shared/key-wire.ts';
 
-const der = new WeakMap<KeyObject, Buffer>();
+const parsed = new WeakMap<KeyObject, EcdsaKey>();
 
 export function ecdsaSign(key: KeyObject, scheme: number, data: Uint8Array): Buffer {
   if (scheme !== SignScheme.ECDSA) throw new P11Error(CKR.KEY_TYPE_INCONSISTENT, `sign scheme ${scheme} is not for an EC key`);
   if (data.length < 1 || data.length > 64) throw new P11Error(CKR.DATA_LEN_RANGE, `ECDSA input of ${data.length} bytes is not a digest (1..64 bytes)`);
-  let pkcs8 = der.get(key);
-  if (!pkcs8) { pkcs8 = key.export({ type: 'pkcs8', format: 'der' }); der.set(key, pkcs8); }
-  return native().ecdsaSignDigest(pkcs8, Buffer.from(data.buffer, data.byteOffset, data.byteLength));
+  let handle = parsed.get(key);
+  if (!handle) {
+    const pkcs8 = key.export({ type: 'pkcs8', format: 'der' });
+    handle = native().ecdsaKey(pkcs8);
+    pkcs8.fill(0);
+    parsed.set(key, handle);
+  }
+  return native().ecdsaSignDigest(handle, Buffer.from(data.buffer, data.byteOffset, data.byteLength));
 }

@@ -12,9 +12,14 @@ export interface NativeAddon {
   /** Who is on the other end of a connected socket. */
   peer(fd: number): PeerIdentity;
   nsmRequest(fd: number, request: Buffer): Buffer;
+  /** An EC private key parsed once for ecdsaSignDigest (freed when the handle is collected). */
+  ecdsaKey(pkcs8Der: Buffer): EcdsaKey;
   /** ECDSA over a digest already computed (PKCS#11 CKM_ECDSA; node:crypto always hashes): r||s. */
-  ecdsaSignDigest(pkcs8Der: Buffer, digest: Buffer): Buffer;
+  ecdsaSignDigest(key: EcdsaKey, digest: Buffer): Buffer;
 }
+
+/** An opaque handle to a parsed EC private key inside the addon. */
+export type EcdsaKey = { readonly __ecdsaKey: unique symbol };
 
 export type PeerIdentity = { family: 'unix'; uid: number; gid: number; pid: number } | { family: 'vsock'; cid: number; port: number };
 

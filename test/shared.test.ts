@@ -9,7 +9,7 @@ import { encodeTokenList, decodeTokenList, encodeRequest, decodeRequest, Op, Sig
 import { listen, connect } from '../shared/transport.ts';
 import { sign, decrypt } from '../enclave/rsa-ops.ts';
 import { CKR, P11Error } from '../shared/pkcs11-rv.ts';
-import { native } from '../shared/native.ts';
+import { native, type EcdsaKey } from '../shared/native.ts';
 
 test('addresses: both forms parse and print back; errors say what is wrong', (t) => {
   for (const a of ['unix:path=/run/nitro-acm/keys.sock', 'vsock:cid=16;port=9999']) t.is(formatAddress(parseAddress(a)), a);
@@ -83,12 +83,15 @@ test('ECDSA over a given digest (native addon, for CKM_ECDSA): P-256 and P-384 v
   for (const [curve, hash, size] of [['P-256', 'sha256', 64], ['P-384', 'sha384', 96], ['P-384', 'sha256', 96]] as const) {
     const { privateKey, publicKey } = crypto.generateKeyPairSync('ec', { namedCurve: curve });
     const data = crypto.randomBytes(100);
-    const sig = native().ecdsaSignDigest(privateKey.export({ type: 'pkcs8', format: 'der' }), crypto.createHash(hash).update(data).digest());
+    const sig = native().ecdsaSignDigest(native().ecdsaKey(privateKey.export({ type: 'pkcs8', format: 'der' })), crypto.createHash(hash).update(data).digest());
     t.is(sig.length, size, `${curve}: r||s`);
     t.true(crypto.verify(hash, data, { key: publicKey, dsaEncoding: 'ieee-p1363' }, sig), `${curve} over ${hash}`);
   }
   const rsa = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey.export({ type: 'pkcs8', format: 'der' });
-  t.throws(() => native().ecdsaSignDigest(rsa, Buffer.alloc(32)), { message: 'not an EC private key' });
-  t.throws(() => native().ecdsaSignDigest(Buffer.from('not a key'), Buffer.alloc(32)), { message: 'not an EC private key' });
-  t.throws(() => native().ecdsaSignDigest(rsa, Buffer.alloc(65)), { message: /a digest of 1\.\.64 bytes/ });
+  t.throws(() => native().ecdsaKey(rsa), { message: 'not an EC private key' });
+  t.throws(() => native().ecdsaKey(Buffer.from('not a key')), { message: 'not an EC private key' });
+  t.throws(() => native().ecdsaKey(Buffer.alloc(5000)), { message: /a key of 1\.\.4096 bytes/ });
+  const ec = native().ecdsaKey(crypto.generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({ type: 'pkcs8', format: 'der' }));
+  t.throws(() => native().ecdsaSignDigest(ec, Buffer.alloc(65)), { message: /a digest of 1\.\.64 bytes/ });
+  t.throws(() => native().ecdsaSignDigest(rsa as unknown as EcdsaKey, Buffer.alloc(32)), { message: /a key from ecdsaKey\(\)/ });
 });

@@ -270,31 +270,60 @@ static napi_value js_nsm_request(napi_env env, napi_callback_info info)
 }
 
 /*
- * ecdsaSignDigest(pkcs8Der, digest) -> r||s, each as long as the curve's order:
  * ECDSA over a digest the caller already computed (PKCS#11 CKM_ECDSA), which
  * node:crypto cannot do (its sign() always hashes). OpenSSL is Node's own: an
  * addon resolves these symbols from the node binary, which exports them.
+ * ecdsaKey(pkcs8Der) parses the key once (parsing costs ten times the signature)
+ * into a handle that frees it when collected; ecdsaSignDigest(handle, digest)
+ * gives r||s, each as long as the curve's order.
  */
-static napi_value js_ecdsa_sign_digest(napi_env env, napi_callback_info info)
+static void free_pkey(napi_env env, void *data, void *hint)
 {
-  size_t argc = 2;
-  napi_value argv[2];
-  void *der = NULL, *dg = NULL;
-  size_t der_len = 0, dg_len = 0;
+  (void)env; (void)hint;
+  EVP_PKEY_free(data);
+}
+
+static napi_value js_ecdsa_key(napi_env env, napi_callback_info info)
+{
+  size_t argc = 1;
+  napi_value argv[1], out;
+  void *der = NULL;
+  size_t der_len = 0;
   napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  if (argc < 2 || napi_get_buffer_info(env, argv[0], &der, &der_len) != napi_ok || napi_get_buffer_info(env, argv[1], &dg, &dg_len) != napi_ok
-      || der_len == 0 || der_len > 4096 || dg_len == 0 || dg_len > 64) {
-    napi_throw_type_error(env, NULL, "ecdsaSignDigest(pkcs8Der, digest): a key of 1..4096 bytes and a digest of 1..64 bytes expected");
+  if (argc < 1 || napi_get_buffer_info(env, argv[0], &der, &der_len) != napi_ok || der_len == 0 || der_len > 4096) {
+    napi_throw_type_error(env, NULL, "ecdsaKey(pkcs8Der): a key of 1..4096 bytes expected");
     return NULL;
   }
   const unsigned char *p = der;
   EVP_PKEY *pkey = d2i_AutoPrivateKey(NULL, &p, (long)der_len);
+  if (!pkey || EVP_PKEY_get_base_id(pkey) != EVP_PKEY_EC) {
+    EVP_PKEY_free(pkey);
+    napi_throw_error(env, "ECDSA", "not an EC private key");
+    return NULL;
+  }
+  if (napi_create_external(env, pkey, free_pkey, NULL, &out) != napi_ok) { EVP_PKEY_free(pkey); return NULL; }
+  return out;
+}
+
+static napi_value js_ecdsa_sign_digest(napi_env env, napi_callback_info info)
+{
+  size_t argc = 2;
+  napi_value argv[2];
+  napi_valuetype type = napi_undefined;
+  void *pkey_p = NULL, *dg = NULL;
+  size_t dg_len = 0;
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc < 2 || napi_typeof(env, argv[0], &type) != napi_ok || type != napi_external || napi_get_value_external(env, argv[0], &pkey_p) != napi_ok
+      || napi_get_buffer_info(env, argv[1], &dg, &dg_len) != napi_ok || dg_len == 0 || dg_len > 64) {
+    napi_throw_type_error(env, NULL, "ecdsaSignDigest(key, digest): a key from ecdsaKey() and a digest of 1..64 bytes expected");
+    return NULL;
+  }
+  EVP_PKEY *pkey = pkey_p;
   napi_value result = NULL;
   EVP_PKEY_CTX *ctx = NULL;
   unsigned char *sig = NULL;
   ECDSA_SIG *parsed = NULL;
   const char *why = NULL;
-  if (!pkey || EVP_PKEY_get_base_id(pkey) != EVP_PKEY_EC) { why = "not an EC private key"; goto out; }
   size_t field = (size_t)(EVP_PKEY_get_bits(pkey) + 7) / 8;
   size_t sig_len = 0;
   ctx = EVP_PKEY_CTX_new(pkey, NULL);
@@ -312,7 +341,6 @@ out:
   ECDSA_SIG_free(parsed);
   OPENSSL_free(sig);
   EVP_PKEY_CTX_free(ctx);
-  EVP_PKEY_free(pkey);
   return result;
 }
 
@@ -324,6 +352,7 @@ static napi_value init(napi_env env, napi_value exports)
     { "dup", NULL, js_dup, NULL, NULL, NULL, napi_default, NULL },
     { "peer", NULL, js_peer, NULL, NULL, NULL, napi_default, NULL },
     { "nsmRequest", NULL, js_nsm_request, NULL, NULL, NULL, napi_default, NULL },
+    { "ecdsaKey", NULL, js_ecdsa_key, NULL, NULL, NULL, napi_default, NULL },
     { "ecdsaSignDigest", NULL, js_ecdsa_sign_digest, NULL, NULL, NULL, napi_default, NULL },
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
