@@ -6,7 +6,7 @@
 // old web-server workers finish.
 import crypto, { type KeyObject, X509Certificate } from 'node:crypto';
 import { CertCategory, KeyFlag, KeyType, LIST_CAPS, encodeTokenList, type KeyTypeCode, type WirePublicKey, type WireToken } from '../shared/key-wire.ts';
-import { derOid } from '../shared/ber.ts';
+import { curveByNodeName } from '../shared/ec-curves.ts';
 import { ckaIdOf } from '../shared/key-id.ts';
 
 export interface KeyMaterial {
@@ -55,11 +55,7 @@ export class KeyMaterialError extends Error {
 
 export const MIN_RSA_BITS = 2048;
 export const MAX_RSA_BITS = 4096;
-/** The curves ACM issues certificates on, by node:crypto's name: the name shown, bits, CKA_EC_PARAMS' OID. */
-const EC_CURVES: Record<string, { name: string; bits: number; oid: string }> = {
-  prime256v1: { name: 'EC-P256', bits: 256, oid: '1.2.840.10045.3.1.7' },
-  secp384r1: { name: 'EC-P384', bits: 384, oid: '1.3.132.0.34' },
-};
+
 
 function splitPem(pem: string): string[] {
   return pem.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g) ?? [];
@@ -84,7 +80,7 @@ export class KeyStore {
   private load(m: KeyMaterial): StoredKey {
     let privateKey: KeyObject, leaf: X509Certificate | undefined;
     try { privateKey = crypto.createPrivateKey(m.privateKeyPem); } catch (e) { throw new KeyMaterialError('invalid', `private key: cannot parse (${(e as Error).message.split('\n')[0]})`); }
-    const curve = privateKey.asymmetricKeyType === 'ec' ? EC_CURVES[privateKey.asymmetricKeyDetails?.namedCurve ?? ''] : undefined;
+    const curve = privateKey.asymmetricKeyType === 'ec' ? curveByNodeName(privateKey.asymmetricKeyDetails?.namedCurve) : undefined;
     if (privateKey.asymmetricKeyType === 'ec' && !curve) throw new KeyMaterialError('unsupported', `private key: EC curve ${privateKey.asymmetricKeyDetails?.namedCurve} is not supported (P-256, P-384)`);
     if (privateKey.asymmetricKeyType !== 'rsa' && !curve) throw new KeyMaterialError('unsupported', `private key: type ${privateKey.asymmetricKeyType} is not supported (RSA ${MIN_RSA_BITS}-${MAX_RSA_BITS}, EC P-256 and P-384)`);
     if (m.certificatePem !== undefined) {
@@ -102,9 +98,9 @@ export class KeyStore {
     const jwk = pub.export({ format: 'jwk' });
     let wirePub: WirePublicKey, bits: number, keyTypeName: string;
     if (curve) {
-      wirePub = { keyType: KeyType.EC, ecParams: derOid(curve.oid), ecPoint: Buffer.concat([Buffer.from([4]), Buffer.from(jwk.x!, 'base64url'), Buffer.from(jwk.y!, 'base64url')]) };
+      wirePub = { keyType: KeyType.EC, ecParams: curve.params, ecPoint: Buffer.concat([Buffer.from([4]), Buffer.from(jwk.x!, 'base64url'), Buffer.from(jwk.y!, 'base64url')]) };
       bits = curve.bits;
-      keyTypeName = curve.name;
+      keyTypeName = curve.shown;
     } else {
       bits = privateKey.asymmetricKeyDetails!.modulusLength!;
       if (bits < MIN_RSA_BITS || bits > MAX_RSA_BITS) throw new KeyMaterialError('unsupported', `private key: RSA-${bits} is outside ${MIN_RSA_BITS}-${MAX_RSA_BITS}`);

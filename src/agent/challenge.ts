@@ -5,6 +5,7 @@
 import crypto from 'node:crypto';
 import * as graphene from 'graphene-pk11';
 import { BUILT_MODULE } from '../paths.ts';
+import { curveByParams } from '../../shared/ec-curves.ts';
 
 export class ChallengeError extends Error {}
 
@@ -35,16 +36,13 @@ const MODULE_SYNC_MS = 25;
 export interface ExpectedKey { ckaId: Buffer; certificatePem?: string }
 
 /** Signs a fresh challenge with each of the token's keys through PKCS#11 and verifies it; rejects with a ChallengeError saying what failed. */
-/** EC curves by their CKA_EC_PARAMS (the DER OID), as JWK names them. */
-const CURVES: Record<string, string> = { '06082a8648ce3d030107': 'P-256', '06052b81040022': 'P-384' };
-
 /** A public key object's key, from its modulus and exponent (RSA) or its curve and point (EC). */
 function publicKeyOf(pub: graphene.SessionObject): crypto.KeyObject {
   const { keyType } = pub.getAttribute({ keyType: null }) as { keyType: number };
   if (keyType === graphene.KeyType.EC) {
     // graphene reads CKA_EC_PARAMS back under the name paramsECDSA (its alias for the same attribute).
     const a = pub.getAttribute({ paramsEC: null, pointEC: null }) as unknown as { paramsECDSA: Buffer; pointEC: Buffer };
-    const crv = CURVES[a.paramsECDSA.toString('hex')];
+    const crv = curveByParams(a.paramsECDSA)?.jwk;
     // CKA_EC_POINT is a DER OCTET STRING around 04 || X || Y.
     const point = a.pointEC.subarray(a.pointEC[1] & 0x80 ? 2 + (a.pointEC[1] & 0x7f) : 2);
     if (!crv || point[0] !== 4) throw new ChallengeError(`public key object: EC parameters ${a.paramsECDSA.toString('hex')} or point not understood`);

@@ -10,23 +10,7 @@
 // are): systemd follows the new master through the PID file. The new master
 // keeps only the environment nginx.conf names with `env` (OPENSSL_CONF on the
 // provider path).
-import fs from 'node:fs';
-import path from 'node:path';
-
-interface Proc { pid: number; ppid: number; cmdline: string }
-
-function processes(proc: string): Proc[] {
-  const out: Proc[] = [];
-  for (const d of fs.readdirSync(proc)) {
-    if (!/^\d+$/.test(d)) continue;
-    try {
-      const stat = fs.readFileSync(path.join(proc, d, 'stat'), 'utf8');
-      const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
-      out.push({ pid: Number(d), ppid, cmdline: fs.readFileSync(path.join(proc, d, 'cmdline'), 'utf8').replace(/\0+$/, '').replace(/\0/g, ' ') });
-    } catch { /* gone meanwhile */ }
-  }
-  return out;
-}
+import { listProcesses } from './process-start.ts';
 
 const alive = (pid: number) => { try { process.kill(pid, 0); return true; } catch { return false; } };
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -44,16 +28,16 @@ export async function nginxBinaryUpgrade(oldMaster: number, { timeoutMs = 10_000
   const t0 = performance.now();
   if (!alive(oldMaster)) throw new Error(`nginx master ${oldMaster} is not running`);
   // nginx ignores SIGUSR2 in a master whose own previous master still finishes its connections (an upgrade just before).
-  const parentOf = (pid: number) => processes(proc).find((p) => p.pid === pid)?.ppid ?? 0;
+  const parentOf = (pid: number) => listProcesses(proc).find((p) => p.pid === pid)?.ppid ?? 0;
   for (const end = Date.now() + timeoutMs; ; await sleep(50)) {
-    const parent = processes(proc).find((p) => p.pid === parentOf(oldMaster));
+    const parent = listProcesses(proc).find((p) => p.pid === parentOf(oldMaster));
     if (!parent || !/^nginx: master process/.test(parent.cmdline)) break;
     if (Date.now() > end) throw new Error(`nginx master ${oldMaster} cannot be upgraded yet: the master before it (pid ${parent.pid}) still finishes its connections`);
   }
   process.kill(oldMaster, 'SIGUSR2');
   let newMaster: number | undefined;
   for (const end = Date.now() + timeoutMs; Date.now() < end; await sleep(25)) {
-    const ps = processes(proc);
+    const ps = listProcesses(proc);
     const master = ps.find((p) => p.ppid === oldMaster && /^nginx: master process/.test(p.cmdline));
     if (master && ps.some((p) => p.ppid === master.pid && /^nginx: worker process/.test(p.cmdline))) { newMaster = master.pid; break; }
   }

@@ -3,6 +3,7 @@
 import crypto from 'node:crypto';
 import type { Health } from '../../shared/provision-wire.ts';
 import type { TokenStateName } from './agent.ts';
+import { curveByNodeName } from '../../shared/ec-curves.ts';
 
 /** One token as `nitro-acm status` shows it: what the agent knows and what the enclave holds. */
 export interface TokenStatus {
@@ -36,9 +37,8 @@ export function certificateFacts(pem: string): Pick<TokenStatus, 'subject' | 'sa
   const c = new crypto.X509Certificate(pem);
   const k = c.publicKey;
   const d = k.asymmetricKeyDetails;
-  const curves: Record<string, string> = { prime256v1: 'P256', secp384r1: 'P384', secp521r1: 'P521' };
   // As the enclave names them (nitro-acm status shows both): RSA-2048, EC-P256.
-  const keyType = k.asymmetricKeyType === 'rsa' ? `RSA-${d?.modulusLength}` : k.asymmetricKeyType === 'ec' ? `EC-${curves[d?.namedCurve ?? ''] ?? d?.namedCurve}` : String(k.asymmetricKeyType);
+  const keyType = k.asymmetricKeyType === 'rsa' ? `RSA-${d?.modulusLength}` : k.asymmetricKeyType === 'ec' ? curveByNodeName(d?.namedCurve)?.shown ?? `EC-${d?.namedCurve}` : String(k.asymmetricKeyType);
   return {
     subject: c.subject.replace(/\n/g, ', '),
     sans: (c.subjectAltName ?? '').split(', ').filter(Boolean),

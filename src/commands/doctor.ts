@@ -5,7 +5,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { execFile } from 'node:child_process';
-import { processStartedAt } from '../agent/process-start.ts';
+import { processStartedAt, listProcesses } from '../agent/process-start.ts';
 import { loadConfig, ConfigError, DEFAULT_CONFIG, configWarnings, targetSpec, type AcmConfig, type TokenConfig } from '../agent/config.ts';
 import { companionFiles, owner, targetDirProblem, type TargetSpec } from '../agent/targets.ts';
 import { controlCall } from '../agent/control.ts';
@@ -143,14 +143,9 @@ function opensslPathFinding(c: AcmConfig): { finding: Finding; path?: OpenSslPat
 
 /** The master process of a web server (its parent is not one of its own), or undefined. */
 function masterPid(names: string[], proc = '/proc'): number | undefined {
-  const comm = (pid: string) => { try { return fs.readFileSync(path.join(proc, pid, 'comm'), 'utf8').trim(); } catch { return ''; } };
-  for (const pid of fs.readdirSync(proc).filter((d) => /^\d+$/.test(d)).sort((a, b) => Number(a) - Number(b))) {
-    if (!names.includes(comm(pid))) continue;
-    let ppid = '';
-    try { ppid = fs.readFileSync(path.join(proc, pid, 'stat'), 'utf8').replace(/^.*\) /s, '').split(' ')[1]; } catch { continue; }
-    if (!names.includes(comm(ppid))) return Number(pid);
-  }
-  return undefined;
+  const ps = listProcesses(proc);
+  const named = new Set(ps.filter((p) => names.includes(p.comm)).map((p) => p.pid));
+  return ps.filter((p) => named.has(p.pid) && !named.has(p.ppid)).sort((a, b) => a.pid - b.pid)[0]?.pid;
 }
 
 /** The provider path: pkcs11-provider loads from options.openssl_conf, and the running web server was started with it. */
@@ -252,14 +247,7 @@ function fileFindings(c: AcmConfig, openssl: OpenSslPath): Finding[] {
 
 /** The command lines of running processes named `name` (from /proc). */
 function processesNamed(name: string, proc = '/proc'): string[] {
-  const found: string[] = [];
-  for (const pid of fs.readdirSync(proc).filter((d) => /^\d+$/.test(d))) {
-    try {
-      if (fs.readFileSync(path.join(proc, pid, 'comm'), 'utf8').trim() !== name) continue;
-      found.push(fs.readFileSync(path.join(proc, pid, 'cmdline'), 'utf8').split('\0').filter(Boolean).join(' '));
-    } catch { /* gone meanwhile */ }
-  }
-  return found;
+  return listProcesses(proc).filter((p) => p.comm === name).map((p) => p.cmdline);
 }
 
 /** The enclave reaches KMS only through the parent's vsock-proxy on port 8000 (nitro-enclaves-vsock-proxy.service). */
