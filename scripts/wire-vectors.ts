@@ -62,6 +62,16 @@ export function wireVectors(): string {
   const good = encodeTokenList(lists[1]);
   lines.push(`tokenlist ${hex(good.subarray(0, good.length - 1))} malformed`);
   lines.push(`tokenlist ${hex(Buffer.concat([good, Buffer.from([0])]))} malformed`);
+  // EC keys whose curve or point both sides refuse: not an OID, an OID whose length lies, a compressed point, an even length, too long.
+  const badEc = (ecParams: Buffer, ecPoint: Buffer): WireToken[] => [{ label: 'bad-ec', serial: '', keys: [{ ...ecKey(8, '06082a8648ce3d030107', 32), ecParams, ecPoint } as WireKey] }];
+  const point = Buffer.concat([Buffer.from([4]), bytes(64, 8)]);
+  for (const l of [
+    badEc(Buffer.from('04082a8648ce3d030107', 'hex'), point),
+    badEc(Buffer.from('06092a8648ce3d030107', 'hex'), point),
+    badEc(Buffer.from('06082a8648ce3d030107', 'hex'), Buffer.concat([Buffer.from([2]), bytes(32, 8)])),
+    badEc(Buffer.from('06082a8648ce3d030107', 'hex'), point.subarray(0, 64)),
+    badEc(Buffer.from('06082a8648ce3d030107', 'hex'), Buffer.concat([Buffer.from([4]), bytes(134, 8)])),
+  ]) lines.push(`tokenlist ${hex(encodeTokenList(l))} malformed`);
   const over = Buffer.alloc(2);
   over.writeUInt16BE(LIST_CAPS.tokens + 1);
   lines.push(`tokenlist ${hex(over)} overcap`);

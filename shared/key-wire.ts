@@ -170,7 +170,13 @@ export function decodeTokenList(body: Buffer): WireToken[] {
       const type = r.u8('key type');
       let pub: WirePublicKey;
       if (type === KeyType.RSA) pub = { keyType: KeyType.RSA, modulus: r.bytes16('modulus'), publicExponent: r.bytes16('public exponent') };
-      else if (type === KeyType.EC) pub = { keyType: KeyType.EC, ecParams: r.bytes16('EC parameters'), ecPoint: r.bytes16('EC point') };
+      else if (type === KeyType.EC) {
+        pub = { keyType: KeyType.EC, ecParams: r.bytes16('EC parameters'), ecPoint: r.bytes16('EC point') };
+        // As p11-module/src/wire.c reads them: a named curve's OID, and 04 || X || Y of at most P-521's size.
+        const { ecParams: p, ecPoint: q } = pub;
+        if (p.length < 3 || p.length > 16 || p[0] !== 0x06 || p[1] !== p.length - 2) throw new DecodeError('EC parameters are not a curve OID');
+        if (q.length < 3 || q.length > 133 || q.length % 2 === 0 || q[0] !== 0x04) throw new DecodeError('EC point is not an uncompressed point');
+      }
       else throw new DecodeError(`unknown key type ${type}`);
       const certificates: WireKey['certificates'] = [];
       for (let c = r.u16('certificate count'); c > 0; c--) certificates.push({ category: r.u8('category'), der: r.bytes32('certificate') });

@@ -4,7 +4,8 @@ import test from 'ava';
 import fs from 'node:fs';
 import path from 'node:path';
 import { spawnSync } from 'node:child_process';
-import { writeTarget, rewriteHttpdConf, TargetError, companionFiles, readPinFile } from '../src/agent/targets.ts';
+import { writeTarget, writeAtomic, rewriteHttpdConf, TargetError, companionFiles, readPinFile } from '../src/agent/targets.ts';
+import { resolveOpenSsl } from '../src/agent/openssl-path.ts';
 import { createCA, issueServerCert } from '../src/local/pki.ts';
 import { tmpdir } from './helpers/enclave.ts';
 
@@ -126,4 +127,26 @@ test('3. a PIN file is read only as a regular file, never through a symlink', (t
   fs.writeFileSync(path.join(dir, 'real.pin'), 'p1n-1234');
   t.is(readPinFile(path.join(dir, 'real.pin')), 'p1n-1234');
   t.is(readPinFile(path.join(dir, 'absent.pin')), undefined);
+});
+
+test('the provider path\'s OpenSSL configuration: refused in a directory others can write, and a symlink planted at its name is replaced, never followed', (t) => {
+  const dir = tmpdir('targets-openssl');
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const open = path.join(dir, 'open');
+  fs.mkdirSync(open, { mode: 0o775 });
+  fs.chmodSync(open, 0o775);
+  const log: string[] = [];
+  t.throws(() => resolveOpenSsl({ openssl: 'provider', openssl_conf: path.join(open, 'openssl.cnf') }, writeAtomic, (l) => log.push(l)), { instanceOf: TargetError, message: /open\/openssl\.cnf: directory .*open is writable by its group/ });
+  t.false(fs.existsSync(path.join(open, 'openssl.cnf')));
+  const safe = path.join(dir, 'safe');
+  fs.mkdirSync(safe, { mode: 0o755 });
+  fs.chmodSync(safe, 0o755);
+  const victim = path.join(dir, 'victim');
+  fs.writeFileSync(victim, 'not to be touched\n');
+  fs.symlinkSync(victim, path.join(safe, 'openssl.cnf'));
+  const r = resolveOpenSsl({ openssl: 'provider', openssl_conf: path.join(safe, 'openssl.cnf') }, writeAtomic, (l) => log.push(l));
+  t.deepEqual(r, { path: 'provider', conf: path.join(safe, 'openssl.cnf') });
+  t.false(fs.lstatSync(path.join(safe, 'openssl.cnf')).isSymbolicLink(), 'the symlink was replaced by the file');
+  t.regex(fs.readFileSync(path.join(safe, 'openssl.cnf'), 'utf8'), /^pkcs11-module-path = /m);
+  t.is(fs.readFileSync(victim, 'utf8'), 'not to be touched\n');
 });

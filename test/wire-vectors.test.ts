@@ -10,6 +10,8 @@ import path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { ROOT, tmpdir } from './helpers/enclave.ts';
 import { wireVectors, VECTORS_FILE } from '../scripts/wire-vectors.ts';
+import { decodeTokenList } from '../shared/key-wire.ts';
+import { DecodeError } from '../shared/bytes.ts';
 
 const BIN = path.join(ROOT, 'p11-module/build/asan/vectors_test');
 
@@ -43,4 +45,10 @@ test('a vector the C side does not match is reported (the check can fail)', (t) 
   const r = spawnSync(BIN, [file], { encoding: 'utf8' });
   t.is(r.status, 1);
   t.regex(r.stdout, /0 passed, 3 failed/);
+});
+
+test('every token list the vectors call malformed (EC keys with a bad curve or point among them) is refused by the TypeScript decoder too', (t) => {
+  const malformed = fs.readFileSync(VECTORS_FILE, 'utf8').split('\n').filter((l) => l.startsWith('tokenlist ') && l.endsWith(' malformed'));
+  t.true(malformed.length >= 7);
+  for (const l of malformed) t.throws(() => decodeTokenList(Buffer.from(l.split(' ')[1], 'hex')), { instanceOf: DecodeError }, l.slice(0, 60));
 });
