@@ -1,8 +1,10 @@
+#define _POSIX_C_SOURCE 200809L
 #include "log.h"
 
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <time.h>
 #include <unistd.h>
 
 static void emit(const char *fmt, va_list ap)
@@ -28,8 +30,11 @@ void nacm_debug(const char *fmt, ...)
   static int on = -1;
   if (on < 0) on = getenv("NITRO_ACM_P11_DEBUG") != NULL;
   if (!on) return;
-  char with_pid[160];
-  snprintf(with_pid, sizeof with_pid, "nitro-acm-p11[%d]: %s", (int)getpid(), fmt);
+  /* Wall-clock milliseconds, so a debug log lines up with the agent's and the web server's. */
+  struct timespec now;
+  clock_gettime(CLOCK_REALTIME, &now);
+  char with_pid[200];
+  snprintf(with_pid, sizeof with_pid, "%lld.%03ld nitro-acm-p11[%d]: %s", (long long)now.tv_sec, now.tv_nsec / 1000000, (int)getpid(), fmt);
   va_list ap;
   va_start(ap, fmt);
   emit(with_pid, ap);
