@@ -5,8 +5,12 @@
 //  2. Provisioning BENCH_TOKENS tokens (default 1,100,1000) through the real path
 //     (S3 fetch, KMS Decrypt with an attestation document, challenge signature
 //     through PKCS#11, stanza files): time per token and the enclave app's memory.
+//     The enclave app runs as the image has it (scripts/build-eif.ts's esbuild
+//     bundle, plus local mode's simulated NSM), not from the TypeScript sources:
+//     tsx in the main thread and in every key worker would double its memory.
 //  3. The agent idle: CPU and memory of `nitro-acm local` (agent + local cloud in
-//     one process) and of its enclave app over BENCH_IDLE_SECONDS (default 30).
+//     one process) and of its enclave app over BENCH_IDLE_SECONDS (default 30),
+//     from the JavaScript the RPM installs (scripts/build-rpm.sh's staged tree).
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -19,6 +23,9 @@ import { startTestCloud } from '../test/helpers/cloud.ts';
 import { issueServerCert } from '../src/local/pki.ts';
 import { PROJECT_ROOT } from '../src/paths.ts';
 import { configureLog } from '../shared/log.ts';
+import { makeEnclaveContext } from '../scripts/build-eif.ts';
+import { measureEnclaveApp } from '../enclave/nsm-simulated.ts';
+import { LocalEnclaveController } from '../src/local/local-enclave-controller.ts';
 
 const RENEWALS = Number(process.env.BENCH_RENEWALS ?? 5);
 const TOKEN_COUNTS = (process.env.BENCH_TOKENS ?? '1,100,1000').split(',').map(Number);
@@ -48,15 +55,21 @@ for (const server of ['nginx', 'httpd'] as const) {
   out.push(line);
 }
 
-// 2. Provisioning N tokens through the real path. One sealed bundle serves every token.
+// 2. Provisioning N tokens through the real path. One sealed bundle serves every
+// token, under a KMS key that only the bundled enclave app's PCR0 may decrypt with.
+const image = path.join(dir, 'enclave-image');
+await makeEnclaveContext(image, { withLocalMode: true });
+fs.copyFileSync(path.join(PROJECT_ROOT, 'shared/native/build/Release/native.node'), path.join(image, 'app/native.node'));
+const imageEntry = path.join(image, 'app/main.js');
 const tc = await startTestCloud(path.join(dir, 'cloud'));
+const imageKey = await tc.createKey(measureEnclaveApp(path.dirname(imageEntry)).pcr0.toString('hex'));
 const leaf = issueServerCert(tc.ca, ['bench.test']);
-await tc.put(tc.cloud.bucket(), 'bench/bundle.json', await tc.seal(leaf.certPem, leaf.keyPem));
+await tc.put(tc.cloud.bucket(), 'bench/bundle.json', await tc.seal(leaf.certPem, leaf.keyPem, imageKey));
 for (const n of TOKEN_COUNTS) {
   const etc = path.join(dir, `etc-${n}`);
   fs.mkdirSync(etc, { recursive: true });
   const yaml = `tokens:\n${Array.from({ length: n }, (_, i) => `  - label: t${i}\n    source:\n      S3:\n        uri: "s3://${tc.cloud.bucket()}/bench/bundle.json"\n    target:\n      NginxStanza:\n        path: ${etc}/t${i}.conf\n`).join('')}`;
-  const controller = tc.controller(path.join(dir, 'local-run'));
+  const controller = new LocalEnclaveController({ ...tc.controllerOptions(path.join(dir, 'local-run')), entry: imageEntry });
   let enclaveReady = 0, emptyRss = 0;
   const timed = { start: async () => { const ep = await controller.start(); enclaveReady = performance.now(); emptyRss = rssMiB(controller.process!.proc.pid!); return ep; }, running: () => controller.running(), stop: () => controller.stop() };
   const agent = new Agent({ config: parseConfig(yaml, 'bench acm.yaml'), enclave: timed, endpoints: tc.endpoints, reload: async () => {} });
@@ -67,15 +80,22 @@ for (const n of TOKEN_COUNTS) {
   const rss = rssMiB(controller.process!.proc.pid!);
   const heap = (await agent.status()).enclave.health?.memory?.heapUsedMiB;
   await agent.stop();
-  const line = `provisioning ${n} token${n === 1 ? '' : 's'}: ${serving} serving in ${((done - enclaveReady) / 1000).toFixed(1)} s after the enclave started (${((done - enclaveReady) / n).toFixed(0)} ms per token; enclave start ${((enclaveReady - t0) / 1000).toFixed(1)} s); enclave app RSS ${emptyRss.toFixed(0)} MiB empty -> ${rss.toFixed(0)} MiB (V8 heap in use ${heap} MiB)`;
+  const line = `provisioning ${n} token${n === 1 ? '' : 's'}: ${serving} serving in ${((done - enclaveReady) / 1000).toFixed(1)} s after the enclave started (${((done - enclaveReady) / n).toFixed(0)} ms per token; enclave start ${((enclaveReady - t0) / 1000).toFixed(1)} s); enclave app RSS ${emptyRss.toFixed(0)} MiB empty -> ${rss.toFixed(0)} MiB, ${(((rss - emptyRss) * 1024) / n).toFixed(0)} KiB per token (V8 heap in use ${heap} MiB)`;
   say(line);
   out.push(line);
 }
 await tc.stop();
 
-// 3. Idle: nitro-acm local as a user runs it, sampled after it settles.
+// 3. Idle: nitro-acm local as a user runs it from the installed JavaScript,
+// sampled after it settles. The PKCS#11 module goes where a checkout has it (the
+// package's own place, /usr/lib64/pkcs11, is not there on this machine).
+const rpmDir = path.join(dir, 'rpm');
+execFileSync('bash', [path.join(PROJECT_ROOT, 'scripts/build-rpm.sh')], { env: { ...process.env, NITRO_ACM_RPM_DIR: rpmDir, NITRO_ACM_EIF_DIR: path.join(dir, 'no-eif') }, stdio: ['ignore', 'ignore', 'ignore'] });
+const installed = path.join(rpmDir, 'stage/usr/lib/nitro-acm');
+fs.mkdirSync(path.join(installed, 'p11-module/build'), { recursive: true });
+fs.copyFileSync(path.join(PROJECT_ROOT, 'p11-module/build/nitro-acm-p11.so'), path.join(installed, 'p11-module/build/nitro-acm-p11.so'));
 const port = await freePort();
-const child = spawn(path.join(PROJECT_ROOT, 'bin/nitro-acm'), ['local', '--port', String(port), '--state-dir', path.join(dir, 'idle-state'), '--runtime-dir', path.join(dir, 'idle-run')], { stdio: ['ignore', 'pipe', 'pipe'] });
+const child = spawn(process.execPath, [path.join(installed, 'src/cli.js'), 'local', '--port', String(port), '--state-dir', path.join(dir, 'idle-state'), '--runtime-dir', path.join(dir, 'idle-run')], { stdio: ['ignore', 'pipe', 'pipe'] });
 await new Promise<void>((resolve, reject) => {
   let text = '';
   const t = setTimeout(() => reject(new Error(`nitro-acm local did not start: ${text}`)), 60_000);
@@ -85,9 +105,9 @@ await new Promise<void>((resolve, reject) => {
 });
 // Let start-up work (JIT, GC, the first health checks) settle before sampling.
 await new Promise((r) => setTimeout(r, 10_000));
-// The node process under bin/nitro-acm (exec'd: same pid) and its enclave app child.
+// The agent's node process and its enclave app child.
 const agentPid = child.pid!;
-const enclavePid = Number(execFileSync('pgrep', ['-P', String(agentPid), '-f', 'enclave/main.ts']).toString().trim().split('\n')[0]);
+const enclavePid = Number(execFileSync('pgrep', ['-P', String(agentPid), '-f', 'enclave/main.js']).toString().trim().split('\n')[0]);
 const a0 = cpuTicks(agentPid), e0 = cpuTicks(enclavePid), s0 = performance.now();
 await new Promise((r) => setTimeout(r, IDLE_SECONDS * 1000));
 const elapsed = (performance.now() - s0) / 1000;

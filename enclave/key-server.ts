@@ -17,7 +17,7 @@ import { Worker } from 'node:worker_threads';
 import { listen, detachSocket } from '../shared/transport.ts';
 import type { Address } from '../shared/address.ts';
 import { log } from '../shared/log.ts';
-import type { KeyStore } from './keystore.ts';
+import type { KeyStore, SentToWorkers } from './keystore.ts';
 import { PinThrottle } from './pin-throttle.ts';
 
 export interface KeyServerOptions {
@@ -68,9 +68,9 @@ export class KeyServer {
     const n = Math.max(1, opts.threads ?? os.availableParallelism());
     // Every change is broadcast as it happens, so between changes the workers hold
     // exactly the store's keys: the keys there now, which each worker's first snapshot has.
-    this.sent = new Set(store.snapshot().keys.map((k) => k.keyId));
+    this.sent = store.sentNow();
     for (let i = 0; i < n; i++) this.slots.push(this.spawn());
-    store.onChange(() => this.broadcast());
+    store.onChange(() => this.broadcastSoon());
     this.server = net.createServer({ pauseOnConnect: true }, (s) => this.dispatch(s));
     this.maxConnections = opts.maxConnections ?? defaultMaxConnections();
   }
@@ -108,8 +108,8 @@ export class KeyServer {
     return slot;
   }
 
-  /** Key ids every worker holds (a worker started later gets a full snapshot first; re-adding is harmless). */
-  private sent: Set<number>;
+  /** What every worker holds (a worker started later gets a full snapshot first; re-adding is harmless). */
+  private sent: SentToWorkers;
 
   private settleWaiters: { generation: number; done: (settled: boolean) => void }[] = [];
 
@@ -142,9 +142,19 @@ export class KeyServer {
     for (const w of waiting) if (!this.settleWaiters.includes(w)) w.done(true);
   }
 
-  private broadcast(): void {
-    const delta = this.store.delta(this.sent);
-    for (const s of this.slots) s.worker.postMessage({ type: 'delta', delta });
+  private broadcastPending = false;
+  /**
+   * Changes made in one turn of the event loop (provisioning requests finishing
+   * together) go to the workers as one delta.
+   */
+  private broadcastSoon(): void {
+    if (this.broadcastPending) return;
+    this.broadcastPending = true;
+    setImmediate(() => {
+      this.broadcastPending = false;
+      const delta = this.store.delta(this.sent);
+      for (const s of this.slots) s.worker.postMessage({ type: 'delta', delta });
+    });
   }
 
   private dispatch(sock: net.Socket): void {

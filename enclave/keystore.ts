@@ -5,7 +5,7 @@
 // previous keys stay usable, but unlisted for new lookups, for a grace period so
 // old web-server workers finish.
 import crypto, { type KeyObject, X509Certificate } from 'node:crypto';
-import { CertCategory, KeyFlag, KeyType, LIST_CAPS, encodeTokenList, type KeyTypeCode, type WirePublicKey, type WireToken } from '../shared/key-wire.ts';
+import { CertCategory, KeyFlag, KeyType, LIST_CAPS, encodeTokenEntry, joinTokenList, type KeyTypeCode, type WirePublicKey, type WireToken } from '../shared/key-wire.ts';
 import { curveByNodeName } from '../shared/ec-curves.ts';
 import { ckaIdOf } from '../shared/key-id.ts';
 
@@ -211,24 +211,43 @@ export class KeyStore {
   labels(): string[] { return [...this.tokens.keys()]; }
   key(keyId: number): { token: Token; key: StoredKey } | undefined { return this.keys.get(keyId); }
 
-  /** The encoded LIST body, rebuilt only when the generation moved. */
+  /**
+   * The encoded LIST body, rebuilt only when the generation moved, from each
+   * token's entry (re-encoded only when its keys changed), in shared memory:
+   * posting it to the key workers shares it instead of copying it. It holds every
+   * token's certificates (megabytes at 1,000 tokens) and provisioning changes it
+   * once per token, so encoding it whole and copying it to every worker made
+   * provisioning O(N^2) in bytes and in garbage.
+   */
   listBody(): Buffer {
     if (this.listCache?.generation !== this.generation) {
-      const tokens: WireToken[] = [...this.tokens.values()].map((t) => ({
-        label: t.label,
-        serial: t.serial,
-        keys: [...t.current, ...t.retired].map((k) => ({
-          keyId: k.keyId,
-          flags: t.current.includes(k) ? 0 : KeyFlag.RETIRED,
-          ckaId: k.ckaId,
-          label: k.label ?? t.label,
-          ...k.pub,
-          certificates: k.certificates,
-        })),
-      }));
-      this.listCache = { generation: this.generation, body: encodeTokenList(tokens) };
+      const entries = [...this.tokens.values()].map((t) => this.entryOf(t));
+      const size = entries.reduce((n, e) => n + e.length, 2);
+      this.listCache = { generation: this.generation, body: joinTokenList(entries, Buffer.from(new SharedArrayBuffer(size))) };
     }
     return this.listCache.body;
+  }
+
+  private entries = new WeakMap<Token, { keys: string; entry: Buffer }>();
+  private entryOf(t: Token): Buffer {
+    // A key's own fields never change; which keys a token has, and which are retired, do.
+    const keys = `${t.current.map((k) => k.keyId).join(',')}|${t.retired.map((k) => k.keyId).join(',')}`;
+    const cached = this.entries.get(t);
+    if (cached?.keys === keys) return cached.entry;
+    const entry = encodeTokenEntry({
+      label: t.label,
+      serial: t.serial,
+      keys: [...t.current, ...t.retired].map((k) => ({
+        keyId: k.keyId,
+        flags: t.current.includes(k) ? 0 : KeyFlag.RETIRED,
+        ckaId: k.ckaId,
+        label: k.label ?? t.label,
+        ...k.pub,
+        certificates: k.certificates,
+      })),
+    });
+    this.entries.set(t, { keys, entry });
+    return entry;
   }
 
   private listeners: (() => void)[] = [];
@@ -240,16 +259,30 @@ export class KeyStore {
     for (const fn of this.listeners) fn();
   }
 
-  /** The changes since the workers got the keys in `sent` (which is updated to the keys now held). */
-  delta(sent: Set<number>): KeyStoreDelta {
+  /**
+   * The changes since the workers got what `sent` records (which is updated to
+   * what they hold now): keys and tokens added or removed. A token's PIN digest
+   * and identity never change under its label, so a token is sent once.
+   */
+  delta(sent: SentToWorkers): KeyStoreDelta {
     const tokens = [...this.tokens.values()];
-    const now = tokens.flatMap((t) => [...t.current, ...t.retired].map((k) => ({ keyId: k.keyId, tokenLabel: t.label, privateKey: k.privateKey, modulusBits: k.modulusBits, keyType: k.pub.keyType })));
+    const now = tokens.flatMap((t) => [...t.current, ...t.retired].map((k) => workerKey(t, k)));
     const ids = new Set(now.map((k) => k.keyId));
-    const removeKeyIds = [...sent].filter((id) => !ids.has(id));
-    const addKeys = now.filter((k) => !sent.has(k.keyId));
-    for (const id of removeKeyIds) sent.delete(id);
-    for (const k of addKeys) sent.add(k.keyId);
-    return { generation: this.generation, listBody: this.listBody(), tokens: tokens.map((t) => ({ label: t.label, pinDigest: t.pinDigest, identity: t.identity })), addKeys, removeKeyIds };
+    const removeKeyIds = [...sent.keyIds].filter((id) => !ids.has(id));
+    const addKeys = now.filter((k) => !sent.keyIds.has(k.keyId));
+    for (const id of removeKeyIds) sent.keyIds.delete(id);
+    for (const k of addKeys) sent.keyIds.add(k.keyId);
+    const removeTokens = [...sent.tokens.keys()].filter((l) => this.tokens.get(l)?.identity !== sent.tokens.get(l));
+    for (const l of removeTokens) sent.tokens.delete(l);
+    const addTokens = tokens.filter((t) => !sent.tokens.has(t.label));
+    for (const t of addTokens) sent.tokens.set(t.label, t.identity);
+    return { generation: this.generation, listBody: this.listBody(), addTokens: addTokens.map(workerToken), removeTokens, addKeys, removeKeyIds };
+  }
+
+  /** What `delta` starts from: what a full snapshot gives a worker now. */
+  sentNow(): SentToWorkers {
+    const tokens = [...this.tokens.values()];
+    return { keyIds: new Set(tokens.flatMap((t) => [...t.current, ...t.retired].map((k) => k.keyId))), tokens: new Map(tokens.map((t) => [t.label, t.identity])) };
   }
 
   /** What a key worker thread needs to serve the key channel; structured-cloneable (KeyObjects included). */
@@ -258,25 +291,33 @@ export class KeyStore {
     return {
       generation: this.generation,
       listBody: this.listBody(),
-      tokens: tokens.map((t) => ({ label: t.label, pinDigest: t.pinDigest, identity: t.identity })),
-      keys: tokens.flatMap((t) => [...t.current, ...t.retired].map((k) => ({ keyId: k.keyId, tokenLabel: t.label, privateKey: k.privateKey, modulusBits: k.modulusBits, keyType: k.pub.keyType }))),
+      tokens: tokens.map(workerToken),
+      keys: tokens.flatMap((t) => [...t.current, ...t.retired].map((k) => workerKey(t, k))),
     };
   }
 }
 
+const workerToken = (t: Token): WorkerToken => ({ label: t.label, pinDigest: t.pinDigest, identity: t.identity });
+const workerKey = (t: Token, k: StoredKey): KeyStoreSnapshot['keys'][number] => ({ keyId: k.keyId, tokenLabel: t.label, privateKey: k.privateKey, modulusBits: k.modulusBits, keyType: k.pub.keyType });
+
 /**
- * What changed for the key workers since they were sent the keys in `sent`: the
- * token list and PIN digests whole (small), private keys only when new. Cloning a
- * KeyObject to a worker costs a key export and import, so sending every key on
- * every change made provisioning N tokens cost O(N^2).
+ * What changed for the key workers since they were sent what `SentToWorkers`
+ * records: tokens and private keys only when added or removed (cloning a
+ * KeyObject to a worker costs a key export and import), the LIST body shared.
+ * Sending everything on every change made provisioning N tokens cost O(N^2).
  */
 export interface KeyStoreDelta {
   generation: number;
   listBody: Uint8Array;
-  tokens: WorkerToken[];
+  addTokens: WorkerToken[];
+  /** Labels removed, or re-added under a new identity (then also in addTokens). */
+  removeTokens: string[];
   addKeys: KeyStoreSnapshot['keys'];
   removeKeyIds: number[];
 }
+
+/** What the key server has sent its workers: key ids, and each token's identity by label. */
+export interface SentToWorkers { keyIds: Set<number>; tokens: Map<string, string> }
 
 /** What a key worker knows of a token besides its keys. */
 export interface WorkerToken { label: string; pinDigest: Uint8Array; identity: string }
@@ -288,6 +329,8 @@ export interface KeyStoreSnapshot {
   keys: { keyId: number; tokenLabel: string; privateKey: KeyObject; modulusBits: number; keyType: KeyTypeCode }[];
 }
 
+const viewToken = (t: WorkerToken) => ({ pinDigest: Buffer.from(t.pinDigest), identity: t.identity });
+
 /** The read-only view of a snapshot that a key worker serves connections from. */
 export class KeyView {
   readonly generation: number;
@@ -295,10 +338,10 @@ export class KeyView {
   private tokens: Map<string, { pinDigest: Buffer; identity: string }>;
   private keys: Map<number, KeyStoreSnapshot['keys'][number]>;
 
-  constructor(s: KeyStoreSnapshot, keys?: Map<number, KeyStoreSnapshot['keys'][number]>) {
+  constructor(s: KeyStoreSnapshot, keys?: Map<number, KeyStoreSnapshot['keys'][number]>, tokens?: Map<string, { pinDigest: Buffer; identity: string }>) {
     this.generation = s.generation;
     this.listBody = Buffer.from(s.listBody.buffer, s.listBody.byteOffset, s.listBody.byteLength);
-    this.tokens = new Map(s.tokens.map((t) => [t.label, { pinDigest: Buffer.from(t.pinDigest), identity: t.identity }]));
+    this.tokens = tokens ?? new Map(s.tokens.map((t) => [t.label, viewToken(t)]));
     this.keys = keys ?? new Map(s.keys.map((k) => [k.keyId, k]));
   }
 
@@ -307,7 +350,10 @@ export class KeyView {
     const keys = new Map(this.keys);
     for (const id of d.removeKeyIds) keys.delete(id);
     for (const k of d.addKeys) keys.set(k.keyId, k);
-    return new KeyView({ generation: d.generation, listBody: d.listBody, tokens: d.tokens, keys: [] }, keys);
+    const tokens = new Map(this.tokens);
+    for (const l of d.removeTokens) tokens.delete(l);
+    for (const t of d.addTokens) tokens.set(t.label, viewToken(t));
+    return new KeyView({ generation: d.generation, listBody: d.listBody, tokens: [], keys: [] }, keys, tokens);
   }
 
   hasToken(label: string): boolean { return this.tokens.has(label); }

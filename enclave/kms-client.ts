@@ -70,6 +70,29 @@ function contextWithExtraCa(pem: string): tls.SecureContext {
 }
 
 /**
+ * Connections to KMS, kept open between Decrypts: a TLS handshake through the
+ * proxy cost more than the rest of a Decrypt, and provisioning 1,000 tokens made
+ * 1,000 of them. One pool per KMS host and proxy (credentials travel in each
+ * request's signature, not in the connection). An idle connection is closed
+ * after 4 s, before servers usually close theirs (Node's default is 5 s), so a
+ * request rarely meets one closing; the SDK retries one that does.
+ */
+const pools = new Map<string, https.Agent>();
+function kmsConnections(host: string, kms: KmsAccess): https.Agent {
+  const key = JSON.stringify([host, kms.proxy, kms.extraCa ?? null]);
+  let agent = pools.get(key);
+  if (!agent) {
+    agent = new https.Agent({ keepAlive: true, timeout: 4000, maxFreeSockets: 16 });
+    const secureContext = kms.extraCa ? contextWithExtraCa(kms.extraCa) : undefined;
+    // Every connection KMS needs goes through the proxy; the TLS session is ours.
+    (agent as unknown as { createConnection: (opts: tls.ConnectionOptions) => tls.TLSSocket }).createConnection = () =>
+      tls.connect({ socket: dialSync(kms.proxy, kms.timeoutMs ?? 5000), servername: host, secureContext });
+    pools.set(key, agent);
+  }
+  return agent;
+}
+
+/**
  * Runs one Decrypt through the SDK up to the point where it would be sent (with
  * made-up values, to a handler that refuses it): the SDK's first request loads
  * and compiles most of its code, about a second on a small enclave, and after an
@@ -90,11 +113,7 @@ export async function warmUpKmsClient(): Promise<void> {
 export async function attestedDecrypt(o: { ciphertext: Buffer; region: string; credentials: AwsCredentials; encryptionContext?: Record<string, string>; nsm: Nsm; kms: KmsAccess }): Promise<Buffer> {
   const { privateKey, attestation } = await recipient(o.nsm);
   const host = kmsHost(o.region); // throws for anything that is not a region
-  const agent = new https.Agent({ keepAlive: false });
-  const secureContext = o.kms.extraCa ? contextWithExtraCa(o.kms.extraCa) : undefined;
-  // Every connection KMS needs goes through the proxy; the TLS session is ours.
-  (agent as unknown as { createConnection: (opts: tls.ConnectionOptions) => tls.TLSSocket }).createConnection = () =>
-    tls.connect({ socket: dialSync(o.kms.proxy, o.kms.timeoutMs ?? 5000), servername: host, secureContext });
+  const agent = kmsConnections(host, o.kms);
   const client = new KMSClient({
     region: o.region,
     credentials: o.credentials,
@@ -102,17 +121,14 @@ export async function attestedDecrypt(o: { ciphertext: Buffer; region: string; c
     maxAttempts: 2,
     requestHandler: new NodeHttpHandler({ httpsAgent: agent, connectionTimeout: o.kms.timeoutMs ?? 5000, requestTimeout: o.kms.timeoutMs ?? 10_000 }),
   });
-  try {
-    const r = await client.send(new DecryptCommand({
-      CiphertextBlob: o.ciphertext,
-      EncryptionContext: o.encryptionContext,
-      Recipient: { KeyEncryptionAlgorithm: 'RSAES_OAEP_SHA_256', AttestationDocument: attestation },
-    }));
-    if (r.Plaintext) throw new Error('KMS returned a plaintext: the request did not carry the attestation, refusing it');
-    if (!r.CiphertextForRecipient) throw new Error('KMS returned no CiphertextForRecipient');
-    return unwrapCiphertextForRecipient(Buffer.from(r.CiphertextForRecipient), privateKey);
-  } finally {
-    client.destroy();
-    agent.destroy();
-  }
+  // Not destroyed after use: client.destroy() destroys the handler's agent, the
+  // shared pool, and with it the connections of Decrypts still under way.
+  const r = await client.send(new DecryptCommand({
+    CiphertextBlob: o.ciphertext,
+    EncryptionContext: o.encryptionContext,
+    Recipient: { KeyEncryptionAlgorithm: 'RSAES_OAEP_SHA_256', AttestationDocument: attestation },
+  }));
+  if (r.Plaintext) throw new Error('KMS returned a plaintext: the request did not carry the attestation, refusing it');
+  if (!r.CiphertextForRecipient) throw new Error('KMS returned no CiphertextForRecipient');
+  return unwrapCiphertextForRecipient(Buffer.from(r.CiphertextForRecipient), privateKey);
 }

@@ -13,7 +13,6 @@ import { pcrOf, PCR_LENGTH } from '../shared/pcr.ts';
 import { NsmError, type Nsm, type AttestationRequest } from './nsm.ts';
 
 const ENCLAVE_DIR = path.dirname(fileURLToPath(import.meta.url));
-const PROJECT_DIR = path.resolve(ENCLAVE_DIR, '..');
 
 function filesUnder(dir: string, skip: (p: string) => boolean): string[] {
   if (!fs.existsSync(dir)) return [];
@@ -24,12 +23,12 @@ function filesUnder(dir: string, skip: (p: string) => boolean): string[] {
     .sort();
 }
 
-/** SHA-384 over the relative paths and contents of the files, in a fixed order. */
-function measure(files: string[]): Buffer {
+/** SHA-384 over the paths (relative to `root`) and contents of the files, in a fixed order. */
+function measure(files: string[], root: string): Buffer {
   const h = crypto.createHash('sha384');
   for (const f of files) {
     const content = fs.readFileSync(f);
-    h.update(path.relative(PROJECT_DIR, f)).update('\0').update(String(content.length)).update('\0').update(content);
+    h.update(path.relative(root, f)).update('\0').update(String(content.length)).update('\0').update(content);
   }
   return h.digest();
 }
@@ -39,14 +38,17 @@ function measure(files: string[]): Buffer {
  * app, the shared code it runs, its dependency lock), PCR1 for kernel and boot
  * (the Node runtime), PCR2 for the application alone.
  */
-export function measureEnclaveApp(): { pcr0: Buffer; pcr1: Buffer; pcr2: Buffer } {
+export function measureEnclaveApp(enclaveDir = ENCLAVE_DIR): { pcr0: Buffer; pcr1: Buffer; pcr2: Buffer } {
+  // enclaveDir: where this code runs from (the sources, or a bundle of them such
+  // as the benchmark's); the project is its parent.
+  const projectDir = path.resolve(enclaveDir, '..');
   const built = (p: string) => p.includes(`${path.sep}build${path.sep}`) || p.includes(`${path.sep}node_modules${path.sep}`);
-  const app = filesUnder(ENCLAVE_DIR, built);
-  const image = [...app, ...filesUnder(path.join(PROJECT_DIR, 'shared'), built), ...['package-lock.json'].map((f) => path.join(PROJECT_DIR, f)).filter((f) => fs.existsSync(f))];
+  const app = filesUnder(enclaveDir, built);
+  const image = [...app, ...filesUnder(path.join(projectDir, 'shared'), built), ...['package-lock.json'].map((f) => path.join(projectDir, f)).filter((f) => fs.existsSync(f))];
   return {
-    pcr0: pcrOf(measure(image)),
+    pcr0: pcrOf(measure(image, projectDir)),
     pcr1: pcrOf(`nitro-acm simulated kernel; node ${process.version} ${process.platform}-${process.arch}`),
-    pcr2: pcrOf(measure(app)),
+    pcr2: pcrOf(measure(app, projectDir)),
   };
 }
 

@@ -16,8 +16,12 @@ import { build } from 'esbuild';
 import { PROJECT_ROOT } from '../src/paths.ts';
 import { buildEnclave } from '../src/agent/nitro-cli.ts';
 
-/** Writes the Docker build context for the enclave image; returns its files, relative and sorted. */
-export async function makeEnclaveContext(dir: string): Promise<string[]> {
+/**
+ * Writes the Docker build context for the enclave image; returns its files,
+ * relative and sorted. `withLocalMode` keeps local mode's code in the bundle: only
+ * the benchmark does that, to measure the image's app as it runs beside the local cloud.
+ */
+export async function makeEnclaveContext(dir: string, o: { withLocalMode?: boolean } = {}): Promise<string[]> {
   fs.rmSync(dir, { recursive: true, force: true });
   fs.mkdirSync(path.join(dir, 'native'), { recursive: true });
   await build({
@@ -26,7 +30,7 @@ export async function makeEnclaveContext(dir: string): Promise<string[]> {
     bundle: true, splitting: true, format: 'esm', platform: 'node', target: 'node20',
     chunkNames: 'chunk-[hash]', legalComments: 'none', logLevel: 'warning',
     // The production image: enclave/main.ts then leaves local mode's code (enclave/local-only.ts) out of the bundle.
-    define: { 'process.env.NITRO_ACM_BUILD': '"production-image"' },
+    define: o.withLocalMode ? {} : { 'process.env.NITRO_ACM_BUILD': '"production-image"' },
     // The AWS SDK has CommonJS parts; an ESM bundle gives them a require.
     banner: { js: "import { createRequire as __nitroAcmCreateRequire } from 'node:module'; const require = __nitroAcmCreateRequire(import.meta.url);" },
   });

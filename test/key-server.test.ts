@@ -10,7 +10,7 @@ import { Op, SignScheme, Hash, KeyType, decodeTokenList, encodeRequest, KEY_WIRE
 import { CKR } from '../shared/pkcs11-rv.ts';
 import fs from 'node:fs';
 import path from 'node:path';
-import { KeyStore } from '../enclave/keystore.ts';
+import { KeyStore, KeyView } from '../enclave/keystore.ts';
 import { KeyServer } from '../enclave/key-server.ts';
 import { createCA, issueServerCert } from '../src/local/pki.ts';
 import { tmpdir } from './helpers/enclave.ts';
@@ -196,4 +196,46 @@ test('the key store keeps its token list within the caps the module accepts', (t
   const long = new KeyStore();
   const chain = Array.from({ length: LIST_CAPS.certificatesPerKey }, () => ca.certPem).join('');
   t.throws(() => long.put('long', pin, { ...material, chainPem: chain }), { message: `certificate chain: ${LIST_CAPS.certificatesPerKey} certificates besides the leaf, at most ${LIST_CAPS.certificatesPerKey - 1}` });
+});
+
+test('a key worker that gets only the changes holds what a fresh snapshot holds, through adds, renewals, removals and a re-add; the list is shared, not copied', (t) => {
+  const ca = createCA('delta CA');
+  const material = () => { const leaf = issueServerCert(ca, ['delta.test']); return { privateKeyPem: leaf.keyPem, certificatePem: leaf.certPem, chainPem: ca.certPem }; };
+  const store = new KeyStore();
+  const pin = Buffer.from('delta-pin-0123456789');
+  const sent = store.sentNow();
+  let view = new KeyView(store.snapshot());
+  const same = (step: string) => {
+    const fresh = new KeyView(store.snapshot());
+    t.true(view.listBody.equals(fresh.listBody), `${step}: list`);
+    t.is(view.generation, fresh.generation, `${step}: generation`);
+    for (const label of ['a', 'b', 'c']) {
+      t.is(view.hasToken(label), fresh.hasToken(label), `${step}: ${label} listed`);
+      t.is(view.identity(label), fresh.identity(label), `${step}: ${label} identity`);
+      t.is(view.checkPin(label, pin), fresh.checkPin(label, pin), `${step}: ${label} PIN`);
+    }
+    for (const k of decodeTokenList(fresh.listBody).flatMap((x) => x.keys)) t.truthy(view.key(k.keyId), `${step}: key ${k.keyId}`);
+    t.is(decodeTokenList(view.listBody).flatMap((x) => x.keys).filter((k) => !view.key(k.keyId)).length, 0, `${step}: no listed key missing`);
+  };
+  const steps: [string, () => void][] = [
+    ['add a', () => store.put('a', pin, material())],
+    ['add b and c', () => { store.put('b', pin, material()); store.put('c', pin, material()); }],
+    ['renew a', () => store.put('a', pin, material())],
+    ['remove b', () => store.remove('b')],
+    ['re-add b', () => store.put('b', pin, material())],
+    ['remove and re-add c in one delta (a new identity)', () => { store.remove('c'); store.put('c', pin, material()); }],
+    ['retired keys expire', () => store.expireRetired(Date.now() + 365 * 86400_000)],
+  ];
+  for (const [step, change] of steps) {
+    const before = view.identity('c');
+    change();
+    const delta = store.delta(sent);
+    if (step.includes('one delta')) { t.deepEqual(delta.removeTokens, ['c']); t.deepEqual(delta.addTokens.map((x) => x.label), ['c']); t.not(store.token('c')!.identity, before); }
+    // The list is in shared memory: posting it to a worker shares it.
+    t.true(delta.listBody.buffer instanceof SharedArrayBuffer, `${step}: shared list`);
+    t.true(delta.addKeys.length <= 2, `${step}: only new keys sent`);
+    view = view.apply(delta);
+    same(step);
+  }
+  t.false(view.checkPin('a', Buffer.from('wrong')));
 });

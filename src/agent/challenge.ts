@@ -23,9 +23,30 @@ function moduleFor(address: string, modulePath: string): graphene.Module {
   return mod;
 }
 
+/** Per module: the label of each slot whose token has been read (slot id, hex -> label). */
+const labelsBySlot = new WeakMap<graphene.Module, Map<string, string>>();
+
+/**
+ * The slot of the token with this label. Reading a slot's token costs two
+ * PKCS#11 calls, so with 1,000 tokens a scan of every slot for every challenge
+ * made provisioning O(N^2). The module keeps a label's slot id for its life
+ * (docs/protocol.md), so each slot's label is read once; a slot remembered for
+ * this label is checked again before it is used.
+ */
 function findSlot(mod: graphene.Module, label: string): graphene.Slot | undefined {
   const slots = mod.getSlots(true);
-  for (let i = 0; i < slots.length; i++) if (slots.items(i).getToken().label.trim() === label) return slots.items(i);
+  let labels = labelsBySlot.get(mod);
+  if (!labels) labelsBySlot.set(mod, (labels = new Map()));
+  // graphene keeps the slot ids in a protected field; items(i) reads the slot's info too.
+  const ids = (slots as unknown as { innerItems: Buffer[] }).innerItems.map((h) => h.toString('hex'));
+  const read = (i: number) => {
+    const slot = slots.items(i);
+    const l = slot.getToken().label.trim();
+    labels.set(ids[i], l);
+    return l === label ? slot : undefined;
+  };
+  for (let i = 0; i < ids.length; i++) if (labels.get(ids[i]) === label) { const s = read(i); if (s) return s; }
+  for (let i = 0; i < ids.length; i++) if (!labels.has(ids[i])) { const s = read(i); if (s) return s; }
   return undefined;
 }
 

@@ -22,6 +22,8 @@ export interface LocalEnclaveControllerOptions {
   instanceId: string;
   kmsProxySocket: string;
   kmsCaFile: string;
+  /** Another build of the enclave app to run (the benchmark runs the image's bundle). */
+  entry?: string;
 }
 
 export class LocalEnclaveController implements EnclaveController {
@@ -50,6 +52,7 @@ export class LocalEnclaveController implements EnclaveController {
     this.adopted = undefined;
     this.enclave = await startLocalEnclave({
       keyAddress,
+      entry: this.o.entry,
       args: ['--provision-address', provisionAddress, '--nsm-sim-dir', this.o.nsmDir, '--nsm-sim-role-arn', this.o.roleArn, '--nsm-sim-instance-id', this.o.instanceId,
         '--kms-proxy', `unix:path=${this.o.kmsProxySocket}`, '--kms-ca', this.o.kmsCaFile],
       // Its lines carry their own time and level; in production they are on the enclave's console.

@@ -4,10 +4,10 @@
 // chain to a trusted root, freshness), its PCRs become the
 // kms:RecipientAttestation:* condition keys, and the answer is a
 // CiphertextForRecipient built exactly as KMS builds it. Local mode only.
-import crypto, { type X509Certificate } from 'node:crypto';
+import crypto, { X509Certificate } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { verifyAttestation, AttestationError } from '../../../shared/attestation.ts';
+import { verifyAttestation, AttestationError, type AttestationDocument } from '../../../shared/attestation.ts';
 import { buildCiphertextForRecipient } from '../../../shared/cms.ts';
 import { evaluate, parsePolicy, PolicyError, type KeyPolicy } from './policy.ts';
 import { log } from '../../../shared/log.ts';
@@ -97,13 +97,33 @@ export class LocalKms {
     };
   }
 
+  /**
+   * Documents verified lately, by their bytes and the trusted roots, until the
+   * first of their certificates expires: the enclave app sends one document with
+   * many Decrypts (provisioning 1,000 tokens), and checking its signature and
+   * chain every time was most of this stand-in's work. Its age is checked on
+   * every use (recipient()).
+   */
+  private verified = new Map<string, { doc: AttestationDocument; until: number }>();
+  private verifiedDocument(bytes: Buffer): AttestationDocument {
+    const roots = this.o.trustedRoots();
+    const key = crypto.createHash('sha256').update(bytes).update(roots.map((r) => r.fingerprint256).join()).digest('hex');
+    const hit = this.verified.get(key);
+    if (hit && Date.now() < hit.until) return hit.doc;
+    const doc = verifyAttestation(bytes, { roots, at: new Date() });
+    const until = Math.min(...[doc.certificate, ...doc.cabundle].map((c) => Date.parse(new X509Certificate(c).validTo)));
+    this.verified.set(key, { doc, until });
+    if (this.verified.size > 64) this.verified.delete(this.verified.keys().next().value!);
+    return doc;
+  }
+
   /** Verifies a Recipient's attestation document; returns the recipient key and the condition keys it yields. */
   private recipient(r: unknown): { key: crypto.KeyObject; context: Map<string, string> } | undefined {
     if (r === undefined || r === null) return undefined;
     const rec = r as { KeyEncryptionAlgorithm?: string; AttestationDocument?: string };
     if (rec.KeyEncryptionAlgorithm !== 'RSAES_OAEP_SHA_256') throw new AwsError('ValidationException', `Recipient.KeyEncryptionAlgorithm: ${String(rec.KeyEncryptionAlgorithm)}, expected RSAES_OAEP_SHA_256`);
     let doc;
-    try { doc = verifyAttestation(b64(rec.AttestationDocument, 'Recipient.AttestationDocument'), { roots: this.o.trustedRoots(), at: new Date() }); } catch (e) {
+    try { doc = this.verifiedDocument(b64(rec.AttestationDocument, 'Recipient.AttestationDocument')); } catch (e) {
       if (e instanceof AttestationError) throw new AwsError('ValidationException', `Recipient.AttestationDocument is not valid: ${e.message}`);
       throw e;
     }
