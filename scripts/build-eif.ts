@@ -2,8 +2,8 @@
 //
 // Makes the enclave image: (1) the Docker build context in DIR/context (default
 // build/eif): the enclave app bundled with esbuild (main.js and the key worker,
-// AWS SDK included, nothing of the agent), the native addon's C source and
-// enclave/Dockerfile; (2) where Docker can build, `docker build`; (3) where
+// AWS SDK included, nothing of the agent), the native addon's C source,
+// enclave/Dockerfile and enclave/rootfs.sh (the image's whole filesystem); (2) where Docker can build, `docker build`; (3) where
 // nitro-cli exists, `nitro-cli build-enclave` (signed, giving PCR8, with the two
 // options) into DIR/nitro-acm.eif, and its measurements into
 // DIR/image-measurements.json for the KMS key policy. Where a tool is missing it
@@ -36,6 +36,7 @@ export async function makeEnclaveContext(dir: string, o: { withLocalMode?: boole
   });
   fs.copyFileSync(path.join(PROJECT_ROOT, 'shared/native/native.c'), path.join(dir, 'native/native.c'));
   fs.copyFileSync(path.join(PROJECT_ROOT, 'enclave/Dockerfile'), path.join(dir, 'Dockerfile'));
+  fs.copyFileSync(path.join(PROJECT_ROOT, 'enclave/rootfs.sh'), path.join(dir, 'rootfs.sh'));
   return (fs.readdirSync(dir, { recursive: true }) as string[]).filter((f) => fs.statSync(path.join(dir, f)).isFile()).sort();
 }
 

@@ -102,11 +102,11 @@ test.serial('npm run rpm: the package installs what an operator needs, with the 
   t.regex(fs.readFileSync(path.join(sysroot, 'etc/nitro_enclaves/acm.example.yaml'), 'utf8'), /# edited by the operator\n$/, 'an edited example stays (config noreplace)');
 });
 
-test('build:eif: the build context holds exactly the enclave app bundle, the addon source and the Dockerfile', async (t) => {
+test('build:eif: the build context holds exactly the enclave app bundle, the addon source, the Dockerfile and its filesystem script', async (t) => {
   const ctx = path.join(dir, 'context');
   const files = await makeEnclaveContext(ctx);
   const chunks = files.filter((f) => /^app\/chunk-\w+\.js$/.test(f));
-  t.deepEqual(files.filter((f) => !chunks.includes(f)), ['Dockerfile', 'app/key-worker.js', 'app/main.js', 'native/native.c']);
+  t.deepEqual(files.filter((f) => !chunks.includes(f)), ['Dockerfile', 'app/key-worker.js', 'app/main.js', 'native/native.c', 'rootfs.sh']);
   const app = files.filter((f) => f.startsWith('app/')).map((f) => fs.readFileSync(path.join(ctx, f), 'utf8')).join('\n');
   // The agent, local mode, tests and the PKCS#11 module are not in the enclave.
   for (const absent of ['startService', 'chokidar', 'writeTarget', 'startLocalCloud', 'graphene', 'pkcs11js']) t.false(app.includes(absent), `${absent} is not in the enclave image`);
@@ -124,8 +124,29 @@ test('build:eif: the build context holds exactly the enclave app bundle, the add
   t.is(local.status, 2, local.stderr);
   t.regex(local.stderr, /--local is refused: this is the production enclave image, built without local mode/);
   const docker = fs.readFileSync(path.join(ctx, 'Dockerfile'), 'utf8');
-  t.regex(docker, /^FROM \$\{BASE_RUN\}$/m);
-  t.regex(docker, /^CMD \["\/app\/main\.js"\]$/m);
+  t.regex(docker, /^FROM scratch$/m);
+  t.regex(docker, /^RUN cp \/build\/native\.node \/build\/app\/native\.node \\\n && sh \/build\/rootfs\.sh \/usr\/local\/bin\/node \/build\/app \/rootfs$/m);
+  t.regex(docker, /^CMD \["\/usr\/local\/bin\/node", "\/app\/main\.js"\]$/m);
+
+  // The image's filesystem as rootfs.sh makes it, from this machine's node (the
+  // official build, as node:20-bookworm-slim has): the app runs in it with
+  // nothing else (chroot), as far as a machine without /dev/nsm lets it.
+  const rootfs = path.join(dir, 'rootfs');
+  const made = sh('sh', [path.join(ctx, 'rootfs.sh'), process.execPath, path.join(ctx, 'app'), rootfs]);
+  t.is(made.status, 0, made.stderr);
+  const clean = { PATH: '/usr/local/bin' };
+  const help = spawnSync('/usr/sbin/chroot', [rootfs, '/usr/local/bin/node', '/app/main.js', '--help'], { encoding: 'utf8', env: clean });
+  t.is(help.status, 0, help.stderr);
+  t.regex(help.stdout, /--key-address/);
+  const run = spawnSync('/usr/sbin/chroot', [rootfs, '/usr/local/bin/node', '/app/main.js'], { encoding: 'utf8', env: clean });
+  t.is(run.status, 1);
+  t.regex(run.stderr, /cannot open \/dev\/nsm \(ENOENT\)/, 'got as far as the NSM device, the addon loaded');
+  t.is(run.stderr.split('\n').filter((l) => l.trim()).length, 1, `nothing else missing: ${run.stderr}`);
+  const imageFiles = (fs.readdirSync(rootfs, { recursive: true }) as string[]).filter((f) => fs.statSync(path.join(rootfs, f)).isFile());
+  t.deepEqual(imageFiles.filter((f) => !f.startsWith('app/') && !f.startsWith('lib')).sort(), ['usr/local/bin/node']);
+  const mib = imageFiles.reduce((n, f) => n + fs.statSync(path.join(rootfs, f)).size, 0) / 1048576;
+  t.log(`enclave image filesystem: ${imageFiles.length} files, ${mib.toFixed(1)} MiB`);
+  t.true(mib < 120, `${mib.toFixed(1)} MiB`);
 });
 
 test('build:eif: measurements from nitro-cli build-enclave land in image-measurements.json; without Docker it says so', (t) => {
