@@ -2,7 +2,10 @@
 // line and column and what was expected; the example configurations are valid.
 import test from 'ava';
 import path from 'node:path';
-import { parseConfig, loadConfig, ConfigError } from '../src/agent/config.ts';
+import fs from 'node:fs';
+import os from 'node:os';
+import { spawnSync } from 'node:child_process';
+import { parseConfig, loadConfig, ConfigError, configWarnings } from '../src/agent/config.ts';
 import { ROOT } from './helpers/enclave.ts';
 
 test('the shipped examples load, with AWS defaults filled in', (t) => {
@@ -143,4 +146,28 @@ test('a token without a target, a FileDb source, and scalars AWS reads as string
   t.is(c.tokens[0].target, undefined);
   t.is(c.tokens[1].target, undefined);
   t.deepEqual(c.notes, []);
+});
+
+test('enclave.memory_mib below what the image needs: agent --check warns with the figure to set, from the EIF size', (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'nitro-acm-memory-'));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const eif = path.join(dir, 'nitro-acm.eif');
+  fs.writeFileSync(eif, '');
+  fs.truncateSync(eif, 110 * 1048576); // sparse: the size of a nitro-acm EIF (101 MiB image, kernel and init)
+  const file = path.join(dir, 'acm.yaml');
+  const write = (mib: number, tokens = 1) => fs.writeFileSync(file, `enclave:\n  cpu_count: 2\n  memory_mib: ${mib}\n  image_path: ${eif}\ntokens:\n${Array.from({ length: tokens }, (_, i) => `  - label: t${i}\n    source:\n      S3:\n        uri: s3://b/k${i}.json\n    target:\n      NginxStanza:\n        path: /etc/pki/nginx/nitro-acm/t${i}.conf\n`).join('')}`);
+  write(256); // AWS's example value
+  const r = spawnSync(path.join(ROOT, 'bin/nitro-acm'), ['agent', '--check', '--config', file], { encoding: 'utf8' });
+  t.is(r.status, 0, r.stderr);
+  t.regex(r.stderr, new RegExp(`warning: ${file}: enclave\\.memory_mib is 256: nitro-cli refuses less than 4 times the image \\(110 MiB: at least 440 MiB, error E26\\); the agent starts the enclave with 448 MiB instead\\. Set memory_mib: 448`));
+  write(512);
+  t.deepEqual(configWarnings(loadConfig(file), file), []);
+  write(512, 1000); // 1,000 tokens still fit 512 MiB
+  t.deepEqual(configWarnings(loadConfig(file), file), []);
+  write(448, 1024);
+  t.deepEqual(configWarnings(loadConfig(file), file), [], 'the floor dominates up to the token cap');
+  // No image here: nothing can be said, nothing is warned.
+  fs.rmSync(eif);
+  write(256);
+  t.deepEqual(configWarnings(loadConfig(file), file), []);
 });

@@ -6,6 +6,7 @@ import path from 'node:path';
 import { LIST_CAPS, PIN_BYTES, TOKEN_LABEL_MAX_BYTES } from '../../shared/key-wire.ts';
 import { DEFAULT_KEY_PORT, DEFAULT_PROVISION_PORT } from '../../shared/address.ts';
 import { parseS3Uri } from '../../shared/s3-uri.ts';
+import { memoryWarning } from './enclave-memory.ts';
 import { OPENSSL_SETTINGS, DEFAULT_OPENSSL_CONF, type OpenSslSetting } from './openssl-path.ts';
 import { parseDocument, LineCounter, isMap, isScalar, isSeq, type Node, type Pair, type YAMLMap } from 'yaml';
 
@@ -247,5 +248,7 @@ export function configWarnings(c: AcmConfig, file: string): string[] {
       out.push(`${file}:${t.line}: token "${t.label}": its pin is ${t.pin.length} characters; under ${MIN_SAFE_PIN_LENGTH}, a local user who guesses one every 5 s finds it in time. Leave pin out (the agent then generates a random one) or use at least ${MIN_SAFE_PIN_LENGTH} random characters`);
     }
   }
+  const memory = memoryWarning({ memoryMib: c.enclave.memory_mib, imagePath: c.enclave.image_path, tokens: c.tokens.length });
+  if (memory) out.push(`${file}: ${memory}`);
   return out;
 }

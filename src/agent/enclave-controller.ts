@@ -7,6 +7,7 @@ import { parseAddress, ENCLAVE_CID } from '../../shared/address.ts';
 import { ProvisionClient } from '../../shared/provision-wire.ts';
 import { runEnclave, describeEnclaves, terminateEnclave } from './nitro-cli.ts';
 import type { AcmConfig } from './config.ts';
+import { memoryToStart, EIF_MEMORY_RATIO } from './enclave-memory.ts';
 
 export interface EnclaveEndpoints { keyAddress: string; provisionAddress: string }
 
@@ -26,7 +27,12 @@ export class NitroCliEnclaveController implements EnclaveController {
 
   async start(): Promise<EnclaveEndpoints> {
     const running = (await describeEnclaves().catch(() => [])).find((e) => e.EnclaveName === this.name && e.State === 'RUNNING');
-    const info = running ?? await runEnclave({ eifPath: this.c.image_path, cpuCount: this.c.cpu_count, memoryMib: this.c.memory_mib, name: this.name, cid: ENCLAVE_CID });
+    let info = running;
+    if (!info) {
+      const memoryMib = memoryToStart(this.c.memory_mib, this.c.image_path);
+      if (memoryMib !== this.c.memory_mib) log.warn(`starting the enclave with ${memoryMib} MiB, not memory_mib ${this.c.memory_mib}: ${this.c.image_path} needs at least ${EIF_MEMORY_RATIO} times its size (nitro-cli error E26 otherwise); set memory_mib: ${memoryMib} in acm.yaml and at least as much in allocator.yaml`);
+      info = await runEnclave({ eifPath: this.c.image_path, cpuCount: this.c.cpu_count, memoryMib, name: this.name, cid: ENCLAVE_CID });
+    }
     this.id = info.EnclaveID;
     log.info(`${running ? 'found' : 'started'} enclave ${info.EnclaveID} (CID ${info.EnclaveCID})`);
     const ep = { keyAddress: `vsock:cid=${info.EnclaveCID};port=${this.c.p11kit_port}`, provisionAddress: `vsock:cid=${info.EnclaveCID};port=${this.c.rpc_port}` };
