@@ -8,14 +8,24 @@ const ORDER: Record<Level, number> = { trace: -1, debug: 0, info: 1, warn: 2, er
 
 let threshold: Level = (process.env.NITRO_ACM_LOG_LEVEL as Level) in ORDER ? (process.env.NITRO_ACM_LOG_LEVEL as Level) : 'info';
 let timestamps = true;
+/** text: the line above; json: one JSON object a line ({time, level, token?, message}), for log shippers. */
+export type LogFormat = 'text' | 'json';
+export const LOG_FORMATS: readonly LogFormat[] = ['text', 'json'];
+let format: LogFormat = process.env.NITRO_ACM_LOG_FORMAT === 'json' ? 'json' : 'text';
 
-export function configureLog(opts: { level?: Level; timestamps?: boolean }): void {
+export function configureLog(opts: { level?: Level; timestamps?: boolean; format?: LogFormat }): void {
   if (opts.level) threshold = opts.level;
   if (opts.timestamps !== undefined) timestamps = opts.timestamps;
+  if (opts.format) format = opts.format;
 }
 
 function emit(level: Level, token: string | undefined, msg: string): void {
   if (ORDER[level] < ORDER[threshold]) return;
+  if (format === 'json') {
+    // Always timed: a shipper has no journald to add the time.
+    process.stderr.write(JSON.stringify({ time: new Date().toISOString(), level, ...(token !== undefined ? { token } : {}), message: msg }) + '\n');
+    return;
+  }
   const parts = [];
   if (timestamps) parts.push(new Date().toISOString());
   parts.push(level.padEnd(5));

@@ -2,7 +2,7 @@
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
-import { log, routeProcessWarnings } from '../shared/log.ts';
+import { log, routeProcessWarnings, configureLog, LOG_FORMATS, type LogFormat } from '../shared/log.ts';
 
 interface Command { summary: string; help: string; run(argv: string[]): Promise<number> }
 
@@ -24,7 +24,7 @@ function kv(pairs: string[] | undefined, what: string): Record<string, string> |
 const commands: Record<string, Command> = {
   agent: {
     summary: 'the nitro-acm service; --check validates acm.yaml like nginx -t',
-    help: `Usage: nitro-acm agent [--config FILE] [--control-socket PATH]
+    help: `Usage: nitro-acm agent [--config FILE] [--control-socket PATH] [--log-format text|json]
        nitro-acm agent --check [--config FILE] [--json]
 
 Runs the service (what nitro-enclaves-acm.service starts): reads the
@@ -42,10 +42,22 @@ read, the warnings, or the error.
 
 --control-socket is where nitro-acm status reads the agent (default
 /run/nitro-acm/agent.sock, root only).
+
+--log-format json writes one JSON object a line to stderr ({"time", "level",
+"token" when the line is about one, "message"}) for log shippers; text (the
+default) is "TIME LEVEL [token] message", acm.yaml's log.enable_timestamp
+deciding the time. NITRO_ACM_LOG_FORMAT=json does the same for every command.
+Every web-server reload, restart or in-place upgrade, enclave restart and token
+state change is logged at info or above with its cause.
 `,
     async run(argv) {
-      const { values } = parseArgs({ args: argv, options: { check: { type: 'boolean' }, config: { type: 'string' }, json: { type: 'boolean' }, 'control-socket': { type: 'string' }, help: { type: 'boolean', short: 'h' } }, strict: true });
+      const { values } = parseArgs({ args: argv, options: { check: { type: 'boolean' }, config: { type: 'string' }, json: { type: 'boolean' }, 'control-socket': { type: 'string' }, 'log-format': { type: 'string' }, help: { type: 'boolean', short: 'h' } }, strict: true });
       if (values.help) { process.stdout.write(this.help); return 0; }
+      const logFormat = values['log-format'];
+      if (logFormat !== undefined) {
+        if (!(LOG_FORMATS as readonly string[]).includes(logFormat)) { process.stderr.write(`nitro-acm agent: --log-format: expected ${LOG_FORMATS.join(' or ')}, got "${logFormat}"\n`); return 2; }
+        configureLog({ format: logFormat as LogFormat });
+      }
       const { loadConfig, ConfigError, DEFAULT_CONFIG, configWarnings, describeSource, describeTarget } = await import('./agent/config.ts');
       const file = values.config ?? DEFAULT_CONFIG;
       if (!values.check) {

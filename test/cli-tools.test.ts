@@ -111,3 +111,19 @@ test('agent --check: the examples pass and list their tokens; a bad file fails w
   t.is(w.status, 0, w.stderr);
   t.regex(w.stderr, new RegExp(`warning: ${typo}:3: options: unknown key "sync_interval" is ignored \\(known: service, force_start`));
 });
+
+test('agent --log-format json: one JSON object a line, for log shippers; a format it does not know is refused', async (t) => {
+  const missing = path.join(dir, 'no-such-acm.yaml');
+  const r = await cli(['agent', '--log-format', 'json', '--config', missing]);
+  t.is(r.status, 1);
+  const lines = r.stderr.trim().split('\n').filter((l) => l.startsWith('{'));
+  t.true(lines.length >= 1, r.stderr);
+  const last = JSON.parse(lines[lines.length - 1]) as { time: string; level: string; message: string };
+  t.is(last.level, 'error');
+  t.true(last.message.includes(missing), last.message);
+  t.false(Number.isNaN(Date.parse(last.time)));
+  t.is(r.stderr.split('\n').filter((l) => l.trim() && !l.startsWith('{')).length, 0, `every line is JSON: ${r.stderr}`);
+  const bad = await cli(['agent', '--log-format', 'xml']);
+  t.is(bad.status, 2);
+  t.regex(bad.stderr, /--log-format: expected text or json, got "xml"/);
+});

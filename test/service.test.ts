@@ -59,6 +59,8 @@ test('service: serves acm.yaml, ignores a broken edit, applies a valid one', asy
   t.is(service.agent.tokens.get('one')!.state, 'serving');
   t.is(reloads, 2);
   t.deepEqual(lastAdded, ['one', 'two']);
+  // The reload's cause is logged (AWS's users could not tell why their servers restarted).
+  t.regex(stderr.join(''), /info  reloading the web server: acm\.yaml changed: two added\n/);
 });
 
 // The production reload: `systemctl reload <service>`; with force_start (AWS's

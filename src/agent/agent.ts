@@ -50,7 +50,7 @@ export interface AgentOptions {
   enclave: EnclaveController;
   endpoints?: Endpoints;
   /** Reloads the web server gracefully (the service restarts it instead for a token it cannot load otherwise: addedTokens()). */
-  reload: () => Promise<void>;
+  reload: (cause: string) => Promise<void>;
   /** Attempts per operation before a token is marked failed (with backoff and jitter). */
   retries?: number;
   /** Called when the provisioning connection ends by itself: the enclave may be gone (check it now rather than at the next health check). */
@@ -70,6 +70,11 @@ function servedKeys(t: TokenState): ServedKey[] {
 
 /** Tokens provisioned at once: each waits mostly on KMS and the enclave's key generation. */
 const PROVISION_CONCURRENCY = 4;
+
+/** Labels for a log line: the first few and how many more (1,000 tokens make a line, not a page). */
+function labels(xs: string[], shown = 5): string {
+  return xs.length <= shown ? xs.join(', ') : `${xs.slice(0, shown).join(', ')} and ${xs.length - shown} more`;
+}
 
 /** The token's PIN file: beside its target, else (no target) in pinDir, named by the label in hex; undefined when neither. */
 function pinFileOf(t: TokenConfig, pinDir: string | undefined): string | undefined {
@@ -118,7 +123,8 @@ export class Agent {
     const now = Date.now();
     for (const t of this.o.config.tokens) this.tokens.set(t.label, { config: t, pin: pinFor(t, this.o.pinDir), state: 'pending', ...(present && !present.has(t.label) ? { addedAt: now } : {}) });
     await this.provisionAll('add');
-    if ([...this.tokens.values()].some((t) => t.state === 'serving')) await this.o.reload();
+    const serving = [...this.tokens.values()].filter((t) => t.state === 'serving').map((t) => t.config.label);
+    if (serving.length) await this.o.reload(`the agent started: ${labels(serving)} provisioned`);
   }
 
   private async startEnclave(): Promise<void> {
@@ -302,7 +308,7 @@ export class Agent {
         log.token(t.config.label).warn(`sync: ${(e as Error).message} (${t.state === 'serving' ? 'still serving the current certificate' : 'not serving yet'})`);
       }
     }
-    if (renewed.length) await this.o.reload();
+    if (renewed.length) await this.o.reload(`certificate renewed, or serving again after a failure: ${labels(renewed)}`);
     return renewed;
   }
 
@@ -317,7 +323,7 @@ export class Agent {
     // An enclave given up by a failed probe just now is not probed again (a hung
     // one would cost another 5 s timeout).
     if (this.lost !== 'given up' && await this.probe()) return 'ok';
-    log.warn('enclave is gone: starting a new one and provisioning every token again (the web server keeps running)');
+    log.warn(`restarting the enclave: ${this.lostBecause}; starting a new one and provisioning every token again (the web server keeps running)`);
     await this.o.enclave.stop({ force: true }).catch(() => {});
     await this.startEnclave();
     await this.provisionAll('add');
@@ -326,15 +332,18 @@ export class Agent {
 
   /** Whether the enclave is there and answers within 5 s. Safe to call while other work runs. */
   async probe(): Promise<boolean> {
-    if (!await this.o.enclave.running()) return false;
+    if (!await this.o.enclave.running()) { this.lostBecause = 'it is not running'; return false; }
     const answers = () => this.call('health', {}, 5000, true).then(() => { this.lost = undefined; return true; });
-    try { return await answers(); } catch {
+    const failed = (e: unknown) => { this.lostBecause = `it runs but its health request failed: ${(e as Error).message}`; return false; };
+    try { return await answers(); } catch (e) {
       // A connection that ended is tried once more, anew (the enclave may have
       // closed it); one that did not answer in time means a hung enclave.
-      if (!this.provision?.closed) return false;
-      try { return await answers(); } catch { return false; }
+      if (!this.provision?.closed) return failed(e);
+      try { return await answers(); } catch (e2) { return failed(e2); }
     }
   }
+  /** Why the last probe failed, for the restart's log line. */
+  private lostBecause = 'it failed its health check';
 
   /**
    * The enclave failed a probe: work under way stops (calls in flight fail at
@@ -368,7 +377,7 @@ export class Agent {
       work.push({ t, op: added.includes(tc.label) ? 'add' : 'update' });
     }
     await this.provisionMany(work);
-    if (added.length || changed.length) await this.o.reload();
+    if (added.length || changed.length) await this.o.reload(`acm.yaml changed: ${[added.length ? `${labels(added)} added` : '', changed.length ? `${labels(changed)} changed` : ''].filter(Boolean).join(', ')}`);
     // Removed tokens leave the enclave only after the reload had time to retire the
     // workers that still use them (a new token may have taken over their stanza).
     if (removed.length) await new Promise((r) => setTimeout(r, this.o.config.options.reload_wait_ms));

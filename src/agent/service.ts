@@ -49,11 +49,15 @@ export async function startService(o: ServiceOptions): Promise<RunningService> {
   // enclave keeps a renewed token's old key for a grace period): retried with
   // every health check until it works, and shown by nitro-acm status.
   const webServer: WebServerState = { reloadPending: false, configFile: o.webServerConfig };
-  const doReload = async () => {
+  let failedCause = '';
+  // Each reload is logged with why it happens (AWS's users could not tell why their web servers restarted: aws-nitro-enclaves-acm PR #146).
+  const doReload = async (cause: string) => {
+    log.info(`reloading the web server: ${cause}`);
     try {
       await reload(config, agent.addedTokens());
       Object.assign(webServer, { reloadPending: false, lastReload: new Date().toISOString(), error: undefined });
     } catch (e) {
+      failedCause = cause;
       Object.assign(webServer, { reloadPending: true, error: (e as Error).message });
       log.error(`${(e as Error).message}; the web server keeps its previous configuration; retrying every ${healthMs / 1000} s`);
     }
@@ -72,7 +76,7 @@ export async function startService(o: ServiceOptions): Promise<RunningService> {
     healthQueued = true;
     void queue('health', async () => {
       healthQueued = false;
-      if (webServer.reloadPending) await doReload();
+      if (webServer.reloadPending) await doReload(`retrying the reload that failed (${failedCause})`);
       await agent.healthCheck();
     });
   };
