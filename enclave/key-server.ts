@@ -66,8 +66,8 @@ export class KeyServer {
 
   constructor(private readonly store: KeyStore, opts: KeyServerOptions = {}) {
     const n = Math.max(1, opts.threads ?? os.availableParallelism());
-    // Every change is broadcast as it happens, so between changes the workers hold
-    // exactly the store's keys: the keys there now, which each worker's first snapshot has.
+    // Every change is broadcast in the turn it happens in, so between changes the
+    // workers hold exactly what the store holds, which each worker's first snapshot has.
     this.sent = store.sentNow();
     for (let i = 0; i < n; i++) this.slots.push(this.spawn());
     store.onChange(() => this.broadcastSoon());

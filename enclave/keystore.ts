@@ -5,7 +5,7 @@
 // previous keys stay usable, but unlisted for new lookups, for a grace period so
 // old web-server workers finish.
 import crypto, { type KeyObject, X509Certificate } from 'node:crypto';
-import { CertCategory, KeyFlag, KeyType, LIST_CAPS, encodeTokenEntry, joinTokenList, type KeyTypeCode, type WirePublicKey, type WireToken } from '../shared/key-wire.ts';
+import { CertCategory, KeyFlag, KeyType, LIST_CAPS, encodeTokenEntry, joinTokenList, type KeyTypeCode, type WirePublicKey } from '../shared/key-wire.ts';
 import { curveByNodeName } from '../shared/ec-curves.ts';
 import { ckaIdOf } from '../shared/key-id.ts';
 
