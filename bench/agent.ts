@@ -71,7 +71,7 @@ for (const n of TOKEN_COUNTS) {
   const yaml = `tokens:\n${Array.from({ length: n }, (_, i) => `  - label: t${i}\n    source:\n      S3:\n        uri: "s3://${tc.cloud.bucket()}/bench/bundle.json"\n    target:\n      NginxStanza:\n        path: ${etc}/t${i}.conf\n`).join('')}`;
   const controller = new LocalEnclaveController({ ...tc.controllerOptions(path.join(dir, 'local-run')), entry: imageEntry });
   let enclaveReady = 0, emptyRss = 0;
-  const timed = { start: async () => { const ep = await controller.start(); enclaveReady = performance.now(); emptyRss = rssMiB(controller.process!.proc.pid!); return ep; }, running: () => controller.running(), stop: () => controller.stop() };
+  const timed = { start: async () => { const ep = await controller.start(); enclaveReady = performance.now(); emptyRss = rssMiB(controller.process!.proc.pid!); return ep; }, running: () => controller.running(), stop: () => controller.stop(), expected: () => controller.expected() };
   const agent = new Agent({ config: parseConfig(yaml, 'bench acm.yaml'), enclave: timed, endpoints: tc.endpoints, reload: async () => {} });
   const t0 = performance.now();
   await agent.start();

@@ -10,7 +10,7 @@ import type { Address } from '../shared/address.ts';
 import { parseBundle, parseFileDb, splitLeaf, BundleError, type Bundle, type FileDbKey } from '../shared/bundle.ts';
 import { PIN_BYTES, TOKEN_LABEL_MAX_BYTES } from '../shared/key-wire.ts';
 import { serveJsonFrames } from '../shared/json-frames.ts';
-import { PROVISIONING, PROVISION_VERSION, PROVISION_OPS, ProvisionError, type TokenDescription, type Health, type ProvisionOp } from '../shared/provision-wire.ts';
+import { PROVISIONING, PROVISION_VERSION, PROVISION_OPS, ProvisionError, type TokenDescription, type Health, type ProvisionOp, HEALTH_NONCE_BYTES } from '../shared/provision-wire.ts';
 import { log } from '../shared/log.ts';
 import { partitionOf } from '../shared/aws-partition.ts';
 import { KeyStore, KeyMaterialError } from './keystore.ts';
@@ -47,6 +47,13 @@ function label(args: Record<string, unknown>): string {
 export function provisioningRefusal(peer: PeerIdentity, ownUid = process.getuid?.() ?? 0): string | undefined {
   if (peer.family === 'vsock') return peer.port < 1024 ? undefined : `vsock peer cid ${peer.cid} connected from port ${peer.port}, not a privileged (< 1024, root-only) port`;
   return peer.uid === 0 || peer.uid === ownUid ? undefined : `unix peer uid ${peer.uid} (pid ${peer.pid}) is neither root nor uid ${ownUid}`;
+}
+
+/** health's nonce, checked: base64 of HEALTH_NONCE_BYTES bytes. */
+function healthNonce(v: unknown): Buffer {
+  const b = typeof v === 'string' && /^[A-Za-z0-9+/]*={0,2}$/.test(v) ? Buffer.from(v, 'base64') : undefined;
+  if (!b || b.length < HEALTH_NONCE_BYTES.min || b.length > HEALTH_NONCE_BYTES.max) throw new ProvisionError('BadRequest', `"nonce" must be base64 of ${HEALTH_NONCE_BYTES.min}..${HEALTH_NONCE_BYTES.max} bytes`);
+  return b;
 }
 
 /** The agent needs one connection; at this many, a new one closes the one quiet longest. */
@@ -102,9 +109,11 @@ export class ProvisionServer {
     const op = m.op as ProvisionOp;
     switch (op) {
       case 'health': {
-        const m = process.memoryUsage();
+        const mem = process.memoryUsage();
         const mib = (n: number) => Math.round(n / 1048576);
-        const h: Health = { ok: true, version: PROVISION_VERSION, nsm: this.o.nsm.kind, localMode: this.o.localMode, tokens: this.o.store.labels().length, generation: this.o.store.generation, memory: { rssMiB: mib(m.rss), heapUsedMiB: mib(m.heapUsed), externalMiB: mib(m.external) } };
+        const h: Health = { ok: true, version: PROVISION_VERSION, nsm: this.o.nsm.kind, localMode: this.o.localMode, tokens: this.o.store.labels().length, generation: this.o.store.generation, memory: { rssMiB: mib(mem.rss), heapUsedMiB: mib(mem.heapUsed), externalMiB: mib(mem.external) } };
+        // A nonce asks the enclave to prove what it is now: the NSM signs a document over it (the agent checks PCRs, chain and freshness).
+        if (m.nonce !== undefined) h.attestation = this.o.nsm.attestation({ nonce: healthNonce(m.nonce) }).toString('base64');
         return { ...h };
       }
       case 'describe': return { tokens: this.o.store.labels().map((l) => this.describe(l)) };

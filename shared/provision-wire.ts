@@ -27,7 +27,14 @@ export interface TokenDescription {
   keys: number;
 }
 
-export interface Health { ok: true; version: number; nsm: 'device' | 'simulated'; localMode: boolean; tokens: number; generation: number; memory?: { rssMiB: number; heapUsedMiB: number; externalMiB: number } }
+export interface Health {
+  ok: true; version: number; nsm: 'device' | 'simulated'; localMode: boolean; tokens: number; generation: number; memory?: { rssMiB: number; heapUsedMiB: number; externalMiB: number };
+  /** Present when the request carried a nonce: the NSM's attestation document over that nonce (base64). */
+  attestation?: string;
+}
+
+/** health's optional nonce (base64): the agent's fresh random bytes, which the attestation document must carry. */
+export const HEALTH_NONCE_BYTES = { min: 16, max: 512 };
 
 export type ErrorCode = 'BadRequest' | 'TokenExists' | 'NoSuchToken' | 'PlaintextRefused' | 'KmsDenied' | 'KmsError' | 'KeyMismatch' | 'KeyInvalid' | 'Internal' | 'UnsupportedVersion' | 'PinChange';
 
@@ -40,7 +47,7 @@ export const PERMANENT_ERRORS: ReadonlySet<ErrorCode> = new Set<ErrorCode>(['Key
  * (enclave/provision-server.ts, whose switch must cover every one) both use it.
  */
 export interface ProvisionOps {
-  health: { args: Record<string, never>; result: Health };
+  health: { args: { nonce?: string }; result: Health };
   describe: { args: Record<string, never>; result: { tokens: TokenDescription[] } };
   add: { args: TokenRequest; result: { token: TokenDescription } };
   update: { args: TokenRequest; result: { token: TokenDescription } };

@@ -20,7 +20,7 @@ import { KeyStore } from '../enclave/keystore.ts';
 import { createCA, issueServerCert } from '../src/local/pki.ts';
 import { parseAddress } from '../shared/address.ts';
 import type { Bundle } from '../shared/bundle.ts';
-import { tmpdir, MODULE_PATH, ROOT } from './helpers/enclave.ts';
+import { tmpdir, MODULE_PATH, changedEnclaveApp } from './helpers/enclave.ts';
 import { registerWithP11Kit } from '../src/local/p11kit.ts';
 import { startNginx, freePort, handshake, fingerprintOf } from '../src/local/webservers.ts';
 
@@ -120,13 +120,7 @@ test.serial('refused: the same bundle in debug mode (PCRs all zero)', async (t) 
 });
 
 test.serial('refused: an enclave app with one changed file (different PCR0)', async (t) => {
-  const copy = fs.mkdtempSync(path.join(dir, 'changed-'));
-  for (const d of ['enclave', 'shared']) fs.cpSync(path.join(ROOT, d), path.join(copy, d), { recursive: true, filter: (s) => !s.includes('/build/') || s.endsWith('.node') || fs.statSync(s).isDirectory() });
-  fs.copyFileSync(path.join(ROOT, 'package-lock.json'), path.join(copy, 'package-lock.json'));
-  fs.copyFileSync(path.join(ROOT, 'package.json'), path.join(copy, 'package.json'));
-  fs.symlinkSync(path.join(ROOT, 'node_modules'), path.join(copy, 'node_modules'));
-  fs.appendFileSync(path.join(copy, 'enclave/rsa-ops.ts'), '\n// one changed line\n');
-  const { provision } = await enclave(t, { entry: path.join(copy, 'enclave/main.ts') });
+  const { provision } = await enclave(t, { entry: changedEnclaveApp(dir) });
   const { bundle } = await sealed(['changed.test']);
   const err = await t.throwsAsync(provision.call('add', { label: 'web', pin: '24682468', bundle, ...instance() }));
   t.is((err as ProvisionError).code, 'KmsDenied');

@@ -92,7 +92,7 @@ test('unknown keys are ignored as AWS ignores them, each noted with its line', (
   t.is(c.enclave.cpu_count, 2);
   t.is(c.tokens[0].refresh_interval_secs, 43_200);
   t.deepEqual(c.notes, [
-    '/etc/nitro_enclaves/acm.yaml:2: enclave: unknown key "cpus" is ignored (known: cpu_count, memory_mib, image_path, boot_timeout_ms, p11kit_port, rpc_port, attestation_retry_count)',
+    '/etc/nitro_enclaves/acm.yaml:2: enclave: unknown key "cpus" is ignored (known: cpu_count, memory_mib, image_path, boot_timeout_ms, p11kit_port, rpc_port, attestation_retry_count, attestation_check_every)',
     '/etc/nitro_enclaves/acm.yaml:3: top level: unknown key "tokenz" is ignored (known: enclave, log, options, tokens)',
     '/etc/nitro_enclaves/acm.yaml:12: tokens[0]: unknown key "refresh_intervall_secs" is ignored (known: label, pin, source, target, refresh_interval_secs)',
   ]);
@@ -124,7 +124,7 @@ test("defaults are AWS's: force_start on, no timestamps, 12 h refresh, the prod 
   t.is(c.options.reload_wait_ms, 1000);
   t.is(c.options.sync_interval_secs, 600);
   t.is(c.tokens[0].refresh_interval_secs, 43_200);
-  t.deepEqual(c.enclave, { cpu_count: 2, memory_mib: 256, image_path: '/usr/share/nitro_enclaves/nitro-acm/nitro-acm.eif', boot_timeout_ms: 5000, p11kit_port: 9999, rpc_port: 10000, attestation_retry_count: 5 });
+  t.deepEqual(c.enclave, { cpu_count: 2, memory_mib: 256, image_path: '/usr/share/nitro_enclaves/nitro-acm/nitro-acm.eif', boot_timeout_ms: 5000, p11kit_port: 9999, rpc_port: 10000, attestation_retry_count: 5, attestation_check_every: 1 });
   t.is(c.options.service, 'nginx');
 });
 

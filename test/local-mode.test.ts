@@ -62,10 +62,12 @@ test.serial('local mode with --httpd: nitro-acm status and nitro-acm local renew
   const status = await cli(['status', '--socket', local.controlSocket]);
   t.is(status.status, 0, status.stderr);
   t.regex(status.stdout, /^enclave: healthy, 1 token\(s\), NSM simulated, LOCAL MODE/m);
+  t.regex(status.stdout, /^attestation: verified \d+ s ago \(fresh nonce, chain, PCR0\/1\/2 as the image; [1-9]\d* passed, 0 failed since the agent started\)$/m);
   t.regex(status.stdout, /^localhost: SERVING\n {2}certificate {2}CN=localhost\n {2}names {8}DNS:localhost, IP Address:127\.0\.0\.1\n/m);
   t.regex(status.stdout, /^ {2}target {7}Conf \S+localhost-httpd\.conf$/m);
   const d = await cli(['doctor', '--socket', local.controlSocket]);
   t.is(d.status, 0, d.stdout + d.stderr);
+  t.regex(d.stdout, /^ok {4}attestation: the enclave proved its image \d+ s ago \(fresh nonce, chain, PCR0\/1\/2\)$/m);
   t.regex(d.stdout, /^ok {4}SSLCryptoDevice: SSLCryptoDevice pkcs11 in \S+\/run\/httpd\/httpd\.conf$/m);
   t.regex(d.stdout, /^ok {4}conf localhost: \S+localhost-httpd\.conf points SSLCertificateKeyFile at the enclave token$/m);
 

@@ -51,12 +51,12 @@ test.serial("the enclave starts with at least 4 times its image's size (nitro-cl
   t.teardown(() => { log.warn = original; });
   // AWS's example memory_mib. The stand-in's enclave does not answer on vsock: start() gives up after boot_timeout_ms.
   // (Another name than the one the stand-in lists as running, so that start() runs one.)
-  const c = new NitroCliEnclaveController({ cpu_count: 2, memory_mib: 256, image_path: eif, boot_timeout_ms: 200, p11kit_port: 9999, rpc_port: 10000, attestation_retry_count: 5 }, 'memory-test');
+  const c = new NitroCliEnclaveController({ cpu_count: 2, memory_mib: 256, image_path: eif, boot_timeout_ms: 200, p11kit_port: 9999, rpc_port: 10000, attestation_retry_count: 5, attestation_check_every: 1 }, 'memory-test');
   await t.throwsAsync(c.start(), { message: /did not answer/ });
   t.true(fs.readFileSync(logFile, 'utf8').includes(`run-enclave --eif-path ${eif} --cpu-count 2 --memory 448 `));
   t.true(warned.some((m) => m.startsWith('starting the enclave with 448 MiB, not memory_mib 256')), warned.join('\n'));
   // Enough memory asked for: used as it is.
   fs.rmSync(logFile);
-  await t.throwsAsync(new NitroCliEnclaveController({ cpu_count: 2, memory_mib: 512, image_path: eif, boot_timeout_ms: 200, p11kit_port: 9999, rpc_port: 10000, attestation_retry_count: 5 }, 'memory-test').start());
+  await t.throwsAsync(new NitroCliEnclaveController({ cpu_count: 2, memory_mib: 512, image_path: eif, boot_timeout_ms: 200, p11kit_port: 9999, rpc_port: 10000, attestation_retry_count: 5, attestation_check_every: 1 }, 'memory-test').start());
   t.true(fs.readFileSync(logFile, 'utf8').includes('--memory 512 '));
 });

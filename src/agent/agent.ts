@@ -24,6 +24,10 @@ import type { TokenDescription } from '../../shared/provision-wire.ts';
 import type { EnclaveController, EnclaveEndpoints } from './enclave-controller.ts';
 import { certificateFacts, iso, type AgentStatus, type TokenStatus } from './token-status.ts';
 import { eachLimited, EnclaveUnreachable, withRetries } from './retry.ts';
+import { checkAttestation, type AttestationCheck } from './attestation-check.ts';
+
+/** The enclave's attestation checks: the last one, and how many passed and failed since the agent started. */
+export interface AttestationState { last?: AttestationCheck; passed: number; failed: number }
 
 export type TokenStateName = 'pending' | 'serving' | 'failed';
 export interface TokenState {
@@ -107,6 +111,10 @@ export class Agent {
    */
   private lost?: 'unreachable' | 'given up';
 
+  /** The enclave's attestation checks (attestation-check.ts): a failing enclave gets no key. */
+  readonly attestation: AttestationState = { passed: 0, failed: 0 };
+  private lastAttestationLog = { text: '', at: 0 };
+
   constructor(private o: AgentOptions) {
     this.retries = o.retries ?? 4;
   }
@@ -133,6 +141,60 @@ export class Agent {
     this.provision = undefined;
     await withRetries('provisioning channel', this.retries, () => this.channel());
     this.lost = undefined;
+    // Before any key goes in: the enclave proves it is the image this agent means to run.
+    this.attestation.last = undefined;
+    await this.checkAttestation();
+  }
+
+  /**
+   * Asks the enclave for an attestation document over a fresh nonce and checks
+   * it (attestation-check.ts). A failure is logged as an error (again when it
+   * changes, else once a minute); while it fails, no token is provisioned.
+   * Returns true when the enclave passes after having failed: tokens waiting
+   * on it can be provisioned now (retryWaiting).
+   */
+  async checkAttestation(): Promise<boolean> {
+    const wasFailing = this.attestation.last?.ok === false;
+    const nonce = crypto.randomBytes(32);
+    const first = this.attestation.last === undefined;
+    let check: AttestationCheck;
+    let source = '';
+    try {
+      const [h, expected] = await Promise.all([this.call('health', { nonce: nonce.toString('base64') }, 5000, true), this.o.enclave.expected()]);
+      source = expected.source;
+      check = checkAttestation(h.attestation, nonce, expected);
+    } catch (e) {
+      check = { ok: false, checkedAt: new Date().toISOString(), failures: [`no attestation: ${(e as Error).message}`] };
+    }
+    this.attestation.last = check;
+    if (check.ok) {
+      this.attestation.passed++;
+      if (wasFailing) log.info('the enclave passes its attestation check again: tokens are provisioned into it');
+      else if (first) log.info(`the enclave attests as its image: ${Object.entries(check.pcrs ?? {}).map(([i, v]) => `PCR${i} ${v.slice(0, 16)}...`).join(', ')} as expected (${source}); the document is fresh and carries the agent's nonce`);
+      this.lastAttestationLog.text = '';
+      return wasFailing;
+    }
+    this.attestation.failed++;
+    const text = check.failures.join('; ');
+    if (text !== this.lastAttestationLog.text || Date.now() - this.lastAttestationLog.at > 60_000) {
+      this.lastAttestationLog = { text, at: Date.now() };
+      log.error(`the enclave failed its attestation check (${this.attestation.failed} failed so far), so no key goes into it: ${text}`);
+    }
+    return false;
+  }
+
+  /** Why no key may go into the enclave now, or undefined. */
+  private attestationRefusal(): string | undefined {
+    const last = this.attestation.last;
+    return last && !last.ok ? `the enclave failed its attestation check, so no key goes into it: ${last.failures.join('; ')}` : undefined;
+  }
+
+  /** Tokens not serving (one that waited on a failing attestation check, say) provisioned now; reloads if any serves. */
+  async retryWaiting(cause: string): Promise<string[]> {
+    const waiting = [...this.tokens.values()].filter((t) => t.state !== 'serving');
+    const done = (await this.provisionMany(waiting.map((t) => ({ t, op: 'add' as const })))).map((t) => t.config.label);
+    if (done.length) await this.o.reload(`${cause}: ${labels(done)} provisioned`);
+    return done;
   }
 
   /**
@@ -193,6 +255,8 @@ export class Agent {
   /** Step 1: the bundle into the enclave (fetched first unless `refetch` is false and one is cached). */
   private async deliver(t: TokenState, op: 'add' | 'update' | 'refresh', refetch: boolean): Promise<boolean> {
     try {
+      const refusal = this.attestationRefusal();
+      if (refusal) throw new Error(refusal);
       const src = t.config.source;
       if ('FileDb' in src) {
         // Read once; again only while it has never been read whole.
@@ -429,7 +493,7 @@ export class Agent {
         retiredKeys: d?.retiredKeys,
       };
     });
-    return { enclave, tokens };
+    return { enclave: { ...enclave, attestation: { ...this.attestation } }, tokens };
   }
 
   async stop(): Promise<void> {

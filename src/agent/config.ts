@@ -41,7 +41,7 @@ export function describeTarget(t: TokenConfig): string {
 }
 
 export interface AcmConfig {
-  enclave: { cpu_count: number; memory_mib: number; image_path: string; boot_timeout_ms: number; p11kit_port: number; rpc_port: number; attestation_retry_count: number };
+  enclave: { cpu_count: number; memory_mib: number; image_path: string; boot_timeout_ms: number; p11kit_port: number; rpc_port: number; attestation_retry_count: number; attestation_check_every: number };
   log: { level: LogLevel; enable_timestamp: boolean };
   options: { service: 'nginx' | 'httpd'; force_start: boolean; reload_wait_ms: number; sync_interval_secs: number; reload_command?: string; pin_in_config: boolean; restart_for_new_tokens: boolean; openssl: OpenSslSetting; openssl_conf: string };
   tokens: TokenConfig[];
@@ -61,7 +61,7 @@ export class ConfigError extends Error {
 // The defaults of AWS's agent (its `defs`), except image_path (nitro-acm's own
 // image); cpu_count and memory_mib, which it requires, default to its example's.
 const DEFAULTS: Omit<AcmConfig, 'tokens' | 'notes'> = {
-  enclave: { cpu_count: 2, memory_mib: 256, image_path: '/usr/share/nitro_enclaves/nitro-acm/nitro-acm.eif', boot_timeout_ms: 5000, p11kit_port: DEFAULT_KEY_PORT, rpc_port: DEFAULT_PROVISION_PORT, attestation_retry_count: 5 },
+  enclave: { cpu_count: 2, memory_mib: 256, image_path: '/usr/share/nitro_enclaves/nitro-acm/nitro-acm.eif', boot_timeout_ms: 5000, p11kit_port: DEFAULT_KEY_PORT, rpc_port: DEFAULT_PROVISION_PORT, attestation_retry_count: 5, attestation_check_every: 1 },
   log: { level: 'info', enable_timestamp: false },
   options: { service: 'nginx', force_start: true, reload_wait_ms: 1000, sync_interval_secs: 600, pin_in_config: false, restart_for_new_tokens: true, openssl: 'auto', openssl_conf: DEFAULT_OPENSSL_CONF },
 };
@@ -87,6 +87,8 @@ const SCHEMA: Record<'enclave' | 'log' | 'options', Record<string, Field>> = {
     cpu_count: { kind: 'int', min: 1, max: 64, typeMax: U64 }, memory_mib: { kind: 'int', min: 64, max: 1024 * 1024, typeMax: U64 }, image_path: { kind: 'abs-path' },
     boot_timeout_ms: { kind: 'int', min: 100, max: 600_000, typeMax: U64 }, p11kit_port: { kind: 'int', min: 1, max: U32, typeMax: U32 }, rpc_port: { kind: 'int', min: 1, max: U32, typeMax: U32 },
     attestation_retry_count: { kind: 'int', min: 0, max: 100, typeMax: U64 },
+    // nitro-acm's own: the enclave proves its image with a fresh attestation every this many health checks (5 s each).
+    attestation_check_every: { kind: 'int', min: 1, max: 17_280, typeMax: U64 },
   },
   log: { level: { kind: 'string', oneOf: [...LOG_LEVELS, ...LOG_LEVELS.map((l) => l.toLowerCase())], expected: `${LOG_LEVELS.join(', ')} (or the same in lowercase)`, map: (v) => v.toLowerCase() }, enable_timestamp: { kind: 'bool' } },
   options: {

@@ -5,7 +5,9 @@
 import { log } from '../../shared/log.ts';
 import { parseAddress, ENCLAVE_CID } from '../../shared/address.ts';
 import { ProvisionClient } from '../../shared/provision-wire.ts';
-import { runEnclave, describeEnclaves, terminateEnclave } from './nitro-cli.ts';
+import { runEnclave, describeEnclaves, describeEif, terminateEnclave } from './nitro-cli.ts';
+import { awsNitroRoot } from '../../shared/attestation.ts';
+import { measurementsBeside, pcrsFromMeasurements, MEASUREMENTS_FILE, type ExpectedEnclave } from './attestation-check.ts';
 import type { AcmConfig } from './config.ts';
 import { memoryToStart, EIF_MEMORY_RATIO } from './enclave-memory.ts';
 
@@ -18,6 +20,8 @@ export interface EnclaveController {
   running(): Promise<boolean>;
   /** Stops the enclave; `force`: it is hung or gone, do not wait for it to stop by itself. */
   stop(opts?: { force?: boolean }): Promise<void>;
+  /** What the enclave must attest to (its image's PCRs, the root its documents chain to); throws saying why when that cannot be known. */
+  expected(): Promise<ExpectedEnclave>;
 }
 
 /** Production: the enclave image under nitro-cli, reused if it is already running. */
@@ -49,6 +53,23 @@ export class NitroCliEnclaveController implements EnclaveController {
   async running(): Promise<boolean> {
     const all = await describeEnclaves().catch(() => []);
     return all.some((e) => e.EnclaveID === this.id && e.State === 'RUNNING');
+  }
+
+  /**
+   * The image's measurements: image-measurements.json beside the EIF (npm run
+   * build:eif writes it, the RPM installs it), else nitro-cli describe-eif on the
+   * EIF itself. The documents must chain to the AWS Nitro root G1.
+   */
+  async expected(): Promise<ExpectedEnclave> {
+    const roots = [awsNitroRoot()];
+    const rootName = 'the AWS Nitro root G1';
+    const beside = measurementsBeside(this.c.image_path);
+    if (beside) return { pcrs: beside.pcrs, source: `from ${beside.file}`, roots, rootName };
+    try {
+      return { pcrs: pcrsFromMeasurements(await describeEif(this.c.image_path), `nitro-cli describe-eif ${this.c.image_path}`), source: `from nitro-cli describe-eif ${this.c.image_path}`, roots, rootName };
+    } catch (e) {
+      throw new Error(`cannot tell what ${this.c.image_path} measures: no ${MEASUREMENTS_FILE} beside it and ${(e as Error).message}`);
+    }
   }
 
   async stop(): Promise<void> {

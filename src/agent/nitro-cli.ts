@@ -1,5 +1,5 @@
 // Every call nitro-acm makes to nitro-cli, in one place: start, describe and stop
-// the enclave. The binary is `nitro-cli` on the PATH, or NITRO_CLI (tests use a
+// the enclave, read an image's measurements. The binary is `nitro-cli` on the PATH, or NITRO_CLI (tests use a
 // stand-in that prints the documented output). nitro-cli mixes progress lines
 // ("Start allocating memory...") with its JSON on stdout; only the JSON is read.
 import { execFile } from 'node:child_process';
@@ -48,6 +48,12 @@ export async function describeEnclaves(): Promise<EnclaveInfo[]> {
 export async function terminateEnclave(id: string): Promise<boolean> {
   const v = (await call(['terminate-enclave', '--enclave-id', id], 60_000)) as { Terminated?: boolean };
   return v.Terminated === true;
+}
+
+/** nitro-cli describe-eif: the image's Measurements (PCR0/1/2, PCR8 when signed), unchecked. */
+export async function describeEif(eifPath: string): Promise<unknown> {
+  const v = (await call(['describe-eif', '--eif-path', eifPath], 60_000)) as { Measurements?: unknown };
+  return v?.Measurements;
 }
 
 export interface BuildEnclaveOptions { dockerUri: string; outputFile: string; privateKey?: string; signingCertificate?: string }

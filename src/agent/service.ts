@@ -1,6 +1,7 @@
 // The long-running agent: starts the enclave and every token, then keeps them
 // serving: polls for renewals every sync_interval_secs, re-attests on each token's
-// refresh interval, checks the enclave every few seconds, and applies edits of
+// refresh interval, checks the enclave every few seconds (that it answers, and
+// with a fresh attestation that it is the image it should be), and applies edits of
 // acm.yaml as they are saved (an invalid edit is reported and ignored; everything
 // keeps serving). Every operation runs one at a time, in order.
 import path from 'node:path';
@@ -84,11 +85,19 @@ export async function startService(o: ServiceOptions): Promise<RunningService> {
   // hold up noticing it is dead or hung; a failed probe stops that work and
   // queues the replacement next.
   let probing = false;
+  let probes = 0;
   const probe = async () => {
     if (probing || healthQueued || !started) return;
     probing = true;
     try {
-      if (await agent.probe()) { if (webServer.reloadPending) checkHealth(); return; }
+      if (await agent.probe()) {
+        if (webServer.reloadPending) checkHealth();
+        // Every attestation_check_every probes the enclave also proves what it is (a fresh attestation document).
+        if (++probes % config.enclave.attestation_check_every === 0 && await agent.checkAttestation()) {
+          void queue('attestation', () => agent.retryWaiting('the enclave passes its attestation check again'));
+        }
+        return;
+      }
       agent.abandonEnclave();
       checkHealth();
     } finally { probing = false; }

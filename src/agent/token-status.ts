@@ -2,7 +2,7 @@
 // agent knows of each token and what the enclave holds. Never a PIN or a key.
 import crypto from 'node:crypto';
 import type { Health } from '../../shared/provision-wire.ts';
-import type { TokenStateName } from './agent.ts';
+import type { TokenStateName, AttestationState } from './agent.ts';
 import { curveByNodeName } from '../../shared/ec-curves.ts';
 
 /** One token as `nitro-acm status` shows it: what the agent knows and what the enclave holds. */
@@ -29,7 +29,7 @@ export interface TokenStatus {
   retiredKeys?: number;
 }
 export interface AgentStatus {
-  enclave: { reachable: boolean; health?: Health; error?: string; keyAddress?: string; provisionAddress?: string };
+  enclave: { reachable: boolean; health?: Health; error?: string; keyAddress?: string; provisionAddress?: string; attestation?: AttestationState };
   tokens: TokenStatus[];
 }
 

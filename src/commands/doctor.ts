@@ -353,6 +353,12 @@ function agentFindings(c: AcmConfig, running: StatusReport | Error): Finding[] {
   const findings: Finding[] = [st.enclave.reachable
     ? { check: 'enclave', verdict: 'ok', detail: `the enclave answers (${st.enclave.health!.tokens} tokens${st.enclave.health!.localMode ? ', LOCAL MODE' : ''})` }
     : { check: 'enclave', verdict: 'fail', detail: `the agent cannot reach the enclave: ${st.enclave.error}`, fix: 'nitro-cli describe-enclaves; check the allocator (systemctl status nitro-enclaves-allocator) has the CPUs and memory acm.yaml asks for' }];
+  const att = st.enclave.attestation?.last;
+  if (att) {
+    findings.push(att.ok
+      ? { check: 'attestation', verdict: 'ok', detail: `the enclave proved its image ${Math.round((Date.now() - Date.parse(att.checkedAt)) / 1000)} s ago (fresh nonce, chain, PCR${Object.keys(att.pcrs ?? {}).join('/')})` }
+      : { check: 'attestation', verdict: 'fail', detail: `the enclave failed its attestation check: ${att.failures.join('; ')}`, fix: 'the running enclave is not the image the agent expects: nitro-cli terminate-enclave --enclave-name nitro-acm (the agent starts its image), or install the image-measurements.json that belongs with the EIF' });
+  }
   for (const t of c.tokens) {
     const s = st.tokens.find((x) => x.label === t.label);
     if (!s) findings.push({ check: `token ${t.label}`, verdict: 'warn', detail: 'the running agent does not have this token yet (acm.yaml changed since it read it?)', fix: 'the agent applies saved edits by itself; see journalctl -u nitro-enclaves-acm' });

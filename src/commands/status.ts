@@ -27,11 +27,20 @@ function daysLeft(iso: string, now: number): string {
   return d < 0 ? 'EXPIRED' : `${Math.floor(d)} days left`;
 }
 
+function attestationLines(a: StatusReport['enclave']['attestation'], now: number): string[] {
+  const last = a?.last;
+  if (!last) return ['attestation: not checked yet'];
+  const counts = `${a!.passed} passed, ${a!.failed} failed since the agent started`;
+  if (last.ok) return [`attestation: verified ${ago(last.checkedAt, now)} (fresh nonce, chain, PCR${Object.keys(last.pcrs ?? {}).join('/')} as the image; ${counts})`];
+  return [`attestation: FAILED ${ago(last.checkedAt, now)} (${counts}); no key goes into this enclave:`, ...last.failures.map((f) => `  ${f}`)];
+}
+
 export function formatStatus(r: StatusReport, now = Date.now()): string {
   const e = r.enclave;
   const lines = [`agent: ${r.configFile} (${r.socket})`,
     ...(r.webServer?.reloadPending ? [`web server: LAST RELOAD FAILED (${r.webServer.error}); retrying`] : []),
-    e.reachable ? `enclave: healthy, ${e.health!.tokens} token(s), NSM ${e.health!.nsm}${e.health!.localMode ? ', LOCAL MODE' : ''}${e.health!.memory ? `, ${e.health!.memory.rssMiB} MiB resident` : ''} (${e.provisionAddress})` : `enclave: NOT REACHABLE: ${e.error}`];
+    e.reachable ? `enclave: healthy, ${e.health!.tokens} token(s), NSM ${e.health!.nsm}${e.health!.localMode ? ', LOCAL MODE' : ''}${e.health!.memory ? `, ${e.health!.memory.rssMiB} MiB resident` : ''} (${e.provisionAddress})` : `enclave: NOT REACHABLE: ${e.error}`,
+    ...attestationLines(e.attestation, now)];
   for (const t of r.tokens) {
     lines.push('', `${t.label}: ${t.state.toUpperCase()}${t.inEnclave ? '' : ' (not in the enclave)'}`);
     if (t.subject) {
@@ -44,7 +53,7 @@ export function formatStatus(r: StatusReport, now = Date.now()): string {
   return lines.join('\n') + '\n';
 }
 
-/** Exit status for scripts: 0 all serving, the enclave healthy and the last reload good; 1 otherwise. */
+/** Exit status for scripts: 0 all serving, the enclave healthy and attested, and the last reload good; 1 otherwise. */
 export function statusExitCode(r: StatusReport): number {
-  return r.enclave.reachable && !r.webServer?.reloadPending && r.tokens.every((t) => t.state === 'serving' && t.inEnclave) ? 0 : 1;
+  return r.enclave.reachable && r.enclave.attestation?.last?.ok === true && !r.webServer?.reloadPending && r.tokens.every((t) => t.state === 'serving' && t.inEnclave) ? 0 : 1;
 }

@@ -30,7 +30,7 @@ export interface LocalEnclave {
 
 // The TypeScript source in a checkout (run through tsx); the compiled JavaScript in a package.
 const COMPILED = import.meta.url.endsWith('.js');
-const ENCLAVE_MAIN = path.join(PROJECT_ROOT, COMPILED ? 'enclave/main.js' : 'enclave/main.ts');
+export const ENCLAVE_MAIN = path.join(PROJECT_ROOT, COMPILED ? 'enclave/main.js' : 'enclave/main.ts');
 const OUTPUT_KEPT = 1024 * 1024;
 // Resolved here, not by the child from its working directory.
 const loaderArgs = (entry: string) => (entry.endsWith('.ts') ? ['--import', import.meta.resolve('tsx')] : []);

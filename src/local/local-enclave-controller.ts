@@ -7,6 +7,10 @@ import type { EnclaveController, EnclaveEndpoints } from '../agent/enclave-contr
 import { ProvisionClient } from '../../shared/provision-wire.ts';
 import { parseAddress } from '../../shared/address.ts';
 import { log } from '../../shared/log.ts';
+import { X509Certificate } from 'node:crypto';
+import { measureEnclaveApp } from '../../enclave/nsm-simulated.ts';
+import { ENCLAVE_MAIN } from './enclave-process.ts';
+import type { ExpectedEnclave } from '../agent/attestation-check.ts';
 
 async function answers(address: string): Promise<boolean> {
   try {
@@ -24,6 +28,8 @@ export interface LocalEnclaveControllerOptions {
   kmsCaFile: string;
   /** Another build of the enclave app to run (the benchmark runs the image's bundle). */
   entry?: string;
+  /** More enclave app options (tests: --nsm-sim-debug). */
+  enclaveArgs?: string[];
 }
 
 export class LocalEnclaveController implements EnclaveController {
@@ -54,7 +60,7 @@ export class LocalEnclaveController implements EnclaveController {
       keyAddress,
       entry: this.o.entry,
       args: ['--provision-address', provisionAddress, '--nsm-sim-dir', this.o.nsmDir, '--nsm-sim-role-arn', this.o.roleArn, '--nsm-sim-instance-id', this.o.instanceId,
-        '--kms-proxy', `unix:path=${this.o.kmsProxySocket}`, '--kms-ca', this.o.kmsCaFile],
+        '--kms-proxy', `unix:path=${this.o.kmsProxySocket}`, '--kms-ca', this.o.kmsCaFile, ...(this.o.enclaveArgs ?? [])],
       // Its lines carry their own time and level; in production they are on the enclave's console.
       onLine: (line) => { process.stderr.write(`enclave: ${line}\n`); },
     });
@@ -64,6 +70,15 @@ export class LocalEnclaveController implements EnclaveController {
   async running(): Promise<boolean> {
     if (this.adopted) return answers(this.adopted);
     return this.enclave !== undefined && this.enclave.proc.exitCode === null && this.enclave.proc.signalCode === null;
+  }
+
+  /** The simulated NSM measures the enclave app's own files (enclave/nsm-simulated.ts) and signs under local mode's root in nsmDir. */
+  async expected(): Promise<ExpectedEnclave> {
+    const m = measureEnclaveApp(path.dirname(this.o.entry ?? ENCLAVE_MAIN));
+    const rootFile = path.join(this.o.nsmDir, 'nsm-root.pem');
+    let root: X509Certificate;
+    try { root = new X509Certificate(fs.readFileSync(rootFile)); } catch (e) { throw new Error(`local mode's simulated NSM root ${rootFile}: ${(e as Error).message}`); }
+    return { pcrs: new Map([[0, m.pcr0], [1, m.pcr1], [2, m.pcr2]]), source: `local mode's measurement of ${path.dirname(this.o.entry ?? ENCLAVE_MAIN)}`, roots: [root], rootName: "local mode's simulated NSM root" };
   }
 
   /** Stops the enclave app this controller started (an adopted one is not its child: it is left alone). */

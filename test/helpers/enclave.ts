@@ -89,3 +89,17 @@ export async function waitForSocket(p: string, timeoutMs = 10_000): Promise<void
     await new Promise((r) => setTimeout(r, 25));
   }
 }
+
+/**
+ * A copy of the enclave app with one changed line (a different image: other
+ * PCR0 and PCR2), under `dir`; returns its enclave/main.ts.
+ */
+export function changedEnclaveApp(dir: string): string {
+  const copy = fs.mkdtempSync(path.join(dir, 'changed-'));
+  for (const d of ['enclave', 'shared']) fs.cpSync(path.join(PROJECT_ROOT, d), path.join(copy, d), { recursive: true, filter: (s) => !s.includes('/build/') || s.endsWith('.node') || fs.statSync(s).isDirectory() });
+  fs.copyFileSync(path.join(PROJECT_ROOT, 'package-lock.json'), path.join(copy, 'package-lock.json'));
+  fs.copyFileSync(path.join(PROJECT_ROOT, 'package.json'), path.join(copy, 'package.json'));
+  fs.symlinkSync(path.join(PROJECT_ROOT, 'node_modules'), path.join(copy, 'node_modules'));
+  fs.appendFileSync(path.join(copy, 'enclave/rsa-ops.ts'), '\n// one changed line\n');
+  return path.join(copy, 'enclave/main.ts');
+}
