@@ -78,19 +78,6 @@ out:
 }
 
 /*
- * Before a handle is looked up: a cache emptied by C_Initialize in a forked child
- * is filled again, so a handle the parent handed out (same object, same handle)
- * works at once. Called without M; on failure the lookup fails as before.
- */
-void ensure_list(void)
-{
-  pthread_mutex_lock(&M);
-  int need = !have_list || list_dirty;
-  pthread_mutex_unlock(&M);
-  if (need) (void)sync_list(0);
-}
-
-/*
  * Before a key or object handle is used: fill a stale cache, and if the handle
  * is unknown or its token absent, ask the enclave whether its list changed (at
  * most every SYNC_INTERVAL_MS): after an enclave restart the module may have
@@ -112,6 +99,24 @@ CK_RV sync_for_handle(CK_OBJECT_HANDLE h)
   return stale || missing ? sync_list(missing) : CKR_OK;
 }
 
+
+/*
+ * Before a slot's token is looked at: fill a stale cache, and if the slot's
+ * token is absent, ask the enclave whether its list changed (at most every
+ * SYNC_INTERVAL_MS). A process that listed the tokens while the enclave held
+ * none (a web-server worker forked while the agent provisions a new enclave)
+ * sends nothing else that would tell it they are back: pkcs11-provider asks
+ * C_GetTokenInfo first, and without this would be told "no token" for the
+ * worker's whole life. Called without M.
+ */
+CK_RV sync_for_slot(CK_SLOT_ID id)
+{
+  pthread_mutex_lock(&M);
+  int stale = !have_list || list_dirty;
+  int absent = !stale && id >= 1 && id <= nslots && !slots[id - 1].present;
+  pthread_mutex_unlock(&M);
+  return stale || absent ? sync_list(absent) : CKR_OK;
+}
 
 /* Sends LOGIN for a slot's label; `rv_out` gets the enclave's answer. Called without M. */
 CK_RV send_login(const char *label, const uint8_t *pin, size_t pin_len, CK_RV *rv_out)

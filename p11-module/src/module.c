@@ -279,7 +279,7 @@ CK_RV C_GetSlotInfo(CK_SLOT_ID slotID, CK_SLOT_INFO_PTR pInfo)
 {
   REQUIRE_INIT();
   if (!pInfo) return CKR_ARGUMENTS_BAD;
-  ensure_list(); /* slot ids are good from C_Initialize on, as for C_OpenSession */
+  (void)sync_for_slot(slotID); /* slot ids are good from C_Initialize on, as for C_OpenSession */
   pthread_mutex_lock(&M);
   CK_RV rv = CKR_OK;
   if (slotID == 0 || slotID > nslots) { rv = CKR_SLOT_ID_INVALID; goto out; }
@@ -299,7 +299,7 @@ CK_RV C_GetTokenInfo(CK_SLOT_ID slotID, CK_TOKEN_INFO_PTR pInfo)
 {
   REQUIRE_INIT();
   if (!pInfo) return CKR_ARGUMENTS_BAD;
-  ensure_list(); /* slot ids are good from C_Initialize on, as for C_OpenSession */
+  (void)sync_for_slot(slotID); /* slot ids are good from C_Initialize on, as for C_OpenSession */
   pthread_mutex_lock(&M);
   CK_RV rv;
   struct slot *s = slot_get_rv(slotID, &rv);
@@ -338,7 +338,7 @@ CK_RV C_GetMechanismList(CK_SLOT_ID slotID, CK_MECHANISM_TYPE_PTR pMechanismList
 {
   REQUIRE_INIT();
   if (!pulCount) return CKR_ARGUMENTS_BAD;
-  ensure_list(); /* slot ids are good from C_Initialize on, as for C_OpenSession */
+  (void)sync_for_slot(slotID); /* slot ids are good from C_Initialize on, as for C_OpenSession */
   pthread_mutex_lock(&M);
   CK_RV why;
   int ok = slot_get_rv(slotID, &why) != NULL;
@@ -357,7 +357,7 @@ CK_RV C_GetMechanismInfo(CK_SLOT_ID slotID, CK_MECHANISM_TYPE type, CK_MECHANISM
 {
   REQUIRE_INIT();
   if (!pInfo) return CKR_ARGUMENTS_BAD;
-  ensure_list(); /* slot ids are good from C_Initialize on, as for C_OpenSession */
+  (void)sync_for_slot(slotID); /* slot ids are good from C_Initialize on, as for C_OpenSession */
   pthread_mutex_lock(&M);
   CK_RV why;
   int ok = slot_get_rv(slotID, &why) != NULL;

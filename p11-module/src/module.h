@@ -174,8 +174,8 @@ CK_RV attr_value(struct object *o, CK_ATTRIBUTE_TYPE type, const void **p, CK_UL
 /* client.c */
 CK_RV call(kw_buf *req, uint32_t id, kw_response *resp, uint8_t **reply_out);
 CK_RV sync_list(int ping);
-void ensure_list(void);
 CK_RV sync_for_handle(CK_OBJECT_HANDLE h);
+CK_RV sync_for_slot(CK_SLOT_ID id);
 CK_RV send_login(const char *label, const uint8_t *pin, size_t pin_len, CK_RV *rv_out);
 CK_RV private_op(CK_OBJECT_HANDLE hKey, uint8_t op, uint8_t scheme, uint8_t hash, uint8_t mgf, uint32_t salt, const uint8_t *label, size_t label_len, const uint8_t *in, size_t in_len, uint8_t *out, size_t *out_len);
 

@@ -84,7 +84,7 @@ CK_RV C_OpenSession(CK_SLOT_ID slotID, CK_FLAGS flags, CK_VOID_PTR pApplication,
   REQUIRE_INIT();
   if (!phSession) return CKR_ARGUMENTS_BAD;
   if (!(flags & CKF_SERIAL_SESSION)) return CKR_SESSION_PARALLEL_NOT_SUPPORTED;
-  ensure_list();
+  (void)sync_for_slot(slotID);
   pthread_mutex_lock(&M);
   CK_RV rv = CKR_OK;
   /*
