@@ -19,6 +19,7 @@ import type { Address } from '../shared/address.ts';
 import { log } from '../shared/log.ts';
 import type { KeyStore, SentToWorkers } from './keystore.ts';
 import { PinThrottle } from './pin-throttle.ts';
+import { addOperationStats, emptyOperationStats, type TokenOperationStats } from '../shared/operation-stats.ts';
 
 export interface KeyServerOptions {
   /** Key worker threads; default: the CPUs the enclave has. */
@@ -93,10 +94,11 @@ export class KeyServer {
     // Posted now, so it comes before any connection handed to this worker (messages
     // wait in the port until the worker listens).
     worker.postMessage({ type: 'snapshot', snapshot: this.store.snapshot() });
-    worker.on('message', (m: { type: string; generation?: number }) => {
+    worker.on('message', (m: { type: string; generation?: number; id?: number; stats?: Record<string, TokenOperationStats> }) => {
       if (m.type === 'ready') ready();
       else if (m.type === 'closed') slot.connections--;
       else if (m.type === 'applied') { slot.generation = m.generation; this.wakeSettled(); }
+      else if (m.type === 'stats') this.statsReplies.get(m.id!)?.(m.stats ?? {});
     });
     worker.on('error', (e) => {
       if (this.closing) return;
@@ -140,6 +142,32 @@ export class KeyServer {
     const waiting = this.settleWaiters;
     this.settleWaiters = waiting.filter((w) => !this.allAt(w.generation));
     for (const w of waiting) if (!this.settleWaiters.includes(w)) w.done(true);
+  }
+
+  private statsReplies = new Map<number, (stats: Record<string, TokenOperationStats>) => void>();
+  private nextStatsId = 1;
+
+  /**
+   * Each token's private-key operations since the enclave app started, every
+   * worker's added up. A worker busy for longer than `timeoutMs` (a burst of
+   * signatures) is left out of this answer rather than waited for.
+   */
+  async operationStats(timeoutMs = 1000): Promise<Map<string, TokenOperationStats>> {
+    const answers = await Promise.all(this.slots.map((s) => new Promise<Record<string, TokenOperationStats>>((resolve) => {
+      const id = this.nextStatsId++;
+      const timer = setTimeout(() => { this.statsReplies.delete(id); resolve({}); }, timeoutMs);
+      this.statsReplies.set(id, (stats) => { clearTimeout(timer); this.statsReplies.delete(id); resolve(stats); });
+      s.worker.postMessage({ type: 'stats', id });
+    })));
+    const total = new Map<string, TokenOperationStats>();
+    for (const a of answers) {
+      for (const [label, st] of Object.entries(a)) {
+        let t = total.get(label);
+        if (!t) total.set(label, t = emptyOperationStats());
+        addOperationStats(t, st);
+      }
+    }
+    return total;
   }
 
   private broadcastPending = false;

@@ -8,8 +8,9 @@ import { KeyView, type KeyStoreSnapshot, type KeyStoreDelta } from './keystore.t
 import { serveKeyConnection, ReplyBudget } from './key-connection.ts';
 import { PinThrottle } from './pin-throttle.ts';
 import { ConnectionsByActivity } from './connections-by-activity.ts';
+import { countOperation, emptyOperationStats, type TokenOperationStats } from '../shared/operation-stats.ts';
 
-type Msg = { type: 'snapshot'; snapshot: KeyStoreSnapshot } | { type: 'delta'; delta: KeyStoreDelta } | { type: 'connection'; fd: number } | { type: 'evict' };
+type Msg = { type: 'snapshot'; snapshot: KeyStoreSnapshot } | { type: 'delta'; delta: KeyStoreDelta } | { type: 'connection'; fd: number } | { type: 'evict' } | { type: 'stats'; id: number };
 
 let view: KeyView | undefined;
 const current = () => view!;
@@ -17,6 +18,13 @@ const connections = new ConnectionsByActivity();
 // One PIN throttle for all workers (the main thread made its memory), one reply budget for this worker.
 const pins = new PinThrottle((workerData as { pinThrottle: SharedArrayBuffer }).pinThrottle);
 const replies = new ReplyBudget();
+/** This worker's private-key operations per token since it started; the main thread adds every worker's up (KeyServer.operationStats). */
+const stats = new Map<string, TokenOperationStats>();
+const counted = (token: string, op: 'sign' | 'decrypt', ok: boolean, seconds: number) => {
+  let s = stats.get(token);
+  if (!s) stats.set(token, s = emptyOperationStats());
+  countOperation(s, op, ok, seconds);
+};
 
 function describePeer(sock: ReturnType<typeof socketFromFd>): string | undefined {
   try {
@@ -33,9 +41,15 @@ parentPort!.on('message', (m: Msg) => {
   if (m.type === 'snapshot') { view = new KeyView(m.snapshot); applied(); return; }
   if (m.type === 'delta') { view = view!.apply(m.delta); applied(); return; }
   if (m.type === 'evict') { connections.closeIdlest(); return; }
+  if (m.type === 'stats') {
+    // A token gone from the store takes its counts along (labels come and go; the map must not grow without end).
+    for (const label of stats.keys()) if (!view!.hasToken(label)) stats.delete(label);
+    parentPort!.postMessage({ type: 'stats', id: m.id, stats: Object.fromEntries(stats) });
+    return;
+  }
   const sock = socketFromFd(m.fd);
   connections.track(sock);
   sock.on('close', () => parentPort!.postMessage({ type: 'closed' }));
-  serveKeyConnection(sock, current, { pins, replies, peer: describePeer(sock) });
+  serveKeyConnection(sock, current, { pins, replies, peer: describePeer(sock), counted });
 });
 parentPort!.postMessage({ type: 'ready' });

@@ -113,7 +113,7 @@ async function main(): Promise<number> {
   let provision: ProvisionServer | undefined;
   if (args['provision-address'] || !args.local) {
     if (!nsm) { log.error('the provisioning channel needs an NSM (local mode: --nsm-sim-dir)'); return 2; }
-    provision = new ProvisionServer({ store, nsm, kms: { proxy: kmsProxy, extraCa: kmsCa }, localMode: args.local, keysServed: () => keys.settled() });
+    provision = new ProvisionServer({ store, nsm, kms: { proxy: kmsProxy, extraCa: kmsCa }, localMode: args.local, keysServed: () => keys.settled(), operationStats: () => keys.operationStats() });
     try { await provision.listen(provisionAddress); } catch (e) { log.error(`provisioning channel: cannot listen on ${formatAddress(provisionAddress)}: ${(e as Error).message}`); return 1; }
     log.info(`provisioning channel listening on ${formatAddress(provisionAddress)} (NSM: ${nsm.kind})`);
   }

@@ -17,11 +17,14 @@ import { KeyStore, KeyMaterialError } from './keystore.ts';
 import { ConnectionsByActivity } from './connections-by-activity.ts';
 import { attestedDecrypt, prepareRecipient, warmUpKmsClient, type KmsAccess, type AwsCredentials } from './kms-client.ts';
 import type { Nsm } from './nsm.ts';
+import { emptyOperationStats, type TokenOperationStats } from '../shared/operation-stats.ts';
 
 export interface ProvisionServerOptions {
   store: KeyStore; nsm: Nsm; kms: KmsAccess; localMode: boolean;
   /** Resolves once the key channel serves the store as it is now (KeyServer.settled); a reply to a change waits for it. */
   keysServed?: () => Promise<unknown>;
+  /** Each token's private-key operations since the enclave app started (KeyServer.operationStats), for describe. */
+  operationStats?: () => Promise<Map<string, TokenOperationStats>>;
 }
 
 function field(args: Record<string, unknown>, name: string): string {
@@ -116,7 +119,10 @@ export class ProvisionServer {
         if (m.nonce !== undefined) h.attestation = this.o.nsm.attestation({ nonce: healthNonce(m.nonce) }).toString('base64');
         return { ...h };
       }
-      case 'describe': return { tokens: this.o.store.labels().map((l) => this.describe(l)) };
+      case 'describe': {
+        const ops = await this.o.operationStats?.();
+        return { tokens: this.o.store.labels().map((l) => ({ ...this.describe(l), ...(ops ? { operations: ops.get(l) ?? emptyOperationStats() } : {}) })) };
+      }
       case 'remove': {
         const l = label(m);
         if (!this.o.store.remove(l)) throw new ProvisionError('NoSuchToken', `no token "${l}"`);

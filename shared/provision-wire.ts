@@ -5,6 +5,7 @@ import { FrameError, JsonFrameClient, type JsonChannel } from './json-frames.ts'
 import { connect } from './transport.ts';
 import type { Address } from './address.ts';
 import type { Bundle, FileDbKey } from './bundle.ts';
+import type { TokenOperationStats } from './operation-stats.ts';
 
 export const PROVISION_VERSION = 1;
 export const MAX_PROVISION_FRAME = 1024 * 1024;
@@ -25,6 +26,8 @@ export interface TokenDescription {
   retiredKeys: number;
   /** Keys served now (more than one only for a FileDb source). subject, notAfter, serial and fingerprint256 are the first key's certificate's, or empty when it has none. */
   keys: number;
+  /** describe only: the token's signatures and decryptions since the enclave app started (counted by its key workers). */
+  operations?: TokenOperationStats;
 }
 
 export interface Health {

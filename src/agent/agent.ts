@@ -25,6 +25,7 @@ import type { EnclaveController, EnclaveEndpoints } from './enclave-controller.t
 import { certificateFacts, iso, type AgentStatus, type TokenStatus } from './token-status.ts';
 import { eachLimited, EnclaveUnreachable, withRetries } from './retry.ts';
 import { checkAttestation, type AttestationCheck } from './attestation-check.ts';
+import type { AgentCounters } from './metrics.ts';
 
 /** The enclave's attestation checks: the last one, and how many passed and failed since the agent started. */
 export interface AttestationState { last?: AttestationCheck; passed: number; failed: number }
@@ -61,6 +62,8 @@ export interface AgentOptions {
   onEnclaveLost?: () => void;
   /** Where the PIN file of a token without a target goes (root only); none when undefined. */
   pinDir?: string;
+  /** Called when a token has gone into the enclave and passed its check, with how long that took (the metrics' provisioning histogram). */
+  onProvisioned?: (op: 'add' | 'update' | 'refresh', seconds: number) => void;
 }
 
 /** A key a token serves, as the agent knows it before the enclave has it: its CKA_ID, CKA_LABEL and certificate if any. */
@@ -113,6 +116,8 @@ export class Agent {
 
   /** The enclave's attestation checks (attestation-check.ts): a failing enclave gets no key. */
   readonly attestation: AttestationState = { passed: 0, failed: 0 };
+  /** Counted since the agent started (status and metrics); the service counts the reloads. */
+  readonly counters: AgentCounters = { enclaveRestarts: 0, reloads: 0, reloadFailures: 0 };
   private lastAttestationLog = { text: '', at: 0 };
 
   constructor(private o: AgentOptions) {
@@ -240,16 +245,19 @@ export class Agent {
    * tokens rolled out.
    */
   private async provisionMany(items: { t: TokenState; op: 'add' | 'update' }[]): Promise<TokenState[]> {
-    const delivered: typeof items = [];
-    await eachLimited(items, PROVISION_CONCURRENCY, async (it) => { if (!this.lost && await this.deliver(it.t, it.op, true)) delivered.push(it); });
+    const delivered: (typeof items[number] & { started: number })[] = [];
+    await eachLimited(items, PROVISION_CONCURRENCY, async (it) => { const started = performance.now(); if (!this.lost && await this.deliver(it.t, it.op, true)) delivered.push({ ...it, started }); });
     const out: TokenState[] = [];
-    for (const it of delivered) if (await this.rollOut(it.t, it.op)) out.push(it.t);
+    for (const it of delivered) if (await this.rollOut(it.t, it.op)) { out.push(it.t); this.o.onProvisioned?.(it.op, (performance.now() - it.started) / 1000); }
     return out;
   }
 
   /** Fetches (unless `refetch` is false and a bundle is cached), provisions, checks, writes the target. */
   private async provisionToken(t: TokenState, op: 'add' | 'update' | 'refresh', refetch: boolean): Promise<boolean> {
-    return await this.deliver(t, op, refetch) && this.rollOut(t, op);
+    const started = performance.now();
+    const ok = await this.deliver(t, op, refetch) && await this.rollOut(t, op);
+    if (ok) this.o.onProvisioned?.(op, (performance.now() - started) / 1000);
+    return ok;
   }
 
   /** Step 1: the bundle into the enclave (fetched first unless `refetch` is false and one is cached). */
@@ -352,8 +360,9 @@ export class Agent {
         const previous = t.bundle;
         if (r.changed) { t.bundle = r.bundle; t.etag = r.etag; }
         const op = serving ? 'update' : 'add';
+        const started = performance.now();
         const delivered = await this.deliver(t, op, false);
-        if (delivered && await this.rollOut(t, op)) { renewed.push(t.config.label); continue; }
+        if (delivered && await this.rollOut(t, op)) { renewed.push(t.config.label); this.o.onProvisioned?.(op, (performance.now() - started) / 1000); continue; }
         if (serving && previous) {
           // The renewal stopped half way. The web server still has the previous
           // certificate's files; the enclave must keep its key as the current one
@@ -389,6 +398,7 @@ export class Agent {
     if (this.lost !== 'given up' && await this.probe()) return 'ok';
     log.warn(`restarting the enclave: ${this.lostBecause}; starting a new one and provisioning every token again (the web server keeps running)`);
     await this.o.enclave.stop({ force: true }).catch(() => {});
+    this.counters.enclaveRestarts++;
     await this.startEnclave();
     await this.provisionAll('add');
     return 'restarted';
@@ -491,9 +501,10 @@ export class Agent {
         inEnclave: d !== undefined,
         enclaveRefreshedAt: d?.refreshedAt,
         retiredKeys: d?.retiredKeys,
+        operations: d?.operations,
       };
     });
-    return { enclave: { ...enclave, attestation: { ...this.attestation } }, tokens };
+    return { enclave: { ...enclave, attestation: { ...this.attestation } }, tokens, counters: { ...this.counters } };
   }
 
   async stop(): Promise<void> {

@@ -43,7 +43,7 @@ export function describeTarget(t: TokenConfig): string {
 export interface AcmConfig {
   enclave: { cpu_count: number; memory_mib: number; image_path: string; boot_timeout_ms: number; p11kit_port: number; rpc_port: number; attestation_retry_count: number; attestation_check_every: number };
   log: { level: LogLevel; enable_timestamp: boolean };
-  options: { service: 'nginx' | 'httpd'; force_start: boolean; reload_wait_ms: number; sync_interval_secs: number; reload_command?: string; pin_in_config: boolean; restart_for_new_tokens: boolean; openssl: OpenSslSetting; openssl_conf: string };
+  options: { service: 'nginx' | 'httpd'; force_start: boolean; reload_wait_ms: number; sync_interval_secs: number; reload_command?: string; pin_in_config: boolean; restart_for_new_tokens: boolean; openssl: OpenSslSetting; openssl_conf: string; metrics_address?: string };
   tokens: TokenConfig[];
   /** What the file says that AWS's agent accepts but nitro-acm reads differently or ignores, each with file:line. */
   notes: string[];
@@ -75,7 +75,7 @@ type Kind = 'int' | 'bool' | 'string' | 'abs-path';
  * takes (any non-negative integer of the field's width, `typeMax`) is brought
  * to the nearest end with a note, not refused; one it refuses is an error.
  */
-interface Field { kind: Kind; min?: number; max?: number; typeMax?: number; oneOf?: string[]; expected?: string; aliasOf?: string; map?: (v: string) => string }
+interface Field { kind: Kind; min?: number; max?: number; typeMax?: number; oneOf?: string[]; expected?: string; aliasOf?: string; map?: (v: string) => string; /** Says what is wrong with a string value, or undefined. */ check?: (v: string) => string | undefined }
 
 const U32 = 0xffffffff;
 const U64 = Number.MAX_SAFE_INTEGER;
@@ -97,6 +97,8 @@ const SCHEMA: Record<'enclave' | 'log' | 'options', Record<string, Field>> = {
     sync_interval_secs: { kind: 'int', min: 10, max: 86_400 * 7, typeMax: U64 },
     reload_command: { kind: 'string' }, pin_in_config: { kind: 'bool' }, restart_for_new_tokens: { kind: 'bool' },
     openssl: { kind: 'string', oneOf: [...OPENSSL_SETTINGS] }, openssl_conf: { kind: 'abs-path' },
+    // nitro-acm's own: where the agent serves Prometheus metrics (off when absent).
+    metrics_address: { kind: 'string', check: (v) => (parseMetricsAddress(v) ? undefined : `"${v}" is not host:port (an address to listen on, such as 127.0.0.1:9633 or [::1]:9633; port 1..65535)`) },
   },
 };
 
@@ -155,6 +157,8 @@ export function parseConfig(text: string, file: string): AcmConfig {
     if (text === '') return fail(v, `${where}: expected a non-empty string, got ${JSON.stringify(val)}`);
     if (f.oneOf && !f.oneOf.includes(text)) return fail(v, `${where}: "${text}" is not one of ${f.expected ?? f.oneOf.join(', ')}`);
     if (f.kind === 'abs-path' && !path.isAbsolute(text)) return fail(v, `${where}: "${text}" is a relative path; give an absolute one`);
+    const wrong = f.check?.(text);
+    if (wrong) return fail(v, `${where}: ${wrong}`);
     return f.map ? f.map(text) : text;
   };
 
@@ -237,6 +241,17 @@ export function parseConfig(text: string, file: string): AcmConfig {
     });
   }
   return out;
+}
+
+/** host:port to listen on, as options.metrics_address holds it (an IPv6 host in brackets). */
+export interface ListenAddress { host: string; port: number }
+
+export function parseMetricsAddress(text: string): ListenAddress | undefined {
+  const m = /^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$/.exec(text);
+  if (!m) return undefined;
+  const port = Number(m[2]);
+  if (port < 1 || port > 65535) return undefined;
+  return { host: m[1].replace(/^\[|\]$/g, ''), port };
 }
 
 /** A PIN shorter than this can be found by guessing, however slowly the enclave answers (enclave/pin-throttle.ts). */

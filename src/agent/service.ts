@@ -16,6 +16,8 @@ import type { EnclaveController } from './enclave-controller.ts';
 import { systemReload, type WebServerState } from './web-server.ts';
 import type { Endpoints } from './aws.ts';
 import { startControlServer, DEFAULT_CONTROL_SOCKET, type ControlHandlers, type ControlServer } from './control.ts';
+import { AgentMetrics } from './metrics.ts';
+import { parseMetricsAddress } from './config.ts';
 
 export interface ServiceOptions {
   configFile: string;
@@ -36,6 +38,8 @@ export interface RunningService {
   agent: Agent;
   /** Runs fn after every operation queued before it (syncs, refreshes, edits, health checks never interleave). */
   queue<T>(what: string, fn: () => Promise<T>): Promise<T>;
+  /** Where the Prometheus metrics are served (options.metrics_address), if they are. */
+  metricsUrl?: string;
   stop(): Promise<void>;
   idle(): Promise<void>;
 }
@@ -54,10 +58,12 @@ export async function startService(o: ServiceOptions): Promise<RunningService> {
   // Each reload is logged with why it happens (AWS's users could not tell why their web servers restarted: aws-nitro-enclaves-acm PR #146).
   const doReload = async (cause: string) => {
     log.info(`reloading the web server: ${cause}`);
+    agent.counters.reloads++;
     try {
       await reload(config, agent.addedTokens());
       Object.assign(webServer, { reloadPending: false, lastReload: new Date().toISOString(), error: undefined });
     } catch (e) {
+      agent.counters.reloadFailures++;
       failedCause = cause;
       Object.assign(webServer, { reloadPending: true, error: (e as Error).message });
       log.error(`${(e as Error).message}; the web server keeps its previous configuration; retrying every ${healthMs / 1000} s`);
@@ -107,7 +113,9 @@ export async function startService(o: ServiceOptions): Promise<RunningService> {
   const socket = o.controlSocket ?? DEFAULT_CONTROL_SOCKET;
   // Beside the control socket (root only): the PIN files of tokens without a target.
   const pinDir = socket === false ? undefined : path.join(path.dirname(socket), 'pins');
-  const agent = new Agent({ config, enclave: o.controller(config), endpoints: o.endpoints, reload: doReload, pinDir, onEnclaveLost: () => { if (started) void probe(); } });
+  let metrics: AgentMetrics | undefined;
+  const agent = new Agent({ config, enclave: o.controller(config), endpoints: o.endpoints, reload: doReload, pinDir, onEnclaveLost: () => { if (started) void probe(); }, onProvisioned: (op, s) => metrics?.provisioning.observe({ operation: op }, s) });
+  metrics = new AgentMetrics(() => agent.status());
   await agent.start();
   started = true;
   const timers = [
@@ -133,7 +141,12 @@ export async function startService(o: ServiceOptions): Promise<RunningService> {
   });
   await new Promise<void>((r) => watcher.once('ready', () => r()));
   let control: ControlServer | undefined;
+  // Metrics are for watching, not serving: an address that cannot be had is an error in the log, and everything else runs on.
+  const metricsAddress = config.options.metrics_address ? parseMetricsAddress(config.options.metrics_address) : undefined;
+  const metricsServer = metricsAddress ? await metrics.serve(metricsAddress).catch((e: Error) => { log.error(`metrics: cannot listen on ${config.options.metrics_address}: ${e.message}; the agent runs without them`); return undefined; }) : undefined;
+  if (metricsServer) log.info(`metrics: ${metricsServer.url}`);
   const service: RunningService = {
+    metricsUrl: metricsServer?.url,
     agent,
     queue,
     idle: () => chain.then(() => undefined),
@@ -142,6 +155,7 @@ export async function startService(o: ServiceOptions): Promise<RunningService> {
       for (const t of timers) clearInterval(t);
       await watcher.close();
       await control?.close();
+      await metricsServer?.close();
       await chain;
       // The enclave keeps serving: a restarted agent finds it and provisions it again.
       log.info('agent stopped; the enclave and every written file stay in place');

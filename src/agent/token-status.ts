@@ -4,6 +4,8 @@ import crypto from 'node:crypto';
 import type { Health } from '../../shared/provision-wire.ts';
 import type { TokenStateName, AttestationState } from './agent.ts';
 import { curveByNodeName } from '../../shared/ec-curves.ts';
+import type { TokenOperationStats } from '../../shared/operation-stats.ts';
+import type { AgentCounters } from './metrics.ts';
 
 /** One token as `nitro-acm status` shows it: what the agent knows and what the enclave holds. */
 export interface TokenStatus {
@@ -27,10 +29,14 @@ export interface TokenStatus {
   inEnclave: boolean;
   enclaveRefreshedAt?: string;
   retiredKeys?: number;
+  /** From the enclave: signatures and decryptions since it started, and how long they took. */
+  operations?: TokenOperationStats;
 }
 export interface AgentStatus {
   enclave: { reachable: boolean; health?: Health; error?: string; keyAddress?: string; provisionAddress?: string; attestation?: AttestationState };
   tokens: TokenStatus[];
+  /** Since the agent started: enclave restarts, web-server reloads and failed reloads. */
+  counters?: AgentCounters;
 }
 
 export function certificateFacts(pem: string): Pick<TokenStatus, 'subject' | 'sans' | 'notAfter' | 'keyType' | 'fingerprint256'> {

@@ -2,6 +2,7 @@
 import fs from 'node:fs';
 import { controlCall, DEFAULT_CONTROL_SOCKET, LOCAL_CONTROL_SOCKET } from '../agent/control.ts';
 import type { AgentStatusReport } from '../agent/control.ts';
+import { latencyQuantile, type TokenOperationStats } from '../../shared/operation-stats.ts';
 
 export type StatusReport = AgentStatusReport & { socket: string };
 
@@ -35,18 +36,30 @@ function attestationLines(a: StatusReport['enclave']['attestation'], now: number
   return [`attestation: FAILED ${ago(last.checkedAt, now)} (${counts}); no key goes into this enclave:`, ...last.failures.map((f) => `  ${f}`)];
 }
 
+/** Seconds as a short duration: 250 us, 2.5 ms. */
+function short(seconds: number): string {
+  return seconds === Infinity ? 'more than 100 ms' : seconds < 0.001 ? `${Math.round(seconds * 1e6)} us` : `${+(seconds * 1000).toFixed(1)} ms`;
+}
+
+function operationsLine(o: TokenOperationStats): string {
+  const p50 = latencyQuantile(o, 0.5), p99 = latencyQuantile(o, 0.99);
+  return `  operations   ${o.sign.ok} signatures${o.sign.failed ? ` (${o.sign.failed} failed)` : ''}, ${o.decrypt.ok} decryptions${o.decrypt.failed ? ` (${o.decrypt.failed} failed)` : ''}${p50 === undefined ? '' : `; p50 <= ${short(p50)}, p99 <= ${short(p99!)}`} (since the enclave started)`;
+}
+
 export function formatStatus(r: StatusReport, now = Date.now()): string {
   const e = r.enclave;
   const lines = [`agent: ${r.configFile} (${r.socket})`,
     ...(r.webServer?.reloadPending ? [`web server: LAST RELOAD FAILED (${r.webServer.error}); retrying`] : []),
     e.reachable ? `enclave: healthy, ${e.health!.tokens} token(s), NSM ${e.health!.nsm}${e.health!.localMode ? ', LOCAL MODE' : ''}${e.health!.memory ? `, ${e.health!.memory.rssMiB} MiB resident` : ''} (${e.provisionAddress})` : `enclave: NOT REACHABLE: ${e.error}`,
-    ...attestationLines(e.attestation, now)];
+    ...attestationLines(e.attestation, now),
+    ...(r.counters ? [`since the agent started: ${r.counters.enclaveRestarts} enclave restart(s), ${r.counters.reloads} web-server reload(s)${r.counters.reloadFailures ? `, ${r.counters.reloadFailures} FAILED` : ''}`] : [])];
   for (const t of r.tokens) {
     lines.push('', `${t.label}: ${t.state.toUpperCase()}${t.inEnclave ? '' : ' (not in the enclave)'}`);
     if (t.subject) {
       lines.push(`  certificate  ${t.subject}`, `  names        ${t.sans!.join(', ') || '(none)'}`, `  not after    ${t.notAfter} (${daysLeft(t.notAfter!, now)})`, `  key          ${t.keyType}`);
     }
     lines.push(`  source       ${t.source}`, `  target       ${t.target}`, ...(t.uris ?? []).map((u, i) => `  ${i ? '            ' : 'uri         '} ${u}`), `  last sync    ${ago(t.lastSync, now)}`, `  last refresh ${ago(t.lastRefresh, now)}${t.enclaveRefreshedAt ? ` (enclave: ${ago(t.enclaveRefreshedAt, now)})` : ''}`);
+    if (t.operations) lines.push(operationsLine(t.operations));
     if (t.retiredKeys) lines.push(`  old keys     ${t.retiredKeys} in their grace period`);
     if (t.error) lines.push(`  last error   ${t.error}`);
   }

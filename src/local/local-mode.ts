@@ -20,7 +20,7 @@ import { measureEnclaveApp, simulatedNsmRoot } from '../../enclave/nsm-simulated
 import { pcrOf } from '../../shared/pcr.ts';
 import type { Bundle } from '../../shared/bundle.ts';
 import { registerWithP11Kit } from './p11kit.ts';
-import { handshake, fingerprintOf, launchNginx, startHttpd, nginxMainLine, type RunningServer } from './webservers.ts';
+import { handshake, fingerprintOf, launchNginx, startHttpd, nginxMainLine, type RunningServer, freePort } from './webservers.ts';
 import { writeAtomic } from '../agent/targets.ts';
 import { startService, type RunningService } from '../agent/service.ts';
 import { LocalEnclaveController } from './local-enclave-controller.ts';
@@ -176,7 +176,9 @@ async function serve(o: LocalOptions, cloud: LocalCloud, nsmDir: string, kmsProx
   const configFile = path.join(o.runtimeDir, 'acm.yaml');
   const openssl = o.openssl ?? 'engine';
   const opensslConf = path.join(o.runtimeDir, 'openssl-provider.cnf');
-  writeAtomic(configFile, render('local/acm.yaml', { SERVICE: serverKind, LABEL, CERT_ARN: DEMO_CERT_ARN, TARGET: target, OPENSSL: openssl, OPENSSL_CONF: opensslConf }), 0o600);
+  // Local mode shows its metrics: on loopback, a port nothing else holds.
+  const metrics = `127.0.0.1:${await freePort()}`;
+  writeAtomic(configFile, render('local/acm.yaml', { SERVICE: serverKind, LABEL, CERT_ARN: DEMO_CERT_ARN, TARGET: target, OPENSSL: openssl, OPENSSL_CONF: opensslConf, METRICS: metrics }), 0o600);
   // The provider path: the web server starts with the OpenSSL configuration the agent wrote.
   const serverEnv: Record<string, string> = openssl === 'provider' ? { OPENSSL_CONF: opensslConf } : {};
   let server: RunningServer | undefined;
