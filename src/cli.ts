@@ -121,6 +121,46 @@ every token serves, 1 otherwise, 2 when no agent answers.
       return statusExitCode(r);
     },
   },
+  assess: {
+    summary: 'a security assessment of this instance from live probes: PCRs and the KMS key policies that bind them, a direct decrypt from the parent (must be BLOCKED), debug mode, attestation checks',
+    help: `Usage: nitro-acm assess [--socket PATH] [--json | --markdown]
+
+Asks the running agent to assess this instance's Nitro Enclave set-up from live
+probes, not from configuration alone:
+  - the enclave image (build date, size) and what it measures to: PCR0, PCR1,
+    PCR2 (PCR8 when signed), and PCR3/PCR4 from the instance role and instance id
+  - for each token's sealed private key: a KMS Decrypt from the parent with the
+    instance role and no attestation document, which must be refused (BLOCKED);
+    the key policy (GetKeyPolicy, where the role may read it) and which PCRs its
+    kms:RecipientAttestation conditions bind, to this image's values or not. ACM
+    certificates are sealed under a key ACM manages, whose policy cannot be read
+  - debug mode (the attestation document; nitro-cli describe-enclaves), vsock as
+    the only channel, nonce and chain verification of the agent's attestation
+    checks, and whether PCR8 would spare key-policy changes on image updates
+Each finding is PASS, WARN, FAIL or INFO, with the fix. Exits 0 when nothing
+FAILs, 1 otherwise, 2 when no agent answers. The probe's decrypt, if KMS ever
+allows it, is wiped at once: no key is kept or shown.
+
+  --socket PATH  the agent's control socket (as for nitro-acm status)
+  --json         machine-readable output
+  --markdown     the report as Markdown ("Nitro Enclave Security Assessment")
+`,
+    async run(argv) {
+      const { values } = parseArgs({ args: argv, options: { socket: { type: 'string' }, json: { type: 'boolean' }, markdown: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } }, strict: true });
+      if (values.help) { process.stdout.write(this.help); return 0; }
+      if (values.json && values.markdown) { process.stderr.write('nitro-acm assess: --json and --markdown do not go together\n'); return 2; }
+      const { findControlSocket } = await import('./commands/status.ts');
+      const { readAssessment, formatAssessment, formatAssessmentMarkdown, assessExitCode } = await import('./commands/assess.ts');
+      let a;
+      try { a = await readAssessment(values.socket ?? findControlSocket()); } catch (e) {
+        if (values.json) process.stdout.write(JSON.stringify({ ok: false, error: (e as Error).message }, null, 2) + '\n');
+        else process.stderr.write(`nitro-acm assess: ${(e as Error).message}\n`);
+        return 2;
+      }
+      process.stdout.write(values.json ? JSON.stringify(a, null, 2) + '\n' : values.markdown ? formatAssessmentMarkdown(a) : formatAssessment(a));
+      return assessExitCode(a);
+    },
+  },
   doctor: {
     summary: 'check what breaks installs in practice (engine, p11-kit, nginx/httpd config, files, enclave), each finding with its fix',
     help: `Usage: nitro-acm doctor [--config FILE] [--socket PATH] [--web-server-conf FILE] [--openssl-conf FILE] [--json]

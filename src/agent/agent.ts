@@ -125,6 +125,10 @@ export class Agent {
   }
 
   get enclaveEndpoints(): EnclaveEndpoints | undefined { return this.endpoints; }
+  /** The instance: region, role, credentials (undefined before start). */
+  get instance(): InstanceContext | undefined { return this.ctx; }
+  /** What the enclave must attest as (the image's measurements). */
+  expectedEnclave(): ReturnType<EnclaveController['expected']> { return this.o.enclave.expected(); }
 
   /** Starts the enclave and provisions every token; reloads the web server once if any token serves. */
   async start(): Promise<void> {

@@ -5,7 +5,8 @@ import { fromInstanceMetadata } from '@aws-sdk/credential-providers';
 import { IAMClient, GetRoleCommand } from '@aws-sdk/client-iam';
 import type { AwsCredentialIdentity, AwsCredentialIdentityProvider } from '@aws-sdk/types';
 
-export interface Endpoints { imds?: string; s3?: string; iam?: string }
+/** kms: only nitro-acm assess's probe calls KMS from the parent (the enclave reaches KMS through the vsock proxy). */
+export interface Endpoints { imds?: string; s3?: string; iam?: string; kms?: string }
 
 export interface InstanceContext {
   region: string;

@@ -12,6 +12,7 @@ import { FrameError, JsonFrameClient, serveJsonFrames, type JsonChannel } from '
 import { log } from '../../shared/log.ts';
 import type { AgentStatus } from './token-status.ts';
 import type { WebServerState } from './web-server.ts';
+import type { Assessment } from './assess.ts';
 
 /** The agent's control socket; NITRO_ACM_CONTROL_SOCKET moves it (tests, a second agent). */
 export const DEFAULT_CONTROL_SOCKET = process.env.NITRO_ACM_CONTROL_SOCKET || '/run/nitro-acm/agent.sock';
@@ -31,6 +32,8 @@ export interface ControlOps {
   status: { args: Record<string, never>; result: AgentStatusReport };
   /** Fetch every token's source now and renew what changed. */
   sync: { args: Record<string, never>; result: { renewed: string[] } };
+  /** The security assessment from live probes (src/agent/assess.ts). */
+  assess: { args: Record<string, never>; result: Assessment };
   /** Local mode only: issue a new certificate into the local S3 and wait until the web server serves it. */
   renew: { args: { label: string }; result: RenewReport };
 }

@@ -122,6 +122,8 @@ async function demoKmsKey(stateDir: string, cloud: LocalCloud): Promise<string> 
     Version: '2012-10-17',
     Statement: [
       { Sid: 'Administration', Effect: 'Allow', Principal: { AWS: cloud.identity.admin.arn }, Action: 'kms:*', Resource: '*' },
+      // nitro-acm assess reads the policy to list the PCRs it binds.
+      { Sid: 'The instance reads this policy', Effect: 'Allow', Principal: { AWS: cloud.identity.roleArn }, Action: 'kms:GetKeyPolicy', Resource: '*' },
       { Sid: 'Enclave decrypts, attested', Effect: 'Allow', Principal: { AWS: cloud.identity.roleArn }, Action: 'kms:Decrypt', Resource: '*', Condition: { StringEqualsIgnoreCase: { 'kms:RecipientAttestation:PCR0': pcr0, 'kms:RecipientAttestation:PCR3': pcrOf(cloud.identity.roleArn).toString('hex') } } },
     ],
   });
@@ -187,7 +189,7 @@ async function serve(o: LocalOptions, cloud: LocalCloud, nsmDir: string, kmsProx
   const service = await startService({
     configFile,
     controller: () => controller,
-    endpoints: { imds: cloud.endpoint, s3: cloud.endpoint, iam: cloud.endpoint },
+    endpoints: { imds: cloud.endpoint, s3: cloud.endpoint, iam: cloud.endpoint, kms: cloud.endpoint },
     // Before the web server runs there is nothing to reload; it starts on the files written.
     reload: async () => { server?.reload(); if (server) log.info(`reloaded ${serverKind} (pid ${server.pid}) gracefully`); },
     controlSocket,

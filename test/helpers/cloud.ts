@@ -19,6 +19,8 @@ export interface TestCloud {
   publish(bucket: string, key: string, names: string[], kmsKeyArn?: string): Promise<string>;
   /** A KMS key whose policy lets the instance role decrypt only from an enclave with this PCR0. */
   createKey(pcr0Hex: string): Promise<string>;
+  /** A KMS key with the admin's kms:* and these statements for the instance role (Principal filled in). */
+  createKeyWithRoleStatements(statements: Record<string, unknown>[]): Promise<string>;
   /** A bundle (JSON) of this certificate and this private key, the key sealed under the pinned KMS key (or kmsKeyArn). */
   seal(certPem: string, keyPem: string, kmsKeyArn?: string): Promise<string>;
   /** Puts any bytes at s3://bucket/key. */
@@ -39,6 +41,7 @@ export async function startTestCloud(dir: string): Promise<TestCloud> {
   const s3 = new S3Client({ region: cloud.identity.region, endpoint: cloud.endpoint, forcePathStyle: true, credentials: cloud.identity.admin });
   const createKey = async (pcr0Hex: string) => (await kms.send(new CreateKeyCommand({ Policy: JSON.stringify({ Statement: [
     { Effect: 'Allow', Principal: { AWS: cloud.identity.admin.arn }, Action: 'kms:*' },
+    { Effect: 'Allow', Principal: { AWS: cloud.identity.roleArn }, Action: 'kms:GetKeyPolicy' },
     { Effect: 'Allow', Principal: { AWS: cloud.identity.roleArn }, Action: 'kms:Decrypt', Condition: { StringEqualsIgnoreCase: { 'kms:RecipientAttestation:PCR0': pcr0Hex } } },
   ] }) }))).KeyMetadata!.Arn!;
   const keyArn = await createKey(measureEnclaveApp().pcr0.toString('hex'));
@@ -56,7 +59,7 @@ export async function startTestCloud(dir: string): Promise<TestCloud> {
   return {
     cloud,
     ca,
-    endpoints: { imds: cloud.endpoint, s3: cloud.endpoint, iam: cloud.endpoint },
+    endpoints: { imds: cloud.endpoint, s3: cloud.endpoint, iam: cloud.endpoint, kms: cloud.endpoint },
     async publish(bucket, key, names, kmsKeyArn) {
       const leaf = issueServerCert(ca, names);
       await put(bucket, key, await seal(leaf.certPem, leaf.keyPem, kmsKeyArn));
@@ -64,6 +67,12 @@ export async function startTestCloud(dir: string): Promise<TestCloud> {
     },
     seal,
     createKey,
+    async createKeyWithRoleStatements(statements) {
+      return (await kms.send(new CreateKeyCommand({ Policy: JSON.stringify({ Statement: [
+        { Effect: 'Allow', Principal: { AWS: cloud.identity.admin.arn }, Action: 'kms:*' },
+        ...statements.map((st) => ({ Effect: 'Allow', Principal: { AWS: cloud.identity.roleArn }, ...st })),
+      ] }) }))).KeyMetadata!.Arn!;
+    },
     put,
     acmKey: (arn) => `${cloud.identity.roleArn}/${arn}`,
     controller: (runtimeDir) => new LocalEnclaveController(controllerOptions(runtimeDir)),
