@@ -81,7 +81,29 @@ const NCPU = os.availableParallelism();
 const LAYOUTS = { shared: { enclave: `0-${NCPU - 1}`, rest: `0-${NCPU - 1}` }, nitro: { enclave: `${NCPU - 1}`, rest: `0-${Math.max(0, NCPU - 2)}` } } as const;
 type Layout = keyof typeof LAYOUTS;
 
-async function measure(variant: Variant, protocol: 'TLSv1.2' | 'TLSv1.3', layout: Layout): Promise<number> {
+// CPU time of the processes that serve a handshake (nginx's master and workers, and
+// the enclave app: every thread of it), from /proc, in clock ticks; wrk, the
+// client, is left out.
+const CLK_TCK = Number(must('getconf', ['CLK_TCK']).trim()) || 100;
+function cpuTicks(pid: number): number {
+  try {
+    const st = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const f = st.slice(st.lastIndexOf(')') + 2).split(' ');
+    return Number(f[11]) + Number(f[12]); // utime, stime (fields 14 and 15)
+  } catch { return 0; }
+}
+function withChildren(pid: number): number[] {
+  const out = [pid];
+  for (const d of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(d)) continue;
+    try { const st = fs.readFileSync(`/proc/${d}/stat`, 'utf8'); if (Number(st.slice(st.lastIndexOf(')') + 2).split(' ')[1]) === pid) out.push(Number(d)); } catch { /* gone */ }
+  }
+  return out;
+}
+
+interface Measured { rps: number; cpuUs: number }
+
+async function measure(variant: Variant, protocol: 'TLSv1.2' | 'TLSv1.3', layout: Layout): Promise<Measured> {
   const cpus = LAYOUTS[layout];
   must('taskset', ['-a', '-p', '-c', cpus.enclave, String(fx.proc.pid)]);
   const prefix = fs.mkdtempSync(path.join(dir, `nginx-${variant}-`));
@@ -95,25 +117,83 @@ async function measure(variant: Variant, protocol: 'TLSv1.2' | 'TLSv1.3', layout
   if (h.fingerprint256 !== fingerprintOf(v.tok.certPem) || h.protocol !== protocol) throw new Error(`${variant}: wrong certificate or protocol ${h.protocol}`);
   const wrk = (secs: number) => run('taskset', ['-c', cpus.rest, 'wrk', '-t1', '-c16', `-d${secs}s`, '-H', 'Connection: close', `https://127.0.0.1:${port}/`]);
   await wrk(1); // warm-up
+  const servers: number[] = [...withChildren(nginx.pid), fx.proc.pid!];
+  const ticks = () => servers.reduce((n, p) => n + cpuTicks(p), 0);
+  const before = ticks();
   const r = await wrk(SECONDS);
+  const cpuSeconds = (ticks() - before) / CLK_TCK;
   await nginx.stop();
   const rps = Number(/Requests\/sec:\s+([\d.]+)/.exec(r.out)?.[1]);
+  const requests = Number(/(\d+) requests in/.exec(r.out)?.[1]);
   const errors = /Socket errors: (.*)/.exec(r.out)?.[1];
-  if (!rps) throw new Error(`${variant}: wrk output: ${r.out}`);
-  log(`${layout} ${protocol} ${variant}: ${rps.toFixed(0)} handshakes/s${errors ? ` (socket errors: ${errors})` : ''}`);
-  return rps;
+  if (!rps || !requests) throw new Error(`${variant}: wrk output: ${r.out}`);
+  const cpuUs = cpuSeconds * 1e6 / requests;
+  log(`${layout} ${protocol} ${variant}: ${rps.toFixed(0)} handshakes/s, ${cpuUs.toFixed(0)} µs of CPU each${errors ? ` (socket errors: ${errors})` : ''}`);
+  return { rps, cpuUs };
 }
 
 const results: Record<string, Record<Variant, number[]>> = {};
+const cpuResults: Record<string, Record<Variant, number[]>> = {};
+const none = (): Record<Variant, number[]> => ({ file: [], enclave: [], provider: [], softhsm2: [], ecFile: [], ecEnclave: [], ecProvider: [] });
 for (const layout of process.env.BENCH_SIGN_ONLY === '1' ? [] : Object.keys(LAYOUTS) as Layout[]) {
   for (const protocol of ['TLSv1.2', 'TLSv1.3'] as const) {
-    const r: Record<Variant, number[]> = results[`${layout} ${protocol}`] = { file: [], enclave: [], provider: [], softhsm2: [], ecFile: [], ecEnclave: [], ecProvider: [] };
+    const r = results[`${layout} ${protocol}`] = none();
+    const c = cpuResults[`${layout} ${protocol}`] = none();
     for (let round = 0; round < ROUNDS; round++) {
-      for (const v of Object.keys(variants) as Variant[]) r[v].push(await measure(v, protocol, layout));
+      for (const v of Object.keys(variants) as Variant[]) { const m = await measure(v, protocol, layout); r[v].push(m.rps); c[v].push(m.cpuUs); }
     }
   }
 }
 must('taskset', ['-a', '-p', '-c', LAYOUTS.shared.enclave, String(fx.proc.pid)]);
+
+// Where the CPU of a handshake goes: perf samples every CPU (cpu-clock, the
+// software clock: no hardware counters here) while wrk runs against one variant,
+// and the samples of the serving processes are grouped by process and library.
+// Skipped where perf is missing or BENCH_PROFILE=0.
+const PERF_HZ = 1999;
+const hasPerf = process.env.BENCH_PROFILE !== '0' && process.env.BENCH_SIGN_ONLY !== '1' && spawnSync('perf', ['--version']).status === 0;
+async function profile(variant: Variant, protocol: 'TLSv1.2' | 'TLSv1.3'): Promise<{ requests: number; rows: { what: string; us: number }[] }> {
+  const port = await freePort();
+  const prefix = fs.mkdtempSync(path.join(dir, `perf-${variant}-`));
+  fs.chmodSync(prefix, 0o755);
+  const v = variants[variant];
+  const provider = 'provider' in v;
+  const env = { NITRO_ACM_KEY_ADDRESS: fx.address, SOFTHSM2_CONF: hsmConf, ...(provider ? { OPENSSL_CONF: providerConf } : {}) };
+  const nginx = await startNginx({ dir: prefix, port, env, engine: !provider, workers: WORKERS, protocols: protocol, sites: [{ serverName: 'bench.test', certificateFile: v.tok.fullchain, key: v.key }] });
+  const url = `https://127.0.0.1:${port}/`;
+  await run('wrk', ['-t1', '-c16', '-d1s', '-H', 'Connection: close', url]);
+  const data = path.join(prefix, 'perf.data');
+  const [rec, r] = await Promise.all([
+    run('perf', ['record', '-q', '-e', 'cpu-clock', '-F', String(PERF_HZ), '-a', '-o', data, '--', 'sleep', String(SECONDS)]),
+    run('wrk', ['-t1', '-c16', `-d${SECONDS}s`, '-H', 'Connection: close', url]),
+  ]);
+  await nginx.stop();
+  if (rec.status !== 0) throw new Error(`perf record: ${rec.out}`);
+  const requests = Number(/(\d+) requests in/.exec(r.out)?.[1]);
+  const rep = must('perf', ['report', '-i', data, '--stdio', '--sort', 'pid,dso', '-F', 'sample,pid,dso', '-q', '--no-children']);
+  const enclavePid = fx.proc.pid!;
+  const nginxPids = new Set(withChildren(nginx.pid));
+  const rows = new Map<string, number>();
+  for (const line of rep.split('\n')) {
+    const m = /^\s*(\d+)\s+(\d+):(\S+)\s+(.+?)\s*$/.exec(line);
+    if (!m) continue;
+    const pid = Number(m[2]);
+    const who = pid === enclavePid ? 'enclave app' : nginxPids.has(pid) || m[3] === 'nginx' ? 'nginx' : undefined;
+    if (!who) continue; // wrk, perf, the rest of the machine
+    const dso = m[4].replace(/^\[kernel\.kallsyms\]$/, 'kernel (sockets, scheduling, TCP)').replace(/^\[unknown\]$|^\/tmp\/perf-\d+\.map$/, 'JavaScript (V8 generated code)').replace(/^.*\//, '');
+    const key = `${who}: ${dso}`;
+    rows.set(key, (rows.get(key) ?? 0) + Number(m[1]));
+  }
+  return { requests, rows: [...rows].map(([what, samples]) => ({ what, us: samples / PERF_HZ * 1e6 / requests })).sort((a, b) => b.us - a.us) };
+}
+const profiles: { variant: Variant; protocol: string; requests: number; rows: { what: string; us: number }[] }[] = [];
+if (hasPerf) {
+  for (const variant of ['file', 'enclave', 'ecFile', 'ecEnclave'] as const) {
+    const p = await profile(variant, 'TLSv1.3');
+    profiles.push({ variant, protocol: 'TLSv1.3', ...p });
+    log(`profile ${variant}: ${p.rows.slice(0, 4).map((x) => `${x.what} ${x.us.toFixed(0)} µs`).join(', ')}`);
+  }
+}
 const median = (xs: number[]) => { const s = [...xs].sort((a, b) => a - b); return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2; };
 
 // Sign latency: RSA-2048 PSS over a SHA-256 digest (what a TLS 1.3 handshake asks for).
@@ -167,15 +247,27 @@ for (const name of Object.keys(results)) {
   const r = results[name];
   const protocol = name;
   const f = median(r.file);
-  const cell = (v: Variant) => `${median(r[v]).toFixed(0)}/s (${(median(r[v]) / f).toFixed(2)})`;
-  lines.push(`| ${protocol} | ${f.toFixed(0)}/s (1.00) | ${cell('enclave')} | ${cell('provider')} | ${cell('softhsm2')} |`);
+  const c = cpuResults[name];
+  const us = (v: Variant) => `${median(c[v]).toFixed(0)} µs`;
+  const cell = (v: Variant) => `${median(r[v]).toFixed(0)}/s (${(median(r[v]) / f).toFixed(2)}), ${us(v)}`;
+  lines.push(`| ${protocol} | ${f.toFixed(0)}/s (1.00), ${us('file')} | ${cell('enclave')} | ${cell('provider')} | ${cell('softhsm2')} |`);
 }
+lines.push('', 'Each cell: handshakes per second (ratio to the key in a file), and the CPU time one handshake costs nginx and the enclave app together (from /proc; wrk left out).');
 lines.push('', 'ECDSA P-256, the same way (ratios to the P-256 key in a file; in brackets, to the RSA-2048 key in a file):', '', '| layout, protocol | P-256 key in a file | P-256 key in the enclave app (pkcs11 engine) | P-256 key in the enclave app (pkcs11-provider) |', '|---|---|---|---|');
 for (const name of Object.keys(results)) {
   const r = results[name];
   const f = median(r.ecFile), rsaFile = median(r.file);
-  const cell = (v: Variant) => `${median(r[v]).toFixed(0)}/s (${(median(r[v]) / f).toFixed(2)}) [${(median(r[v]) / rsaFile).toFixed(2)}]`;
+  const cell = (v: Variant) => `${median(r[v]).toFixed(0)}/s (${(median(r[v]) / f).toFixed(2)}) [${(median(r[v]) / rsaFile).toFixed(2)}], ${median(cpuResults[name][v]).toFixed(0)} µs`;
   lines.push(`| ${name} | ${cell('ecFile')} | ${cell('ecEnclave')} | ${cell('ecProvider')} |`);
+}
+if (profiles.length) {
+  lines.push('', `Where one TLS 1.3 handshake's CPU goes (perf record -e cpu-clock -F ${PERF_HZ} -a while wrk runs, shared layout; µs per handshake by process and library, rows under 3 µs left out):`, '');
+  for (const p of profiles) {
+    const total = p.rows.reduce((n, x) => n + x.us, 0);
+    lines.push(`${p.variant} (${p.requests} handshakes, ${total.toFixed(0)} µs each in nginx and the enclave app):`, '', '| process: library | µs per handshake |', '|---|---|');
+    for (const x of p.rows.filter((x) => x.us >= 3)) lines.push(`| ${x.what} | ${x.us.toFixed(0)} |`);
+    lines.push('');
+  }
 }
 lines.push('', `Sign latency, RSA-2048 PSS/SHA-256, ${N} sequential signs from one thread:`, '', '| path | p50 | p99 |', '|---|---|---|');
 for (const [name, xs] of [['node:crypto sign in-process (no PKCS#11)', direct], ['nitro-acm module -> enclave app (unix socket)', viaModule], ['SoftHSM2 (in-process PKCS#11)', viaSoftHsm]] as const) {
