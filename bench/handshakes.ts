@@ -7,7 +7,8 @@
 // key-in-a-file variant. BENCH_SECONDS sets each measurement's length (default 8).
 // BENCH_BASELINE_MODULE=path/to/another/nitro-acm-p11.so adds that build's sign
 // latency, measured in turns with this one's, to compare two builds of the module;
-// BENCH_SIGN_ONLY=1 skips the handshakes (for such a comparison alone).
+// BENCH_SIGN_ONLY=1 skips the handshakes (for such a comparison alone);
+// BENCH_PROFILE_ONLY=1 runs only the CPU profile of a handshake; BENCH_PROFILE=0 skips it.
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -135,7 +136,7 @@ async function measure(variant: Variant, protocol: 'TLSv1.2' | 'TLSv1.3', layout
 const results: Record<string, Record<Variant, number[]>> = {};
 const cpuResults: Record<string, Record<Variant, number[]>> = {};
 const none = (): Record<Variant, number[]> => ({ file: [], enclave: [], provider: [], softhsm2: [], ecFile: [], ecEnclave: [], ecProvider: [] });
-for (const layout of process.env.BENCH_SIGN_ONLY === '1' ? [] : Object.keys(LAYOUTS) as Layout[]) {
+for (const layout of process.env.BENCH_SIGN_ONLY === '1' || process.env.BENCH_PROFILE_ONLY === '1' ? [] : Object.keys(LAYOUTS) as Layout[]) {
   for (const protocol of ['TLSv1.2', 'TLSv1.3'] as const) {
     const r = results[`${layout} ${protocol}`] = none();
     const c = cpuResults[`${layout} ${protocol}`] = none();
@@ -151,6 +152,7 @@ must('taskset', ['-a', '-p', '-c', LAYOUTS.shared.enclave, String(fx.proc.pid)])
 // and the samples of the serving processes are grouped by process and library.
 // Skipped where perf is missing or BENCH_PROFILE=0.
 const PERF_HZ = 1999;
+const OPENSSL_SYMBOL = /^(BN_|bn_|__bn|RSA|rsa|EVP_|evp_|ossl_|OSSL_|ecp_|EC_|ec_|sha\d|SHA\d|CRYPTO_|OPENSSL_|ERR_|ASN1|asn1|x86_64_|mul4x|sqr|bn|BIO_|PKCS1|pkcs1|ossl|int_|engine_|RAND_|rand_|drbg|DRBG|aes|AES|gcm|HMAC|hmac|KECCAK|ecdsa|ECDSA|OBJ_|obj_|lh_|OPENSSL|CONF_|context_|bsaes|vpaes|poly1305|ChaCha)/;
 const hasPerf = process.env.BENCH_PROFILE !== '0' && process.env.BENCH_SIGN_ONLY !== '1' && spawnSync('perf', ['--version']).status === 0;
 async function profile(variant: Variant, protocol: 'TLSv1.2' | 'TLSv1.3'): Promise<{ requests: number; rows: { what: string; us: number }[] }> {
   const port = await freePort();
@@ -170,17 +172,20 @@ async function profile(variant: Variant, protocol: 'TLSv1.2' | 'TLSv1.3'): Promi
   await nginx.stop();
   if (rec.status !== 0) throw new Error(`perf record: ${rec.out}`);
   const requests = Number(/(\d+) requests in/.exec(r.out)?.[1]);
-  const rep = must('perf', ['report', '-i', data, '--stdio', '--sort', 'pid,dso', '-F', 'sample,pid,dso', '-q', '--no-children']);
-  const enclavePid = fx.proc.pid!;
+  const rep = must('perf', ['report', '-i', data, '--stdio', '--sort', 'pid,dso,sym', '-F', 'sample,pid,dso,sym', '-q', '--no-children']);
+  // perf names threads: the enclave app's key workers are threads of its process.
+  const enclaveTids = new Set(fs.readdirSync(`/proc/${fx.proc.pid}/task`).map(Number));
   const nginxPids = new Set(withChildren(nginx.pid));
   const rows = new Map<string, number>();
   for (const line of rep.split('\n')) {
-    const m = /^\s*(\d+)\s+(\d+):(\S+)\s+(.+?)\s*$/.exec(line);
+    const m = /^\s*(\d+)\s+(\d+):(\S+)\s+(\S+)\s+\[[.kHgu]\]\s+(.*?)\s*$/.exec(line);
     if (!m) continue;
     const pid = Number(m[2]);
-    const who = pid === enclavePid ? 'enclave app' : nginxPids.has(pid) || m[3] === 'nginx' ? 'nginx' : undefined;
+    const who = enclaveTids.has(pid) ? 'enclave app' : nginxPids.has(pid) || m[3] === 'nginx' ? 'nginx' : undefined;
     if (!who) continue; // wrk, perf, the rest of the machine
-    const dso = m[4].replace(/^\[kernel\.kallsyms\]$/, 'kernel (sockets, scheduling, TCP)').replace(/^\[unknown\]$|^\/tmp\/perf-\d+\.map$/, 'JavaScript (V8 generated code)').replace(/^.*\//, '');
+    // Node carries its own OpenSSL inside its binary: its symbols say which part is the signature itself.
+    const dso = m[4] === 'node' || /^\[JIT\]/.test(m[4]) ? (OPENSSL_SYMBOL.test(m[5]) ? 'OpenSSL inside node (the signature)' : 'V8, libuv and Node (JavaScript and its event loop)')
+      : m[4].replace(/^\[kernel\.kallsyms\]$/, 'kernel (sockets, scheduling, TCP)').replace(/^\[unknown\]$/, 'unknown').replace(/^.*\//, '');
     const key = `${who}: ${dso}`;
     rows.set(key, (rows.get(key) ?? 0) + Number(m[1]));
   }

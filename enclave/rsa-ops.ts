@@ -1,11 +1,14 @@
-// RSA private-key operations for the key server. Padding (PKCS#1 v1.5 type 1,
-// EMSA-PSS, PKCS#1 v1.5 type 2 removal) is done here in plain code; the modular
-// exponentiation itself is always node:crypto (OpenSSL, with blinding). These
-// functions are synchronous: a key worker thread (enclave/key-worker.ts) calls
-// them for the connections it serves, never the main thread's event loop.
+// RSA private-key operations for the key server. Signatures go to OpenSSL in one
+// call through the native addon (the padding too: PKCS#1 v1.5 type 1 over the
+// DigestInfo given, EMSA-PSS over the digest given, or none), with each key
+// parsed once per worker thread; decryption is node:crypto's raw private
+// operation (OpenSSL, with blinding) and the type 2 padding is removed here.
+// These functions are synchronous: a key worker thread (enclave/key-worker.ts)
+// calls them for the connections it serves, never the main thread's event loop.
 import crypto, { type KeyObject } from 'node:crypto';
 import { CKR, P11Error } from '../shared/pkcs11-rv.ts';
 import { SignScheme, DecryptScheme, HASH_NAMES, HASH_LEN } from '../shared/key-wire.ts';
+import { native, type RsaKey } from '../shared/native.ts';
 
 export interface SignJob { key: KeyObject; modulusBits: number; scheme: number; hash: number; mgfHash: number; saltLength: number; data: Uint8Array }
 export interface DecryptJob { key: KeyObject; modulusBits: number; scheme: number; hash: number; mgfHash: number; oaepLabel: Uint8Array; data: Uint8Array }
@@ -16,46 +19,18 @@ function hashName(id: number, what: string): string {
   return n;
 }
 
-function mgf1(seed: Buffer, length: number, hash: string): Buffer {
-  const out = Buffer.allocUnsafe(length);
-  const block = Buffer.allocUnsafe(seed.length + 4);
-  seed.copy(block, 0);
-  let off = 0;
-  for (let i = 0; off < length; i++) {
-    block.writeUInt32BE(i, seed.length);
-    // crypto.hash: one-shot, no Hash object per block (this runs on every PSS signature).
-    off += crypto.hash(hash, block, 'buffer').copy(out, off);
-  }
-  return out;
-}
+const parsed = new WeakMap<KeyObject, RsaKey>();
 
-function rawPrivate(key: KeyObject, em: Buffer): Buffer {
-  try {
-    return crypto.privateEncrypt({ key, padding: crypto.constants.RSA_NO_PADDING }, em);
-  } catch (e) {
-    // The only input-dependent failure is an integer not below the modulus.
-    throw new P11Error(CKR.DATA_INVALID, `RSA operation refused the input: ${(e as Error).message}`);
+/** The key parsed into the native addon, once per key and worker thread (parsing costs more than a signature). */
+function nativeKey(key: KeyObject): RsaKey {
+  let handle = parsed.get(key);
+  if (!handle) {
+    const pkcs8 = key.export({ type: 'pkcs8', format: 'der' });
+    handle = native().rsaKey(pkcs8);
+    pkcs8.fill(0);
+    parsed.set(key, handle);
   }
-}
-
-/** EMSA-PSS-ENCODE (RFC 8017 9.1.1) of an already computed digest, emBits = modBits - 1. */
-function pssEncode(mHash: Buffer, modulusBits: number, hash: string, mgfHash: string, saltLength: number): Buffer {
-  const hLen = mHash.length;
-  const emBits = modulusBits - 1;
-  const emLen = Math.ceil(emBits / 8);
-  if (emLen < hLen + saltLength + 2) throw new P11Error(CKR.MECHANISM_PARAM_INVALID, `salt of ${saltLength} bytes does not fit a ${modulusBits}-bit key`);
-  const salt = crypto.randomBytes(saltLength);
-  const mPrime = Buffer.alloc(8 + hLen + saltLength); // 8 zero bytes || mHash || salt
-  mHash.copy(mPrime, 8);
-  salt.copy(mPrime, 8 + hLen);
-  const h = crypto.hash(hash, mPrime, 'buffer');
-  const db = Buffer.alloc(emLen - hLen - 1);
-  db[db.length - saltLength - 1] = 0x01;
-  salt.copy(db, db.length - saltLength);
-  const mask = mgf1(h, db.length, mgfHash);
-  for (let i = 0; i < db.length; i++) db[i] ^= mask[i];
-  db[0] &= 0xff >> (8 * emLen - emBits);
-  return Buffer.concat([db, h, Buffer.from([0xbc])]);
+  return handle;
 }
 
 /** Left-pads to the modulus length: the raw operation takes exactly k bytes. */
@@ -69,22 +44,22 @@ function toModulusLength(em: Buffer, k: number): Buffer {
 export function sign(job: SignJob): Buffer {
   const k = Math.ceil(job.modulusBits / 8);
   const data = Buffer.from(job.data.buffer, job.data.byteOffset, job.data.byteLength);
+  const refused = (e: unknown) => new P11Error(CKR.DATA_INVALID, `RSA operation refused the input: ${(e as Error).message}`);
   switch (job.scheme) {
-    case SignScheme.PKCS1: {
+    case SignScheme.PKCS1:
       if (data.length > k - 11) throw new P11Error(CKR.DATA_LEN_RANGE, `PKCS#1 v1.5 input of ${data.length} bytes exceeds ${k - 11} for this key`);
-      const em = Buffer.alloc(k, 0xff);
-      em[0] = 0; em[1] = 1; em[k - data.length - 1] = 0;
-      data.copy(em, k - data.length);
-      return rawPrivate(job.key, em);
-    }
+      return native().rsaSignDigest(nativeKey(job.key), 'pkcs1', data);
     case SignScheme.PSS: {
       const hash = hashName(job.hash, 'PSS hash');
-      if (data.length !== HASH_LEN[job.hash]) throw new P11Error(CKR.DATA_LEN_RANGE, `PSS input of ${data.length} bytes is not a ${hash} digest`);
-      return rawPrivate(job.key, toModulusLength(pssEncode(data, job.modulusBits, hash, hashName(job.mgfHash, 'MGF1 hash'), job.saltLength), k));
+      const hLen = HASH_LEN[job.hash];
+      if (data.length !== hLen) throw new P11Error(CKR.DATA_LEN_RANGE, `PSS input of ${data.length} bytes is not a ${hash} digest`);
+      // EMSA-PSS (RFC 8017 9.1.1): emLen = ceil((modBits - 1) / 8) must hold the digest, the salt and two bytes.
+      if (Math.ceil((job.modulusBits - 1) / 8) < hLen + job.saltLength + 2) throw new P11Error(CKR.MECHANISM_PARAM_INVALID, `salt of ${job.saltLength} bytes does not fit a ${job.modulusBits}-bit key`);
+      try { return native().rsaSignDigest(nativeKey(job.key), 'pss', data, hash, hashName(job.mgfHash, 'MGF1 hash'), job.saltLength); } catch (e) { throw refused(e); }
     }
     case SignScheme.RAW:
       if (data.length > k) throw new P11Error(CKR.DATA_LEN_RANGE, `raw RSA input of ${data.length} bytes exceeds the modulus (${k})`);
-      return rawPrivate(job.key, toModulusLength(data, k));
+      try { return native().rsaSignDigest(nativeKey(job.key), 'raw', toModulusLength(data, k)); } catch (e) { throw refused(e); }
     case SignScheme.ECDSA:
       throw new P11Error(CKR.KEY_TYPE_INCONSISTENT, 'ECDSA with an RSA key');
     default:

@@ -1,5 +1,5 @@
 // Loads the native addon (shared/native/native.c, shared by the enclave app and the agent) on first use: vsock sockets,
-// descriptor duplication, the NSM ioctl, and ECDSA over a given digest. Nothing else in nitro-acm is native
+// descriptor duplication, the NSM ioctl, and ECDSA and RSA signatures over what PKCS#11 hands over. Nothing else in nitro-acm is native
 // on the Node side.
 import fs from 'node:fs';
 import { createRequire } from 'node:module';
@@ -16,7 +16,15 @@ export interface NativeAddon {
   ecdsaKey(pkcs8Der: Buffer): EcdsaKey;
   /** ECDSA over a digest already computed (PKCS#11 CKM_ECDSA; node:crypto always hashes): r||s. */
   ecdsaSignDigest(key: EcdsaKey, digest: Buffer): Buffer;
+  /** An RSA private key parsed once for rsaSignDigest (freed, with its key contexts, when the handle is collected). */
+  rsaKey(pkcs8Der: Buffer): RsaKey;
+  /** An RSA signature, k bytes: PKCS#1 v1.5 padding over `input` as is (a DigestInfo), PSS over a digest, or raw over k bytes. */
+  rsaSignDigest(key: RsaKey, scheme: 'pkcs1' | 'raw', input: Buffer): Buffer;
+  rsaSignDigest(key: RsaKey, scheme: 'pss', digest: Buffer, hash: string, mgfHash: string, saltLength: number): Buffer;
 }
+
+/** An opaque handle to a parsed RSA private key inside the addon. */
+export type RsaKey = { readonly __rsaKey: unique symbol };
 
 /** An opaque handle to a parsed EC private key inside the addon. */
 export type EcdsaKey = { readonly __ecdsaKey: unique symbol };

@@ -9,7 +9,7 @@ import { encodeTokenList, decodeTokenList, encodeRequest, decodeRequest, Op, Sig
 import { listen, connect } from '../shared/transport.ts';
 import { sign, decrypt } from '../enclave/rsa-ops.ts';
 import { CKR, P11Error } from '../shared/pkcs11-rv.ts';
-import { native, type EcdsaKey } from '../shared/native.ts';
+import { native, type EcdsaKey, type RsaKey } from '../shared/native.ts';
 
 test('addresses: both forms parse and print back; errors say what is wrong', (t) => {
   for (const a of ['unix:path=/run/nitro-acm/keys.sock', 'vsock:cid=16;port=9999']) t.is(formatAddress(parseAddress(a)), a);
@@ -94,4 +94,34 @@ test('ECDSA over a given digest (native addon, for CKM_ECDSA): P-256 and P-384 v
   const ec = native().ecdsaKey(crypto.generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({ type: 'pkcs8', format: 'der' }));
   t.throws(() => native().ecdsaSignDigest(ec, Buffer.alloc(65)), { message: /a digest of 1\.\.64 bytes/ });
   t.throws(() => native().ecdsaSignDigest(rsa as unknown as EcdsaKey, Buffer.alloc(32)), { message: /a key from ecdsaKey\(\)/ });
+  t.throws(() => native().ecdsaSignDigest(native().rsaKey(rsa) as unknown as EcdsaKey, Buffer.alloc(32)), { message: /a key from ecdsaKey\(\)/ }, 'an RSA handle is refused, not misread');
+});
+
+test('RSA signatures in the native addon: PKCS#1 v1.5 over a DigestInfo, PSS over a digest, raw; each verifies; other keys, handles and bad inputs are refused', (t) => {
+  const { privateKey, publicKey } = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 });
+  const key = native().rsaKey(privateKey.export({ type: 'pkcs8', format: 'der' }));
+  const data = crypto.randomBytes(100);
+  const digest = crypto.createHash('sha256').update(data).digest();
+  const digestInfo = Buffer.concat([Buffer.from('3031300d060960864801650304020105000420', 'hex'), digest]);
+  t.true(crypto.verify('sha256', data, publicKey, native().rsaSignDigest(key, 'pkcs1', digestInfo)), 'PKCS#1 v1.5');
+  for (const [hash, salt] of [['sha256', 32], ['sha384', 48], ['sha512', 0]] as const) {
+    const d = crypto.createHash(hash).update(data).digest();
+    for (let i = 0; i < 2; i++) { // the second uses the key context the first made
+      const sig = native().rsaSignDigest(key, 'pss', d, hash, hash, salt);
+      t.true(crypto.verify(hash, data, { key: publicKey, padding: crypto.constants.RSA_PKCS1_PSS_PADDING, saltLength: salt }, sig), `PSS ${hash} salt ${salt}`);
+    }
+  }
+  const em = Buffer.concat([Buffer.from([0]), crypto.randomBytes(255)]);
+  t.deepEqual(crypto.publicDecrypt({ key: publicKey, padding: crypto.constants.RSA_NO_PADDING }, native().rsaSignDigest(key, 'raw', em)), em, 'raw');
+  t.throws(() => native().rsaSignDigest(key, 'raw', Buffer.alloc(256, 0xff)), { message: 'raw RSA input is not below the modulus' });
+  t.throws(() => native().rsaSignDigest(key, 'raw', Buffer.alloc(255)), { message: /as long as the modulus/ });
+  t.throws(() => native().rsaSignDigest(key, 'pkcs1', Buffer.alloc(246)), { message: /longer than the key allows/ });
+  t.throws(() => native().rsaSignDigest(key, 'pss', Buffer.alloc(31), 'sha256', 'sha256', 32), { message: /a digest of the hash's size/ });
+  t.throws(() => native().rsaSignDigest(key, 'pss', digest, 'md-unknown', 'sha256', 32), { message: /a known hash/ });
+  t.throws(() => native().rsaSignDigest(key, 'pss', digest, 'sha256', 'sha256', 300), { message: /signing failed|cannot sign with these parameters/ });
+  t.throws(() => native().rsaSignDigest(key, 'rot13' as 'raw', digest), { message: /scheme is pkcs1, pss/ });
+  const ecPkcs8 = crypto.generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({ type: 'pkcs8', format: 'der' });
+  t.throws(() => native().rsaKey(ecPkcs8), { message: 'not an RSA private key' });
+  t.throws(() => native().rsaKey(Buffer.alloc(9000)), { message: /1\.\.8192 bytes/ });
+  t.throws(() => native().rsaSignDigest(native().ecdsaKey(ecPkcs8) as unknown as RsaKey, 'pkcs1', digestInfo), { message: /a key from rsaKey\(\)/ }, 'an EC handle is refused, not misread');
 });

@@ -18,6 +18,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -26,10 +27,13 @@
 #include <sys/uio.h>
 #include <unistd.h>
 #include <linux/vm_sockets.h>
+#define NAPI_VERSION 8 /* type tags on externals */
 #include <node_api.h>
 #include <openssl/bn.h>
 #include <openssl/ec.h>
+#include <openssl/err.h>
 #include <openssl/evp.h>
+#include <openssl/rsa.h>
 #include <openssl/x509.h>
 
 static const char *errno_code(int err)
@@ -277,6 +281,18 @@ static napi_value js_nsm_request(napi_env env, napi_callback_info info)
  * into a handle that frees it when collected; ecdsaSignDigest(handle, digest)
  * gives r||s, each as long as the curve's order.
  */
+/* Key handles are externals tagged with their kind, so one of another kind is refused, never misread. */
+static const napi_type_tag EC_KEY_TAG = { 0x6e6974726f61636dULL, 0x0000000065636b31ULL };
+static const napi_type_tag RSA_KEY_TAG = { 0x6e6974726f61636dULL, 0x0000000072736b31ULL };
+
+static int tagged_external(napi_env env, napi_value v, const napi_type_tag *tag, void **out)
+{
+  napi_valuetype type = napi_undefined;
+  bool is = false;
+  return napi_typeof(env, v, &type) == napi_ok && type == napi_external && napi_check_object_type_tag(env, v, tag, &is) == napi_ok && is
+         && napi_get_value_external(env, v, out) == napi_ok;
+}
+
 static void free_pkey(napi_env env, void *data, void *hint)
 {
   (void)env; (void)hint;
@@ -302,6 +318,7 @@ static napi_value js_ecdsa_key(napi_env env, napi_callback_info info)
     return NULL;
   }
   if (napi_create_external(env, pkey, free_pkey, NULL, &out) != napi_ok) { EVP_PKEY_free(pkey); return NULL; }
+  if (napi_type_tag_object(env, out, &EC_KEY_TAG) != napi_ok) return NULL;
   return out;
 }
 
@@ -309,11 +326,10 @@ static napi_value js_ecdsa_sign_digest(napi_env env, napi_callback_info info)
 {
   size_t argc = 2;
   napi_value argv[2];
-  napi_valuetype type = napi_undefined;
   void *pkey_p = NULL, *dg = NULL;
   size_t dg_len = 0;
   napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  if (argc < 2 || napi_typeof(env, argv[0], &type) != napi_ok || type != napi_external || napi_get_value_external(env, argv[0], &pkey_p) != napi_ok
+  if (argc < 2 || !tagged_external(env, argv[0], &EC_KEY_TAG, &pkey_p)
       || napi_get_buffer_info(env, argv[1], &dg, &dg_len) != napi_ok || dg_len == 0 || dg_len > 64) {
     napi_throw_type_error(env, NULL, "ecdsaSignDigest(key, digest): a key from ecdsaKey() and a digest of 1..64 bytes expected");
     return NULL;
@@ -344,6 +360,135 @@ out:
   return result;
 }
 
+/*
+ * RSA signatures in one call, over what PKCS#11 hands the module: a DigestInfo
+ * for PKCS#1 v1.5 (padded as is), a digest for PSS (encoded by OpenSSL), k bytes
+ * for raw. In JavaScript this took PSS encoding in several calls into Node and
+ * then an RSA_NO_PADDING private encryption that made a key context, and looked
+ * its algorithm up, every time. rsaKey(pkcs8Der) parses the key once; its handle
+ * keeps a few key contexts, each set up once for one padding (PKCS#1, raw, or PSS
+ * with its hash, MGF1 hash and salt length): a TLS server asks for one or two.
+ * A handle is used by one thread only (each key worker parses its own).
+ */
+#define RSA_CTXS 6
+
+struct rsa_ctx { int padding; const EVP_MD *md, *mgf; int salt; EVP_PKEY_CTX *ctx; };
+struct rsa_key { EVP_PKEY *pkey; struct rsa_ctx ctxs[RSA_CTXS]; int next; };
+
+static void free_rsa_key(napi_env env, void *data, void *hint)
+{
+  (void)env; (void)hint;
+  struct rsa_key *k = data;
+  for (int i = 0; i < RSA_CTXS; i++) EVP_PKEY_CTX_free(k->ctxs[i].ctx);
+  EVP_PKEY_free(k->pkey);
+  free(k);
+}
+
+static napi_value js_rsa_key(napi_env env, napi_callback_info info)
+{
+  size_t argc = 1;
+  napi_value argv[1], out;
+  void *der = NULL;
+  size_t der_len = 0;
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc < 1 || napi_get_buffer_info(env, argv[0], &der, &der_len) != napi_ok || der_len == 0 || der_len > 8192) {
+    napi_throw_type_error(env, NULL, "rsaKey(pkcs8Der): a key of 1..8192 bytes expected");
+    return NULL;
+  }
+  const unsigned char *p = der;
+  EVP_PKEY *pkey = d2i_AutoPrivateKey(NULL, &p, (long)der_len);
+  struct rsa_key *k = pkey && EVP_PKEY_get_base_id(pkey) == EVP_PKEY_RSA ? calloc(1, sizeof *k) : NULL;
+  if (!k) {
+    EVP_PKEY_free(pkey);
+    napi_throw_error(env, "RSA", "not an RSA private key");
+    return NULL;
+  }
+  k->pkey = pkey;
+  if (napi_create_external(env, k, free_rsa_key, NULL, &out) != napi_ok) { free_rsa_key(env, k, NULL); return NULL; }
+  if (napi_type_tag_object(env, out, &RSA_KEY_TAG) != napi_ok) return NULL;
+  return out;
+}
+
+/* The key's context for this padding, made and set up the first time it is asked for. */
+static EVP_PKEY_CTX *rsa_ctx_for(struct rsa_key *k, int padding, const EVP_MD *md, const EVP_MD *mgf, int salt)
+{
+  for (int i = 0; i < RSA_CTXS; i++) {
+    struct rsa_ctx *c = &k->ctxs[i];
+    if (c->ctx && c->padding == padding && c->md == md && c->mgf == mgf && c->salt == salt) return c->ctx;
+  }
+  EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new(k->pkey, NULL);
+  int ok = ctx && EVP_PKEY_sign_init(ctx) > 0 && EVP_PKEY_CTX_set_rsa_padding(ctx, padding) > 0;
+  if (ok && padding == RSA_PKCS1_PSS_PADDING)
+    ok = EVP_PKEY_CTX_set_signature_md(ctx, md) > 0 && EVP_PKEY_CTX_set_rsa_mgf1_md(ctx, mgf) > 0 && EVP_PKEY_CTX_set_rsa_pss_saltlen(ctx, salt) > 0;
+  if (!ok) { EVP_PKEY_CTX_free(ctx); return NULL; }
+  struct rsa_ctx *c = &k->ctxs[k->next];
+  k->next = (k->next + 1) % RSA_CTXS;
+  EVP_PKEY_CTX_free(c->ctx);
+  *c = (struct rsa_ctx){ padding, md, mgf, salt, ctx };
+  return ctx;
+}
+
+static const EVP_MD *md_named(napi_env env, napi_value v)
+{
+  char name[16];
+  size_t n = 0;
+  if (napi_get_value_string_utf8(env, v, name, sizeof name, &n) != napi_ok || n == 0 || n >= sizeof name - 1) return NULL;
+  return EVP_get_digestbyname(name);
+}
+
+/* rsaSignDigest(key, scheme, input, hash?, mgfHash?, saltLength?): scheme "pkcs1", "pss" or "raw"; the signature, k bytes. */
+static napi_value js_rsa_sign_digest(napi_env env, napi_callback_info info)
+{
+  size_t argc = 6;
+  napi_value argv[6];
+  void *key_p = NULL, *in = NULL;
+  size_t in_len = 0;
+  char scheme[8];
+  size_t scheme_len = 0;
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc < 3 || !tagged_external(env, argv[0], &RSA_KEY_TAG, &key_p)
+      || napi_get_value_string_utf8(env, argv[1], scheme, sizeof scheme, &scheme_len) != napi_ok
+      || napi_get_buffer_info(env, argv[2], &in, &in_len) != napi_ok || in_len == 0) {
+    napi_throw_type_error(env, NULL, "rsaSignDigest(key, scheme, input, ...): a key from rsaKey(), a scheme and a non-empty input expected");
+    return NULL;
+  }
+  struct rsa_key *k = key_p;
+  size_t mod = (size_t)EVP_PKEY_get_size(k->pkey);
+  int padding;
+  const EVP_MD *md = NULL, *mgf = NULL;
+  int32_t salt = 0;
+  if (strcmp(scheme, "pkcs1") == 0) {
+    padding = RSA_PKCS1_PADDING;
+    if (in_len > mod - 11) { napi_throw_range_error(env, "RSA", "PKCS#1 v1.5 input longer than the key allows"); return NULL; }
+  } else if (strcmp(scheme, "raw") == 0) {
+    padding = RSA_NO_PADDING;
+    if (in_len != mod) { napi_throw_range_error(env, "RSA", "raw RSA input must be as long as the modulus"); return NULL; }
+  } else if (strcmp(scheme, "pss") == 0 && argc >= 6) {
+    padding = RSA_PKCS1_PSS_PADDING;
+    md = md_named(env, argv[3]);
+    mgf = md_named(env, argv[4]);
+    if (!md || !mgf || napi_get_value_int32(env, argv[5], &salt) != napi_ok || salt < 0 || (size_t)EVP_MD_get_size(md) != in_len) {
+      napi_throw_range_error(env, "RSA", "PSS needs a known hash, MGF1 hash, a salt length and a digest of the hash's size");
+      return NULL;
+    }
+  } else {
+    napi_throw_type_error(env, NULL, "rsaSignDigest: scheme is pkcs1, pss (with hash, mgfHash, saltLength) or raw");
+    return NULL;
+  }
+  EVP_PKEY_CTX *ctx = rsa_ctx_for(k, padding, md, mgf, (int)salt);
+  napi_value result = NULL;
+  void *sig = NULL;
+  size_t sig_len = mod;
+  if (!ctx) { napi_throw_error(env, "RSA", "this key cannot sign with these parameters (a salt too long for the key?)"); return NULL; }
+  if (napi_create_buffer(env, mod, &sig, &result) != napi_ok) return NULL;
+  if (EVP_PKEY_sign(ctx, sig, &sig_len, in, in_len) <= 0 || sig_len != mod) {
+    ERR_clear_error();
+    napi_throw_error(env, "RSA", padding == RSA_NO_PADDING ? "raw RSA input is not below the modulus" : "signing failed");
+    return NULL;
+  }
+  return result;
+}
+
 static napi_value init(napi_env env, napi_value exports)
 {
   napi_property_descriptor props[] = {
@@ -354,6 +499,8 @@ static napi_value init(napi_env env, napi_value exports)
     { "nsmRequest", NULL, js_nsm_request, NULL, NULL, NULL, napi_default, NULL },
     { "ecdsaKey", NULL, js_ecdsa_key, NULL, NULL, NULL, napi_default, NULL },
     { "ecdsaSignDigest", NULL, js_ecdsa_sign_digest, NULL, NULL, NULL, napi_default, NULL },
+    { "rsaKey", NULL, js_rsa_key, NULL, NULL, NULL, napi_default, NULL },
+    { "rsaSignDigest", NULL, js_rsa_sign_digest, NULL, NULL, NULL, napi_default, NULL },
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   return exports;
