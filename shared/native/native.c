@@ -278,7 +278,7 @@ static napi_value js_nsm_request(napi_env env, napi_callback_info info)
  * node:crypto cannot do (its sign() always hashes). OpenSSL is Node's own: an
  * addon resolves these symbols from the node binary, which exports them.
  * ecdsaKey(pkcs8Der) parses the key once (parsing costs ten times the signature)
- * into a handle that frees it when collected; ecdsaSignDigest(handle, digest)
+ * into a handle, with its signing context, that frees both when collected; ecdsaSignDigest(handle, digest)
  * gives r||s, each as long as the curve's order.
  */
 /* Key handles are externals tagged with their kind, so one of another kind is refused, never misread. */
@@ -293,10 +293,16 @@ static int tagged_external(napi_env env, napi_value v, const napi_type_tag *tag,
          && napi_get_value_external(env, v, out) == napi_ok;
 }
 
-static void free_pkey(napi_env env, void *data, void *hint)
+/* An EC key and its signing context, set up once: making a context looks its algorithm up by name each time. */
+struct ec_key { EVP_PKEY *pkey; EVP_PKEY_CTX *ctx; };
+
+static void free_ec_key(napi_env env, void *data, void *hint)
 {
   (void)env; (void)hint;
-  EVP_PKEY_free(data);
+  struct ec_key *k = data;
+  EVP_PKEY_CTX_free(k->ctx);
+  EVP_PKEY_free(k->pkey);
+  free(k);
 }
 
 static napi_value js_ecdsa_key(napi_env env, napi_callback_info info)
@@ -312,12 +318,20 @@ static napi_value js_ecdsa_key(napi_env env, napi_callback_info info)
   }
   const unsigned char *p = der;
   EVP_PKEY *pkey = d2i_AutoPrivateKey(NULL, &p, (long)der_len);
-  if (!pkey || EVP_PKEY_get_base_id(pkey) != EVP_PKEY_EC) {
+  struct ec_key *k = pkey && EVP_PKEY_get_base_id(pkey) == EVP_PKEY_EC ? calloc(1, sizeof *k) : NULL;
+  if (!k) {
     EVP_PKEY_free(pkey);
     napi_throw_error(env, "ECDSA", "not an EC private key");
     return NULL;
   }
-  if (napi_create_external(env, pkey, free_pkey, NULL, &out) != napi_ok) { EVP_PKEY_free(pkey); return NULL; }
+  k->pkey = pkey;
+  k->ctx = EVP_PKEY_CTX_new(pkey, NULL);
+  if (!k->ctx || EVP_PKEY_sign_init(k->ctx) <= 0) {
+    free_ec_key(env, k, NULL);
+    napi_throw_error(env, "ECDSA", "cannot sign with this key");
+    return NULL;
+  }
+  if (napi_create_external(env, k, free_ec_key, NULL, &out) != napi_ok) { free_ec_key(env, k, NULL); return NULL; }
   if (napi_type_tag_object(env, out, &EC_KEY_TAG) != napi_ok) return NULL;
   return out;
 }
@@ -334,16 +348,15 @@ static napi_value js_ecdsa_sign_digest(napi_env env, napi_callback_info info)
     napi_throw_type_error(env, NULL, "ecdsaSignDigest(key, digest): a key from ecdsaKey() and a digest of 1..64 bytes expected");
     return NULL;
   }
-  EVP_PKEY *pkey = pkey_p;
+  struct ec_key *k = pkey_p;
+  EVP_PKEY_CTX *ctx = k->ctx;
   napi_value result = NULL;
-  EVP_PKEY_CTX *ctx = NULL;
   unsigned char *sig = NULL;
   ECDSA_SIG *parsed = NULL;
   const char *why = NULL;
-  size_t field = (size_t)(EVP_PKEY_get_bits(pkey) + 7) / 8;
+  size_t field = (size_t)(EVP_PKEY_get_bits(k->pkey) + 7) / 8;
   size_t sig_len = 0;
-  ctx = EVP_PKEY_CTX_new(pkey, NULL);
-  if (!ctx || EVP_PKEY_sign_init(ctx) <= 0 || EVP_PKEY_sign(ctx, NULL, &sig_len, dg, dg_len) <= 0) { why = "cannot sign with this key"; goto out; }
+  if (EVP_PKEY_sign(ctx, NULL, &sig_len, dg, dg_len) <= 0) { why = "cannot sign with this key"; goto out; }
   sig = OPENSSL_malloc(sig_len);
   if (!sig || EVP_PKEY_sign(ctx, sig, &sig_len, dg, dg_len) <= 0) { why = "signing failed"; goto out; }
   const unsigned char *q = sig;
@@ -354,9 +367,9 @@ static napi_value js_ecdsa_sign_digest(napi_env env, napi_callback_info info)
   if (BN_bn2binpad(ECDSA_SIG_get0_r(parsed), raw, (int)field) < 0 || BN_bn2binpad(ECDSA_SIG_get0_s(parsed), (unsigned char *)raw + field, (int)field) < 0) { why = "signature does not fit the curve"; result = NULL; }
 out:
   if (why) napi_throw_error(env, "ECDSA", why);
+  if (why) ERR_clear_error();
   ECDSA_SIG_free(parsed);
   OPENSSL_free(sig);
-  EVP_PKEY_CTX_free(ctx);
   return result;
 }
 
