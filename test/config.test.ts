@@ -171,3 +171,12 @@ test('enclave.memory_mib below what the image needs: agent --check warns with th
   write(256);
   t.deepEqual(configWarnings(loadConfig(file), file), []);
 });
+
+test('options.provision_concurrency: 16 by default, 1..64, a number outside brought into range with a note', (t) => {
+  t.is(parseConfig('options:\n  service: nginx\n', 'acm.yaml').options.provision_concurrency, 16);
+  t.is(parseConfig('options:\n  provision_concurrency: 4\n', 'acm.yaml').options.provision_concurrency, 4);
+  const high = parseConfig('options:\n  provision_concurrency: 500\n', 'acm.yaml');
+  t.is(high.options.provision_concurrency, 64);
+  t.deepEqual(high.notes, ['acm.yaml:2: options.provision_concurrency: 500 is outside what nitro-acm works with (1..64); using 64']);
+  t.throws(() => parseConfig('options:\n  provision_concurrency: many\n', 'acm.yaml'), { instanceOf: ConfigError, message: 'acm.yaml:2:26: options.provision_concurrency: expected an integer, got "many"' });
+});

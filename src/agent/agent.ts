@@ -18,11 +18,10 @@ import { writeTarget, writeAtomic, companionFiles, readPinFile, keyUri } from '.
 import { verifyTokenSigns } from './challenge.ts';
 import { resolveOpenSsl } from './openssl-path.ts';
 import { splitLeaf, type Bundle, type FileDbKey } from '../../shared/bundle.ts';
-import { ckaIdOf } from '../../shared/key-id.ts';
 import { PIN_BYTES } from '../../shared/key-wire.ts';
 import type { TokenDescription } from '../../shared/provision-wire.ts';
 import type { EnclaveController, EnclaveEndpoints } from './enclave-controller.ts';
-import { certificateFacts, iso, type AgentStatus, type TokenStatus } from './token-status.ts';
+import { certificateFacts, certificateInfo, iso, type AgentStatus, type TokenStatus } from './token-status.ts';
 import { eachLimited, EnclaveUnreachable, withRetries } from './retry.ts';
 import { checkAttestation, type AttestationCheck } from './attestation-check.ts';
 import type { AgentCounters } from './metrics.ts';
@@ -71,12 +70,9 @@ interface ServedKey { ckaId: Buffer; label: string; certificatePem?: string; cha
 
 function servedKeys(t: TokenState): ServedKey[] {
   if (t.fileDb) return t.fileDb.map((k) => ({ ckaId: Buffer.from([k.id]), label: k.label, ...(k.cert_pem ? { certificatePem: splitLeaf(k.cert_pem).leaf, chainPem: splitLeaf(k.cert_pem).chain } : { chainPem: '' }) }));
-  if (t.bundle) return [{ ckaId: ckaIdOf(t.bundle.certificate), label: t.config.label, certificatePem: t.bundle.certificate, chainPem: t.bundle.certificateChain }];
+  if (t.bundle) return [{ ckaId: certificateInfo(t.bundle.certificate).ckaId, label: t.config.label, certificatePem: t.bundle.certificate, chainPem: t.bundle.certificateChain }];
   return [];
 }
-
-/** Tokens provisioned at once: each waits mostly on KMS and the enclave's key generation. */
-const PROVISION_CONCURRENCY = 4;
 
 /** Labels for a log line: the first few and how many more (1,000 tokens make a line, not a page). */
 function labels(xs: string[], shown = 5): string {
@@ -250,7 +246,7 @@ export class Agent {
    */
   private async provisionMany(items: { t: TokenState; op: 'add' | 'update' }[]): Promise<TokenState[]> {
     const delivered: (typeof items[number] & { started: number })[] = [];
-    await eachLimited(items, PROVISION_CONCURRENCY, async (it) => { const started = performance.now(); if (!this.lost && await this.deliver(it.t, it.op, true)) delivered.push({ ...it, started }); });
+    await eachLimited(items, this.o.config.options.provision_concurrency, async (it) => { const started = performance.now(); if (!this.lost && await this.deliver(it.t, it.op, true)) delivered.push({ ...it, started }); });
     const out: TokenState[] = [];
     for (const it of delivered) if (await this.rollOut(it.t, it.op)) { out.push(it.t); this.o.onProvisioned?.(it.op, (performance.now() - it.started) / 1000); }
     return out;
@@ -317,7 +313,7 @@ export class Agent {
       t.state = 'serving';
       t.error = undefined;
       const leaf = keys.find((k) => k.certificatePem)?.certificatePem;
-      log.token(t.config.label).info(op === 'refresh' ? 'refreshed (re-attested)' : `serving ${leaf ? new crypto.X509Certificate(leaf).subject.replace(/\n/g, ', ') : `${keys.length} key${keys.length > 1 ? 's' : ''} without a certificate`}${targetSpec(t.config) ? '' : ' (no target: no web-server file written; nitro-acm status shows its pkcs11: URI)'}`);
+      log.token(t.config.label).info(op === 'refresh' ? 'refreshed (re-attested)' : `serving ${leaf ? certificateFacts(leaf).subject : `${keys.length} key${keys.length > 1 ? 's' : ''} without a certificate`}${targetSpec(t.config) ? '' : ' (no target: no web-server file written; nitro-acm status shows its pkcs11: URI)'}`);
       return true;
     } catch (e) { return this.failed(t, op, e as Error); }
   }
@@ -392,7 +388,7 @@ export class Agent {
   /** Re-attests and re-decrypts every token (the enclave drops tokens not refreshed within its TTL). */
   async refresh(): Promise<void> {
     // A few at a time, like provisioning; a dead enclave ends it (the health check provisions every token anew).
-    await eachLimited([...this.tokens.values()].filter((t) => t.bundle || t.fileDb), PROVISION_CONCURRENCY, async (t) => { if (!this.lost) await this.provisionToken(t, 'refresh', false); });
+    await eachLimited([...this.tokens.values()].filter((t) => t.bundle || t.fileDb), this.o.config.options.provision_concurrency, async (t) => { if (!this.lost) await this.provisionToken(t, 'refresh', false); });
   }
 
   /** If the enclave is gone, starts a new one and provisions every token again with the same PINs. */

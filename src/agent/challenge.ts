@@ -6,6 +6,7 @@ import crypto from 'node:crypto';
 import * as graphene from 'graphene-pk11';
 import { BUILT_MODULE } from '../paths.ts';
 import { curveByParams } from '../../shared/ec-curves.ts';
+import { certificateInfo } from './token-status.ts';
 
 export class ChallengeError extends Error {}
 
@@ -111,7 +112,7 @@ export async function verifyTokenSigns(o: { address: string; label: string; pin:
       const keys = privates.m.get(hex) ?? [];
       if (keys.length !== 1) throw new ChallengeError(`token "${o.label}": ${keys.length} private keys with ${id}, expected 1`);
       let publicKey: crypto.KeyObject;
-      if (want.certificatePem) publicKey = new crypto.X509Certificate(want.certificatePem).publicKey;
+      if (want.certificatePem) publicKey = certificateInfo(want.certificatePem).x509.publicKey;
       else {
         const pub = publics!.m.get(hex) ?? [];
         if (pub.length !== 1) throw new ChallengeError(`token "${o.label}": ${pub.length} public keys with ${id}, expected 1`);

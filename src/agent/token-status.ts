@@ -5,6 +5,7 @@ import type { Health } from '../../shared/provision-wire.ts';
 import type { TokenStateName, AttestationState } from './agent.ts';
 import { curveByNodeName } from '../../shared/ec-curves.ts';
 import type { TokenOperationStats } from '../../shared/operation-stats.ts';
+import { ckaIdOf } from '../../shared/key-id.ts';
 import type { AgentCounters } from './metrics.ts';
 
 /** One token as `nitro-acm status` shows it: what the agent knows and what the enclave holds. */
@@ -39,19 +40,33 @@ export interface AgentStatus {
   counters?: AgentCounters;
 }
 
-export function certificateFacts(pem: string): Pick<TokenStatus, 'subject' | 'sans' | 'notAfter' | 'keyType' | 'fingerprint256'> {
+/** What the agent reads from a certificate, parsed once per certificate (a status of 1,000 tokens, or a metrics scrape, would parse each again). */
+export interface CertificateInfo { x509: crypto.X509Certificate; facts: Pick<TokenStatus, 'subject' | 'sans' | 'notAfter' | 'keyType' | 'fingerprint256'>; ckaId: Buffer }
+
+const infoCache = new Map<string, CertificateInfo>();
+/** Certificates kept parsed: beyond this many (renewals over a long life) the cache starts again. */
+const INFO_CACHE_MAX = 4096;
+
+export function certificateInfo(pem: string): CertificateInfo {
+  let info = infoCache.get(pem);
+  if (info) return info;
   const c = new crypto.X509Certificate(pem);
   const k = c.publicKey;
   const d = k.asymmetricKeyDetails;
   // As the enclave names them (nitro-acm status shows both): RSA-2048, EC-P256.
   const keyType = k.asymmetricKeyType === 'rsa' ? `RSA-${d?.modulusLength}` : k.asymmetricKeyType === 'ec' ? curveByNodeName(d?.namedCurve)?.shown ?? `EC-${d?.namedCurve}` : String(k.asymmetricKeyType);
-  return {
-    subject: c.subject.replace(/\n/g, ', '),
-    sans: (c.subjectAltName ?? '').split(', ').filter(Boolean),
-    notAfter: new Date(c.validTo).toISOString(),
-    keyType,
-    fingerprint256: c.fingerprint256,
+  info = {
+    x509: c,
+    facts: { subject: c.subject.replace(/\n/g, ', '), sans: (c.subjectAltName ?? '').split(', ').filter(Boolean), notAfter: new Date(c.validTo).toISOString(), keyType, fingerprint256: c.fingerprint256 },
+    ckaId: ckaIdOf(k),
   };
+  if (infoCache.size >= INFO_CACHE_MAX) infoCache.clear();
+  infoCache.set(pem, info);
+  return info;
+}
+
+export function certificateFacts(pem: string): CertificateInfo['facts'] {
+  return certificateInfo(pem).facts;
 }
 
 export const iso = (t?: number) => (t === undefined ? undefined : new Date(t).toISOString());
