@@ -4,7 +4,7 @@
 // hashes its input); each key is parsed into the addon once per worker thread
 // (parsing costs ten times a signature).
 import type { KeyObject } from 'node:crypto';
-import { native, type EcdsaKey } from '../shared/native.ts';
+import { native, nativeKeyOf, type EcdsaKey } from '../shared/native.ts';
 import { CKR, P11Error } from '../shared/pkcs11-rv.ts';
 import { SignScheme } from '../shared/key-wire.ts';
 
@@ -13,12 +13,6 @@ const parsed = new WeakMap<KeyObject, EcdsaKey>();
 export function ecdsaSign(key: KeyObject, scheme: number, data: Uint8Array): Buffer {
   if (scheme !== SignScheme.ECDSA) throw new P11Error(CKR.KEY_TYPE_INCONSISTENT, `sign scheme ${scheme} is not for an EC key`);
   if (data.length < 1 || data.length > 64) throw new P11Error(CKR.DATA_LEN_RANGE, `ECDSA input of ${data.length} bytes is not a digest (1..64 bytes)`);
-  let handle = parsed.get(key);
-  if (!handle) {
-    const pkcs8 = key.export({ type: 'pkcs8', format: 'der' });
-    handle = native().ecdsaKey(pkcs8);
-    pkcs8.fill(0);
-    parsed.set(key, handle);
-  }
+  const handle = nativeKeyOf(parsed, key, (der) => native().ecdsaKey(der));
   return native().ecdsaSignDigest(handle, Buffer.from(data.buffer, data.byteOffset, data.byteLength));
 }

@@ -8,7 +8,7 @@
 import crypto, { type KeyObject } from 'node:crypto';
 import { CKR, P11Error } from '../shared/pkcs11-rv.ts';
 import { SignScheme, DecryptScheme, HASH_NAMES, HASH_LEN } from '../shared/key-wire.ts';
-import { native, type RsaKey } from '../shared/native.ts';
+import { native, nativeKeyOf, type RsaKey } from '../shared/native.ts';
 
 export interface SignJob { key: KeyObject; modulusBits: number; scheme: number; hash: number; mgfHash: number; saltLength: number; data: Uint8Array }
 export interface DecryptJob { key: KeyObject; modulusBits: number; scheme: number; hash: number; mgfHash: number; oaepLabel: Uint8Array; data: Uint8Array }
@@ -20,18 +20,7 @@ function hashName(id: number, what: string): string {
 }
 
 const parsed = new WeakMap<KeyObject, RsaKey>();
-
-/** The key parsed into the native addon, once per key and worker thread (parsing costs more than a signature). */
-function nativeKey(key: KeyObject): RsaKey {
-  let handle = parsed.get(key);
-  if (!handle) {
-    const pkcs8 = key.export({ type: 'pkcs8', format: 'der' });
-    handle = native().rsaKey(pkcs8);
-    pkcs8.fill(0);
-    parsed.set(key, handle);
-  }
-  return handle;
-}
+const rsaKeyOf = (key: KeyObject) => nativeKeyOf(parsed, key, (der) => native().rsaKey(der));
 
 /** Left-pads to the modulus length: the raw operation takes exactly k bytes. */
 function toModulusLength(em: Buffer, k: number): Buffer {
@@ -48,18 +37,18 @@ export function sign(job: SignJob): Buffer {
   switch (job.scheme) {
     case SignScheme.PKCS1:
       if (data.length > k - 11) throw new P11Error(CKR.DATA_LEN_RANGE, `PKCS#1 v1.5 input of ${data.length} bytes exceeds ${k - 11} for this key`);
-      return native().rsaSignDigest(nativeKey(job.key), 'pkcs1', data);
+      return native().rsaSignDigest(rsaKeyOf(job.key), 'pkcs1', data);
     case SignScheme.PSS: {
       const hash = hashName(job.hash, 'PSS hash');
       const hLen = HASH_LEN[job.hash];
       if (data.length !== hLen) throw new P11Error(CKR.DATA_LEN_RANGE, `PSS input of ${data.length} bytes is not a ${hash} digest`);
       // EMSA-PSS (RFC 8017 9.1.1): emLen = ceil((modBits - 1) / 8) must hold the digest, the salt and two bytes.
       if (Math.ceil((job.modulusBits - 1) / 8) < hLen + job.saltLength + 2) throw new P11Error(CKR.MECHANISM_PARAM_INVALID, `salt of ${job.saltLength} bytes does not fit a ${job.modulusBits}-bit key`);
-      try { return native().rsaSignDigest(nativeKey(job.key), 'pss', data, hash, hashName(job.mgfHash, 'MGF1 hash'), job.saltLength); } catch (e) { throw refused(e); }
+      try { return native().rsaSignDigest(rsaKeyOf(job.key), 'pss', data, hash, hashName(job.mgfHash, 'MGF1 hash'), job.saltLength); } catch (e) { throw refused(e); }
     }
     case SignScheme.RAW:
       if (data.length > k) throw new P11Error(CKR.DATA_LEN_RANGE, `raw RSA input of ${data.length} bytes exceeds the modulus (${k})`);
-      try { return native().rsaSignDigest(nativeKey(job.key), 'raw', toModulusLength(data, k)); } catch (e) { throw refused(e); }
+      try { return native().rsaSignDigest(rsaKeyOf(job.key), 'raw', toModulusLength(data, k)); } catch (e) { throw refused(e); }
     case SignScheme.ECDSA:
       throw new P11Error(CKR.KEY_TYPE_INCONSISTENT, 'ECDSA with an RSA key');
     default:

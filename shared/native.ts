@@ -2,6 +2,7 @@
 // descriptor duplication, the NSM ioctl, and ECDSA and RSA signatures over what PKCS#11 hands over. Nothing else in nitro-acm is native
 // on the Node side.
 import fs from 'node:fs';
+import type { KeyObject } from 'node:crypto';
 import { createRequire } from 'node:module';
 
 export interface NativeAddon {
@@ -28,6 +29,20 @@ export type RsaKey = { readonly __rsaKey: unique symbol };
 
 /** An opaque handle to a parsed EC private key inside the addon. */
 export type EcdsaKey = { readonly __ecdsaKey: unique symbol };
+
+/**
+ * A private key parsed into the addon once per key and thread (parsing costs
+ * more than a signature), kept in `cache`; the PKCS#8 copy made for it is wiped.
+ */
+export function nativeKeyOf<H>(cache: WeakMap<KeyObject, H>, key: KeyObject, parse: (pkcs8Der: Buffer) => H): H {
+  let handle = cache.get(key);
+  if (!handle) {
+    const pkcs8 = key.export({ type: 'pkcs8', format: 'der' });
+    try { handle = parse(pkcs8); } finally { pkcs8.fill(0); }
+    cache.set(key, handle);
+  }
+  return handle;
+}
 
 export type PeerIdentity = { family: 'unix'; uid: number; gid: number; pid: number } | { family: 'vsock'; cid: number; port: number };
 

@@ -10,10 +10,8 @@
 // the enclave comes back, and then every handshake must verify.
 import test from 'ava';
 import fs from 'node:fs';
-import path from 'node:path';
-import { startService } from '../src/agent/service.ts';
-import { registerWithP11Kit } from '../src/local/p11kit.ts';
-import { launchNginx, startHttpd, freePort, handshake, fingerprintOf, nginxMainLine, type RunningServer } from '../src/local/webservers.ts';
+import { handshake, fingerprintOf } from '../src/local/webservers.ts';
+import { serveWithBothServers } from './helpers/served.ts';
 import type { EnclaveController } from '../src/agent/enclave-controller.ts';
 import { tmpdir } from './helpers/enclave.ts';
 import { startTestCloud, type TestCloud } from './helpers/cloud.ts';
@@ -40,17 +38,7 @@ function children(pid: number): number[] {
 }
 
 for (const openssl of ['engine', 'provider'] as const) test.serial(`${openssl}: workers started while the enclave is down serve once it is back (nginx and httpd)`, async (t) => {
-  const run = path.join(dir, openssl);
-  const etc = path.join(run, 'etc');
-  fs.mkdirSync(etc, { recursive: true, mode: 0o755 });
-  fs.chmodSync(run, 0o755);
-  const opensslConf = path.join(run, 'openssl.cnf');
   const names = { nginx: `fn${openssl[0]}`, httpd: `fh${openssl[0]}` };
-  const certs = new Map<string, string>();
-  for (const n of Object.values(names)) certs.set(n, await tc.publish(tc.cloud.bucket(), `bundles/${n}.json`, [`${n}.test`]));
-  const token = (n: string, kind: string) => `  - label: ${n}\n    source:\n      S3:\n        uri: "s3://${tc.cloud.bucket()}/bundles/${n}.json"\n    target:\n      ${kind}:\n        path: ${etc}/${n}.conf\n`;
-  const configFile = path.join(run, 'acm.yaml');
-  fs.writeFileSync(configFile, `options:\n  openssl: ${openssl}\n  openssl_conf: ${opensslConf}\ntokens:\n${token(names.nginx, 'NginxStanza')}${token(names.httpd, 'Conf')}`);
 
   // The enclave controller, with a gate: while it is closed a new enclave runs
   // but the agent does not know yet, so it holds no token.
@@ -64,22 +52,7 @@ for (const openssl of ['engine', 'provider'] as const) test.serial(`${openssl}: 
     stop: (o) => real.stop(o),
     expected: () => real.expected(),
   };
-  let nginx: RunningServer | undefined, httpd: RunningServer | undefined;
-  const service = await startService({
-    configFile, controller: () => controller, endpoints: tc.endpoints, controlSocket: false, healthIntervalMs: 300,
-    reload: async () => { nginx?.reload(); httpd?.reload(); },
-  });
-  t.teardown(async () => { await nginx?.stop(); await httpd?.stop(); await service.stop(); await service.agent.stop(); });
-  const env: Record<string, string> = { NITRO_ACM_KEY_ADDRESS: service.agent.enclaveEndpoints!.keyAddress, ...(openssl === 'provider' ? { OPENSSL_CONF: opensslConf } : {}) };
-  registerWithP11Kit();
-
-  const nginxPort = await freePort();
-  const prefix = path.join(run, 'nginx');
-  fs.mkdirSync(path.join(prefix, 'tmp'), { recursive: true });
-  fs.writeFileSync(path.join(prefix, 'nginx.conf'), `daemon off;\nworker_processes 2;\nerror_log ${prefix}/error.log notice;\npid ${prefix}/nginx.pid;\n${nginxMainLine(openssl)}\nenv NITRO_ACM_KEY_ADDRESS;\nevents { worker_connections 64; }\nhttp {\n  access_log off;\n  client_body_temp_path ${prefix}/tmp;\n  server {\n    listen 127.0.0.1:${nginxPort} ssl;\n    server_name ${names.nginx}.test;\n    include ${etc}/${names.nginx}.conf;\n    location / { return 200 "ok\\n"; }\n  }\n}\n`);
-  nginx = await launchNginx({ prefix, conf: path.join(prefix, 'nginx.conf'), port: nginxPort, env });
-  const httpdPort = await freePort();
-  httpd = await startHttpd({ dir: path.join(run, 'httpd'), port: httpdPort, env, openssl, sites: [{ serverName: `${names.httpd}.test`, include: `${etc}/${names.httpd}.conf` }] });
+  const { service, nginx, httpd, nginxPort, httpdPort, certs } = await serveWithBothServers(t, { tc, dir, openssl, controller, healthIntervalMs: 300, nginxNames: [names.nginx], httpdNames: [names.httpd] });
   const servers = [['nginx', nginx, nginxPort, names.nginx], ['httpd', httpd, httpdPort, names.httpd]] as const;
   const attempt = (port: number, n: string) => handshake(port, { servername: `${n}.test`, ca: tc.ca.certPem, timeoutMs: 5000 }).then((h) => h.fingerprint256, (e: Error) => e);
   for (const [, , port, n] of servers) t.is(await attempt(port, n), fingerprintOf(certs.get(n)!), `${n} serves before the outage`);

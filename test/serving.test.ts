@@ -8,11 +8,9 @@
 // which the engine path cannot do) and TLS 1.3.
 import test from 'ava';
 import fs from 'node:fs';
-import path from 'node:path';
-import { startService } from '../src/agent/service.ts';
 import { controlCall } from '../src/agent/control.ts';
-import { registerWithP11Kit } from '../src/local/p11kit.ts';
-import { launchNginx, startHttpd, freePort, handshake, fingerprintOf, nginxMainLine, type RunningServer } from '../src/local/webservers.ts';
+import { handshake, fingerprintOf } from '../src/local/webservers.ts';
+import { serveWithBothServers } from './helpers/served.ts';
 import { cli } from './helpers/cli.ts';
 import { tmpdir } from './helpers/enclave.ts';
 import { startTestCloud, type TestCloud } from './helpers/cloud.ts';
@@ -48,36 +46,9 @@ function load(targets: { port: number; name: string }[]) {
 }
 
 for (const openssl of ['engine', 'provider'] as const) test.serial(`${openssl}: nginx and httpd, three tokens each: SNI, status, renewal under load with zero failures, enclave killed under load`, async (t) => {
-  const run = path.join(dir, openssl);
-  const etc = path.join(run, 'etc');
-  fs.mkdirSync(etc, { recursive: true, mode: 0o755 });
-  fs.chmodSync(run, 0o755);
   const NGINX = NGINX_TOKENS.map((n) => `${n}${openssl[0]}`), HTTPD = HTTPD_TOKENS.map((n) => `${n}${openssl[0]}`);
-  const opensslConf = path.join(run, 'openssl.cnf');
-  const certs = new Map<string, string>();
-  for (const n of [...NGINX, ...HTTPD]) certs.set(n, await tc.publish(tc.cloud.bucket(), `bundles/${n}.json`, [`${n}.test`]));
-  const token = (n: string, kind: 'NginxStanza' | 'Conf') => `  - label: ${n}\n    source:\n      S3:\n        uri: "s3://${tc.cloud.bucket()}/bundles/${n}.json"\n    target:\n      ${kind}:\n        path: ${etc}/${n}.conf\n`;
-  const configFile = path.join(run, 'acm.yaml');
-  fs.writeFileSync(configFile, `options:\n  openssl: ${openssl}\n  openssl_conf: ${opensslConf}\ntokens:\n${NGINX.map((n) => token(n, 'NginxStanza')).join('')}${HTTPD.map((n) => token(n, 'Conf')).join('')}`);
-
-  let nginx: RunningServer | undefined, httpd: RunningServer | undefined;
   const controller = tc.controller();
-  const socket = path.join(run, 'agent.sock');
-  const service = await startService({
-    configFile, controller: () => controller, endpoints: tc.endpoints, controlSocket: socket, healthIntervalMs: 500,
-    reload: async () => { nginx?.reload(); httpd?.reload(); },
-  });
-  t.teardown(async () => { await nginx?.stop(); await httpd?.stop(); await service.stop(); await service.agent.stop(); });
-  const env: Record<string, string> = { NITRO_ACM_KEY_ADDRESS: service.agent.enclaveEndpoints!.keyAddress, ...(openssl === 'provider' ? { OPENSSL_CONF: opensslConf } : {}) };
-  registerWithP11Kit();
-
-  const nginxPort = await freePort();
-  const prefix = path.join(run, 'nginx');
-  fs.mkdirSync(path.join(prefix, 'tmp'), { recursive: true });
-  fs.writeFileSync(path.join(prefix, 'nginx.conf'), `daemon off;\nworker_processes 2;\nerror_log ${prefix}/error.log notice;\npid ${prefix}/nginx.pid;\n${nginxMainLine(openssl)}\nenv NITRO_ACM_KEY_ADDRESS;\nevents { worker_connections 256; }\nhttp {\n  access_log off;\n  client_body_temp_path ${prefix}/tmp;\n${NGINX.map((n) => `  server {\n    listen 127.0.0.1:${nginxPort} ssl;\n    server_name ${n}.test;\n    ssl_protocols TLSv1.2 TLSv1.3;\n    include ${etc}/${n}.conf;\n    location / { return 200 "${n}\\n"; }\n  }\n`).join('')}}\n`);
-  nginx = await launchNginx({ prefix, conf: path.join(prefix, 'nginx.conf'), port: nginxPort, env });
-  const httpdPort = await freePort();
-  httpd = await startHttpd({ dir: path.join(run, 'httpd'), port: httpdPort, env, openssl, sites: HTTPD.map((n) => ({ serverName: `${n}.test`, include: `${etc}/${n}.conf` })) });
+  const { service, nginx, httpd, nginxPort, httpdPort, certs, socket } = await serveWithBothServers(t, { tc, dir, openssl, controller, healthIntervalMs: 500, nginxNames: NGINX, httpdNames: HTTPD });
   const portOf = (n: string) => (n.startsWith('n') ? nginxPort : httpdPort);
   const served = async (n: string) => (await handshake(portOf(n), { servername: `${n}.test`, ca: tc.ca.certPem, timeoutMs: 5000 })).fingerprint256;
 

@@ -293,6 +293,32 @@ static int tagged_external(napi_env env, napi_value v, const napi_type_tag *tag,
          && napi_get_value_external(env, v, out) == napi_ok;
 }
 
+/*
+ * The first argument of a key-handle constructor: a PKCS#8 DER private key of
+ * 1..max_len bytes and of this type, parsed; NULL (with the error thrown) otherwise.
+ */
+static EVP_PKEY *private_key_arg(napi_env env, napi_callback_info info, size_t max_len, int base_id, const char *usage, const char *code, const char *not_it)
+{
+  size_t argc = 1;
+  napi_value argv[1];
+  void *der = NULL;
+  size_t der_len = 0;
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc < 1 || napi_get_buffer_info(env, argv[0], &der, &der_len) != napi_ok || der_len == 0 || der_len > max_len) {
+    napi_throw_type_error(env, NULL, usage);
+    return NULL;
+  }
+  const unsigned char *p = der;
+  EVP_PKEY *pkey = d2i_AutoPrivateKey(NULL, &p, (long)der_len);
+  if (!pkey || EVP_PKEY_get_base_id(pkey) != base_id) {
+    EVP_PKEY_free(pkey);
+    ERR_clear_error();
+    napi_throw_error(env, code, not_it);
+    return NULL;
+  }
+  return pkey;
+}
+
 /* An EC key and its signing context, set up once: making a context looks its algorithm up by name each time. */
 struct ec_key { EVP_PKEY *pkey; EVP_PKEY_CTX *ctx; };
 
@@ -307,23 +333,11 @@ static void free_ec_key(napi_env env, void *data, void *hint)
 
 static napi_value js_ecdsa_key(napi_env env, napi_callback_info info)
 {
-  size_t argc = 1;
-  napi_value argv[1], out;
-  void *der = NULL;
-  size_t der_len = 0;
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  if (argc < 1 || napi_get_buffer_info(env, argv[0], &der, &der_len) != napi_ok || der_len == 0 || der_len > 4096) {
-    napi_throw_type_error(env, NULL, "ecdsaKey(pkcs8Der): a key of 1..4096 bytes expected");
-    return NULL;
-  }
-  const unsigned char *p = der;
-  EVP_PKEY *pkey = d2i_AutoPrivateKey(NULL, &p, (long)der_len);
-  struct ec_key *k = pkey && EVP_PKEY_get_base_id(pkey) == EVP_PKEY_EC ? calloc(1, sizeof *k) : NULL;
-  if (!k) {
-    EVP_PKEY_free(pkey);
-    napi_throw_error(env, "ECDSA", "not an EC private key");
-    return NULL;
-  }
+  napi_value out;
+  EVP_PKEY *pkey = private_key_arg(env, info, 4096, EVP_PKEY_EC, "ecdsaKey(pkcs8Der): a key of 1..4096 bytes expected", "ECDSA", "not an EC private key");
+  if (!pkey) return NULL;
+  struct ec_key *k = calloc(1, sizeof *k);
+  if (!k) { EVP_PKEY_free(pkey); napi_throw_error(env, "ECDSA", "out of memory"); return NULL; }
   k->pkey = pkey;
   k->ctx = EVP_PKEY_CTX_new(pkey, NULL);
   if (!k->ctx || EVP_PKEY_sign_init(k->ctx) <= 0) {
@@ -399,23 +413,11 @@ static void free_rsa_key(napi_env env, void *data, void *hint)
 
 static napi_value js_rsa_key(napi_env env, napi_callback_info info)
 {
-  size_t argc = 1;
-  napi_value argv[1], out;
-  void *der = NULL;
-  size_t der_len = 0;
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  if (argc < 1 || napi_get_buffer_info(env, argv[0], &der, &der_len) != napi_ok || der_len == 0 || der_len > 8192) {
-    napi_throw_type_error(env, NULL, "rsaKey(pkcs8Der): a key of 1..8192 bytes expected");
-    return NULL;
-  }
-  const unsigned char *p = der;
-  EVP_PKEY *pkey = d2i_AutoPrivateKey(NULL, &p, (long)der_len);
-  struct rsa_key *k = pkey && EVP_PKEY_get_base_id(pkey) == EVP_PKEY_RSA ? calloc(1, sizeof *k) : NULL;
-  if (!k) {
-    EVP_PKEY_free(pkey);
-    napi_throw_error(env, "RSA", "not an RSA private key");
-    return NULL;
-  }
+  napi_value out;
+  EVP_PKEY *pkey = private_key_arg(env, info, 8192, EVP_PKEY_RSA, "rsaKey(pkcs8Der): a key of 1..8192 bytes expected", "RSA", "not an RSA private key");
+  if (!pkey) return NULL;
+  struct rsa_key *k = calloc(1, sizeof *k);
+  if (!k) { EVP_PKEY_free(pkey); napi_throw_error(env, "RSA", "out of memory"); return NULL; }
   k->pkey = pkey;
   if (napi_create_external(env, k, free_rsa_key, NULL, &out) != napi_ok) { free_rsa_key(env, k, NULL); return NULL; }
   if (napi_type_tag_object(env, out, &RSA_KEY_TAG) != napi_ok) return NULL;
