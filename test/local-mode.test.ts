@@ -28,6 +28,16 @@ test.serial('local mode serves https with a key only the enclave app decrypted, 
     t.is(h.subjectCN, 'localhost');
     served = h.fingerprint256;
     t.regex(first.curl, /^curl --cacert \S+demo-ca\.pem https:\/\/localhost:\d+\/$/);
+    // Local mode turns the metrics on, on loopback; the handshake above is counted there.
+    t.regex(first.service.metricsUrl ?? '', /^http:\/\/127\.0\.0\.1:\d+\/metrics$/);
+    const metrics = await (await fetch(first.service.metricsUrl!)).text();
+    t.regex(metrics, /^nitro_acm_operations_total\{token="localhost",operation="sign",result="ok"\} [1-9]\d*$/m);
+    t.regex(metrics, /^nitro_acm_token_state\{token="localhost",state="serving"\} 1$/m);
+    // And the assessment passes: nothing FAILs, the direct decrypt from the parent is BLOCKED.
+    const a = await cli(['assess', '--socket', first.controlSocket]);
+    t.is(a.status, 0, a.stdout + a.stderr);
+    t.regex(a.stdout, /^\[PASS\] localhost: direct decrypt from the parent is BLOCKED \(attestation required\)$/m);
+    t.regex(a.stdout, /^\d+ PASS, 0 WARN, 0 FAIL$/m);
     // A working install, as nitro-acm doctor sees it: the running agent tells it
     // which acm.yaml and which nginx configuration to check.
     const d = await cli(['doctor', '--socket', first.controlSocket]);
