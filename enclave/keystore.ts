@@ -35,7 +35,8 @@ export interface StoredKey {
   /** CKA_LABEL of its objects; undefined: the token's label. */
   label?: string;
   certificates: { category: number; der: Buffer }[];
-  leaf?: X509Certificate;
+  /** What describe tells of the leaf certificate, read once: a parsed X509Certificate per token would cost several KiB of native memory each. */
+  leafFacts?: { subject: string; notAfter: string; serial: string; fingerprint256: string };
   retiredUntil?: number;
 }
 
@@ -118,7 +119,7 @@ export class KeyStore {
       // Stable for a key, new for a renewed one (shared/key-id.ts), unless the source names it.
       ckaId: m.ckaId ?? ckaIdOf(pub),
       label: m.label,
-      leaf,
+      leafFacts: leaf ? { subject: leaf.subject.replace(/\n/g, ', '), notAfter: new Date(leaf.validTo).toISOString(), serial: leaf.serialNumber, fingerprint256: leaf.fingerprint256 } : undefined,
       certificates: [
         ...(leaf ? [{ category: CertCategory.LEAF, der: leaf.raw }] : []),
         ...chain.map((c) => ({ category: CertCategory.AUTHORITY, der: c.raw })),

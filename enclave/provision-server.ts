@@ -138,9 +138,9 @@ export class ProvisionServer {
   private describe(l: string): TokenDescription {
     const t = this.o.store.token(l)!;
     const key = t.current[0];
-    const c = key.leaf;
+    const c = key.leafFacts;
     return {
-      label: l, keyType: key.keyTypeName, subject: c?.subject.replace(/\n/g, ', ') ?? '', notAfter: c ? new Date(c.validTo).toISOString() : '', serial: c?.serialNumber ?? '', fingerprint256: c?.fingerprint256 ?? '',
+      label: l, keyType: key.keyTypeName, subject: c?.subject ?? '', notAfter: c?.notAfter ?? '', serial: c?.serial ?? '', fingerprint256: c?.fingerprint256 ?? '',
       refreshedAt: new Date(t.refreshedAt).toISOString(), retiredKeys: t.retired.length, keys: t.current.length,
     };
   }
