@@ -4,7 +4,9 @@
 //     interval is not counted), nginx and httpd, BENCH_RENEWALS each (default 5).
 //  2. Provisioning BENCH_TOKENS tokens (default 1,100,1000) through the real path
 //     (S3 fetch, KMS Decrypt with an attestation document, challenge signature
-//     through PKCS#11, stanza files): time per token and the enclave app's memory.
+//     through PKCS#11, stanza files): time per token and the enclave app's memory;
+//     then BENCH_RENEWALS renewals of one token among them (a poll of every source
+//     and the roll-out of the one that changed).
 //     The enclave app runs as the image has it (scripts/build-eif.ts's esbuild
 //     bundle, plus local mode's simulated NSM), not from the TypeScript sources:
 //     tsx in the main thread and in every key worker would double its memory.
@@ -68,7 +70,9 @@ await tc.put(tc.cloud.bucket(), 'bench/bundle.json', await tc.seal(leaf.certPem,
 for (const n of TOKEN_COUNTS) {
   const etc = path.join(dir, `etc-${n}`);
   fs.mkdirSync(etc, { recursive: true });
-  const yaml = `tokens:\n${Array.from({ length: n }, (_, i) => `  - label: t${i}\n    source:\n      S3:\n        uri: "s3://${tc.cloud.bucket()}/bench/bundle.json"\n    target:\n      NginxStanza:\n        path: ${etc}/t${i}.conf\n`).join('')}`;
+  // The last token has an object of its own, renewed below among the others.
+  await tc.put(tc.cloud.bucket(), 'bench/last.json', await tc.seal(leaf.certPem, leaf.keyPem, imageKey));
+  const yaml = `tokens:\n${Array.from({ length: n }, (_, i) => `  - label: t${i}\n    source:\n      S3:\n        uri: "s3://${tc.cloud.bucket()}/bench/${i === n - 1 ? 'last' : 'bundle'}.json"\n    target:\n      NginxStanza:\n        path: ${etc}/t${i}.conf\n`).join('')}`;
   const controller = new LocalEnclaveController({ ...tc.controllerOptions(path.join(dir, 'local-run')), entry: imageEntry });
   let enclaveReady = 0, emptyRss = 0;
   const timed = { start: async () => { const ep = await controller.start(); enclaveReady = performance.now(); emptyRss = rssMiB(controller.process!.proc.pid!); return ep; }, running: () => controller.running(), stop: () => controller.stop(), expected: () => controller.expected() };
@@ -79,8 +83,19 @@ for (const n of TOKEN_COUNTS) {
   const serving = [...agent.tokens.values()].filter((t) => t.state === 'serving').length;
   const rss = rssMiB(controller.process!.proc.pid!);
   const heap = (await agent.status()).enclave.health?.memory?.heapUsedMiB;
+  // A renewal of one token among the n: a new certificate in its S3 object, then
+  // one poll of every source (what the sync timer runs), until it is rolled out.
+  const renewals: number[] = [];
+  for (let i = 0; i < RENEWALS; i++) {
+    const next = issueServerCert(tc.ca, ['bench.test']);
+    await tc.put(tc.cloud.bucket(), 'bench/last.json', await tc.seal(next.certPem, next.keyPem, imageKey));
+    const r0 = performance.now();
+    const renewed = await agent.sync();
+    if (renewed.join() !== `t${n - 1}`) throw new Error(`renewal among ${n}: renewed ${renewed.join(', ') || 'nothing'}`);
+    renewals.push((performance.now() - r0) / 1000);
+  }
   await agent.stop();
-  const line = `provisioning ${n} token${n === 1 ? '' : 's'}: ${serving} serving in ${((done - enclaveReady) / 1000).toFixed(1)} s after the enclave started (${((done - enclaveReady) / n).toFixed(0)} ms per token; enclave start ${((enclaveReady - t0) / 1000).toFixed(1)} s); enclave app RSS ${emptyRss.toFixed(0)} MiB empty -> ${rss.toFixed(0)} MiB, ${(((rss - emptyRss) * 1024) / n).toFixed(0)} KiB per token (V8 heap in use ${heap} MiB)`;
+  const line = `provisioning ${n} token${n === 1 ? '' : 's'}: ${serving} serving in ${((done - enclaveReady) / 1000).toFixed(1)} s after the enclave started (${((done - enclaveReady) / n).toFixed(0)} ms per token; enclave start ${((enclaveReady - t0) / 1000).toFixed(1)} s); enclave app RSS ${emptyRss.toFixed(0)} MiB empty -> ${rss.toFixed(0)} MiB, ${(((rss - emptyRss) * 1024) / n).toFixed(0)} KiB per token (V8 heap in use ${heap} MiB); renewing one of them (poll of every source, then its roll-out): p50 ${pct(renewals, 0.5).toFixed(2)} s, max ${Math.max(...renewals).toFixed(2)} s (${RENEWALS} renewals)`;
   say(line);
   out.push(line);
 }

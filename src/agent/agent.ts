@@ -341,6 +341,15 @@ export class Agent {
   /** One poll of every token's source: an unchanged object costs one conditional request. Returns the labels renewed (or serving now after a failure). */
   async sync(): Promise<string[]> {
     const renewed: string[] = [];
+    // Every S3 source polled a few at a time first (options.provision_concurrency):
+    // one after another, 1,000 conditional requests took seconds before a renewal
+    // among them was even seen. What changed is then rolled out in order, as before.
+    const polled = new Map<TokenState, Promise<Awaited<ReturnType<typeof fetchBundle>>>>();
+    await eachLimited([...this.tokens.values()].filter((t) => !('FileDb' in t.config.source)), this.o.config.options.provision_concurrency, async (t) => {
+      const p = fetchBundle(t.config.source as Exclude<TokenConfig['source'], { FileDb: unknown }>, this.ctx!, t.state === 'serving' && t.bundle ? t.etag : undefined);
+      polled.set(t, p);
+      await p.catch(() => {}); // its error is the token's, below
+    });
     for (const t of this.tokens.values()) {
       try {
         // A token that is not serving is tried again whether or not its object
@@ -352,7 +361,7 @@ export class Agent {
           if (!serving && !this.lost && await this.deliver(t, 'add', false) && await this.rollOut(t, 'add')) renewed.push(t.config.label);
           continue;
         }
-        const r = await fetchBundle(src, this.ctx!, serving && t.bundle ? t.etag : undefined);
+        const r = await (polled.get(t) ?? fetchBundle(src, this.ctx!, serving && t.bundle ? t.etag : undefined));
         t.lastSync = Date.now();
         if (serving) t.error = undefined;
         if (!r.changed && serving) continue;

@@ -35,9 +35,17 @@ export function s3Location(source: TokenSource, ctx: InstanceContext): { bucket:
 
 export type FetchResult = { changed: false; etag: string } | { changed: true; etag: string; bundle: Bundle };
 
+/** One S3 client per instance context, kept: a client per request opened a new TLS connection to S3 for every token at every poll. */
+const s3Clients = new WeakMap<InstanceContext, S3Client>();
+function s3For(ctx: InstanceContext): S3Client {
+  let c = s3Clients.get(ctx);
+  if (!c) s3Clients.set(ctx, c = new S3Client({ region: ctx.region, credentials: ctx.credentials, endpoint: ctx.endpoints.s3, forcePathStyle: Boolean(ctx.endpoints.s3) }));
+  return c;
+}
+
 export async function fetchBundle(source: TokenSource, ctx: InstanceContext, etag?: string): Promise<FetchResult> {
   const { bucket, key } = s3Location(source, ctx);
-  const s3 = new S3Client({ region: ctx.region, credentials: ctx.credentials, endpoint: ctx.endpoints.s3, forcePathStyle: Boolean(ctx.endpoints.s3) });
+  const s3 = s3For(ctx);
   try {
     const r = await s3.send(new GetObjectCommand({ Bucket: bucket, Key: key, IfNoneMatch: etag }));
     const body = await r.Body!.transformToString();
@@ -47,7 +55,5 @@ export async function fetchBundle(source: TokenSource, ctx: InstanceContext, eta
     if (e instanceof S3ServiceException) throw new Error(`s3://${bucket}/${key}: ${e.name}${e.message && e.message !== e.name ? `: ${e.message}` : ''}`);
     if (e instanceof BundleError) throw e;
     throw new Error(`s3://${bucket}/${key}: cannot reach S3 (${ctx.endpoints.s3 ?? `s3.${ctx.region}.amazonaws.com`}): ${(e as Error).message}`);
-  } finally {
-    s3.destroy();
   }
 }
