@@ -109,6 +109,8 @@ export async function assess(agent: Agent, config: AcmConfig): Promise<Assessmen
 
   // Every token's sealed keys: the direct-decrypt probe and the key policy.
   const keys: KeyReport[] = [];
+  // Many tokens share one KMS key: each key policy is read once per assessment.
+  const policies = new Map<string, Promise<string | undefined>>();
   const kms = ctx ? new KMSClient({ region: ctx.region, credentials: ctx.credentials, endpoint: ctx.endpoints.kms, maxAttempts: 2 }) : undefined;
   for (const t of agent.tokens.values()) {
     const isAcm = 'Acm' in t.config.source;
@@ -140,7 +142,9 @@ export async function assess(agent: Agent, config: AcmConfig): Promise<Assessmen
       for (const i of want.keys()) r.bound[`PCR${i}`] = 'unknown';
       if (!r.keyArn) { r.policy = 'not read: the key is not known (the probe named none)'; continue; }
       let text: string | undefined;
-      try { text = (await kms.send(new GetKeyPolicyCommand({ KeyId: r.keyArn, PolicyName: 'default' }))).Policy; } catch (e) {
+      const arn = r.keyArn;
+      if (!policies.has(arn)) policies.set(arn, kms.send(new GetKeyPolicyCommand({ KeyId: arn, PolicyName: 'default' })).then((o) => o.Policy));
+      try { text = await policies.get(arn); } catch (e) {
         const err = e as Error & { name?: string };
         r.policy = isAcm ? 'managed by ACM: not readable from the instance' : `unreadable: ${err.name}: ${err.message}`;
         if (isAcm) add('INFO', `${r.key}: ACM seals this certificate's key under a KMS key it manages (${r.keyArn}); its policy cannot be read from the instance, so the PCRs it binds cannot be listed here. What can be seen: the direct-decrypt probe above`);
