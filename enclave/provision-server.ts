@@ -59,6 +59,8 @@ function healthNonce(v: unknown): Buffer {
   return b;
 }
 
+const shortened = (text: string, max: number) => (text.length <= max ? text : `${text.slice(0, max - 3)}...`);
+
 /** The agent needs one connection; at this many, a new one closes the one quiet longest. */
 const MAX_PROVISION_CONNECTIONS = 64;
 
@@ -140,7 +142,8 @@ export class ProvisionServer {
     const key = t.current[0];
     const c = key.leafFacts;
     return {
-      label: l, keyType: key.keyTypeName, subject: c?.subject ?? '', notAfter: c?.notAfter ?? '', serial: c?.serial ?? '', fingerprint256: c?.fingerprint256 ?? '',
+      // A subject is cut at 256 characters, so that describe of the most tokens (LIST_CAPS) stays inside one 1 MiB frame.
+      label: l, keyType: key.keyTypeName, subject: shortened(c?.subject ?? '', 256), notAfter: c?.notAfter ?? '', serial: c?.serial ?? '', fingerprint256: c?.fingerprint256 ?? '',
       refreshedAt: new Date(t.refreshedAt).toISOString(), retiredKeys: t.retired.length, keys: t.current.length,
     };
   }

@@ -49,7 +49,13 @@ export function serveJsonFrames(sock: net.Socket, channel: JsonChannel, hooks: J
     const answer = msg.v === channel.version ? hooks.handle(msg)
       : Promise.reject(new FrameError('UnsupportedVersion', `${channel.name} version ${String(msg.v)}; this ${channel.server} speaks ${channel.version}`));
     answer.then(
-      (result) => send({ id, ok: true, ...result }),
+      (result) => {
+        // An answer over the channel's frame size is an error reply, not an exception that would end the process.
+        try { send({ id, ok: true, ...result }); } catch (e) {
+          hooks.onInternal(String(msg.op), (e as Error).message);
+          send({ id, ok: false, error: { code: 'Internal', message: `the answer to ${String(msg.op)} is too large to send: ${(e as Error).message}` } });
+        }
+      },
       (e) => {
         const err = e instanceof FrameError ? e : new FrameError('Internal', (e as Error).message);
         if (err.code === 'Internal') hooks.onInternal(String(msg.op), err.message);

@@ -19,7 +19,10 @@ export const DEFAULT_CONTROL_SOCKET = process.env.NITRO_ACM_CONTROL_SOCKET || '/
 /** Where `nitro-acm local` (run as root) puts its control socket. */
 export const LOCAL_CONTROL_SOCKET = '/run/nitro-acm/local/agent.sock';
 
-export const CONTROL: JsonChannel = { name: 'control', server: 'agent', version: 1, maxFrame: 1024 * 1024 };
+// Frames up to 16 MiB: the status of 1,024 tokens (their certificates' facts, URIs,
+// operation counts) is about 1.1 MiB, an assessment of them more. Only root can
+// connect (the socket is 0600), and only the agent's answers are that large.
+export const CONTROL: JsonChannel = { name: 'control', server: 'agent', version: 1, maxFrame: 16 * 1024 * 1024 };
 
 /** What `status` answers: every token as the agent sees it, its acm.yaml, the web server's state. */
 export interface AgentStatusReport extends AgentStatus { configFile: string; webServer?: WebServerState }
