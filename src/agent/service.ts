@@ -84,6 +84,8 @@ export async function startService(o: ServiceOptions): Promise<RunningService> {
     healthQueued = true;
     void queue('health', async () => {
       healthQueued = false;
+      // A probe that was under way when the service stopped must not start a new enclave after it.
+      if (!started) return;
       if (webServer.reloadPending) await doReload(`retrying the reload that failed (${failedCause})`);
       await agent.healthCheck();
     });
@@ -97,7 +99,9 @@ export async function startService(o: ServiceOptions): Promise<RunningService> {
     if (probing || healthQueued || !started) return;
     probing = true;
     try {
-      if (await agent.probe()) {
+      const answers = await agent.probe();
+      if (!started) return; // stopped meanwhile: the enclave was stopped on purpose
+      if (answers) {
         if (webServer.reloadPending) checkHealth();
         // Every attestation_check_every probes the enclave also proves what it is (a fresh attestation document).
         if (++probes % config.enclave.attestation_check_every === 0 && await agent.checkAttestation()) {
