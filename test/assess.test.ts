@@ -113,3 +113,18 @@ test.serial('assess: a debug-mode enclave and a changed enclave file FAIL', asyn
   const running = measureEnclaveApp(path.dirname(changedMain));
   t.true(lines(r2.stdout, 'FAIL').some((l) => l.startsWith("[FAIL] the enclave's last attestation check failed: ") && l.includes(`PCR0 is ${running.pcr0.toString('hex')}, expected ${intended.pcr0.toString('hex')} (the intended image)`)), r2.stdout);
 });
+
+test('assess: key policies of any shape are read without throwing: odd statements are skipped, only Allow + Decrypt counts', async (t) => {
+  const { decryptStatements } = await import('../src/agent/assess.ts');
+  const odd = JSON.stringify({ Statement: [null, 7, 'text', { Effect: 'Deny', Action: 'kms:Decrypt' }, { Effect: 'Allow', Action: 'kms:Encrypt', Principal: '*' },
+    { Effect: 'Allow', Action: ['kms:Decrypt'], Principal: { AWS: 123 }, Condition: 'not a map' },
+    { Effect: 'Allow', Action: 'kms:*', Principal: '*', Condition: { StringLike: { 'kms:RecipientAttestation:PCR0': 'ab*' }, StringEquals: { 'kms:RecipientAttestation:ImageSha384': ['AA', 'BB'], 'kms:RecipientAttestation:PCR8': 'cc', 'aws:SourceIp': '1.2.3.4' } } }] });
+  const sts = decryptStatements(odd);
+  t.is(sts.length, 2);
+  t.deepEqual(sts[0], { principals: ['123'], attestation: new Map() });
+  t.deepEqual(sts[1].principals, ['*']);
+  t.deepEqual([...sts[1].attestation], [[0, ['aa', 'bb']], [8, ['cc']]], 'ImageSha384 is PCR0; the equality wins over a pattern listed before it');
+  t.deepEqual(decryptStatements('{}'), []);
+  t.deepEqual(decryptStatements(JSON.stringify({ Statement: { Effect: 'Allow', Action: 'kms:Decrypt', Principal: { AWS: ['a', 'b'] } } })).map((s) => s.principals), [['a', 'b']], 'a single statement, not a list');
+  t.throws(() => decryptStatements('not json'));
+});

@@ -10,6 +10,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import crypto from 'node:crypto';
 import http from 'node:http';
+import net from 'node:net';
 import pkcs11js from 'pkcs11js';
 import { startService } from '../src/agent/service.ts';
 import { parseConfig, ConfigError } from '../src/agent/config.ts';
@@ -132,8 +133,24 @@ test.serial('metrics: a scrape after signing shows the counts rising; status sho
   t.is(m2.sample('nitro_acm_enclave_up'), 1);
   t.true(m2.sample('nitro_acm_operations_total', { token: label, operation: 'sign', result: 'ok' })! < signsBefore + 25, 'the new enclave counts from zero');
 
-  // Anything but GET /metrics is refused.
+  // Anything but GET /metrics is refused; garbage, oversized headers and a flood of idle connections get nowhere.
   t.is((await get(service.metricsUrl!.replace('/metrics', '/'))).status, 404);
+  const rawReply = (bytes: string | Buffer) => new Promise<string>((resolve) => {
+    const s = net.connect(port, '127.0.0.1');
+    let text = '';
+    s.on('data', (d) => { text += d; });
+    s.on('close', () => resolve(text));
+    s.on('error', () => resolve(text));
+    s.end(bytes);
+  });
+  t.regex(await rawReply(crypto.randomBytes(2000)), /^(HTTP\/1\.1 400|$)/, 'random bytes: a 400 or a closed connection');
+  t.regex(await rawReply(`GET /metrics HTTP/1.1\r\nHost: x\r\nX-Big: ${'a'.repeat(64 * 1024)}\r\n\r\n`), /^HTTP\/1\.1 431/, 'headers over 16 KiB: 431');
+  t.regex(await rawReply('POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n'), /^HTTP\/1\.1 404/);
+  const idle = await Promise.all(Array.from({ length: 40 }, () => new Promise<net.Socket>((resolve) => { const s = net.connect(port, '127.0.0.1', () => resolve(s)); s.on('error', () => resolve(s)); })));
+  await new Promise((r) => setTimeout(r, 200));
+  for (const s of idle) s.destroy();
+  await new Promise((r) => setTimeout(r, 200));
+  t.is((await get(service.metricsUrl!)).status, 200, 'serving again once a flood of idle connections is gone');
 });
 
 test('metrics: options.metrics_address is host:port, and a bad one names the line', (t) => {
