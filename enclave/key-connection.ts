@@ -142,18 +142,17 @@ export function serveKeyConnection(sock: net.Socket, view: () => KeyView, opts: 
           if (!key) { reply(CKR.KEY_HANDLE_INVALID, Buffer.from(`no key ${req.keyId}`)); return; }
           const identity = loggedIn.get(key.tokenLabel);
           if (identity === undefined || identity !== v.identity(key.tokenLabel)) { loggedIn.delete(key.tokenLabel); reply(CKR.USER_NOT_LOGGED_IN); return; }
-          const op = req.op === Op.SIGN ? 'sign' : 'decrypt';
           const started = process.hrtime.bigint();
-          const count = (ok: boolean) => opts.counted?.(key.tokenLabel, op, ok, Number(process.hrtime.bigint() - started) / 1e9);
-          if (key.keyType === KeyType.EC && req.op === Op.DECRYPT) { count(false); reply(CKR.KEY_TYPE_INCONSISTENT, Buffer.from('an EC key does not decrypt')); return; }
-          let out: Uint8Array;
+          let out: Uint8Array | undefined;
           try {
+            if (key.keyType === KeyType.EC && req.op === Op.DECRYPT) throw new P11Error(CKR.KEY_TYPE_INCONSISTENT, 'an EC key does not decrypt');
             out = key.keyType === KeyType.EC ? ecdsaSign(key.privateKey, req.scheme, req.data)
               : req.op === Op.SIGN
               ? sign({ key: key.privateKey, modulusBits: key.modulusBits, scheme: req.scheme, hash: req.hash, mgfHash: req.mgfHash, saltLength: req.saltLength, data: req.data })
               : decrypt({ key: key.privateKey, modulusBits: key.modulusBits, scheme: req.scheme, hash: req.hash, mgfHash: req.mgfHash, oaepLabel: req.oaepLabel, data: req.data });
-          } catch (e) { count(false); throw e; }
-          count(true);
+          } finally {
+            opts.counted?.(key.tokenLabel, req.op === Op.SIGN ? 'sign' : 'decrypt', out !== undefined, Number(process.hrtime.bigint() - started) / 1e9);
+          }
           reply(CKR.OK, out);
           return;
         }

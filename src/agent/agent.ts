@@ -248,7 +248,7 @@ export class Agent {
     const delivered: (typeof items[number] & { started: number })[] = [];
     await eachLimited(items, this.o.config.options.provision_concurrency, async (it) => { const started = performance.now(); if (!this.lost && await this.deliver(it.t, it.op, true)) delivered.push({ ...it, started }); });
     const out: TokenState[] = [];
-    for (const it of delivered) if (await this.rollOut(it.t, it.op)) { out.push(it.t); this.o.onProvisioned?.(it.op, (performance.now() - it.started) / 1000); }
+    for (const it of delivered) if (await this.rollOut(it.t, it.op)) { out.push(it.t); this.provisioned(it.op, it.started); }
     return out;
   }
 
@@ -256,8 +256,13 @@ export class Agent {
   private async provisionToken(t: TokenState, op: 'add' | 'update' | 'refresh', refetch: boolean): Promise<boolean> {
     const started = performance.now();
     const ok = await this.deliver(t, op, refetch) && await this.rollOut(t, op);
-    if (ok) this.o.onProvisioned?.(op, (performance.now() - started) / 1000);
+    if (ok) this.provisioned(op, started);
     return ok;
+  }
+
+  /** A token went into the enclave and passed its check, `started` (performance.now()) ago. */
+  private provisioned(op: 'add' | 'update' | 'refresh', started: number): void {
+    this.o.onProvisioned?.(op, (performance.now() - started) / 1000);
   }
 
   /** Step 1: the bundle into the enclave (fetched first unless `refetch` is false and one is cached). */
@@ -361,7 +366,7 @@ export class Agent {
           if (!serving && !this.lost && await this.deliver(t, 'add', false) && await this.rollOut(t, 'add')) renewed.push(t.config.label);
           continue;
         }
-        const r = await (polled.get(t) ?? fetchBundle(src, this.ctx!, serving && t.bundle ? t.etag : undefined));
+        const r = await polled.get(t)!;
         t.lastSync = Date.now();
         if (serving) t.error = undefined;
         if (!r.changed && serving) continue;
@@ -371,7 +376,7 @@ export class Agent {
         const op = serving ? 'update' : 'add';
         const started = performance.now();
         const delivered = await this.deliver(t, op, false);
-        if (delivered && await this.rollOut(t, op)) { renewed.push(t.config.label); this.o.onProvisioned?.(op, (performance.now() - started) / 1000); continue; }
+        if (delivered && await this.rollOut(t, op)) { renewed.push(t.config.label); this.provisioned(op, started); continue; }
         if (serving && previous) {
           // The renewal stopped half way. The web server still has the previous
           // certificate's files; the enclave must keep its key as the current one

@@ -118,9 +118,8 @@ export async function startService(o: ServiceOptions): Promise<RunningService> {
   const socket = o.controlSocket ?? DEFAULT_CONTROL_SOCKET;
   // Beside the control socket (root only): the PIN files of tokens without a target.
   const pinDir = socket === false ? undefined : path.join(path.dirname(socket), 'pins');
-  let metrics: AgentMetrics | undefined;
-  const agent = new Agent({ config, enclave: o.controller(config), endpoints: o.endpoints, reload: doReload, pinDir, onEnclaveLost: () => { if (started) void probe(); }, onProvisioned: (op, s) => metrics?.provisioning.observe({ operation: op }, s) });
-  metrics = new AgentMetrics(() => agent.status());
+  const metrics = new AgentMetrics(() => agent.status());
+  const agent = new Agent({ config, enclave: o.controller(config), endpoints: o.endpoints, reload: doReload, pinDir, onEnclaveLost: () => { if (started) void probe(); }, onProvisioned: (op, s) => metrics.provisioning.observe({ operation: op }, s) });
   await agent.start();
   started = true;
   const timers = [
