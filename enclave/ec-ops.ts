@@ -9,10 +9,11 @@ import { CKR, P11Error } from '../shared/pkcs11-rv.ts';
 import { SignScheme } from '../shared/key-wire.ts';
 
 const parsed = new WeakMap<KeyObject, EcdsaKey>();
+/** The key parsed into the addon (once per worker): called ahead of the first signature by the key worker, else by ecdsaSign. */
+export const ecKeyOf = (key: KeyObject) => nativeKeyOf(parsed, key, (der) => native().ecdsaKey(der));
 
 export function ecdsaSign(key: KeyObject, scheme: number, data: Uint8Array): Buffer {
   if (scheme !== SignScheme.ECDSA) throw new P11Error(CKR.KEY_TYPE_INCONSISTENT, `sign scheme ${scheme} is not for an EC key`);
   if (data.length < 1 || data.length > 64) throw new P11Error(CKR.DATA_LEN_RANGE, `ECDSA input of ${data.length} bytes is not a digest (1..64 bytes)`);
-  const handle = nativeKeyOf(parsed, key, (der) => native().ecdsaKey(der));
-  return native().ecdsaSignDigest(handle, Buffer.from(data.buffer, data.byteOffset, data.byteLength));
+  return native().ecdsaSignDigest(ecKeyOf(key), Buffer.from(data.buffer, data.byteOffset, data.byteLength));
 }

@@ -9,6 +9,9 @@ import { serveKeyConnection, ReplyBudget } from './key-connection.ts';
 import { PinThrottle } from './pin-throttle.ts';
 import { ConnectionsByActivity } from './connections-by-activity.ts';
 import { countOperation, emptyOperationStats, type TokenOperationStats } from '../shared/operation-stats.ts';
+import { KeyType } from '../shared/key-wire.ts';
+import { rsaKeyOf } from './rsa-ops.ts';
+import { ecKeyOf } from './ec-ops.ts';
 
 type Msg = { type: 'snapshot'; snapshot: KeyStoreSnapshot } | { type: 'delta'; delta: KeyStoreDelta } | { type: 'connection'; fd: number } | { type: 'evict' } | { type: 'stats'; id: number };
 
@@ -33,13 +36,38 @@ function describePeer(sock: ReturnType<typeof socketFromFd>): string | undefined
   } catch { return undefined; }
 }
 
+/**
+ * Keys new to this worker, parsed into the addon before their first signature:
+ * a parse costs about half a signature, and the first signature is the agent's
+ * challenge, on the path a token takes to serving. A few milliseconds' worth at a
+ * time, so a connection's request waits at most that long behind them.
+ */
+let toPrepare: KeyStoreSnapshot['keys'] = [];
+let preparing = false;
+function prepareNewKeys(keys: KeyStoreSnapshot['keys']): void {
+  if (!keys.length) return;
+  toPrepare = toPrepare.length ? toPrepare.concat(keys) : keys.slice();
+  if (!preparing) { preparing = true; setImmediate(prepareSome); }
+}
+function prepareSome(): void {
+  const until = performance.now() + 2;
+  let i = 0;
+  for (; i < toPrepare.length && performance.now() < until; i++) {
+    const k = toPrepare[i];
+    try { if (k.keyType === KeyType.EC) ecKeyOf(k.privateKey); else rsaKeyOf(k.privateKey); } catch { /* its first signature reports it */ }
+  }
+  toPrepare = toPrepare.slice(i);
+  if (toPrepare.length) setImmediate(prepareSome);
+  else preparing = false;
+}
+
 // The main thread waits for 'applied' before it answers the provisioning request
 // that made the change (enclave/key-server.ts, settled()).
 const applied = () => parentPort!.postMessage({ type: 'applied', generation: view!.generation });
 
 parentPort!.on('message', (m: Msg) => {
-  if (m.type === 'snapshot') { view = new KeyView(m.snapshot); applied(); return; }
-  if (m.type === 'delta') { view = view!.apply(m.delta); applied(); return; }
+  if (m.type === 'snapshot') { view = new KeyView(m.snapshot); applied(); prepareNewKeys(m.snapshot.keys); return; }
+  if (m.type === 'delta') { view = view!.apply(m.delta); applied(); prepareNewKeys(m.delta.addKeys); return; }
   if (m.type === 'evict') { connections.closeIdlest(); return; }
   if (m.type === 'stats') {
     // A token gone from the store takes its counts along (labels come and go; the map must not grow without end).

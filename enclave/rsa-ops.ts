@@ -20,7 +20,8 @@ function hashName(id: number, what: string): string {
 }
 
 const parsed = new WeakMap<KeyObject, RsaKey>();
-const rsaKeyOf = (key: KeyObject) => nativeKeyOf(parsed, key, (der) => native().rsaKey(der));
+/** The key parsed into the addon (once per worker): called ahead of the first signature by the key worker, else by sign. */
+export const rsaKeyOf = (key: KeyObject) => nativeKeyOf(parsed, key, (der) => native().rsaKey(der));
 
 /** Left-pads to the modulus length: the raw operation takes exactly k bytes. */
 function toModulusLength(em: Buffer, k: number): Buffer {

@@ -6,7 +6,7 @@
 // private key; it is decrypted only inside the enclave, through KMS with an
 // attestation document. "plaintext" (base64 of the PEM) exists for local mode and
 // is refused by an enclave that is not in local mode.
-import { X509Certificate } from 'node:crypto';
+import { parseCertificate } from './certificate-cache.ts';
 import { LIST_CAPS, KEY_LABEL_MAX_BYTES } from './key-wire.ts';
 
 export interface Bundle {
@@ -35,7 +35,7 @@ export function parseBundle(text: string | Buffer, source: string): Bundle {
   const method = String(b.encryptionMethod);
   const normalized = method.toUpperCase() === 'KMS' ? 'KMS' : method.toLowerCase() === 'plaintext' ? 'plaintext' : undefined;
   if (!normalized) throw new BundleError(`${source}: "encryptionMethod" is "${method}", expected "KMS" (or "plaintext" in local mode)`);
-  try { new X509Certificate(String(b.certificate)); } catch (e) { throw new BundleError(`${source}: "certificate" is not a PEM certificate (${(e as Error).message})`); }
+  try { parseCertificate(String(b.certificate)); } catch (e) { throw new BundleError(`${source}: "certificate" is not a PEM certificate (${(e as Error).message})`); }
   if (!/^[A-Za-z0-9+/=\s]+$/.test(String(b.encryptedPrivateKey))) throw new BundleError(`${source}: "encryptedPrivateKey" is not base64`);
   const ctx = b.encryptionContext;
   if (ctx !== undefined && (typeof ctx !== 'object' || ctx === null || Object.values(ctx).some((v) => typeof v !== 'string'))) throw new BundleError(`${source}: "encryptionContext" must map strings to strings`);
@@ -72,7 +72,7 @@ export function parseFileDb(text: string | Buffer, source: string): FileDbKey[] 
     if (typeof k.encrypted_pem_b64 !== 'string' || !/^[A-Za-z0-9+/=\s]+$/.test(k.encrypted_pem_b64)) throw new BundleError(`${at}: "encrypted_pem_b64" must be base64 (a KMS CiphertextBlob of the PEM private key)`);
     if (k.cert_pem !== undefined && k.cert_pem !== null) {
       if (typeof k.cert_pem !== 'string') throw new BundleError(`${at}: "cert_pem" must be a PEM string or null`);
-      try { new X509Certificate(k.cert_pem); } catch (err) { throw new BundleError(`${at}: "cert_pem" is not a PEM certificate (${(err as Error).message})`); }
+      try { parseCertificate(k.cert_pem); } catch (err) { throw new BundleError(`${at}: "cert_pem" is not a PEM certificate (${(err as Error).message})`); }
     }
     return { id: k.id as number, label: k.label, encrypted_pem_b64: k.encrypted_pem_b64, ...(typeof k.cert_pem === 'string' ? { cert_pem: k.cert_pem } : {}) };
   });

@@ -96,15 +96,20 @@ function checkOaep(alg: { id: string; params?: BerNode }): void {
   if (hash !== OID.sha256 || mgfHash !== OID.sha256) throw new CmsError('RSAES-OAEP must use SHA-256 and MGF1-SHA-256');
 }
 
+/** Per key: one recipient key pair serves many Decrypts, and exporting its SubjectPublicKeyInfo costs ~200 us each time. */
+const recipientKeyIds = new WeakMap<KeyObject, Buffer>();
+
 /** SHA-256 of the SubjectPublicKeyInfo DER: how KMS names the recipient. */
-export function recipientKeyId(publicKey: KeyObject): Buffer {
-  return crypto.createHash('sha256').update(publicKey.export({ type: 'spki', format: 'der' })).digest();
+export function recipientKeyId(key: KeyObject): Buffer {
+  let id = recipientKeyIds.get(key);
+  if (!id) recipientKeyIds.set(key, (id = crypto.createHash('sha256').update((key.type === 'private' ? crypto.createPublicKey(key) : key).export({ type: 'spki', format: 'der' })).digest()));
+  return id;
 }
 
 /** Decrypts CiphertextForRecipient with the ephemeral private key the attestation document carried. */
 export function unwrapCiphertextForRecipient(ber: Buffer, privateKey: KeyObject): Buffer {
   const p = parseEnvelopedData(ber);
-  const mine = recipientKeyId(crypto.createPublicKey(privateKey));
+  const mine = recipientKeyId(privateKey);
   if (!p.subjectKeyIdentifier.equals(mine)) throw new CmsError('CiphertextForRecipient is for another key (subjectKeyIdentifier does not match)');
   let cek: Buffer;
   try {

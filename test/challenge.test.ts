@@ -40,3 +40,13 @@ test.serial('ECDSA keys (P-256, P-384) pass the challenge with their certificate
   }
   await t.throwsAsync(verifyTokenSigns({ address: fx.address, modulePath: MODULE_PATH, label: 'ec256', pin: '11223344', keys: [{ ckaId: ckaIdOf(fx.tokens[2].certPem), certificatePem: fx.tokens[3].certPem }] }), { instanceOf: ChallengeError, message: /does not verify with the certificate's public key/ });
 });
+
+test.serial('the slot remembered for a label is checked again: with the enclave gone the challenge fails, and once it is back the same token passes', async (t) => {
+  const good = { address: fx.address, modulePath: MODULE_PATH, label: 'good', pin: '11223344', ...expect(fx.tokens[0].certPem) };
+  await t.notThrowsAsync(verifyTokenSigns(good));
+  await fx.stop();
+  await t.throwsAsync(verifyTokenSigns(good), { instanceOf: Error });
+  await fx.start();
+  await t.notThrowsAsync(verifyTokenSigns(good));
+  await t.notThrowsAsync(verifyTokenSigns({ ...good, label: 'other', pin: '55667788', ...expect(fx.tokens[1].certPem) }), 'and so does another token');
+});

@@ -13,6 +13,7 @@ import path from 'node:path';
 import { KeyStore, KeyView } from '../enclave/keystore.ts';
 import { KeyServer } from '../enclave/key-server.ts';
 import { createCA, issueServerCert } from '../src/local/pki.ts';
+import { createCertificate } from '../shared/x509.ts';
 import { tmpdir } from './helpers/enclave.ts';
 
 let fx: EnclaveFixture;
@@ -238,4 +239,29 @@ test('a key worker that gets only the changes holds what a fresh snapshot holds,
     same(step);
   }
   t.false(view.checkPin('a', Buffer.from('wrong')));
+});
+
+test('the key store refuses a private key that is not the certificate\'s, whatever the two key types', (t) => {
+  const ca = createCA('match CA');
+  const rsa = [issueServerCert(ca, ['a.test']), issueServerCert(ca, ['b.test'])];
+  const p256 = [issueServerCert(ca, ['c.test'], { keyType: 'ec-p256' }), issueServerCert(ca, ['d.test'], { keyType: 'ec-p256' })];
+  const p384 = issueServerCert(ca, ['e.test'], { keyType: 'ec-p384' });
+  // An RSA-PSS certificate key (JWK cannot show it): refused, not a crash.
+  const pss = crypto.generateKeyPairSync('rsa-pss', { modulusLength: 2048 });
+  const pssCert = createCertificate({ subject: { CN: 'pss.test' }, issuer: new crypto.X509Certificate(ca.certPem), publicKey: pss.publicKey, signingKey: crypto.createPrivateKey(ca.keyPem), notBefore: new Date(Date.now() - 60_000), notAfter: new Date(Date.now() + 86_400_000) });
+  const store = new KeyStore();
+  const pin = Buffer.from('match-pin-0123456789');
+  const cases: [string, string, string][] = [
+    ['rsa key, other rsa certificate', rsa[0].keyPem, rsa[1].certPem],
+    ['p256 key, other p256 certificate', p256[0].keyPem, p256[1].certPem],
+    ['p256 key, p384 certificate', p256[0].keyPem, p384.certPem],
+    ['p256 key, rsa certificate', p256[0].keyPem, rsa[0].certPem],
+    ['rsa key, p256 certificate', rsa[0].keyPem, p256[0].certPem],
+    ['rsa key, rsa-pss certificate', rsa[0].keyPem, pssCert.toString()],
+  ];
+  for (const [what, privateKeyPem, certificatePem] of cases) {
+    t.throws(() => store.put('m', pin, { privateKeyPem, certificatePem, chainPem: ca.certPem }), { message: 'private key does not match the certificate\'s public key' }, what);
+  }
+  t.is(store.token('m'), undefined);
+  [rsa[1], p256[1], p384].forEach((own, i) => t.notThrows(() => store.put(`own-${i}`, pin, { privateKeyPem: own.keyPem, certificatePem: own.certPem, chainPem: ca.certPem })));
 });

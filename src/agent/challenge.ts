@@ -24,31 +24,42 @@ function moduleFor(address: string, modulePath: string): graphene.Module {
   return mod;
 }
 
-/** Per module: the label of each slot whose token has been read (slot id, hex -> label). */
-const labelsBySlot = new WeakMap<graphene.Module, Map<string, string>>();
+/** Per module: the label of each slot whose token has been read (slot id, hex -> label), and the slot of each label read. */
+const readSlots = new WeakMap<graphene.Module, { labelOf: Map<string, string>; slotOf: Map<string, Buffer> }>();
 
 /**
- * The slot of the token with this label. Reading a slot's token costs two
- * PKCS#11 calls, so with 1,000 tokens a scan of every slot for every challenge
- * made provisioning O(N^2). The module keeps a label's slot id for its life
- * (docs/protocol.md), so each slot's label is read once; a slot remembered for
- * this label is checked again before it is used.
+ * The slot of the token with this label. The module keeps a label's slot id for
+ * its life (docs/protocol.md), so each slot's label is read once, and a slot
+ * remembered for this label is only checked again (two PKCS#11 calls). Listing
+ * every slot costs as much as there are tokens: once per challenge, with 1,000
+ * tokens, that took 1 ms of each challenge; now it happens only for a label not
+ * seen yet.
  */
 function findSlot(mod: graphene.Module, label: string): graphene.Slot | undefined {
+  let read = readSlots.get(mod);
+  if (!read) readSlots.set(mod, (read = { labelOf: new Map(), slotOf: new Map() }));
+  const remembered = read.slotOf.get(label);
+  if (remembered) {
+    try {
+      // graphene's Slot takes a slot id and reads the slot's info.
+      const slot = new graphene.Slot(remembered, mod, mod.lib);
+      if (slot.getToken().label.trim() === label) return slot;
+    } catch { /* its token is gone: list the slots */ }
+  }
   const slots = mod.getSlots(true);
-  let labels = labelsBySlot.get(mod);
-  if (!labels) labelsBySlot.set(mod, (labels = new Map()));
   // graphene keeps the slot ids in a protected field; items(i) reads the slot's info too.
-  const ids = (slots as unknown as { innerItems: Buffer[] }).innerItems.map((h) => h.toString('hex'));
-  const read = (i: number) => {
+  const ids = (slots as unknown as { innerItems: Buffer[] }).innerItems;
+  let found: graphene.Slot | undefined;
+  for (let i = 0; i < ids.length; i++) {
+    const hex = ids[i].toString('hex');
+    if (read.labelOf.has(hex) && read.labelOf.get(hex) !== label) continue;
     const slot = slots.items(i);
     const l = slot.getToken().label.trim();
-    labels.set(ids[i], l);
-    return l === label ? slot : undefined;
-  };
-  for (let i = 0; i < ids.length; i++) if (labels.get(ids[i]) === label) { const s = read(i); if (s) return s; }
-  for (let i = 0; i < ids.length; i++) if (!labels.has(ids[i])) { const s = read(i); if (s) return s; }
-  return undefined;
+    read.labelOf.set(hex, l);
+    read.slotOf.set(l, ids[i]);
+    if (l === label) found = slot;
+  }
+  return found;
 }
 
 /** The module asks the enclave for changes at most every 20 ms (p11-module SYNC_INTERVAL_MS); a look after that sees them. */

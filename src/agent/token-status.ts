@@ -7,6 +7,7 @@ import { curveByNodeName } from '../../shared/ec-curves.ts';
 import type { TokenOperationStats } from '../../shared/operation-stats.ts';
 import { ckaIdOf } from '../../shared/key-id.ts';
 import type { AgentCounters } from './metrics.ts';
+import { parseCertificate } from '../../shared/certificate-cache.ts';
 
 /** One token as `nitro-acm status` shows it: what the agent knows and what the enclave holds. */
 export interface TokenStatus {
@@ -50,7 +51,7 @@ const INFO_CACHE_MAX = 4096;
 export function certificateInfo(pem: string): CertificateInfo {
   let info = infoCache.get(pem);
   if (info) return info;
-  const c = new crypto.X509Certificate(pem);
+  const c = parseCertificate(pem);
   const k = c.publicKey;
   const d = k.asymmetricKeyDetails;
   // As the enclave names them (nitro-acm status shows both): RSA-2048, EC-P256.
