@@ -171,3 +171,56 @@ tokens:
   t.is((await hs('s3.test')).fingerprint256, fingerprintOf(third));
   t.is((await hs('acm.test')).fingerprint256, fingerprintOf(renewed));
 });
+
+test('a renewal among many is rolled out and reloaded when its own poll sees it, not after every poll; renewals that come during a reload share the next one; a failed reload fails the sync', async (t) => {
+  const etc = path.join(dir, 'etc-many');
+  fs.mkdirSync(etc);
+  const bucket = tc.cloud.bucket();
+  await publish(bucket, 'many/shared.json', 'shared.test');
+  await publish(bucket, 'many/first.json', 'first.test');
+  await publish(bucket, 'many/last.json', 'last.test');
+  const n = 12;
+  const object = (i: number) => (i === 0 ? 'first' : i === n - 1 ? 'last' : 'shared');
+  const config = parseConfig(`options:\n  provision_concurrency: 1\ntokens:\n${Array.from({ length: n }, (_, i) => `  - label: m${i}\n    source:\n      S3:\n        uri: "s3://${bucket}/many/${object(i)}.json"\n    target:\n      NginxStanza:\n        path: ${etc}/m${i}.conf\n`).join('')}`, 'acm.yaml');
+  const reloads: { cause: string; lastPolled: boolean }[] = [];
+  let syncStarted = 0;
+  let failReload = false;
+  const agent = new Agent({ config, enclave: tc.controller(path.join(dir, 'run-many')), endpoints: tc.endpoints, reload: async (cause) => {
+    reloads.push({ cause, lastPolled: (agent.tokens.get(`m${n - 1}`)!.lastSync ?? 0) >= syncStarted });
+    await new Promise((r) => setTimeout(r, 150)); // a reload takes a while
+    if (failReload) throw new Error('reload failed (test)');
+  } });
+  t.teardown(() => agent.stop());
+  await agent.start();
+  reloads.length = 0;
+
+  // Every poll waits 40 ms, one at a time: the last token's poll ends ~0.5 s in.
+  const firstCert = await publish(bucket, 'many/first.json', 'first.test');
+  tc.cloud.faults.s3 = { delayMs: 40 };
+  syncStarted = Date.now();
+  t.deepEqual(await agent.sync(), ['m0']);
+  tc.cloud.faults.s3 = undefined;
+  t.is(reloads.length, 1);
+  t.regex(reloads[0].cause, /renewed.*m0/);
+  t.false(reloads[0].lastPolled, 'the reload began before the last token was polled');
+  t.true(fs.readFileSync(`${etc}/m0.chain.pem`, 'utf8').startsWith(firstCert.trimEnd()));
+
+  // Three renewals: the first reloads at once; the two that come while it runs go in one more.
+  reloads.length = 0;
+  await publish(bucket, 'many/first.json', 'first.test');
+  await publish(bucket, 'many/shared.json', 'shared.test');
+  await publish(bucket, 'many/last.json', 'last.test');
+  syncStarted = Date.now();
+  const all = Array.from({ length: n }, (_, i) => `m${i}`);
+  t.deepEqual(await agent.sync(), all);
+  t.true(reloads.length >= 2 && reloads.length < n, `${reloads.length} reloads for ${n} renewals`);
+  t.regex(reloads[0].cause, /m0/);
+
+  // A reload that fails: every renewal is still rolled out, then the sync says so.
+  reloads.length = 0;
+  failReload = true;
+  const lastCert = await publish(bucket, 'many/last.json', 'last.test');
+  await t.throwsAsync(agent.sync(), { message: 'reload failed (test)' });
+  t.true(fs.readFileSync(`${etc}/m${n - 1}.chain.pem`, 'utf8').startsWith(lastCert.trimEnd()));
+  t.is(agent.tokens.get(`m${n - 1}`)!.state, 'serving');
+});

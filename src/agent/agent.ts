@@ -13,7 +13,7 @@ import { parseAddress } from '../../shared/address.ts';
 import { ProvisionClient, ProvisionError, type ProvisionOp, type ProvisionOps, type TokenRequest } from '../../shared/provision-wire.ts';
 import { targetSpec, describeSource, describeTarget, type AcmConfig, type TokenConfig } from './config.ts';
 import { instanceContext, type Endpoints, type InstanceContext } from './aws.ts';
-import { fetchBundle, readFileDb } from './source.ts';
+import { fetchBundle, readFileDb, type FetchResult } from './source.ts';
 import { writeTarget, writeAtomic, companionFiles, readPinFile, keyUri } from './targets.ts';
 import { verifyTokenSigns } from './challenge.ts';
 import { resolveOpenSsl } from './openssl-path.ts';
@@ -75,6 +75,34 @@ function servedKeys(t: TokenState): ServedKey[] {
 }
 
 /** Labels for a log line: the first few and how many more (1,000 tokens make a line, not a page). */
+/**
+ * Reloads the web server for labels as they come: the first at once, and those
+ * that come while a reload is under way together in one more after it.
+ * settled() waits for the last and rejects if any reload failed.
+ */
+class CoalescedReload {
+  private waiting: string[] = [];
+  private running?: Promise<void>;
+  private failure?: unknown;
+  constructor(private readonly reload: (labels: string[]) => Promise<void>) {}
+  add(label: string): void {
+    this.waiting.push(label);
+    this.running ??= this.drain();
+  }
+  private async drain(): Promise<void> {
+    while (this.waiting.length) {
+      const now = this.waiting;
+      this.waiting = [];
+      try { await this.reload(now); } catch (e) { this.failure ??= e; }
+    }
+    this.running = undefined;
+  }
+  async settled(): Promise<void> {
+    await this.running;
+    if (this.failure) throw this.failure;
+  }
+}
+
 function labels(xs: string[], shown = 5): string {
   return xs.length <= shown ? xs.join(', ') : `${xs.slice(0, shown).join(', ')} and ${xs.length - shown} more`;
 }
@@ -343,60 +371,71 @@ export class Agent {
     return false;
   }
 
-  /** One poll of every token's source: an unchanged object costs one conditional request. Returns the labels renewed (or serving now after a failure). */
+  /**
+   * One poll of every token's source: an unchanged object costs one conditional
+   * request. Returns the labels renewed (or serving now after a failure), in
+   * acm.yaml's order.
+   *
+   * S3 sources are polled a few at a time (options.provision_concurrency), and
+   * each result is handled as soon as it arrives, one token at a time: a renewal
+   * is rolled out and the web server reloaded when its own poll sees it, not after
+   * the polls of every other token (among 1,000 that took most of a second). A
+   * reload under way when another token is rolled out is followed by one more.
+   */
   async sync(): Promise<string[]> {
-    const renewed: string[] = [];
-    // Every S3 source polled a few at a time first (options.provision_concurrency):
-    // one after another, 1,000 conditional requests took seconds before a renewal
-    // among them was even seen. What changed is then rolled out in order, as before.
-    const polled = new Map<TokenState, Promise<Awaited<ReturnType<typeof fetchBundle>>>>();
+    const renewed = new Set<TokenState>();
+    const reload = new CoalescedReload((done) => this.o.reload(`certificate renewed, or serving again after a failure: ${labels(done)}`));
+    const rolledOut = (t: TokenState) => { renewed.add(t); reload.add(t.config.label); };
+    let handled = Promise.resolve();
     await eachLimited([...this.tokens.values()].filter((t) => !('FileDb' in t.config.source)), this.o.config.options.provision_concurrency, async (t) => {
-      const p = fetchBundle(t.config.source as Exclude<TokenConfig['source'], { FileDb: unknown }>, this.ctx!, t.state === 'serving' && t.bundle ? t.etag : undefined);
-      polled.set(t, p);
-      await p.catch(() => {}); // its error is the token's, below
+      const polled = await fetchBundle(t.config.source as Exclude<TokenConfig['source'], { FileDb: unknown }>, this.ctx!, t.state === 'serving' && t.bundle ? t.etag : undefined)
+        .then((r) => ({ r }), (error: Error) => ({ error }));
+      handled = handled.then(() => this.afterPoll(t, polled, rolledOut));
     });
+    await handled;
     for (const t of this.tokens.values()) {
-      try {
-        // A token that is not serving is tried again whether or not its object
-        // changed: what failed may have been passing (KMS, the enclave, the challenge).
-        const serving = t.state === 'serving';
-        const src = t.config.source;
-        if ('FileDb' in src) {
-          // Never re-read (AWS's agent does not either); one that is not serving is tried again.
-          if (!serving && !this.lost && await this.deliver(t, 'add', false) && await this.rollOut(t, 'add')) renewed.push(t.config.label);
-          continue;
-        }
-        const r = await polled.get(t)!;
-        t.lastSync = Date.now();
-        if (serving) t.error = undefined;
-        if (!r.changed && serving) continue;
-        if (this.lost) continue; // the health check provisions every token anew
-        const previous = t.bundle;
-        if (r.changed) { t.bundle = r.bundle; t.etag = r.etag; }
-        const op = serving ? 'update' : 'add';
-        const started = performance.now();
-        const delivered = await this.deliver(t, op, false);
-        if (delivered && await this.rollOut(t, op)) { renewed.push(t.config.label); this.provisioned(op, started); continue; }
-        if (serving && previous) {
-          // The renewal stopped half way. The web server still has the previous
-          // certificate's files; the enclave must keep its key as the current one
-          // (a retired key is dropped after its grace period). The next poll tries
-          // the new certificate again.
-          t.bundle = previous;
-          t.etag = undefined;
-          if (delivered) {
-            const error = t.error;
-            if (await this.deliver(t, 'update', false)) log.token(t.config.label).warn('the enclave serves the previous certificate\'s key again; the renewal is retried at the next poll');
-            t.error = error;
-          }
-        }
-      } catch (e) {
-        t.error = `sync: ${(e as Error).message}`;
-        log.token(t.config.label).warn(`sync: ${(e as Error).message} (${t.state === 'serving' ? 'still serving the current certificate' : 'not serving yet'})`);
-      }
+      // FileDb: never re-read (AWS's agent does not either); one that is not serving is tried again.
+      if ('FileDb' in t.config.source && t.state !== 'serving' && !this.lost && await this.deliver(t, 'add', false) && await this.rollOut(t, 'add')) rolledOut(t);
     }
-    if (renewed.length) await this.o.reload(`certificate renewed, or serving again after a failure: ${labels(renewed)}`);
-    return renewed;
+    await reload.settled();
+    return [...this.tokens.values()].filter((t) => renewed.has(t)).map((t) => t.config.label);
+  }
+
+  /** What one S3 poll found, acted on: a changed object (or a token not serving) delivered and rolled out. */
+  private async afterPoll(t: TokenState, polled: { r: FetchResult } | { error: Error }, rolledOut: (t: TokenState) => void): Promise<void> {
+    try {
+      if ('error' in polled) throw polled.error;
+      const r = polled.r;
+      // A token that is not serving is tried again whether or not its object
+      // changed: what failed may have been passing (KMS, the enclave, the challenge).
+      const serving = t.state === 'serving';
+      t.lastSync = Date.now();
+      if (serving) t.error = undefined;
+      if (!r.changed && serving) return;
+      if (this.lost) return; // the health check provisions every token anew
+      const previous = t.bundle;
+      if (r.changed) { t.bundle = r.bundle; t.etag = r.etag; }
+      const op = serving ? 'update' : 'add';
+      const started = performance.now();
+      const delivered = await this.deliver(t, op, false);
+      if (delivered && await this.rollOut(t, op)) { rolledOut(t); this.provisioned(op, started); return; }
+      if (serving && previous) {
+        // The renewal stopped half way. The web server still has the previous
+        // certificate's files; the enclave must keep its key as the current one
+        // (a retired key is dropped after its grace period). The next poll tries
+        // the new certificate again.
+        t.bundle = previous;
+        t.etag = undefined;
+        if (delivered) {
+          const error = t.error;
+          if (await this.deliver(t, 'update', false)) log.token(t.config.label).warn('the enclave serves the previous certificate\'s key again; the renewal is retried at the next poll');
+          t.error = error;
+        }
+      }
+    } catch (e) {
+      t.error = `sync: ${(e as Error).message}`;
+      log.token(t.config.label).warn(`sync: ${(e as Error).message} (${t.state === 'serving' ? 'still serving the current certificate' : 'not serving yet'})`);
+    }
   }
 
   /** Re-attests and re-decrypts every token (the enclave drops tokens not refreshed within its TTL). */

@@ -5,7 +5,9 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { KMSClient, CreateKeyCommand, EncryptCommand } from '@aws-sdk/client-kms';
 import { S3Client, PutObjectCommand } from '@aws-sdk/client-s3';
-import { startLocalCloud, type LocalCloud } from '../../src/local/cloud/server.ts';
+import { spawn } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { startLocalCloud, type LocalCloud, type LocalCloudOptions } from '../../src/local/cloud/server.ts';
 import { LocalEnclaveController, type LocalEnclaveControllerOptions } from '../../src/local/local-enclave-controller.ts';
 import { measureEnclaveApp, simulatedNsmRoot } from '../../enclave/nsm-simulated.ts';
 import { createCA, issueServerCert, type CertAuthority } from '../../src/local/pki.ts';
@@ -33,10 +35,34 @@ export interface TestCloud {
   stop(): Promise<void>;
 }
 
-export async function startTestCloud(dir: string): Promise<TestCloud> {
+/** The local cloud's options for a test cloud in `dir` (the same in this process or a child's). */
+export function testCloudOptions(dir: string): LocalCloudOptions {
   const nsm = simulatedNsmRoot(path.join(dir, 'nsm'));
-  const kmsSocket = path.join(dir, 'kms.sock');
-  const cloud = await startLocalCloud({ stateDir: path.join(dir, 'state'), attestationRoots: () => [nsm.rootCert], kmsProxySocket: kmsSocket });
+  return { stateDir: path.join(dir, 'state'), attestationRoots: () => [nsm.rootCert], kmsProxySocket: path.join(dir, 'kms.sock') };
+}
+
+/** The cloud's server in a child process: its faults cannot be set from here. */
+async function startCloudProcess(dir: string): Promise<LocalCloud> {
+  const child = spawn(process.execPath, ['--import', import.meta.resolve('tsx'), fileURLToPath(new URL('./cloud-process.ts', import.meta.url)), dir], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const line = await new Promise<string>((resolve, reject) => {
+    let out = '';
+    child.stdout.on('data', (d: Buffer) => { out += d; if (out.includes('\n')) resolve(out.split('\n')[0]); });
+    child.once('exit', (code) => reject(new Error(`the test cloud's process exited (${code}) before it listened`)));
+  });
+  const c = JSON.parse(line) as Omit<LocalCloud, 'bucket' | 'stop' | 'faults'> & { bucket: string };
+  return {
+    ...c,
+    faults: {},
+    bucket: () => c.bucket,
+    stop: () => new Promise<void>((resolve) => { if (child.exitCode !== null) resolve(); else { child.once('exit', () => resolve()); child.kill('SIGTERM'); } }),
+  };
+}
+
+/** A test cloud in `dir`; with process 'child' its server runs in a process of its own (benchmarks). */
+export async function startTestCloud(dir: string, o: { process?: 'same' | 'child' } = {}): Promise<TestCloud> {
+  const options = testCloudOptions(dir);
+  const kmsSocket = options.kmsProxySocket!;
+  const cloud = o.process === 'child' ? await startCloudProcess(dir) : await startLocalCloud(options);
   const kms = new KMSClient({ region: cloud.identity.region, endpoint: cloud.endpoint, credentials: cloud.identity.admin });
   const s3 = new S3Client({ region: cloud.identity.region, endpoint: cloud.endpoint, forcePathStyle: true, credentials: cloud.identity.admin });
   const createKey = async (pcr0Hex: string) => (await kms.send(new CreateKeyCommand({ Policy: JSON.stringify({ Statement: [
