@@ -26,7 +26,8 @@ test.after.always(async () => { await tc?.stop(); fs.rmSync(dir, { recursive: tr
 
 const publish = (bucket: string, key: string, name: string) => tc.publish(bucket, key, [name]);
 
-test('two tokens served by nginx; renewal under load with zero failures; ETag polling; enclave restart', async (t) => {
+// Serial, on one runtime directory: the challenge's PKCS#11 module is loaded once per process, for one enclave address.
+test.serial('two tokens served by nginx; renewal under load with zero failures; ETag polling; enclave restart', async (t) => {
   const etc = path.join(dir, 'etc');
   fs.mkdirSync(etc);
   fs.mkdirSync(path.join(dir, 'bucket-b'), { recursive: true });
@@ -172,20 +173,20 @@ tokens:
   t.is((await hs('acm.test')).fingerprint256, fingerprintOf(renewed));
 });
 
-test('a renewal among many is rolled out and reloaded when its own poll sees it, not after every poll; renewals that come during a reload share the next one; a failed reload fails the sync', async (t) => {
+test.serial('a renewal among many is rolled out and reloaded when its own poll sees it, not after every poll; renewals that come during a reload share the next one; a failed reload fails the sync', async (t) => {
   const etc = path.join(dir, 'etc-many');
   fs.mkdirSync(etc);
   const bucket = tc.cloud.bucket();
   await publish(bucket, 'many/shared.json', 'shared.test');
   await publish(bucket, 'many/first.json', 'first.test');
   await publish(bucket, 'many/last.json', 'last.test');
-  const n = 12;
+  const n = 16;
   const object = (i: number) => (i === 0 ? 'first' : i === n - 1 ? 'last' : 'shared');
   const config = parseConfig(`options:\n  provision_concurrency: 1\ntokens:\n${Array.from({ length: n }, (_, i) => `  - label: m${i}\n    source:\n      S3:\n        uri: "s3://${bucket}/many/${object(i)}.json"\n    target:\n      NginxStanza:\n        path: ${etc}/m${i}.conf\n`).join('')}`, 'acm.yaml');
   const reloads: { cause: string; lastPolled: boolean }[] = [];
   let syncStarted = 0;
   let failReload = false;
-  const agent = new Agent({ config, enclave: tc.controller(path.join(dir, 'run-many')), endpoints: tc.endpoints, reload: async (cause) => {
+  const agent = new Agent({ config, enclave: tc.controller(), endpoints: tc.endpoints, reload: async (cause) => {
     reloads.push({ cause, lastPolled: (agent.tokens.get(`m${n - 1}`)!.lastSync ?? 0) >= syncStarted });
     await new Promise((r) => setTimeout(r, 150)); // a reload takes a while
     if (failReload) throw new Error('reload failed (test)');
@@ -194,9 +195,9 @@ test('a renewal among many is rolled out and reloaded when its own poll sees it,
   await agent.start();
   reloads.length = 0;
 
-  // Every poll waits 40 ms, one at a time: the last token's poll ends ~0.5 s in.
+  // Every poll waits 80 ms, one at a time: the last token's poll ends ~1.3 s in.
   const firstCert = await publish(bucket, 'many/first.json', 'first.test');
-  tc.cloud.faults.s3 = { delayMs: 40 };
+  tc.cloud.faults.s3 = { delayMs: 80 };
   syncStarted = Date.now();
   t.deepEqual(await agent.sync(), ['m0']);
   tc.cloud.faults.s3 = undefined;
