@@ -52,7 +52,7 @@ async function startCloudProcess(dir: string): Promise<LocalCloud> {
   const c = JSON.parse(line) as Omit<LocalCloud, 'bucket' | 'stop' | 'faults'> & { bucket: string };
   return {
     ...c,
-    faults: {},
+    faults: Object.freeze({}), // the child's are out of reach: setting one here throws
     bucket: () => c.bucket,
     stop: () => new Promise<void>((resolve) => { if (child.exitCode !== null) resolve(); else { child.once('exit', () => resolve()); child.kill('SIGTERM'); } }),
   };
