@@ -74,7 +74,6 @@ function servedKeys(t: TokenState): ServedKey[] {
   return [];
 }
 
-/** Labels for a log line: the first few and how many more (1,000 tokens make a line, not a page). */
 /**
  * Reloads the web server for labels as they come: the first at once, and those
  * that come while a reload is under way together in one more after it.
@@ -103,6 +102,7 @@ class CoalescedReload {
   }
 }
 
+/** Labels for a log line: the first few and how many more (1,000 tokens make a line, not a page). */
 function labels(xs: string[], shown = 5): string {
   return xs.length <= shown ? xs.join(', ') : `${xs.slice(0, shown).join(', ')} and ${xs.length - shown} more`;
 }
