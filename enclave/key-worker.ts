@@ -38,7 +38,7 @@ function describePeer(sock: ReturnType<typeof socketFromFd>): string | undefined
 
 /**
  * Keys new to this worker, parsed into the addon before their first signature:
- * a parse costs about half a signature, and the first signature is the agent's
+ * a parse costs about as much as a signature, and the first signature is the agent's
  * challenge, on the path a token takes to serving. A few milliseconds' worth at a
  * time, so a connection's request waits at most that long behind them.
  */
