@@ -14,6 +14,7 @@ import { KeyStore, KeyView } from '../enclave/keystore.ts';
 import { KeyServer } from '../enclave/key-server.ts';
 import { createCA, issueServerCert } from '../src/local/pki.ts';
 import { createCertificate } from '../shared/x509.ts';
+import { parseCertificate } from '../shared/certificate-cache.ts';
 import { tmpdir } from './helpers/enclave.ts';
 
 let fx: EnclaveFixture;
@@ -264,4 +265,23 @@ test('the key store refuses a private key that is not the certificate\'s, whatev
   }
   t.is(store.token('m'), undefined);
   [rsa[1], p256[1], p384].forEach((own, i) => t.notThrows(() => store.put(`own-${i}`, pin, { privateKeyPem: own.keyPem, certificatePem: own.certPem, chainPem: ca.certPem })));
+});
+
+test('certificates parsed once and reused: a garbage chain entry is refused by position every time, and a cached chain lists the same bytes', (t) => {
+  const ca = createCA('cache CA');
+  const leaf = issueServerCert(ca, ['cache.test']);
+  const store = new KeyStore();
+  const pin = Buffer.from('cache-pin-0123456789');
+  const garbage = '-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n';
+  for (let i = 0; i < 2; i++) {
+    t.throws(() => store.put('g', pin, { privateKeyPem: leaf.keyPem, certificatePem: leaf.certPem, chainPem: ca.certPem + garbage }), { message: /^certificate chain entry 2: cannot parse/ }, `attempt ${i + 1}: a failure is not remembered as a certificate`);
+  }
+  t.is(store.token('g'), undefined);
+  // The same leaf and chain for two tokens, and more distinct certificates than the cache holds in between.
+  store.put('a', pin, { privateKeyPem: leaf.keyPem, certificatePem: leaf.certPem, chainPem: ca.certPem });
+  for (let i = 0; i < 70; i++) parseCertificate(issueServerCert(ca, [`filler${i}.test`], { keyType: 'ec-p256' }).certPem);
+  store.put('b', pin, { privateKeyPem: leaf.keyPem, certificatePem: leaf.certPem, chainPem: ca.certPem });
+  const [a, b] = ['a', 'b'].map((l) => decodeTokenList(store.listBody()).find((x) => x.label === l)!.keys[0].certificates.map((c) => Buffer.from(c.der).toString('hex')));
+  t.deepEqual(a, b);
+  t.is(a[0], new crypto.X509Certificate(leaf.certPem).raw.toString('hex'));
 });
