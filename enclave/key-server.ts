@@ -20,12 +20,21 @@ import { log } from '../shared/log.ts';
 import type { KeyStore, SentToWorkers } from './keystore.ts';
 import { PinThrottle } from './pin-throttle.ts';
 import { addOperationStats, emptyOperationStats, type TokenOperationStats } from '../shared/operation-stats.ts';
+import { CompactAfterBurst, fullGc, type CompactionOptions } from './heap-compaction.ts';
+import { KEY_WORKER_YOUNG_GENERATION_MIB } from './node-flags.ts';
+import { native } from '../shared/native.ts';
 
 export interface KeyServerOptions {
   /** Key worker threads; default: the CPUs the enclave has. */
   threads?: number;
   /** Connections held at once; default: what the open-file limit leaves room for, at most 4096. */
   maxConnections?: number;
+  /**
+   * Heap compaction after a burst of key-store changes (enclave/heap-compaction.ts);
+   * `gc` is the main thread's collector (default: node's, when exposed; without one
+   * there is no compaction). Workers use node's own, when exposed.
+   */
+  compaction?: CompactionOptions & { gc?: () => void };
 }
 
 /** File descriptors kept free for everything else (the provisioning channel, KMS, files, threads). */
@@ -64,6 +73,10 @@ export class KeyServer {
   private lastLimitLog = 0;
   /** Shared by every worker, so PIN guesses are counted per token whichever worker takes them. */
   private readonly pinThrottle = new PinThrottle();
+  private readonly compaction?: CompactAfterBurst;
+  /** Compactions every worker has finished; and the workers yet to finish the latest one. */
+  compactions = 0;
+  private compactingWorkers = 0;
 
   constructor(private readonly store: KeyStore, opts: KeyServerOptions = {}) {
     const n = Math.max(1, opts.threads ?? os.availableParallelism());
@@ -71,7 +84,9 @@ export class KeyServer {
     // workers hold exactly what the store holds, which each worker's first snapshot has.
     this.sent = store.sentNow();
     for (let i = 0; i < n; i++) this.slots.push(this.spawn());
-    store.onChange(() => this.broadcastSoon());
+    const gc = opts.compaction?.gc ?? fullGc;
+    if (gc) this.compaction = new CompactAfterBurst((n) => this.compactHeaps(gc, n), opts.compaction);
+    store.onChange(() => { this.broadcastSoon(); this.compaction?.changed(); });
     this.server = net.createServer({ pauseOnConnect: true }, (s) => this.dispatch(s));
     this.maxConnections = opts.maxConnections ?? defaultMaxConnections();
   }
@@ -88,7 +103,7 @@ export class KeyServer {
     const boot = url.pathname.endsWith('.ts')
       ? `import('tsx/esm/api').then((m) => { m.register(); return import(${JSON.stringify(url.href)}); });`
       : `import(${JSON.stringify(url.href)});`;
-    const worker = new Worker(boot, { eval: true, workerData: { pinThrottle: this.pinThrottle.shared } });
+    const worker = new Worker(boot, { eval: true, workerData: { pinThrottle: this.pinThrottle.shared }, resourceLimits: { maxYoungGenerationSizeMb: KEY_WORKER_YOUNG_GENERATION_MIB } });
     let ready!: () => void;
     const slot: Slot = { worker, connections: 0, ready: new Promise((r) => { ready = r; }) };
     // Posted now, so it comes before any connection handed to this worker (messages
@@ -99,6 +114,7 @@ export class KeyServer {
       else if (m.type === 'closed') slot.connections--;
       else if (m.type === 'applied') { slot.generation = m.generation; this.wakeSettled(); }
       else if (m.type === 'stats') this.statsReplies.get(m.id!)?.(m.stats ?? {});
+      else if (m.type === 'compacted') this.workerCompacted();
     });
     worker.on('error', (e) => {
       if (this.closing) return;
@@ -170,6 +186,26 @@ export class KeyServer {
     return total;
   }
 
+  private compactStartRss = 0;
+  private compactChanges = 0;
+  /** One full collection here, then in every worker (each between its requests). */
+  private compactHeaps(gc: () => void, changes: number): void {
+    this.compactStartRss = process.memoryUsage.rss();
+    this.compactChanges = changes;
+    gc();
+    this.compactingWorkers = this.slots.length;
+    for (const s of this.slots) s.worker.postMessage({ type: 'compact' });
+  }
+
+  private workerCompacted(): void {
+    if (this.compactingWorkers === 0 || --this.compactingWorkers > 0) return;
+    this.compactions++;
+    // The collections freed the burst's buffers; their pages go back only when asked.
+    try { native().mallocTrim(); } catch { /* no addon (some tests): the V8 heaps are compacted all the same */ }
+    const mib = (b: number) => Math.round(b / 1048576);
+    log.info(`memory: compacted every thread's heap after ${this.compactChanges} key-store changes: resident ${mib(this.compactStartRss)} -> ${mib(process.memoryUsage.rss())} MiB`);
+  }
+
   private broadcastPending = false;
   /**
    * Changes made in one turn of the event loop (provisioning requests finishing
@@ -232,6 +268,7 @@ export class KeyServer {
 
   async close(): Promise<void> {
     this.closing = true;
+    this.compaction?.stop();
     for (const w of this.settleWaiters) w.done(false);
     this.settleWaiters = [];
     await new Promise<void>((r) => this.server.close(() => r()));

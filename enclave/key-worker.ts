@@ -12,8 +12,9 @@ import { countOperation, emptyOperationStats, type TokenOperationStats } from '.
 import { KeyType } from '../shared/key-wire.ts';
 import { rsaKeyOf } from './rsa-ops.ts';
 import { ecKeyOf } from './ec-ops.ts';
+import { fullGc } from './heap-compaction.ts';
 
-type Msg = { type: 'snapshot'; snapshot: KeyStoreSnapshot } | { type: 'delta'; delta: KeyStoreDelta } | { type: 'connection'; fd: number } | { type: 'evict' } | { type: 'stats'; id: number };
+type Msg = { type: 'snapshot'; snapshot: KeyStoreSnapshot } | { type: 'delta'; delta: KeyStoreDelta } | { type: 'connection'; fd: number } | { type: 'evict' } | { type: 'stats'; id: number } | { type: 'compact' };
 
 let view: KeyView | undefined;
 const current = () => view!;
@@ -69,6 +70,7 @@ parentPort!.on('message', (m: Msg) => {
   if (m.type === 'snapshot') { view = new KeyView(m.snapshot); applied(); prepareNewKeys(m.snapshot.keys); return; }
   if (m.type === 'delta') { view = view!.apply(m.delta); applied(); prepareNewKeys(m.delta.addKeys); return; }
   if (m.type === 'evict') { connections.closeIdlest(); return; }
+  if (m.type === 'compact') { fullGc?.(); parentPort!.postMessage({ type: 'compacted' }); return; }
   if (m.type === 'stats') {
     // A token gone from the store takes its counts along (labels come and go; the map must not grow without end).
     for (const label of stats.keys()) if (!view!.hasToken(label)) stats.delete(label);

@@ -10,6 +10,8 @@ export interface NativeAddon {
   connect(cid: number, port: number, timeoutMs: number, privilegedSource?: boolean): number;
   listen(cid: number, port: number, backlog: number): number;
   dup(fd: number): number;
+  /** Gives the C heap's free pages back to the system (glibc's malloc_trim); true when some went. */
+  mallocTrim(): boolean;
   /** Who is on the other end of a connected socket. */
   peer(fd: number): PeerIdentity;
   nsmRequest(fd: number, request: Buffer): Buffer;

@@ -12,6 +12,7 @@ import path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { ROOT, tmpdir } from './helpers/enclave.ts';
 import { makeEnclaveContext } from '../scripts/build-eif.ts';
+import { ENCLAVE_NODE_FLAGS } from '../enclave/node-flags.ts';
 
 const dir = tmpdir('packaging');
 test.after.always(() => fs.rmSync(dir, { recursive: true, force: true }));
@@ -126,7 +127,9 @@ test('build:eif: the build context holds exactly the enclave app bundle, the add
   const docker = fs.readFileSync(path.join(ctx, 'Dockerfile'), 'utf8');
   t.regex(docker, /^FROM scratch$/m);
   t.regex(docker, /^RUN cp \/build\/native\.node \/build\/app\/native\.node \\\n && sh \/build\/rootfs\.sh \/usr\/local\/bin\/node \/build\/app \/rootfs$/m);
-  t.regex(docker, /^CMD \["\/usr\/local\/bin\/node", "\/app\/main\.js"\]$/m);
+  // The image's command: node with the enclave app's flags (as local mode runs it), then the app.
+  const cmd = JSON.parse(/^CMD (\[.*\])$/m.exec(docker)![1]) as string[];
+  t.deepEqual(cmd, ['/usr/local/bin/node', ...ENCLAVE_NODE_FLAGS, '/app/main.js']);
 
   // The image's filesystem as rootfs.sh makes it, from this machine's node (the
   // official build, as node:20-bookworm-slim has): the app runs in it with
@@ -135,10 +138,10 @@ test('build:eif: the build context holds exactly the enclave app bundle, the add
   const made = sh('sh', [path.join(ctx, 'rootfs.sh'), process.execPath, path.join(ctx, 'app'), rootfs]);
   t.is(made.status, 0, made.stderr);
   const clean = { PATH: '/usr/local/bin' };
-  const help = spawnSync('/usr/sbin/chroot', [rootfs, '/usr/local/bin/node', '/app/main.js', '--help'], { encoding: 'utf8', env: clean });
+  const help = spawnSync('/usr/sbin/chroot', [rootfs, ...cmd, '--help'], { encoding: 'utf8', env: clean });
   t.is(help.status, 0, help.stderr);
   t.regex(help.stdout, /--key-address/);
-  const run = spawnSync('/usr/sbin/chroot', [rootfs, '/usr/local/bin/node', '/app/main.js'], { encoding: 'utf8', env: clean });
+  const run = spawnSync('/usr/sbin/chroot', [rootfs, ...cmd], { encoding: 'utf8', env: clean });
   t.is(run.status, 1);
   t.regex(run.stderr, /cannot open \/dev\/nsm \(ENOENT\)/, 'got as far as the NSM device, the addon loaded');
   t.is(run.stderr.split('\n').filter((l) => l.trim()).length, 1, `nothing else missing: ${run.stderr}`);

@@ -12,7 +12,9 @@
  *   source port: the provisioning channel's proof that the peer is root
  *   (docs/protocol.md, "Trust model");
  * - talk to the Nitro Security Module: one ioctl on /dev/nsm carrying a CBOR
- *   request and returning a CBOR response (enclave/nsm.ts builds and reads them).
+ *   request and returning a CBOR response (enclave/nsm.ts builds and reads them);
+ * - give the C heap's free pages back to the system after a burst of work
+ *   (enclave/heap-compaction.ts).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -27,6 +29,9 @@
 #include <sys/uio.h>
 #include <unistd.h>
 #include <linux/vm_sockets.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 #define NAPI_VERSION 8 /* type tags on externals */
 #include <node_api.h>
 #include <openssl/bn.h>
@@ -219,6 +224,23 @@ static napi_value js_dup(napi_env env, napi_callback_info info)
   int out = fcntl(fd, F_DUPFD_CLOEXEC, 0);
   if (out < 0) return throw_errno(env, "dup", errno);
   return make_fd(env, out);
+}
+
+/*
+ * Free pages inside the C heap's arenas go back to the system: after the
+ * garbage of a provisioning burst is collected, its buffers are free but their
+ * pages stay resident, scattered between live ones. Returns whether any went.
+ */
+static napi_value js_malloc_trim(napi_env env, napi_callback_info info)
+{
+  (void)info;
+  napi_value out;
+#ifdef __GLIBC__
+  napi_get_boolean(env, malloc_trim(0) == 1, &out);
+#else
+  napi_get_boolean(env, false, &out);
+#endif
+  return out;
 }
 
 /* The NSM driver's raw request: two iovecs, in and out (linux/nsm.h). */
@@ -512,6 +534,7 @@ static napi_value init(napi_env env, napi_value exports)
     { "connect", NULL, js_connect, NULL, NULL, NULL, napi_default, NULL },
     { "listen", NULL, js_listen, NULL, NULL, NULL, napi_default, NULL },
     { "dup", NULL, js_dup, NULL, NULL, NULL, napi_default, NULL },
+    { "mallocTrim", NULL, js_malloc_trim, NULL, NULL, NULL, napi_default, NULL },
     { "peer", NULL, js_peer, NULL, NULL, NULL, napi_default, NULL },
     { "nsmRequest", NULL, js_nsm_request, NULL, NULL, NULL, napi_default, NULL },
     { "ecdsaKey", NULL, js_ecdsa_key, NULL, NULL, NULL, napi_default, NULL },

@@ -4,6 +4,7 @@
 import path from 'node:path';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { PROJECT_ROOT } from '../paths.ts';
+import { ENCLAVE_NODE_FLAGS } from '../../enclave/node-flags.ts';
 
 export interface LocalEnclaveOptions {
   keyAddress: string;
@@ -38,7 +39,7 @@ const loaderArgs = (entry: string) => (entry.endsWith('.ts') ? ['--import', impo
 /** Starts the enclave app and resolves once its key channel listens (rejects with its output if it exits). */
 export function startLocalEnclave(o: LocalEnclaveOptions): Promise<LocalEnclave> {
   const entry = o.entry ?? ENCLAVE_MAIN;
-  const args = [...loaderArgs(entry), entry, '--local', '--key-address', o.keyAddress, ...(o.args ?? [])];
+  const args = [...ENCLAVE_NODE_FLAGS, ...loaderArgs(entry), entry, '--local', '--key-address', o.keyAddress, ...(o.args ?? [])];
   if (o.plaintextKeys) args.push('--insecure-plaintext-keys', o.plaintextKeys);
   if (o.threads) args.push('--threads', String(o.threads));
   const command = [...(o.wrapper ?? []), process.execPath, ...args];
