@@ -147,7 +147,21 @@ const a0 = cpuTicks(agentPid), e0 = cpuTicks(enclavePid), s0 = performance.now()
 await new Promise((r) => setTimeout(r, IDLE_SECONDS * 1000));
 const elapsed = (performance.now() - s0) / 1000;
 const cpu = (ticks: number) => `${((ticks / CLK_TCK / elapsed) * 100).toFixed(2)} % of a CPU`;
-const line = `idle over ${IDLE_SECONDS} s (1 token, health check every 5 s): agent + local cloud process ${cpu(cpuTicks(agentPid) - a0)}, RSS ${rssMiB(agentPid).toFixed(0)} MiB; enclave app ${cpu(cpuTicks(enclavePid) - e0)}, RSS ${rssMiB(enclavePid).toFixed(0)} MiB`;
+const agentRss = rssMiB(agentPid);
+// In production the agent runs without the local cloud. Its share of the process
+// above is estimated from two more processes, as installed: the local cloud alone,
+// and node alone (whose own binary's pages are most of any node process's RSS).
+const alone = (code: string) => new Promise<number>((resolve, reject) => {
+  const p = spawn(process.execPath, ['--input-type=module', '-e', code], { stdio: ['ignore', 'pipe', 'inherit'] });
+  let text = '';
+  p.stdout.on('data', (d) => { text += d; });
+  p.once('exit', () => { const m = /RSS (\d+(?:\.\d+)?)/.exec(text); if (m) resolve(Number(m[1])); else reject(new Error(`no RSS from: ${text}`)); });
+});
+const sampleRss = 'const v = (process.memoryUsage.rss() / 1048576).toFixed(1); console.log(`RSS ${v}`); process.exit(0);';
+const cloudState = path.join(dir, 'cloud-alone');
+const cloudAlone = await alone(`const { startLocalCloud } = await import(${JSON.stringify(path.join(installed, 'src/local/cloud/server.js'))}); await startLocalCloud({ stateDir: ${JSON.stringify(cloudState)}, attestationRoots: () => [], kmsProxySocket: ${JSON.stringify(path.join(cloudState, 'kms.sock'))} }); setTimeout(() => { ${sampleRss} }, 5000);`);
+const nodeAlone = await alone(`setTimeout(() => { ${sampleRss} }, 5000);`);
+const line = `idle over ${IDLE_SECONDS} s (1 token, health check every 5 s): agent + local cloud process ${cpu(cpuTicks(agentPid) - a0)}, RSS ${agentRss.toFixed(0)} MiB (node alone ${nodeAlone.toFixed(0)} MiB, the local cloud alone ${cloudAlone.toFixed(0)} MiB: the agent alone about ${(agentRss - (cloudAlone - nodeAlone)).toFixed(0)} MiB); enclave app ${cpu(cpuTicks(enclavePid) - e0)}, RSS ${rssMiB(enclavePid).toFixed(0)} MiB`;
 say(line);
 out.push(line);
 child.kill('SIGTERM');
