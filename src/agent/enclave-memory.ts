@@ -10,7 +10,11 @@ import fs from 'node:fs';
 export const EIF_MEMORY_RATIO = 4;
 /** The enclave app's resident memory with no token (2 key worker threads), MiB. */
 const APP_EMPTY_MIB = 85;
-/** ... and per token after provisioning (RSA-2048 with a one-CA chain), KiB. */
+/**
+ * ... and per token at the peak of provisioning (RSA-2048 with a one-CA chain),
+ * KiB: 82-128 measured at 1,000 tokens. Once provisioning is over the app settles
+ * at about 51 (enclave/heap-compaction.ts), but memory_mib must cover the peak.
+ */
 const APP_PER_TOKEN_KIB = 124;
 /** The enclave's kernel, page tables and a margin for bursts: a quarter on top. */
 const HEADROOM = 1.25;
