@@ -370,6 +370,8 @@ export class KeyView {
   /** The token's identity now (see Token.identity); a login made under another one no longer counts. */
   identity(label: string): string | undefined { return this.tokens.get(label)?.identity; }
   key(keyId: number): KeyStoreSnapshot['keys'][number] | undefined { return this.keys.get(keyId); }
+  /** The token's keys (a scan: for removals, which are rare). */
+  keysOf(label: string): KeyStoreSnapshot['keys'] { return [...this.keys.values()].filter((k) => k.tokenLabel === label); }
 
   checkPin(label: string, pin: Uint8Array): boolean {
     const want = this.tokens.get(label)?.pinDigest;

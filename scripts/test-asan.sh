@@ -16,3 +16,9 @@ cd "$root"
 LD_PRELOAD="$asan $ubsan" ASAN_OPTIONS=detect_leaks=0:verify_asan_link_order=0:abort_on_error=1 \
   UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
   NITRO_ACM_MODULE=p11-module/build/asan/nitro-acm-p11.so npx ava test/module.test.ts test/ecdsa.test.ts --match "!*nginx*"
+gcc -std=c11 -g -O1 -fno-omit-frame-pointer -fsanitize=address,undefined -Wall -Wextra -Werror -shared -fPIC \
+  -I"$(dirname "$(dirname "$(command -v node)")")/include/node" -I/usr/include/node \
+  -o "$root/shared/native/build/asan-native.node" "$root/shared/native/native.c"
+LD_PRELOAD="$asan $ubsan" ASAN_OPTIONS=detect_leaks=0:verify_asan_link_order=0:abort_on_error=1 \
+  UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+  NITRO_ACM_NATIVE="$root/shared/native/build/asan-native.node" npx ava test/key-server.test.ts test/hostile-peers.test.ts

@@ -24,6 +24,23 @@ export interface NativeAddon {
   /** An RSA signature, k bytes: PKCS#1 v1.5 padding over `input` as is (a DigestInfo), PSS over a digest, or raw over k bytes. */
   rsaSignDigest(key: RsaKey, scheme: 'pkcs1' | 'raw', input: Buffer): Buffer;
   rsaSignDigest(key: RsaKey, scheme: 'pss', digest: Buffer, hash: string, mgfHash: string, saltLength: number): Buffer;
+  // The key channel's connections on a key worker's thread (native.c, "The key channel's connections"; enclave/key-worker.ts).
+  /** Once per thread: the frames this code leaves to JavaScript (return true to hold the connection's queue until kcResume), and each connection closed (with why, when it was this code's doing). */
+  kcInit(onFrame: (connId: number, frame: Buffer) => boolean, onClose: (connId: number, reason?: string) => void, maxUnsentPerConnection: number, maxUnsentTotal: number, latencyBounds: readonly number[]): void;
+  /** Serves a connected socket on this thread (which now owns the descriptor); its id. */
+  kcServe(fd: number): number;
+  /** Queues a reply (written at once when it can be); false when the connection is gone. */
+  kcSend(connId: number, head: Buffer, body?: Uint8Array): boolean;
+  kcResume(connId: number): void;
+  /** Closes once the queued replies are written. */
+  kcEnd(connId: number): void;
+  kcCloseIdlest(): boolean;
+  kcLogin(connId: number, tokenId: number, loggedIn: boolean): void;
+  kcAddKey(keyId: number, tokenId: number, handle: RsaKey | EcdsaKey): void;
+  kcRemoveKey(keyId: number): void;
+  kcSetGeneration(generation: number): void;
+  /** Per key that signed here since the last call: [keyId, signatures, seconds, ...latency bucket counts]. */
+  kcTakeStats(): number[][];
 }
 
 /** An opaque handle to a parsed RSA private key inside the addon. */
@@ -54,7 +71,8 @@ export function native(): NativeAddon {
     const require = createRequire(import.meta.url);
     // Next to the code in the enclave image (a bundle), else where node-gyp builds it in the source tree.
     const besideBundle = new URL('./native.node', import.meta.url).pathname;
-    const file = fs.existsSync(besideBundle) ? besideBundle : new URL('./native/build/Release/native.node', import.meta.url).pathname;
+    // NITRO_ACM_NATIVE: another build of it (scripts/test-asan.sh's sanitizer build).
+    const file = process.env.NITRO_ACM_NATIVE || (fs.existsSync(besideBundle) ? besideBundle : new URL('./native/build/Release/native.node', import.meta.url).pathname);
     try { addon = require(file) as NativeAddon; } catch (e) {
       throw new Error(`native addon not built (${file}): run "npm run build:native" (${(e as Error).message.split('\n')[0]})`);
     }
