@@ -64,3 +64,25 @@ test('operations, hashes and schemes have the same codes in C and TypeScript', (
   const known = new Set(enums.flatMap(([prefix, values]) => Object.keys(values).map((n) => `${prefix}${n}`)));
   t.deepEqual(members.filter((m) => !known.has(m)), []);
 });
+
+test('the enclave\'s native key channel (shared/native/native.c) uses the same numbers', (t) => {
+  const nativeC = fs.readFileSync(path.join(ROOT, 'shared/native/native.c'), 'utf8');
+  const defs = new Map<string, number>();
+  for (const m of nativeC.matchAll(/^#define (KC_\w+) (.+?)\s*(?:\/\*.*)?$/gm)) defs.set(m[1], Function(`return (${m[2].trim()});`)() as number);
+  const pairs: [string, number][] = [
+    ['KC_VERSION', kw.KEY_WIRE_VERSION],
+    ['KC_OP_SIGN', kw.Op.SIGN],
+    ['KC_REPLY_BIT', kw.REPLY_BIT],
+    ['KC_REQUEST_HEADER', kw.REQUEST_HEADER],
+    ['KC_RESPONSE_HEADER', kw.RESPONSE_HEADER],
+    ['KC_MAX_REQUEST', kw.MAX_REQUEST],
+    ['KC_SCHEME_PKCS1', kw.SignScheme.PKCS1],
+    ['KC_SCHEME_PSS', kw.SignScheme.PSS],
+    ['KC_SCHEME_RAW', kw.SignScheme.RAW],
+    ['KC_SCHEME_ECDSA', kw.SignScheme.ECDSA],
+  ];
+  for (const [name, ts] of pairs) t.is(defs.get(name), ts, `${name} in native.c`);
+  // kc_md(): the hash codes, in order.
+  const md = /static const EVP_MD \*kc_md\(int id\)\s*\{([\s\S]*?)\n\}/.exec(nativeC)![1];
+  for (const [name, code] of Object.entries(kw.Hash)) t.regex(md, new RegExp(`case ${code}: return EVP_${name.toLowerCase()}\\(\\);`), `hash ${name} is ${code} in native.c`);
+});
