@@ -241,7 +241,7 @@ await fx.cleanup();
 const cpu = os.cpus()[0]?.model ?? 'unknown CPU';
 const lines = [
   `Machine: ${os.availableParallelism()} CPUs (${cpu}), ${Math.round(os.totalmem() / 2 ** 30)} GiB, ${os.type()} ${os.release()}, Node ${process.version}, nginx ${/nginx\/(\S+)/.exec(must('nginx', ['-v']) + spawnSync('nginx', ['-v'], { encoding: 'utf8' }).stderr)?.[1]}.`,
-  `Load: wrk -t1 -c16 -d${SECONDS}s -H "Connection: close" (a full handshake per request; session cache and tickets off), nginx worker_processes ${os.availableParallelism()}, RSA-2048, median of ${ROUNDS} interleaved rounds, all on this one machine.`,
+  `Load: wrk -t1 -c16 -d${SECONDS}s -H "Connection: close" (a full handshake per request; session cache and tickets off), nginx worker_processes ${WORKERS}, RSA-2048, median of ${ROUNDS} interleaved rounds, all on this one machine.`,
   '',
   'Layouts: "shared" = every process on every CPU; "nitro" = the enclave app alone on CPU ' + LAYOUTS.nitro.enclave + ' (as an enclave\'s own vCPUs), nginx and wrk on CPU ' + LAYOUTS.nitro.rest + ', for every variant.',
   '',
