@@ -738,6 +738,7 @@ static void kc_on_closed(uv_handle_t *h)
 /* Appends to the connection's unsent replies; 0 when out of memory (the connection is closed). */
 static int kc_queue(struct kc_conn *c, const void *a, size_t a_len, const void *b, size_t b_len)
 {
+  if (a_len + b_len == 0) return 1;
   size_t need = c->out_len + a_len + b_len;
   if (need > c->out_cap) {
     if (c->out_off > 0) { /* drop what is written first */
@@ -755,7 +756,7 @@ static int kc_queue(struct kc_conn *c, const void *a, size_t a_len, const void *
       c->out_cap = cap;
     }
   }
-  memcpy(c->out + c->out_len, a, a_len);
+  if (a_len) memcpy(c->out + c->out_len, a, a_len);
   if (b_len) memcpy(c->out + c->out_len + a_len, b, b_len);
   c->out_len += a_len + b_len;
   c->st->unsent_total += a_len + b_len;
@@ -1123,7 +1124,22 @@ static napi_value js_kc_send(napi_env env, napi_callback_info info)
     return NULL;
   }
   struct kc_conn *c = kc_conn_of(st, id);
-  int ok = c && !c->closing && kc_queue(c, head, head_len, body, body_len);
+  int ok = c && !c->closing;
+  if (ok && kc_unsent(c) == 0) {
+    /* Nothing queued before it: written from JavaScript's buffers, and only what the socket does not take is copied (a token list is large). */
+    struct iovec iov[2] = { { head, head_len }, { body, body_len } };
+    struct msghdr msg = { .msg_iov = iov, .msg_iovlen = body_len ? 2 : 1 };
+    ssize_t n;
+    do n = sendmsg(c->fd, &msg, MSG_NOSIGNAL); while (n < 0 && errno == EINTR);
+    if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK) { kc_close(c, NULL); ok = 0; }
+    else {
+      size_t done = n < 0 ? 0 : (size_t)n;
+      size_t head_left = done < head_len ? head_len - done : 0;
+      size_t body_done = done > head_len ? done - head_len : 0;
+      ok = kc_queue(c, head_left ? (unsigned char *)head + (head_len - head_left) : NULL, head_left,
+                    body_len > body_done ? (unsigned char *)body + body_done : NULL, body_len - body_done);
+    }
+  } else if (ok) ok = kc_queue(c, head, head_len, body, body_len);
   if (ok) {
     /* From inside kc_process the batch is written at its end; a reply sent later (a throttled login) goes now. */
     ok = kc_flush(c);
