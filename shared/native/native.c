@@ -611,6 +611,7 @@ struct kc_conn {
   int eof;       /* the peer will send no more */
   int ending;    /* close once the replies are written */
   int closing;
+  int polled; /* the events the poll handle watches now */
   const char *close_reason;
 };
 
@@ -814,6 +815,9 @@ static void kc_update(struct kc_conn *c)
   int events = 0;
   if (!c->eof && !c->ending && !c->held && kc_unsent(c) <= c->st->max_unsent_conn) events |= UV_READABLE;
   if (kc_unsent(c) > 0) events |= UV_WRITABLE;
+  /* Only on a change: restarting the handle costs an epoll_ctl each request. */
+  if (events == c->polled) return;
+  c->polled = events;
   if (events) uv_poll_start(&c->poll, events, kc_on_poll);
   else uv_poll_stop(&c->poll);
 }
