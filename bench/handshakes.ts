@@ -35,6 +35,8 @@ function must(cmd: string, args: string[], env: NodeJS.ProcessEnv = process.env)
 
 registerWithP11Kit();
 const fx = await startEnclave([{ label: 'bench', pin: PIN, names: ['bench.test'] }, { label: 'benchec', pin: PIN, names: ['bench.test'], keyType: 'ec-p256' }], { prefix: 'bench', threads: os.availableParallelism() });
+// A run that fails (wrk, perf) must not leave the enclave app running behind it.
+process.on('exit', () => { if (fx.proc.exitCode === null && fx.proc.signalCode === null) fx.proc.kill('SIGKILL'); });
 const tok = fx.tokens[0];
 const ecTok = fx.tokens[1];
 const dir = fx.dir;
