@@ -35,7 +35,16 @@ export interface KeyServerOptions {
    * there is no compaction). Workers use node's own, when exposed.
    */
   compaction?: CompactionOptions & { gc?: () => void };
+  /**
+   * Key workers failed to start this many times in a row (none became ready in
+   * between): what to do then. Default: log it and stop the enclave app, which
+   * the agent then restarts, rather than start workers that fail for ever.
+   */
+  onWorkersCannotStart?: (e: Error) => void;
 }
+
+/** Start failures in a row after which the key workers are given up. */
+const WORKER_START_ATTEMPTS = 3;
 
 /** File descriptors kept free for everything else (the provisioning channel, KMS, files, threads). */
 const FD_RESERVE = 128;
@@ -74,6 +83,8 @@ export class KeyServer {
   /** Shared by every worker, so PIN guesses are counted per token whichever worker takes them. */
   private readonly pinThrottle = new PinThrottle();
   private readonly compaction?: CompactAfterBurst;
+  private startFailures = 0;
+  private readonly onWorkersCannotStart?: (e: Error) => void;
   /** Compactions every worker has finished; and the workers yet to finish the latest one. */
   compactions = 0;
   private compactingWorkers = 0;
@@ -84,6 +95,7 @@ export class KeyServer {
     // workers hold exactly what the store holds, which each worker's first snapshot has.
     this.sent = store.sentNow();
     for (let i = 0; i < n; i++) this.slots.push(this.spawn());
+    this.onWorkersCannotStart = opts.onWorkersCannotStart;
     const gc = opts.compaction?.gc ?? fullGc;
     if (gc) this.compaction = new CompactAfterBurst((n) => this.compactHeaps(gc, n), opts.compaction);
     store.onChange(() => { this.broadcastSoon(); this.compaction?.changed(); });
@@ -105,7 +117,8 @@ export class KeyServer {
       : `import(${JSON.stringify(url.href)});`;
     const worker = new Worker(boot, { eval: true, workerData: { pinThrottle: this.pinThrottle.shared }, resourceLimits: { maxYoungGenerationSizeMb: KEY_WORKER_YOUNG_GENERATION_MIB } });
     let ready!: () => void;
-    const slot: Slot = { worker, connections: 0, ready: new Promise((r) => { ready = r; }) };
+    let started = false;
+    const slot: Slot = { worker, connections: 0, ready: new Promise((r) => { ready = () => { started = true; this.startFailures = 0; r(); }; }) };
     // Posted now, so it comes before any connection handed to this worker (messages
     // wait in the port until the worker listens).
     worker.postMessage({ type: 'snapshot', snapshot: this.store.snapshot() });
@@ -118,6 +131,12 @@ export class KeyServer {
     });
     worker.on('error', (e) => {
       if (this.closing) return;
+      if (!started && ++this.startFailures >= WORKER_START_ATTEMPTS) {
+        this.closing = true;
+        (this.onWorkersCannotStart ?? ((err: Error) => { log.error(`${err.message}; stopping the enclave app`); process.exit(1); }))(
+          new Error(`key worker threads cannot start (${this.startFailures} attempts in a row): ${e.message}`));
+        return;
+      }
       // Its connections die with it; their modules reconnect to another worker.
       log.error(`key worker failed: ${e.message}; starting another`);
       const i = this.slots.indexOf(slot);

@@ -269,6 +269,27 @@ test('a long burst is compacted every maxChanges changes while it goes on, not o
   t.deepEqual(compacted, [5, 5], 'two compactions in twelve changes; the last two wait for the store to be quiet');
 });
 
+// Serial: the environment it changes is the one every worker started in this file inherits.
+test.serial('key workers that cannot start are given up after three attempts in a row, not restarted for ever', async (t) => {
+  // A worker loads the native addon as it starts (the key channel's connections are native);
+  // one that cannot made the main thread start another, and another, logging each.
+  const before = process.env.NITRO_ACM_NATIVE;
+  process.env.NITRO_ACM_NATIVE = '/nonexistent/native.node';
+  let given: Error | undefined;
+  let calls = 0;
+  const server = new KeyServer(new KeyStore(), { threads: 1, onWorkersCannotStart: (e) => { calls++; given = e; } });
+  try {
+    for (let waited = 0; !given && waited < 20_000; waited += 50) await new Promise((r) => setTimeout(r, 50));
+    t.truthy(given, 'given up');
+    t.regex(given!.message, /key worker threads cannot start \(3 attempts in a row\): native addon not built \(\/nonexistent\/native\.node\)/);
+    await new Promise((r) => setTimeout(r, 500));
+    t.is(calls, 1, 'once, and no further worker started');
+  } finally {
+    if (before === undefined) delete process.env.NITRO_ACM_NATIVE; else process.env.NITRO_ACM_NATIVE = before;
+    await server.close();
+  }
+});
+
 // Security finding 8 (issue 11): the module refuses a token list over LIST_CAPS
 // whole, so the enclave app must never hold one: it refuses the token, the chain
 // or the key that would take it over, and a renewal drops its oldest retired key.
