@@ -31,7 +31,8 @@ export interface KeyConnectionIo {
   send(head: Buffer, body?: Uint8Array): void;
   /** Closes once the replies sent are written. */
   end(): void;
-  loggedIn(label: string, identity: string, on: boolean): void;
+  /** The connection's login to the token of this identity (Token.identity) began or ended. */
+  loggedIn(identity: string, on: boolean): void;
 }
 
 /** One line per token per 10 s per worker while its PIN is being guessed. */
@@ -48,12 +49,12 @@ export function keyConnection(io: KeyConnectionIo, view: () => KeyView, opts: Co
   const peer = opts.peer;
   /** Tokens this connection logged in to, with the identity each had then (a re-added token is another). */
   const loggedIn = new Map<string, string>();
-  const login = (label: string, identity: string) => { loggedIn.set(label, identity); io.loggedIn(label, identity, true); };
+  const login = (label: string, identity: string) => { loggedIn.set(label, identity); io.loggedIn(identity, true); };
   const logout = (label: string) => {
     const identity = loggedIn.get(label);
     if (identity === undefined) return;
     loggedIn.delete(label);
-    io.loggedIn(label, identity, false);
+    io.loggedIn(identity, false);
   };
 
   const throttleKeys = (label: string) => peer?.startsWith('uid ') ? [`token ${label}`, `peer ${peer}`] : [`token ${label}`];

@@ -94,7 +94,8 @@ function prepareSome(): void {
 
 /** Applies a change: keys removed, and keys of tokens removed or re-added (a new identity), leave the native code first. */
 function apply(next: KeyView, removeKeyIds: number[], removeTokens: string[]): void {
-  takeNativeStats();
+  // Counts are filed under the key's token as the current view names it: take them before its keys go.
+  if (removeKeyIds.length || removeTokens.length) takeNativeStats();
   for (const id of removeKeyIds) native().kcRemoveKey(id);
   for (const label of removeTokens) {
     const identity = view?.identity(label);
@@ -155,7 +156,7 @@ function serve(fd: number): void {
   served.set(connId, keyConnection({
     send: (head, body) => { native().kcSend(connId, head, body); },
     end: () => native().kcEnd(connId),
-    loggedIn: (_label, identity, on) => native().kcLogin(connId, tokenIdOf(identity), on),
+    loggedIn: (identity, on) => native().kcLogin(connId, tokenIdOf(identity), on),
   }, current, { pins, peer, counted }));
 }
 
