@@ -8,7 +8,10 @@
 // BENCH_BASELINE_MODULE=path/to/another/nitro-acm-p11.so adds that build's sign
 // latency, measured in turns with this one's, to compare two builds of the module;
 // BENCH_SIGN_ONLY=1 skips the handshakes (for such a comparison alone);
-// BENCH_PROFILE_ONLY=1 runs only the CPU profile of a handshake; BENCH_PROFILE=0 skips it.
+// BENCH_PROFILE_ONLY=1 runs only the CPU profile of a handshake (BENCH_PROFILE_LAYOUT=nitro
+// profiles that layout instead of the shared one); BENCH_PROFILE=0 skips it.
+// BENCH_LAYOUTS=nitro (or shared) and BENCH_VARIANTS=enclave,provider (the key in a
+// file always runs: it is what the others are quoted against) narrow a run.
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -76,6 +79,14 @@ const variants = {
   ecProvider: { key: providerKeyFor('benchec'), tok: ecTok, provider: true },
 } as const;
 type Variant = keyof typeof variants;
+const listed = (env: string | undefined, all: string[]) => {
+  if (!env) return all;
+  const xs = env.split(',').map((x) => x.trim()).filter(Boolean);
+  for (const x of xs) if (!all.includes(x)) throw new Error(`unknown name ${x} in a BENCH_ setting (known: ${all.join(', ')})`);
+  return xs;
+};
+const VARIANTS = [...new Set(['file', ...listed(process.env.BENCH_VARIANTS, Object.keys(variants))])] as Variant[];
+if (VARIANTS.some((v) => v.startsWith('ec')) && !VARIANTS.includes('ecFile')) VARIANTS.push('ecFile');
 
 // Layouts: "shared" lets every process use every CPU; "nitro" pins the enclave app
 // to a CPU of its own, as an enclave's vCPUs are carved out of the instance, and
@@ -83,17 +94,23 @@ type Variant = keyof typeof variants;
 const NCPU = os.availableParallelism();
 const LAYOUTS = { shared: { enclave: `0-${NCPU - 1}`, rest: `0-${NCPU - 1}` }, nitro: { enclave: `${NCPU - 1}`, rest: `0-${Math.max(0, NCPU - 2)}` } } as const;
 type Layout = keyof typeof LAYOUTS;
+const RUN_LAYOUTS = listed(process.env.BENCH_LAYOUTS, Object.keys(LAYOUTS)) as Layout[];
 
 // CPU time of the processes that serve a handshake (nginx's master and workers, and
-// the enclave app: every thread of it), from /proc, in clock ticks; wrk, the
-// client, is left out.
+// the enclave app: every thread of it), in seconds; wrk, the client, is left out.
+// /proc/PID/task/TID/schedstat counts each thread's time on a CPU in nanoseconds,
+// where /proc/PID/stat's utime and stime are sampled at the clock tick (100 Hz),
+// which misplaces the time of processes that run in short bursts, as a worker
+// waiting on each signature does.
 const CLK_TCK = Number(must('getconf', ['CLK_TCK']).trim()) || 100;
-function cpuTicks(pid: number): number {
+function cpuSecondsOf(pid: number): number {
+  let ns = 0;
   try {
-    const st = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const f = st.slice(st.lastIndexOf(')') + 2).split(' ');
-    return Number(f[11]) + Number(f[12]); // utime, stime (fields 14 and 15)
-  } catch { return 0; }
+    for (const tid of fs.readdirSync(`/proc/${pid}/task`)) {
+      try { ns += Number(fs.readFileSync(`/proc/${pid}/task/${tid}/schedstat`, 'utf8').split(' ')[0]); } catch { /* thread gone */ }
+    }
+  } catch { /* process gone */ }
+  return ns / 1e9;
 }
 function withChildren(pid: number): number[] {
   const out = [pid];
@@ -104,7 +121,21 @@ function withChildren(pid: number): number[] {
   return out;
 }
 
-interface Measured { rps: number; cpuUs: number }
+// Each CPU's time from /proc/stat (busy, idle, stolen by the hypervisor), in ticks:
+// whether the CPUs nginx and wrk run on were saturated or waited.
+function cpuStates(cpus: string): { busy: number; idle: number; steal: number } {
+  const [lo, hi] = cpus.split('-').map(Number);
+  const out = { busy: 0, idle: 0, steal: 0 };
+  for (const line of fs.readFileSync('/proc/stat', 'utf8').split('\n')) {
+    const m = /^cpu(\d+) (.*)$/.exec(line);
+    if (!m || Number(m[1]) < lo || Number(m[1]) > (hi ?? lo)) continue;
+    const [user, nice, system, idle, iowait, irq, softirq, steal] = m[2].split(' ').map(Number);
+    out.busy += user + nice + system + irq + softirq; out.idle += idle + iowait; out.steal += steal;
+  }
+  return out;
+}
+
+interface Measured { rps: number; cpuUs: number; nginxUs: number; restUs: number }
 
 async function measure(variant: Variant, protocol: 'TLSv1.2' | 'TLSv1.3', layout: Layout): Promise<Measured> {
   const cpus = LAYOUTS[layout];
@@ -120,30 +151,41 @@ async function measure(variant: Variant, protocol: 'TLSv1.2' | 'TLSv1.3', layout
   if (h.fingerprint256 !== fingerprintOf(v.tok.certPem) || h.protocol !== protocol) throw new Error(`${variant}: wrong certificate or protocol ${h.protocol}`);
   const wrk = (secs: number) => run('taskset', ['-c', cpus.rest, 'wrk', '-t1', '-c16', `-d${secs}s`, '-H', 'Connection: close', `https://127.0.0.1:${port}/`]);
   await wrk(1); // warm-up
-  const servers: number[] = [...withChildren(nginx.pid), fx.proc.pid!];
-  const ticks = () => servers.reduce((n, p) => n + cpuTicks(p), 0);
-  const before = ticks();
+  const nginxPids = withChildren(nginx.pid);
+  const secondsOf = (pids: number[]) => pids.reduce((n, p) => n + cpuSecondsOf(p), 0);
+  const before = { nginx: secondsOf(nginxPids), enclave: cpuSecondsOf(fx.proc.pid!), cpus: cpuStates(cpus.rest) };
   const r = await wrk(SECONDS);
-  const cpuSeconds = (ticks() - before) / CLK_TCK;
+  const after = { nginx: secondsOf(nginxPids), enclave: cpuSecondsOf(fx.proc.pid!), cpus: cpuStates(cpus.rest) };
+  const cpuSeconds = after.nginx - before.nginx + after.enclave - before.enclave;
   await nginx.stop();
   const rps = Number(/Requests\/sec:\s+([\d.]+)/.exec(r.out)?.[1]);
   const requests = Number(/(\d+) requests in/.exec(r.out)?.[1]);
   const errors = /Socket errors: (.*)/.exec(r.out)?.[1];
   if (!rps || !requests) throw new Error(`${variant}: wrk output: ${r.out}`);
   const cpuUs = cpuSeconds * 1e6 / requests;
-  log(`${layout} ${protocol} ${variant}: ${rps.toFixed(0)} handshakes/s, ${cpuUs.toFixed(0)} µs of CPU each${errors ? ` (socket errors: ${errors})` : ''}`);
-  return { rps, cpuUs };
+  const us = (t: number) => (t * 1e6 / requests).toFixed(0);
+  const d = { busy: after.cpus.busy - before.cpus.busy, idle: after.cpus.idle - before.cpus.idle, steal: after.cpus.steal - before.cpus.steal };
+  const total = d.busy + d.idle + d.steal || 1;
+  const share = (t: number) => `${Math.round(100 * t / total)} %`;
+  log(`${layout} ${protocol} ${variant}: ${rps.toFixed(0)} handshakes/s, ${cpuUs.toFixed(0)} µs of CPU each (nginx ${us(after.nginx - before.nginx)}, enclave app ${us(after.enclave - before.enclave)}); CPU ${cpus.rest} busy ${share(d.busy)}, idle ${share(d.idle)}, stolen ${share(d.steal)}${errors ? ` (socket errors: ${errors})` : ''}`);
+  // What else ran on nginx's CPUs (wrk, mostly); in the nitro layout the enclave app is not among it.
+  const restUs = Math.max(0, (d.busy / CLK_TCK - (after.nginx - before.nginx) - (layout === 'shared' ? after.enclave - before.enclave : 0)) * 1e6 / requests);
+  return { rps, cpuUs, nginxUs: (after.nginx - before.nginx) * 1e6 / requests, restUs };
 }
 
 const results: Record<string, Record<Variant, number[]>> = {};
 const cpuResults: Record<string, Record<Variant, number[]>> = {};
+const nginxResults: Record<string, Record<Variant, number[]>> = {};
+const restResults: Record<string, Record<Variant, number[]>> = {};
 const none = (): Record<Variant, number[]> => ({ file: [], enclave: [], provider: [], softhsm2: [], ecFile: [], ecEnclave: [], ecProvider: [] });
-for (const layout of process.env.BENCH_SIGN_ONLY === '1' || process.env.BENCH_PROFILE_ONLY === '1' ? [] : Object.keys(LAYOUTS) as Layout[]) {
+for (const layout of process.env.BENCH_SIGN_ONLY === '1' || process.env.BENCH_PROFILE_ONLY === '1' ? [] : RUN_LAYOUTS) {
   for (const protocol of ['TLSv1.2', 'TLSv1.3'] as const) {
     const r = results[`${layout} ${protocol}`] = none();
     const c = cpuResults[`${layout} ${protocol}`] = none();
+    const n = nginxResults[`${layout} ${protocol}`] = none();
+    const o = restResults[`${layout} ${protocol}`] = none();
     for (let round = 0; round < ROUNDS; round++) {
-      for (const v of Object.keys(variants) as Variant[]) { const m = await measure(v, protocol, layout); r[v].push(m.rps); c[v].push(m.cpuUs); }
+      for (const v of VARIANTS) { const m = await measure(v, protocol, layout); r[v].push(m.rps); c[v].push(m.cpuUs); n[v].push(m.nginxUs); o[v].push(m.restUs); }
     }
   }
 }
@@ -155,21 +197,25 @@ must('taskset', ['-a', '-p', '-c', LAYOUTS.shared.enclave, String(fx.proc.pid)])
 // Skipped where perf is missing or BENCH_PROFILE=0.
 const PERF_HZ = 1999;
 const OPENSSL_SYMBOL = /^(BN_|bn_|__bn|RSA|rsa|EVP_|evp_|ossl_|OSSL_|ecp_|EC_|ec_|sha\d|SHA\d|CRYPTO_|OPENSSL_|ERR_|ASN1|asn1|x86_64_|mul4x|sqr|bn|BIO_|PKCS1|pkcs1|ossl|int_|engine_|RAND_|rand_|drbg|DRBG|aes|AES|gcm|HMAC|hmac|KECCAK|ecdsa|ECDSA|OBJ_|obj_|lh_|OPENSSL|CONF_|context_|bsaes|vpaes|poly1305|ChaCha)/;
+const CLIENT = 'wrk (the load generator)';
 const hasPerf = process.env.BENCH_PROFILE !== '0' && process.env.BENCH_SIGN_ONLY !== '1' && spawnSync('perf', ['--version']).status === 0;
-async function profile(variant: Variant, protocol: 'TLSv1.2' | 'TLSv1.3'): Promise<{ requests: number; rows: { what: string; us: number }[] }> {
+async function profile(variant: Variant, protocol: 'TLSv1.2' | 'TLSv1.3', layout: Layout): Promise<{ requests: number; rows: { what: string; us: number }[] }> {
+  const cpus = LAYOUTS[layout];
+  must('taskset', ['-a', '-p', '-c', cpus.enclave, String(fx.proc.pid)]);
   const port = await freePort();
   const prefix = fs.mkdtempSync(path.join(dir, `perf-${variant}-`));
   fs.chmodSync(prefix, 0o755);
   const v = variants[variant];
   const provider = 'provider' in v;
   const env = { NITRO_ACM_KEY_ADDRESS: fx.address, SOFTHSM2_CONF: hsmConf, ...(provider ? { OPENSSL_CONF: providerConf } : {}) };
-  const nginx = await startNginx({ dir: prefix, port, env, engine: !provider, workers: WORKERS, protocols: protocol, sites: [{ serverName: 'bench.test', certificateFile: v.tok.fullchain, key: v.key }] });
+  const nginx = await startNginx({ dir: prefix, port, env, engine: !provider, workers: WORKERS, protocols: protocol, cpus: cpus.rest, sites: [{ serverName: 'bench.test', certificateFile: v.tok.fullchain, key: v.key }] });
   const url = `https://127.0.0.1:${port}/`;
-  await run('wrk', ['-t1', '-c16', '-d1s', '-H', 'Connection: close', url]);
+  const wrk = (secs: number) => run('taskset', ['-c', cpus.rest, 'wrk', '-t1', '-c16', `-d${secs}s`, '-H', 'Connection: close', url]);
+  await wrk(1);
   const data = path.join(prefix, 'perf.data');
   const [rec, r] = await Promise.all([
     run('perf', ['record', '-q', '-e', 'cpu-clock', '-F', String(PERF_HZ), '-a', '-o', data, '--', 'sleep', String(SECONDS)]),
-    run('wrk', ['-t1', '-c16', `-d${SECONDS}s`, '-H', 'Connection: close', url]),
+    wrk(SECONDS),
   ]);
   await nginx.stop();
   if (rec.status !== 0) throw new Error(`perf record: ${rec.out}`);
@@ -183,8 +229,8 @@ async function profile(variant: Variant, protocol: 'TLSv1.2' | 'TLSv1.3'): Promi
     const m = /^\s*(\d+)\s+(\d+):(\S+)\s+(\S+)\s+\[[.kHgu]\]\s+(.*?)\s*$/.exec(line);
     if (!m) continue;
     const pid = Number(m[2]);
-    const who = enclaveTids.has(pid) ? 'enclave app' : nginxPids.has(pid) || m[3] === 'nginx' ? 'nginx' : undefined;
-    if (!who) continue; // wrk, perf, the rest of the machine
+    const who = enclaveTids.has(pid) ? 'enclave app' : nginxPids.has(pid) || m[3] === 'nginx' ? 'nginx' : m[3] === 'wrk' ? CLIENT : undefined;
+    if (!who) continue; // perf, the rest of the machine
     // Node carries its own OpenSSL inside its binary: its symbols say which part is the signature itself.
     const dso = m[4] === 'node' || /^\[JIT\]/.test(m[4]) ? (OPENSSL_SYMBOL.test(m[5]) ? 'OpenSSL inside node (the signature)' : 'V8, libuv and Node (JavaScript and its event loop)')
       : m[4].replace(/^\[kernel\.kallsyms\]$/, 'kernel (sockets, scheduling, TCP)').replace(/^\[unknown\]$/, 'unknown').replace(/^.*\//, '');
@@ -194,9 +240,12 @@ async function profile(variant: Variant, protocol: 'TLSv1.2' | 'TLSv1.3'): Promi
   return { requests, rows: [...rows].map(([what, samples]) => ({ what, us: samples / PERF_HZ * 1e6 / requests })).sort((a, b) => b.us - a.us) };
 }
 const profiles: { variant: Variant; protocol: string; requests: number; rows: { what: string; us: number }[] }[] = [];
+// The layout profiled: shared by default; BENCH_PROFILE_LAYOUT=nitro shows what shares
+// CPU 0 with nginx there.
+const PROFILE_LAYOUT = listed(process.env.BENCH_PROFILE_LAYOUT ?? 'shared', Object.keys(LAYOUTS))[0] as Layout;
 if (hasPerf) {
-  for (const variant of ['file', 'enclave', 'ecFile', 'ecEnclave'] as const) {
-    const p = await profile(variant, 'TLSv1.3');
+  for (const variant of (['file', 'enclave', 'ecFile', 'ecEnclave'] as const).filter((v) => VARIANTS.includes(v))) {
+    const p = await profile(variant, 'TLSv1.3', PROFILE_LAYOUT);
     profiles.push({ variant, protocol: 'TLSv1.3', ...p });
     log(`profile ${variant}: ${p.rows.slice(0, 4).map((x) => `${x.what} ${x.us.toFixed(0)} µs`).join(', ')}`);
   }
@@ -256,21 +305,36 @@ for (const name of Object.keys(results)) {
   const f = median(r.file);
   const c = cpuResults[name];
   const us = (v: Variant) => `${median(c[v]).toFixed(0)} µs`;
-  const cell = (v: Variant) => `${median(r[v]).toFixed(0)}/s (${(median(r[v]) / f).toFixed(2)}), ${us(v)}`;
+  const cell = (v: Variant) => !r[v].length ? '—' : `${median(r[v]).toFixed(0)}/s (${(median(r[v]) / f).toFixed(2)}), ${us(v)}`;
   lines.push(`| ${protocol} | ${f.toFixed(0)}/s (1.00), ${us('file')} | ${cell('enclave')} | ${cell('provider')} | ${cell('softhsm2')} |`);
 }
-lines.push('', 'Each cell: handshakes per second (ratio to the key in a file), and the CPU time one handshake costs nginx and the enclave app together (from /proc; wrk left out).');
-lines.push('', 'ECDSA P-256, the same way (ratios to the P-256 key in a file; in brackets, to the RSA-2048 key in a file):', '', '| layout, protocol | P-256 key in a file | P-256 key in the enclave app (pkcs11 engine) | P-256 key in the enclave app (pkcs11-provider) |', '|---|---|---|---|');
-for (const name of Object.keys(results)) {
-  const r = results[name];
-  const f = median(r.ecFile), rsaFile = median(r.file);
-  const cell = (v: Variant) => `${median(r[v]).toFixed(0)}/s (${(median(r[v]) / f).toFixed(2)}) [${(median(r[v]) / rsaFile).toFixed(2)}], ${median(cpuResults[name][v]).toFixed(0)} µs`;
-  lines.push(`| ${name} | ${cell('ecFile')} | ${cell('ecEnclave')} | ${cell('ecProvider')} |`);
+lines.push('', 'Each cell: handshakes per second (ratio to the key in a file), and the CPU time one handshake costs nginx and the enclave app together (each thread\'s time on a CPU, from /proc/PID/task/TID/schedstat; wrk left out).');
+// In the nitro layout wrk shares nginx's CPU, and a TLS client's handshake costs about as
+// much CPU as the server's: the rate ratio is bounded by it. On an instance the clients are
+// elsewhere, so what the parent's CPUs can serve is set by nginx's CPU per handshake alone.
+const nitroRows = Object.keys(results).filter((name) => name.startsWith('nitro'));
+if (nitroRows.length) {
+  lines.push('', 'The nitro layout by nginx\'s CPU alone (µs of nginx CPU per handshake; in brackets, what that CPU can serve against the key in a file, the clients being elsewhere on an instance), and what else ran on that CPU per handshake (wrk):', '', '| layout, protocol | key in a file | nitro-acm, engine | nitro-acm, provider | SoftHSM2, engine | wrk and the rest |', '|---|---|---|---|---|---|');
+  for (const name of nitroRows) {
+    const n = nginxResults[name];
+    const f = median(n.file);
+    const cell = (v: Variant) => !n[v].length ? '—' : `${median(n[v]).toFixed(0)} µs (${(f / median(n[v])).toFixed(2)})`;
+    lines.push(`| ${name} | ${f.toFixed(0)} µs (1.00) | ${cell('enclave')} | ${cell('provider')} | ${cell('softhsm2')} | ${median(restResults[name].file).toFixed(0)} µs |`);
+  }
+}
+if (VARIANTS.includes('ecFile')) {
+  lines.push('', 'ECDSA P-256, the same way (ratios to the P-256 key in a file; in brackets, to the RSA-2048 key in a file):', '', '| layout, protocol | P-256 key in a file | P-256 key in the enclave app (pkcs11 engine) | P-256 key in the enclave app (pkcs11-provider) |', '|---|---|---|---|');
+  for (const name of Object.keys(results)) {
+    const r = results[name];
+    const f = median(r.ecFile), rsaFile = median(r.file);
+    const cell = (v: Variant) => !r[v].length ? '—' : `${median(r[v]).toFixed(0)}/s (${(median(r[v]) / f).toFixed(2)}) [${(median(r[v]) / rsaFile).toFixed(2)}], ${median(cpuResults[name][v]).toFixed(0)} µs`;
+    lines.push(`| ${name} | ${cell('ecFile')} | ${cell('ecEnclave')} | ${cell('ecProvider')} |`);
+  }
 }
 if (profiles.length) {
-  lines.push('', `Where one TLS 1.3 handshake's CPU goes (perf record -e cpu-clock -F ${PERF_HZ} -a while wrk runs, shared layout; µs per handshake by process and library, rows under 3 µs left out):`, '');
+  lines.push('', `Where one TLS 1.3 handshake's CPU goes (perf record -e cpu-clock -F ${PERF_HZ} -a while wrk runs, ${PROFILE_LAYOUT} layout; µs per handshake by process and library, rows under 3 µs left out; wrk, the load generator, shown apart and left out of the total):`, '');
   for (const p of profiles) {
-    const total = p.rows.reduce((n, x) => n + x.us, 0);
+    const total = p.rows.filter((x) => !x.what.startsWith(CLIENT)).reduce((n, x) => n + x.us, 0);
     lines.push(`${p.variant} (${p.requests} handshakes, ${total.toFixed(0)} µs each in nginx and the enclave app):`, '', '| process: library | µs per handshake |', '|---|---|');
     for (const x of p.rows.filter((x) => x.us >= 3)) lines.push(`| ${x.what} | ${x.us.toFixed(0)} |`);
     lines.push('');
