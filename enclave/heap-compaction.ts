@@ -31,7 +31,7 @@ export class CompactAfterBurst {
   constructor(private readonly compact: (changes: number) => void, opts: CompactionOptions = {}) {
     this.minChanges = opts.minChanges ?? 16;
     this.quietMs = opts.quietMs ?? 2000;
-    this.maxChanges = opts.maxChanges ?? 256;
+    this.maxChanges = opts.maxChanges ?? 128;
   }
 
   /** One change to the key store. */

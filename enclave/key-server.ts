@@ -207,11 +207,15 @@ export class KeyServer {
 
   private compactStartRss = 0;
   private compactChanges = 0;
+  private compactStart = 0;
+  private compactMainMs = 0;
   /** One full collection here, then in every worker (each between its requests). */
   private compactHeaps(gc: () => void, changes: number): void {
     this.compactStartRss = process.memoryUsage.rss();
     this.compactChanges = changes;
+    this.compactStart = performance.now();
     gc();
+    this.compactMainMs = performance.now() - this.compactStart;
     this.compactingWorkers = this.slots.length;
     for (const s of this.slots) s.worker.postMessage({ type: 'compact' });
   }
@@ -222,7 +226,7 @@ export class KeyServer {
     // The collections freed the burst's buffers; their pages go back only when asked.
     try { native().mallocTrim(); } catch { /* no addon (some tests): the V8 heaps are compacted all the same */ }
     const mib = (b: number) => Math.round(b / 1048576);
-    log.info(`memory: compacted every thread's heap after ${this.compactChanges} key-store changes: resident ${mib(this.compactStartRss)} -> ${mib(process.memoryUsage.rss())} MiB`);
+    log.info(`memory: compacted every thread's heap after ${this.compactChanges} key-store changes: resident ${mib(this.compactStartRss)} -> ${mib(process.memoryUsage.rss())} MiB in ${Math.round(performance.now() - this.compactStart)} ms (main thread paused ${Math.round(this.compactMainMs)} ms)`);
   }
 
   private broadcastPending = false;

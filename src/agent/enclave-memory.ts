@@ -12,8 +12,9 @@ export const EIF_MEMORY_RATIO = 4;
 const APP_EMPTY_MIB = 85;
 /**
  * ... and per token at the peak of provisioning (RSA-2048 with a one-CA chain),
- * KiB: 82-128 measured at 1,000 tokens. Once provisioning is over the app settles
- * at about 51 (enclave/heap-compaction.ts), but memory_mib must cover the peak.
+ * KiB: 71-92 measured at 1,000 tokens with the heaps compacted every 128 changes
+ * (up to 147 when it was every 256). Once provisioning is over the app settles at
+ * about 50 (enclave/heap-compaction.ts), but memory_mib must cover the peak.
  */
 const APP_PER_TOKEN_KIB = 124;
 /** The enclave's kernel, page tables and a margin for bursts: a quarter on top. */
