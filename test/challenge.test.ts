@@ -31,11 +31,12 @@ test.serial('wrong PIN, wrong certificate, unknown token: each refused with the 
   await t.throwsAsync(verifyTokenSigns({ ...base, label: 'nope', pin: '11223344', ...expect(fx.tokens[0].certPem) }), { instanceOf: ChallengeError, message: /token "nope" is not listed/ });
 });
 
-test.serial('ECDSA keys (P-256, P-384) pass the challenge with their certificate, and with their public key object when there is none', async (t) => {
-  for (const [i, label] of [[2, 'ec256'], [3, 'ec384']] as const) {
+test.serial('RSA and ECDSA keys (P-256, P-384) pass the challenge with their certificate, and with their public key object when there is none', async (t) => {
+  for (const [i, label] of [[0, 'good'], [2, 'ec256'], [3, 'ec384']] as const) {
     const base = { address: fx.address, modulePath: MODULE_PATH, label, pin: '11223344' };
     await t.notThrowsAsync(verifyTokenSigns({ ...base, ...expect(fx.tokens[i].certPem) }), `${label} with its certificate`);
-    // As a FileDb key without cert_pem: the public key object's CKA_EC_PARAMS and CKA_EC_POINT.
+    // As a FileDb key without cert_pem: the public key object's CKA_MODULUS and
+    // CKA_PUBLIC_EXPONENT, or CKA_EC_PARAMS and CKA_EC_POINT.
     await t.notThrowsAsync(verifyTokenSigns({ ...base, keys: [{ ckaId: ckaIdOf(fx.tokens[i].certPem) }] }), `${label} with its public key object`);
   }
   await t.throwsAsync(verifyTokenSigns({ address: fx.address, modulePath: MODULE_PATH, label: 'ec256', pin: '11223344', keys: [{ ckaId: ckaIdOf(fx.tokens[2].certPem), certificatePem: fx.tokens[3].certPem }] }), { instanceOf: ChallengeError, message: /does not verify with the certificate's public key/ });
