@@ -249,6 +249,7 @@ if (hasPerf) {
     profiles.push({ variant, protocol: 'TLSv1.3', ...p });
     log(`profile ${variant}: ${p.rows.slice(0, 4).map((x) => `${x.what} ${x.us.toFixed(0)} µs`).join(', ')}`);
   }
+  must('taskset', ['-a', '-p', '-c', LAYOUTS.shared.enclave, String(fx.proc.pid)]);
 }
 const median = (xs: number[]) => { const s = [...xs].sort((a, b) => a - b); return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2; };
 
