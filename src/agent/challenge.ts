@@ -110,9 +110,6 @@ function objectsById(p11: pkcs11js.PKCS11, session: Buffer, cls: number): { coun
   return { count: found.length, m };
 }
 
-/** The first line of a PKCS#11 error (pkcs11js names the CKR_ code first). */
-const firstLine = (e: unknown) => (e as Error).message.split('\n')[0];
-
 /** Signs a fresh challenge with each of the token's keys through PKCS#11 and verifies it; rejects with a ChallengeError saying what failed. */
 export async function verifyTokenSigns(o: { address: string; label: string; pin: string; keys: ExpectedKey[]; modulePath?: string }): Promise<void> {
   const p11 = moduleFor(o.address, o.modulePath ?? BUILT_MODULE);
@@ -127,7 +124,7 @@ export async function verifyTokenSigns(o: { address: string; label: string; pin:
   const session = p11.C_OpenSession(slot, pkcs11js.CKF_SERIAL_SESSION);
   try {
     try { p11.C_Login(session, pkcs11js.CKU_USER, o.pin); } catch (e) {
-      if (!String(e).includes('ALREADY_LOGGED_IN')) throw new ChallengeError(`token "${o.label}": login refused (${firstLine(e)})`);
+      if (!String(e).includes('ALREADY_LOGGED_IN')) throw new ChallengeError(`token "${o.label}": login refused (${(e as Error).message.split('\n')[0]})`);
     }
     // The keys listed without an id are the current ones (a retired key is found
     // only by its id, and a key renewed back and forth has a retired twin with
