@@ -256,14 +256,18 @@ const median = (xs: number[]) => { const s = [...xs].sort((a, b) => a - b); retu
 // Sign latency: RSA-2048 PSS over a SHA-256 digest (what a TLS 1.3 handshake asks for).
 // The CPU time the signing process spends per signature, beside each latency: for a
 // remote key, a web-server worker's cost of one (the module, the socket calls, being
-// put to sleep and woken), where the signature's own CPU is the enclave app's.
+// put to sleep and woken), where the signature's own CPU is the enclave app's, given
+// beside it: the two together against signing in-process are what a remote key costs.
 const callerCpuUs = new WeakMap<number[], number>();
-function latencies(fn: () => void, n: number): number[] {
+const signerCpuUs = new WeakMap<number[], number>();
+function latencies(fn: () => void, n: number, signerCpuSeconds?: () => number): number[] {
   for (let i = 0; i < 50; i++) fn();
   const out: number[] = [];
   const cpu0 = process.cpuUsage();
+  const signer0 = signerCpuSeconds?.() ?? 0;
   for (let i = 0; i < n; i++) { const t0 = process.hrtime.bigint(); fn(); out.push(Number(process.hrtime.bigint() - t0) / 1e3); }
   const cpu = process.cpuUsage(cpu0);
+  if (signerCpuSeconds) signerCpuUs.set(out, ((signerCpuSeconds() - signer0) * 1e6) / n);
   out.sort((a, b) => a - b);
   callerCpuUs.set(out, (cpu.user + cpu.system) / n);
   return out;
@@ -273,7 +277,7 @@ const digest = crypto.createHash('sha256').update('bench').digest();
 const key = crypto.createPrivateKey(tok.keyPem);
 const N = Number(process.env.BENCH_SIGNS ?? 2000);
 const direct = latencies(() => { crypto.sign('sha256', Buffer.from('bench'), { key, padding: crypto.constants.RSA_PKCS1_PSS_PADDING, saltLength: 32 }); }, N);
-function p11Latency(lib: string, label: string, env: Record<string, string>): number[] {
+function p11Latency(lib: string, label: string, env: Record<string, string>, signerCpuSeconds?: () => number): number[] {
   Object.assign(process.env, env);
   const p = new pkcs11js.PKCS11();
   p.load(lib);
@@ -285,11 +289,25 @@ function p11Latency(lib: string, label: string, env: Record<string, string>): nu
   const [h] = p.C_FindObjects(s, 1);
   p.C_FindObjectsFinal(s);
   const mech = { mechanism: pkcs11js.CKM_RSA_PKCS_PSS, parameter: { type: pkcs11js.CK_PARAMS_RSA_PSS, hashAlg: pkcs11js.CKM_SHA256, mgf: pkcs11js.CKG_MGF1_SHA256, saltLen: 32 } } as pkcs11js.Mechanism;
-  const out = latencies(() => { p.C_SignInit(s, mech, h); p.C_Sign(s, digest, Buffer.alloc(256)); }, N);
+  const out = latencies(() => { p.C_SignInit(s, mech, h); p.C_Sign(s, digest, Buffer.alloc(256)); }, N, signerCpuSeconds);
   p.C_Finalize();
   return out;
 }
-const viaModule = p11Latency(MODULE_PATH, 'bench', { NITRO_ACM_KEY_ADDRESS: fx.address });
+const viaModule = p11Latency(MODULE_PATH, 'bench', { NITRO_ACM_KEY_ADDRESS: fx.address }, () => cpuSecondsOf(fx.proc.pid!));
+// The floor under any remote key here: two processes that only exchange a request and
+// a reply of a signature's sizes (a PSS request, a 256-byte signature) over a unix
+// socket, the way the module and a key worker do, with no work between. The scheduler
+// places both; then both on one CPU; then one on each CPU, as a Nitro enclave's
+// vCPUs are apart from the instance's.
+interface RoundTrip { p50: number; p99: number; callerCpu: number; calleeCpu: number }
+const roundTrips: { where: string; r: RoundTrip }[] = [];
+const roundTripBin = path.join(dir, 'round-trip');
+if (spawnSync('gcc', ['-O2', '-o', roundTripBin, path.join(import.meta.dirname, 'round-trip.c')], { stdio: 'inherit' }).status !== 0) log('gcc could not build bench/round-trip.c: the round-trip floor is left out');
+else {
+  for (const [where, cpus] of [['placed by the scheduler', []], ['both on CPU 0', ['0', '0']], ['CPU 0 calls CPU 1', ['0', String(NCPU - 1)]]] as const) {
+    roundTrips.push({ where, r: JSON.parse(must(roundTripBin, [String(N * 5), '64', '272', ...cpus])) as RoundTrip });
+  }
+}
 // Another build of the module, in turns with this one (A B B A A B B A: a drift of the machine favours neither), so that both see the same machine.
 const BASELINE = process.env.BENCH_BASELINE_MODULE;
 const ORDER = [0, 1, 1, 0, 0, 1, 1, 0];
@@ -304,10 +322,10 @@ const lines = [
   `Load: wrk -t1 -c16 -d${SECONDS}s -H "Connection: close" (a full handshake per request; session cache and tickets off), nginx worker_processes ${WORKERS}, RSA-2048, median of ${ROUNDS} interleaved rounds, all on this one machine.`,
   '',
   'Layouts: "shared" = every process on every CPU; "nitro" = the enclave app alone on CPU ' + LAYOUTS.nitro.enclave + ' (as an enclave\'s own vCPUs), nginx and wrk on CPU ' + LAYOUTS.nitro.rest + ', for every variant.',
-  '',
-  '| layout, protocol | key in a file | key in the enclave app (nitro-acm module, pkcs11 engine) | key in the enclave app (nitro-acm module, pkcs11-provider) | key in SoftHSM2 (pkcs11 engine) |',
-  '|---|---|---|---|---|',
 ];
+// BENCH_SIGN_ONLY and BENCH_PROFILE_ONLY runs measure no handshake rates: no empty tables for them.
+const ranHandshakes = Object.keys(results).length > 0;
+if (ranHandshakes) lines.push('', '| layout, protocol | key in a file | key in the enclave app (nitro-acm module, pkcs11 engine) | key in the enclave app (nitro-acm module, pkcs11-provider) | key in SoftHSM2 (pkcs11 engine) |', '|---|---|---|---|---|');
 for (const name of Object.keys(results)) {
   const r = results[name];
   const protocol = name;
@@ -317,7 +335,7 @@ for (const name of Object.keys(results)) {
   const cell = (v: Variant) => !r[v].length ? '—' : `${median(r[v]).toFixed(0)}/s (${(median(r[v]) / f).toFixed(2)}), ${us(v)}`;
   lines.push(`| ${protocol} | ${f.toFixed(0)}/s (1.00), ${us('file')} | ${cell('enclave')} | ${cell('provider')} | ${cell('softhsm2')} |`);
 }
-lines.push('', 'Each cell: handshakes per second (ratio to the key in a file), and the CPU time one handshake costs nginx and the enclave app together (each thread\'s time on a CPU, from /proc/PID/task/TID/schedstat; wrk left out).');
+if (ranHandshakes) lines.push('', 'Each cell: handshakes per second (ratio to the key in a file), and the CPU time one handshake costs nginx and the enclave app together (each thread\'s time on a CPU, from /proc/PID/task/TID/schedstat; wrk left out).');
 // In the nitro layout wrk shares nginx's CPU, and a TLS client's handshake costs about as
 // much CPU as the server's: the rate ratio is bounded by it. On an instance the clients are
 // elsewhere, so what the parent's CPUs can serve is set by nginx's CPU per handshake alone.
@@ -331,7 +349,7 @@ if (nitroRows.length) {
     lines.push(`| ${name} | ${f.toFixed(0)} µs (1.00) | ${cell('enclave')} | ${cell('provider')} | ${cell('softhsm2')} | ${median(restResults[name].file).toFixed(0)} µs |`);
   }
 }
-if (VARIANTS.includes('ecFile')) {
+if (ranHandshakes && VARIANTS.includes('ecFile')) {
   lines.push('', 'ECDSA P-256, the same way (ratios to the P-256 key in a file; in brackets, to the RSA-2048 key in a file):', '', '| layout, protocol | P-256 key in a file | P-256 key in the enclave app (pkcs11 engine) | P-256 key in the enclave app (pkcs11-provider) |', '|---|---|---|---|');
   for (const name of Object.keys(results)) {
     const r = results[name];
@@ -349,9 +367,14 @@ if (profiles.length) {
     lines.push('');
   }
 }
-lines.push('', `Sign latency, RSA-2048 PSS/SHA-256, ${N} sequential signs from one thread, and the CPU time the signing process spent on each:`, '', '| path | p50 | p99 | CPU of the caller |', '|---|---|---|---|');
+lines.push('', `Sign latency, RSA-2048 PSS/SHA-256, ${N} sequential signs from one thread, the CPU time the calling process spent on each, and for the remote key the enclave app's (every thread's, from schedstat):`, '', '| path | p50 | p99 | CPU of the caller | CPU of the enclave app |', '|---|---|---|---|---|');
 for (const [name, xs] of [['node:crypto sign in-process (no PKCS#11)', direct], ['nitro-acm module -> enclave app (unix socket)', viaModule], ['SoftHSM2 (in-process PKCS#11)', viaSoftHsm]] as const) {
-  lines.push(`| ${name} | ${pct(xs, 0.5).toFixed(0)} µs | ${pct(xs, 0.99).toFixed(0)} µs | ${callerCpuUs.get(xs)!.toFixed(0)} µs |`);
+  const signer = signerCpuUs.get(xs);
+  lines.push(`| ${name} | ${pct(xs, 0.5).toFixed(0)} µs | ${pct(xs, 0.99).toFixed(0)} µs | ${callerCpuUs.get(xs)!.toFixed(0)} µs | ${signer === undefined ? '—' : `${signer.toFixed(0)} µs`} |`);
+}
+if (roundTrips.length) {
+  lines.push('', `The floor under any remote key on this machine: ${N * 5} round trips of a 64-byte request and a 272-byte reply (a SIGN's sizes) between two C processes over a unix socket, doing nothing else (bench/round-trip.c: send, poll and recv on one side, epoll_wait, read and send on the other):`, '', '| placement | p50 | p99 | CPU of the caller | CPU of the callee | both |', '|---|---|---|---|---|---|');
+  for (const { where, r } of roundTrips) lines.push(`| ${where} | ${r.p50.toFixed(0)} µs | ${r.p99.toFixed(0)} µs | ${r.callerCpu.toFixed(1)} µs | ${r.calleeCpu.toFixed(1)} µs | ${(r.callerCpu + r.calleeCpu).toFixed(1)} µs |`);
 }
 if (BASELINE) {
   const of = (b: number) => turns.filter((_, i) => ORDER[i] === b);
