@@ -311,7 +311,7 @@ else {
 // Another build of the module, in turns with this one (A B B A A B B A: a drift of the machine favours neither), so that both see the same machine.
 const BASELINE = process.env.BENCH_BASELINE_MODULE;
 const ORDER = [0, 1, 1, 0, 0, 1, 1, 0];
-const turns = BASELINE ? ORDER.map((b) => p11Latency(b ? BASELINE : MODULE_PATH, 'bench', { NITRO_ACM_KEY_ADDRESS: fx.address })) : [];
+const turns = BASELINE ? ORDER.map((b) => p11Latency(b ? BASELINE : MODULE_PATH, 'bench', { NITRO_ACM_KEY_ADDRESS: fx.address }, () => cpuSecondsOf(fx.proc.pid!))) : [];
 const viaSoftHsm = p11Latency(SOFTHSM_LIB, 'softbench', { SOFTHSM2_CONF: hsmConf });
 const enclaveRss = Number(/VmRSS:\s+(\d+)/.exec(fs.readFileSync(`/proc/${fx.proc.pid}/status`, 'utf8'))?.[1]) / 1024;
 await fx.cleanup();
@@ -372,18 +372,18 @@ for (const [name, xs] of [['node:crypto sign in-process (no PKCS#11)', direct], 
   const signer = signerCpuUs.get(xs);
   lines.push(`| ${name} | ${pct(xs, 0.5).toFixed(0)} µs | ${pct(xs, 0.99).toFixed(0)} µs | ${callerCpuUs.get(xs)!.toFixed(0)} µs | ${signer === undefined ? '—' : `${signer.toFixed(0)} µs`} |`);
 }
-if (roundTrips.length) {
-  lines.push('', `The floor under any remote key on this machine: ${N * 5} round trips of a 64-byte request and a 272-byte reply (a SIGN's sizes) between two C processes over a unix socket, doing nothing else (bench/round-trip.c: send, poll and recv on one side, epoll_wait, read and send on the other):`, '', '| placement | p50 | p99 | CPU of the caller | CPU of the callee | both |', '|---|---|---|---|---|---|');
-  for (const { where, r } of roundTrips) lines.push(`| ${where} | ${r.p50.toFixed(0)} µs | ${r.p99.toFixed(0)} µs | ${r.callerCpu.toFixed(1)} µs | ${r.calleeCpu.toFixed(1)} µs | ${(r.callerCpu + r.calleeCpu).toFixed(1)} µs |`);
-}
 if (BASELINE) {
   const of = (b: number) => turns.filter((_, i) => ORDER[i] === b);
   const mean = (xs: number[]) => xs.reduce((a, x) => a + x, 0) / xs.length;
-  const row = (xs: number[][]) => [mean(xs.map((x) => pct(x, 0.5))), mean(xs.map((x) => pct(x, 0.99)))];
-  const [mine, mine99] = row(of(0)), [base, base99] = row(of(1));
-  lines.push(`| this build, in turns with the baseline (mean of ${of(0).length} runs) | ${mine.toFixed(0)} µs | ${mine99.toFixed(0)} µs |`);
-  lines.push(`| baseline ${BASELINE} (mean of ${of(1).length} runs) | ${base.toFixed(0)} µs | ${base99.toFixed(0)} µs |`);
+  const row = (xs: number[][]) => [mean(xs.map((x) => pct(x, 0.5))), mean(xs.map((x) => pct(x, 0.99))), mean(xs.map((x) => callerCpuUs.get(x)!)), mean(xs.map((x) => signerCpuUs.get(x)!))];
+  const [mine, mine99, mineCpu, mineSigner] = row(of(0)), [base, base99, baseCpu, baseSigner] = row(of(1));
+  lines.push(`| this build, in turns with the baseline (mean of ${of(0).length} runs) | ${mine.toFixed(0)} µs | ${mine99.toFixed(0)} µs | ${mineCpu.toFixed(1)} µs | ${mineSigner.toFixed(0)} µs |`);
+  lines.push(`| baseline ${BASELINE} (mean of ${of(1).length} runs) | ${base.toFixed(0)} µs | ${base99.toFixed(0)} µs | ${baseCpu.toFixed(1)} µs | ${baseSigner.toFixed(0)} µs |`);
   lines.push('', `This build's p50 over the baseline's: ${(mine / base).toFixed(3)} (p99: ${(mine99 / base99).toFixed(3)}).`);
+}
+if (roundTrips.length) {
+  lines.push('', `The floor under any remote key on this machine: ${N * 5} round trips of a 64-byte request and a 272-byte reply (a SIGN's sizes) between two C processes over a unix socket, doing nothing else (bench/round-trip.c: send, poll and recv on one side, as the module did before it waited in recv alone; epoll_wait, read and send on the other):`, '', '| placement | p50 | p99 | CPU of the caller | CPU of the callee | both |', '|---|---|---|---|---|---|');
+  for (const { where, r } of roundTrips) lines.push(`| ${where} | ${r.p50.toFixed(0)} µs | ${r.p99.toFixed(0)} µs | ${r.callerCpu.toFixed(1)} µs | ${r.calleeCpu.toFixed(1)} µs | ${(r.callerCpu + r.calleeCpu).toFixed(1)} µs |`);
 }
 lines.push('', `Enclave app resident memory after the run: ${enclaveRss.toFixed(0)} MiB (1 token, ${os.availableParallelism()} crypto threads).`);
 process.stdout.write(lines.join('\n') + '\n');

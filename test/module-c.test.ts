@@ -205,3 +205,90 @@ for (const address of ['vsock:cid=16;port=9999', 'unix:path=/nonexistent/nitro-a
     t.true(r.out.includes(`nitro-acm-p11: cannot reach the enclave at ${address}: `), r.out);
   });
 }
+
+// The module waits for a reply in one blocking recv() whose SO_RCVTIMEO is what
+// is left of the call (issue 15: poll() then recv() cost a system call more per
+// signature). A timeout per recv() must not let a peer that sends a byte now and
+// then hold a caller past the call's deadline; a reply that comes in pieces
+// before the deadline is still read whole, and the next call is not cut short.
+async function trickleEnclave(signReply: (id: number) => { atMs: number; bytes: Buffer }[]): Promise<{ address: string; close(): void }> {
+  const dir = tmpdir('trickle');
+  const sock = path.join(dir, 'fake.sock');
+  const list = validList();
+  const timers = new Set<NodeJS.Timeout>();
+  const server = net.createServer((c) => {
+    c.on('error', () => {});
+    const split = new FrameSplitter(MAX_REQUEST, (frame) => {
+      const h = readRequestHeader(frame);
+      if (h.op !== Op.SIGN) { c.write(ok(h.op, h.id, list)); return; }
+      for (const { atMs, bytes } of signReply(h.id)) {
+        const t = setTimeout(() => { timers.delete(t); if (!c.destroyed) c.write(bytes); }, atMs);
+        timers.add(t);
+      }
+    });
+    c.on('data', (d) => { try { split.push(d); } catch { c.destroy(); } });
+  });
+  await new Promise<void>((r) => server.listen(sock, r));
+  return { address: `unix:path=${sock}`, close: () => { for (const t of timers) clearTimeout(t); server.close(); fs.rmSync(dir, { recursive: true, force: true }); } };
+}
+
+/** Signs `count` times through the module in a child process (the fake answers from this one's event loop): each call's result and milliseconds. */
+function signsInChild(address: string, timeoutMs: number, count: number): Promise<{ rv: string; ms: number }[]> {
+  const code = `
+    const pkcs11js = require(${JSON.stringify(path.join(ROOT, 'node_modules/pkcs11js'))});
+    const p = new pkcs11js.PKCS11();
+    p.load(${JSON.stringify(path.join(ROOT, 'p11-module/build/nitro-acm-p11.so'))});
+    p.C_Initialize();
+    const s = p.C_OpenSession(p.C_GetSlotList(true)[0], pkcs11js.CKF_SERIAL_SESSION);
+    p.C_Login(s, pkcs11js.CKU_USER, '1234');
+    p.C_FindObjectsInit(s, [{ type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_PRIVATE_KEY }]);
+    const [h] = p.C_FindObjects(s, 1);
+    p.C_FindObjectsFinal(s);
+    const out = [];
+    for (let i = 0; i < ${count}; i++) {
+      const t0 = Date.now();
+      let rv = 'CKR_OK';
+      try { p.C_SignInit(s, { mechanism: pkcs11js.CKM_RSA_PKCS }, h); p.C_Sign(s, Buffer.alloc(32, 1), Buffer.alloc(256)); } catch (e) { rv = /CKR_\\w+/.exec(e.message)?.[0] ?? e.message; }
+      out.push({ rv, ms: Date.now() - t0 });
+    }
+    console.log(JSON.stringify(out));`;
+  return new Promise((resolve, reject) => {
+    let out = '';
+    const p = spawn(process.execPath, ['-e', code], { env: { ...process.env, NITRO_ACM_KEY_ADDRESS: address, NITRO_ACM_TIMEOUT_MS: String(timeoutMs), NITRO_ACM_P11_QUIET: '1' } });
+    p.stdout.on('data', (d) => { out += d; });
+    p.stderr.on('data', (d) => { out += d; });
+    p.on('close', () => { try { resolve(JSON.parse(out.trim().split('\n').pop()!)); } catch { reject(new Error(out)); } });
+  });
+}
+
+const signReply = (id: number) => encodeResponse(Op.SIGN, id, CKR.OK, 1, Buffer.alloc(256, 7));
+/** The reply cut into `pieces`, one every `gapMs` from `firstMs` on. */
+const inPieces = (bytes: Buffer, pieces: number, gapMs: number, firstMs = 0) => {
+  const size = Math.ceil(bytes.length / pieces);
+  return Array.from({ length: pieces }, (_, i) => ({ atMs: firstMs + i * gapMs, bytes: bytes.subarray(i * size, (i + 1) * size) }));
+};
+
+for (const [name, schedule] of [
+  // 272 bytes, one every 40 ms: whole after 11 s.
+  ['a byte at a time', (id: number) => inPieces(signReply(id), 272, 40)],
+  // Half the reply 300 ms in, then nothing: a fresh 400 ms wait from there would end at 700 ms.
+  ['half of it late, then nothing', (id: number) => inPieces(signReply(id), 2, 60_000, 300)],
+] as const) {
+  test(`a reply that comes ${name} fails at the call's deadline, not later`, async (t) => {
+    const fake = await trickleEnclave(schedule);
+    t.teardown(() => fake.close());
+    const [r] = await signsInChild(fake.address, 400, 1);
+    t.is(r.rv, 'CKR_DEVICE_ERROR');
+    t.true(r.ms >= 350 && r.ms < 600, `the call took ${r.ms} ms with a 400 ms deadline`);
+  });
+}
+
+test('a reply in pieces before the deadline is read whole, and the calls after it are not cut short', async (t) => {
+  // The first reply in 4 pieces 100 ms apart (300 ms of a 1,500 ms deadline), the rest at once.
+  let calls = 0;
+  const fake = await trickleEnclave((id) => inPieces(signReply(id), calls++ === 0 ? 4 : 1, 100));
+  t.teardown(() => fake.close());
+  const rs = await signsInChild(fake.address, 1500, 3);
+  t.deepEqual(rs.map((r) => r.rv), ['CKR_OK', 'CKR_OK', 'CKR_OK'], JSON.stringify(rs));
+  t.true(rs[0].ms >= 250, `the first reply took ${rs[0].ms} ms to arrive in pieces`);
+});
