@@ -3,7 +3,8 @@
 // OpenSSL pkcs11 engine and by pkcs11-provider / SoftHSM2 through the same engine
 // and p11-kit), TLS 1.2 and 1.3, a new
 // connection per request; then sign latency through the module against a direct
-// node:crypto sign. All variants in one run, interleaved, quoted as ratios to the
+// node:crypto sign, and the floor under any remote key (bench/round-trip.c: a bare
+// request and reply between two processes). All variants in one run, interleaved, quoted as ratios to the
 // key-in-a-file variant. BENCH_SECONDS sets each measurement's length (default 8).
 // BENCH_BASELINE_MODULE=path/to/another/nitro-acm-p11.so adds that build's sign
 // latency, measured in turns with this one's, to compare two builds of the module;
