@@ -200,7 +200,7 @@ const PERF_HZ = 1999;
 const OPENSSL_SYMBOL = /^(BN_|bn_|__bn|RSA|rsa|EVP_|evp_|ossl_|OSSL_|ecp_|EC_|ec_|sha\d|SHA\d|CRYPTO_|OPENSSL_|ERR_|ASN1|asn1|x86_64_|mul4x|sqr|bn|BIO_|PKCS1|pkcs1|ossl|int_|engine_|RAND_|rand_|drbg|DRBG|aes|AES|gcm|HMAC|hmac|KECCAK|ecdsa|ECDSA|OBJ_|obj_|lh_|OPENSSL|CONF_|context_|bsaes|vpaes|poly1305|ChaCha)/;
 const CLIENT = 'wrk (the load generator)';
 const hasPerf = process.env.BENCH_PROFILE !== '0' && process.env.BENCH_SIGN_ONLY !== '1' && spawnSync('perf', ['--version']).status === 0;
-async function profile(variant: Variant, protocol: 'TLSv1.2' | 'TLSv1.3', layout: Layout): Promise<{ requests: number; rows: { what: string; us: number }[] }> {
+async function profile(variant: Variant, protocol: 'TLSv1.2' | 'TLSv1.3', layout: Layout): Promise<{ requests: number; keyPath?: KeyPathInNginx; rows: { what: string; us: number }[] }> {
   const cpus = LAYOUTS[layout];
   must('taskset', ['-a', '-p', '-c', cpus.enclave, String(fx.proc.pid)]);
   const port = await freePort();
@@ -218,6 +218,10 @@ async function profile(variant: Variant, protocol: 'TLSv1.2' | 'TLSv1.3', layout
     run('perf', ['record', '-q', '-e', 'cpu-clock', '-F', String(PERF_HZ), '-a', '-o', data, '--', 'sleep', String(SECONDS)]),
     wrk(SECONDS),
   ]);
+  // With the key remote, a second, shorter run records nginx's call stacks, to tell
+  // what its remote signature costs it: the library rows below are each library's
+  // own time, where the module's socket calls and waits are the kernel's.
+  const keyPath = variant === 'enclave' || variant === 'ecEnclave' ? await remoteSignInNginx(nginx.pid, wrk, prefix) : undefined;
   await nginx.stop();
   if (rec.status !== 0) throw new Error(`perf record: ${rec.out}`);
   const requests = Number(/(\d+) requests in/.exec(r.out)?.[1]);
@@ -238,9 +242,45 @@ async function profile(variant: Variant, protocol: 'TLSv1.2' | 'TLSv1.3', layout
     const key = `${who}: ${dso}`;
     rows.set(key, (rows.get(key) ?? 0) + Number(m[1]));
   }
-  return { requests, rows: [...rows].map(([what, samples]) => ({ what, us: samples / PERF_HZ * 1e6 / requests })).sort((a, b) => b.us - a.us) };
+  return { requests, keyPath, rows: [...rows].map(([what, samples]) => ({ what, us: samples / PERF_HZ * 1e6 / requests })).sort((a, b) => b.us - a.us) };
 }
-const profiles: { variant: Variant; protocol: string; requests: number; rows: { what: string; us: number }[] }[] = [];
+
+/**
+ * nginx's CPU per handshake, and how much of it is spent under the PKCS#11 module's
+ * frames (its socket calls, being put to sleep and woken included) and under the
+ * engine's or provider's and p11-kit's frames outside the module, from call stacks
+ * (perf --call-graph dwarf on nginx's processes alone, while wrk runs 3 s).
+ */
+interface KeyPathInNginx { nginx: number; module: number; moduleKernel: number; glue: number; requests: number }
+async function remoteSignInNginx(nginxPid: number, wrk: (secs: number) => Promise<{ out: string }>, prefix: string): Promise<KeyPathInNginx> {
+  const HZ = 999, SECS = 3;
+  const data = path.join(prefix, 'perf-callgraph.data');
+  const pids = withChildren(nginxPid).join(',');
+  const [rec, r] = await Promise.all([
+    run('perf', ['record', '-q', '-e', 'cpu-clock', '-F', String(HZ), '--call-graph', 'dwarf,16384', '-p', pids, '-o', data, '--', 'sleep', String(SECS)]),
+    wrk(SECS),
+  ]);
+  if (rec.status !== 0) throw new Error(`perf record --call-graph: ${rec.out}`);
+  const script = spawnSync('perf', ['script', '-i', data, '-F', 'ip,sym,dso'], { encoding: 'utf8', maxBuffer: 1 << 30 });
+  if (script.status !== 0) throw new Error(`perf script: ${script.stderr}`);
+  fs.rmSync(data);
+  let samples = 0, module = 0, moduleKernel = 0, glue = 0;
+  for (const stack of script.stdout.split(/\n\s*\n/)) {
+    const frames = stack.split('\n').map((l) => /\((.*)\)\s*$/.exec(l)?.[1] ?? '').filter(Boolean);
+    if (!frames.length) continue;
+    samples++;
+    if (frames.some((f) => f.endsWith('/nitro-acm-p11.so'))) {
+      module++;
+      if (frames[0].includes('kernel.kallsyms')) moduleKernel++;
+    } else if (frames.some((f) => /\/(pkcs11\.so|libp11\.so[.\d]*|libp11-kit\.so[.\d]*|p11-kit-proxy\.so)$/.test(f))) {
+      glue++;
+    }
+  }
+  const requests = Number(/(\d+) requests in/.exec(r.out)?.[1]);
+  const us = (n: number) => n / HZ * 1e6 / requests;
+  return { nginx: us(samples), module: us(module), moduleKernel: us(moduleKernel), glue: us(glue), requests };
+}
+const profiles: { variant: Variant; protocol: string; requests: number; keyPath?: KeyPathInNginx; rows: { what: string; us: number }[] }[] = [];
 // The layout profiled: shared by default; BENCH_PROFILE_LAYOUT=nitro shows what shares
 // CPU 0 with nginx there.
 const PROFILE_LAYOUT = listed(process.env.BENCH_PROFILE_LAYOUT ?? 'shared', Object.keys(LAYOUTS))[0] as Layout;
@@ -366,6 +406,8 @@ if (profiles.length) {
     lines.push(`${p.variant} (${p.requests} handshakes, ${total.toFixed(0)} µs each in nginx and the enclave app):`, '', '| process: library | µs per handshake |', '|---|---|');
     for (const x of p.rows.filter((x) => x.us >= 3)) lines.push(`| ${x.what} | ${x.us.toFixed(0)} |`);
     lines.push('');
+    const k = p.keyPath;
+    if (k) lines.push(`The remote signature in nginx, from call stacks (${k.requests} handshakes, nginx ${k.nginx.toFixed(0)} µs each): ${k.module.toFixed(1)} µs a handshake under the nitro-acm module's frames, ${k.moduleKernel.toFixed(1)} µs of it in the kernel (its socket calls, being put to sleep and woken); ${k.glue.toFixed(1)} µs in the engine or provider and p11-kit outside the module.`, '');
   }
 }
 lines.push('', `Sign latency, RSA-2048 PSS/SHA-256, ${N} sequential signs from one thread, the CPU time the calling process spent on each, and for the remote key the enclave app's (every thread's, from schedstat):`, '', '| path | p50 | p99 | CPU of the caller | CPU of the enclave app |', '|---|---|---|---|---|');
