@@ -30,6 +30,7 @@ import { configureLog } from '../shared/log.ts';
 import { makeEnclaveContext } from '../scripts/build-eif.ts';
 import { measureEnclaveApp } from '../enclave/nsm-simulated.ts';
 import { LocalEnclaveController } from '../src/local/local-enclave-controller.ts';
+import { atExit, killGroup } from './interrupted.ts';
 
 const RENEWALS = Number(process.env.BENCH_RENEWALS ?? 5);
 const TOKEN_COUNTS = (process.env.BENCH_TOKENS ?? '1,100,1000').split(',').map(Number);
@@ -45,6 +46,7 @@ const cpuTicks = (pid: number) => { const f = fs.readFileSync(`/proc/${pid}/stat
 configureLog({ level: 'warn' });
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'nitro-acm-bench-agent-'));
 fs.chmodSync(dir, 0o755);
+atExit(() => fs.rmSync(dir, { recursive: true, force: true }));
 const out: string[] = [];
 
 // 1. Renewal latency, nginx and httpd. One runtime directory: the challenge
@@ -80,6 +82,7 @@ for (const n of TOKEN_COUNTS) {
   await eachLimited(Array.from({ length: n }, (_, i) => i), 16, (i) => tc.put(tc.cloud.bucket(), `bench/t${i}.json`, sealed));
   const yaml = `tokens:\n${Array.from({ length: n }, (_, i) => `  - label: t${i}\n    source:\n      S3:\n        uri: "s3://${tc.cloud.bucket()}/bench/t${i}.json"\n    target:\n      NginxStanza:\n        path: ${etc}/t${i}.conf\n`).join('')}`;
   const controller = new LocalEnclaveController({ ...tc.controllerOptions(path.join(dir, 'local-run')), entry: imageEntry });
+  atExit(() => killGroup(controller.process?.proc.pid));
   let enclaveReady = 0, emptyRss = 0;
   const timed = { start: async () => { const ep = await controller.start(); enclaveReady = performance.now(); emptyRss = rssMiB(controller.process!.proc.pid!); return ep; }, running: () => controller.running(), stop: () => controller.stop(), expected: () => controller.expected() };
   const agent = new Agent({ config: parseConfig(yaml, 'bench acm.yaml'), enclave: timed, endpoints: tc.endpoints, reload: async (cause) => { onReload?.(cause); } });
@@ -131,6 +134,8 @@ fs.mkdirSync(path.join(installed, 'p11-module/build'), { recursive: true });
 fs.copyFileSync(path.join(PROJECT_ROOT, 'p11-module/build/nitro-acm-p11.so'), path.join(installed, 'p11-module/build/nitro-acm-p11.so'));
 const port = await freePort();
 const child = spawn(process.execPath, [path.join(installed, 'src/cli.js'), 'local', '--port', String(port), '--state-dir', path.join(dir, 'idle-state'), '--runtime-dir', path.join(dir, 'idle-run')], { stdio: ['ignore', 'pipe', 'pipe'] });
+// Local mode stops its nginx and enclave app on SIGTERM.
+atExit(() => { if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM'); });
 await new Promise<void>((resolve, reject) => {
   let text = '';
   const t = setTimeout(() => reject(new Error(`nitro-acm local did not start: ${text}`)), 60_000);

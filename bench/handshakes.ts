@@ -23,6 +23,7 @@ import { startEnclave, MODULE_PATH } from '../test/helpers/enclave.ts';
 import { registerWithP11Kit } from '../src/local/p11kit.ts';
 import { startNginx, freePort, handshake, fingerprintOf, run } from '../src/local/webservers.ts';
 import { providerConfig, providerKeyPem, inspectOpenSsl } from '../src/agent/openssl-path.ts';
+import { atExit, killGroup } from './interrupted.ts';
 
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 8);
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 2);
@@ -39,8 +40,12 @@ function must(cmd: string, args: string[], env: NodeJS.ProcessEnv = process.env)
 
 registerWithP11Kit();
 const fx = await startEnclave([{ label: 'bench', pin: PIN, names: ['bench.test'] }, { label: 'benchec', pin: PIN, names: ['bench.test'], keyType: 'ec-p256' }], { prefix: 'bench', threads: os.availableParallelism() });
-// A run that fails (wrk, perf) must not leave the enclave app running behind it.
-process.on('exit', () => { if (fx.proc.exitCode === null && fx.proc.signalCode === null) fx.proc.kill('SIGKILL'); });
+// A run that fails (wrk, perf) or is interrupted must not leave the enclave app, an
+// nginx or its files behind.
+const liveNginx = new Set<number>();
+atExit(() => fs.rmSync(fx.dir, { recursive: true, force: true }));
+atExit(() => { if (fx.proc.exitCode === null && fx.proc.signalCode === null) fx.proc.kill('SIGKILL'); });
+atExit(() => { for (const pid of liveNginx) killGroup(pid); });
 const tok = fx.tokens[0];
 const ecTok = fx.tokens[1];
 const dir = fx.dir;
@@ -148,6 +153,7 @@ async function measure(variant: Variant, protocol: 'TLSv1.2' | 'TLSv1.3', layout
   const provider = 'provider' in v;
   const env = { NITRO_ACM_KEY_ADDRESS: fx.address, SOFTHSM2_CONF: hsmConf, ...(provider ? { OPENSSL_CONF: providerConf } : {}) };
   const nginx = await startNginx({ dir: prefix, port, env, engine: !provider, workers: WORKERS, protocols: protocol, cpus: cpus.rest, sites: [{ serverName: 'bench.test', certificateFile: v.tok.fullchain, key: v.key }] });
+  liveNginx.add(nginx.pid);
   const h = await handshake(port, { servername: 'bench.test', ca: fx.ca.certPem });
   if (h.fingerprint256 !== fingerprintOf(v.tok.certPem) || h.protocol !== protocol) throw new Error(`${variant}: wrong certificate or protocol ${h.protocol}`);
   const wrk = (secs: number) => run('taskset', ['-c', cpus.rest, 'wrk', '-t1', '-c16', `-d${secs}s`, '-H', 'Connection: close', `https://127.0.0.1:${port}/`]);
@@ -159,6 +165,7 @@ async function measure(variant: Variant, protocol: 'TLSv1.2' | 'TLSv1.3', layout
   const after = { nginx: secondsOf(nginxPids), enclave: cpuSecondsOf(fx.proc.pid!), cpus: cpuStates(cpus.rest) };
   const cpuSeconds = after.nginx - before.nginx + after.enclave - before.enclave;
   await nginx.stop();
+  liveNginx.delete(nginx.pid);
   const rps = Number(/Requests\/sec:\s+([\d.]+)/.exec(r.out)?.[1]);
   const requests = Number(/(\d+) requests in/.exec(r.out)?.[1]);
   const errors = /Socket errors: (.*)/.exec(r.out)?.[1];
@@ -210,6 +217,7 @@ async function profile(variant: Variant, protocol: 'TLSv1.2' | 'TLSv1.3', layout
   const provider = 'provider' in v;
   const env = { NITRO_ACM_KEY_ADDRESS: fx.address, SOFTHSM2_CONF: hsmConf, ...(provider ? { OPENSSL_CONF: providerConf } : {}) };
   const nginx = await startNginx({ dir: prefix, port, env, engine: !provider, workers: WORKERS, protocols: protocol, cpus: cpus.rest, sites: [{ serverName: 'bench.test', certificateFile: v.tok.fullchain, key: v.key }] });
+  liveNginx.add(nginx.pid);
   const url = `https://127.0.0.1:${port}/`;
   const wrk = (secs: number) => run('taskset', ['-c', cpus.rest, 'wrk', '-t1', '-c16', `-d${secs}s`, '-H', 'Connection: close', url]);
   await wrk(1);
@@ -223,6 +231,7 @@ async function profile(variant: Variant, protocol: 'TLSv1.2' | 'TLSv1.3', layout
   // own time, where the module's socket calls and waits are the kernel's.
   const keyPath = variant === 'enclave' || variant === 'ecEnclave' ? await remoteSignInNginx(nginx.pid, wrk, prefix) : undefined;
   await nginx.stop();
+  liveNginx.delete(nginx.pid);
   if (rec.status !== 0) throw new Error(`perf record: ${rec.out}`);
   const requests = Number(/(\d+) requests in/.exec(r.out)?.[1]);
   const rep = must('perf', ['report', '-i', data, '--stdio', '--sort', 'pid,dso,sym', '-F', 'sample,pid,dso,sym', '-q', '--no-children']);

@@ -1,7 +1,7 @@
 // The test cloud's server in a process of its own (startTestCloud(dir, { process:
 // 'child' })): the benchmarks measure the agent's own work, where in production
 // S3 and KMS run elsewhere. Prints what the parent needs as one JSON line; stops
-// on SIGTERM.
+// on SIGTERM, or when its parent is gone.
 import { startLocalCloud } from '../../src/local/cloud/server.ts';
 import { testCloudOptions } from './cloud.ts';
 
@@ -9,3 +9,6 @@ const cloud = await startLocalCloud(testCloudOptions(process.argv[2]));
 const { identity, endpoint, kmsTlsEndpoint, httpsPort, tlsCaPem, kmsHostname } = cloud;
 process.stdout.write(`${JSON.stringify({ identity, endpoint, kmsTlsEndpoint, httpsPort, tlsCaPem, kmsHostname, bucket: cloud.bucket() })}\n`);
 process.once('SIGTERM', () => { void cloud.stop().then(() => process.exit(0)); });
+// A parent that was killed sends no SIGTERM: then this process has a new parent, and goes too.
+const parent = process.ppid;
+setInterval(() => { if (process.ppid !== parent) void cloud.stop().then(() => process.exit(0)); }, 1000).unref();
