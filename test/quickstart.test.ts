@@ -2,7 +2,7 @@
 // that install-deps.sh makes before any package work, and scripts/as-root.sh,
 // which lets `install-deps.sh`, `npm start` and `npm test` work as typed both as
 // root without sudo and as a user with sudo.
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import fs from 'node:fs';
 import path from 'node:path';
 import { execFile } from 'node:child_process';
@@ -18,9 +18,10 @@ function run(file: string, args: string[], opts: { env?: NodeJS.ProcessEnv; uid?
   });
 }
 
-/** A directory with a `node` that reports `version` (and an `npm`), readable by everyone. */
-function fakeNode(version: string): string {
+/** A directory with a `node` that reports `version` (and an `npm`), readable by everyone; removed after the test. */
+function fakeNode(t: ExecutionContext, version: string): string {
   const dir = tmpdir('fake-node');
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
   fs.chmodSync(dir, 0o755);
   fs.writeFileSync(path.join(dir, 'node'), `#!/bin/sh\necho ${version}\n`, { mode: 0o755 });
   fs.writeFileSync(path.join(dir, 'npm'), '#!/bin/sh\nexit 0\n', { mode: 0o755 });
@@ -35,7 +36,7 @@ test('package.json asks for the Node.js versions check-node.sh accepts', (t) => 
 
 for (const [version, wanted] of [['18.19.0', false], ['20.10.1', false], ['20.11.0', true], ['20.20.0', true], ['21.7.3', false], ['22.0.0', true], ['24.1.0', true]] as const) {
   test(`check-node.sh ${wanted ? 'accepts' : 'refuses'} Node.js ${version} (${ENGINES})`, async (t) => {
-    const dir = fakeNode(version);
+    const dir = fakeNode(t, version);
     const r = await run('/bin/bash', [path.join(ROOT, 'scripts/check-node.sh')], { env: { PATH: `${dir}:/usr/bin:/bin` } });
     t.is(r.status, wanted ? 0 : 1, r.out);
     if (!wanted) {
@@ -52,7 +53,7 @@ test('check-node.sh says so when there is no node at all', async (t) => {
 });
 
 test('install-deps.sh stops at the Node.js check before it touches a package', async (t) => {
-  const dir = fakeNode('18.19.0');
+  const dir = fakeNode(t, '18.19.0');
   const r = await run('/bin/bash', [path.join(ROOT, 'scripts/install-deps.sh')], { env: { PATH: `${dir}:/usr/bin:/bin` } });
   t.is(r.status, 1, r.out);
   t.regex(r.out, /Node\.js 18\.19\.0 is on PATH/);
@@ -67,6 +68,7 @@ test('as-root.sh runs the command as it is for root, with no sudo needed', async
 
 test('as-root.sh goes through sudo for a user, keeping PATH, and says why', async (t) => {
   const dir = tmpdir('fake-sudo');
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
   fs.chmodSync(dir, 0o755);
   // A stand-in for sudo that shows what it was asked to run.
   fs.writeFileSync(path.join(dir, 'sudo'), '#!/bin/sh\necho "sudo $*"\n', { mode: 0o755 });

@@ -94,13 +94,17 @@ static void *server(void *arg)
   return NULL;
 }
 
+static char socket_path[108];
+static void remove_socket(void) { unlink(socket_path); }
+
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
   (void)argc; (void)argv;
   signal(SIGPIPE, SIG_IGN);
-  static char path[108];
-  snprintf(path, sizeof path, "/tmp/nitro-acm-fuzz-%d.sock", (int)getpid());
+  char *path = socket_path;
+  snprintf(socket_path, sizeof socket_path, "/tmp/nitro-acm-fuzz-%d.sock", (int)getpid());
   unlink(path);
+  atexit(remove_socket); /* each run's socket would otherwise stay in /tmp */
   listen_fd = socket(AF_UNIX, SOCK_STREAM, 0);
   struct sockaddr_un a = { .sun_family = AF_UNIX };
   snprintf(a.sun_path, sizeof a.sun_path, "%s", path);
