@@ -11,9 +11,10 @@
 //     The enclave app runs as the image has it (scripts/build-eif.ts's esbuild
 //     bundle, plus local mode's simulated NSM), not from the TypeScript sources:
 //     tsx in the main thread and in every key worker would double its memory.
-//  3. The agent idle: CPU and memory of `nitro-acm local` (agent + local cloud in
-//     one process) and of its enclave app over BENCH_IDLE_SECONDS (default 30),
-//     from the JavaScript the RPM installs (scripts/build-rpm.sh's staged tree).
+//  3. The agent idle: CPU and memory of the agent alone, in a process of its own
+//     (bench/agent-alone.mjs), and of its enclave app over BENCH_IDLE_SECONDS
+//     (default 30), from the JavaScript the RPM installs (scripts/build-rpm.sh's
+//     staged tree).
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -122,55 +123,66 @@ for (const n of TOKEN_COUNTS) {
   say(line);
   out.push(line);
 }
-await tc.stop();
-
-// 3. Idle: nitro-acm local as a user runs it from the installed JavaScript,
-// sampled after it settles. The PKCS#11 module goes where a checkout has it (the
-// package's own place, /usr/lib64/pkcs11, is not there on this machine).
+// 3. Idle: the agent alone, in a process of its own, from the JavaScript the RPM
+// installs (bench/agent-alone.mjs: the service `nitro-acm agent` runs, local mode's
+// enclave controller in place of nitro-cli, the test cloud's process in place of
+// AWS), sampled after it settles. The PKCS#11 module goes where a checkout has it
+// (the package's own place, /usr/lib64/pkcs11, is not there on this machine).
 const rpmDir = path.join(dir, 'rpm');
 execFileSync('bash', [path.join(PROJECT_ROOT, 'scripts/build-rpm.sh')], { env: { ...process.env, NITRO_ACM_RPM_DIR: rpmDir, NITRO_ACM_EIF_DIR: path.join(dir, 'no-eif') }, stdio: ['ignore', 'ignore', 'ignore'] });
 const installed = path.join(rpmDir, 'stage/usr/lib/nitro-acm');
 fs.mkdirSync(path.join(installed, 'p11-module/build'), { recursive: true });
 fs.copyFileSync(path.join(PROJECT_ROOT, 'p11-module/build/nitro-acm-p11.so'), path.join(installed, 'p11-module/build/nitro-acm-p11.so'));
-const port = await freePort();
-const child = spawn(process.execPath, [path.join(installed, 'src/cli.js'), 'local', '--port', String(port), '--state-dir', path.join(dir, 'idle-state'), '--runtime-dir', path.join(dir, 'idle-run')], { stdio: ['ignore', 'pipe', 'pipe'] });
-// Local mode stops its nginx and enclave app on SIGTERM.
-atExit(() => { if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM'); });
-await new Promise<void>((resolve, reject) => {
+const idleDir = path.join(dir, 'idle');
+fs.mkdirSync(idleDir);
+const idleConfig = path.join(idleDir, 'acm.yaml');
+fs.writeFileSync(idleConfig, `tokens:\n  - label: idle\n    source:\n      S3:\n        uri: "s3://${tc.cloud.bucket()}/bench/bundle.json"\n    target:\n      NginxStanza:\n        path: ${idleDir}/idle.conf\n`);
+// The environment the systemd unit gives the agent (config/nitro-enclaves-acm.service), so
+// that what is measured is what the unit runs.
+const unitEnv = Object.fromEntries(fs.readFileSync(path.join(PROJECT_ROOT, 'config/nitro-enclaves-acm.service'), 'utf8').split('\n')
+  .flatMap((l) => { const m = /^Environment=([A-Z_][A-Z0-9_]*)=(\S*)$/.exec(l); return m ? [[m[1], m[2]]] : []; }));
+const child = spawn(process.execPath, [path.join(PROJECT_ROOT, 'bench/agent-alone.mjs'), installed, JSON.stringify({
+  configFile: idleConfig,
+  endpoints: tc.endpoints,
+  controller: { ...tc.controllerOptions(path.join(idleDir, 'run')), entry: imageEntry },
+  controlSocket: path.join(idleDir, 'agent.sock'),
+})], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...unitEnv } });
+atExit(() => { if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL'); });
+const started = await new Promise<{ serving: number; enclavePid: number }>((resolve, reject) => {
   let text = '';
-  const t = setTimeout(() => reject(new Error(`nitro-acm local did not start: ${text}`)), 60_000);
-  const on = (d: Buffer) => { text += d; if (text.includes('Ctrl-C stops.')) { clearTimeout(t); resolve(); } };
-  child.stdout.on('data', on);
-  child.stderr.on('data', (d) => { text += d; });
+  const t = setTimeout(() => reject(new Error(`the agent did not start: ${text}`)), 60_000);
+  child.stdout.on('data', (d: Buffer) => {
+    text += d;
+    const m = /serving (\d+) enclave (\d+)/.exec(text);
+    if (m) { clearTimeout(t); resolve({ serving: Number(m[1]), enclavePid: Number(m[2]) }); }
+  });
+  child.stderr.on('data', (d: Buffer) => { text += d; });
+  child.once('exit', (code) => { clearTimeout(t); reject(new Error(`the agent exited (${code}): ${text}`)); });
 });
+if (started.serving !== 1) throw new Error('the idle agent\'s token is not serving');
+atExit(() => killGroup(started.enclavePid));
 // Let start-up work (JIT, GC, the first health checks) settle before sampling.
 await new Promise((r) => setTimeout(r, 10_000));
-// The agent's node process and its enclave app child.
-const agentPid = child.pid!;
-const enclavePid = Number(execFileSync('pgrep', ['-P', String(agentPid), '-f', 'enclave/main.js']).toString().trim().split('\n')[0]);
+const agentPid = child.pid!, enclavePid = started.enclavePid;
 const a0 = cpuTicks(agentPid), e0 = cpuTicks(enclavePid), s0 = performance.now();
 await new Promise((r) => setTimeout(r, IDLE_SECONDS * 1000));
 const elapsed = (performance.now() - s0) / 1000;
 const cpu = (ticks: number) => `${((ticks / CLK_TCK / elapsed) * 100).toFixed(2)} % of a CPU`;
-const agentRss = rssMiB(agentPid);
-// In production the agent runs without the local cloud. Its share of the process
-// above is estimated from two more processes, as installed: the local cloud alone,
-// and node alone (whose own binary's pages are most of any node process's RSS).
-const alone = (code: string) => new Promise<number>((resolve, reject) => {
-  const p = spawn(process.execPath, ['--input-type=module', '-e', code], { stdio: ['ignore', 'pipe', 'inherit'] });
+const agentRss = rssMiB(agentPid), enclaveRssIdle = rssMiB(enclavePid);
+const agentCpu = cpu(cpuTicks(agentPid) - a0), enclaveCpu = cpu(cpuTicks(enclavePid) - e0);
+// node itself, doing nothing: most of any node process's RSS is its own binary's pages.
+const nodeAlone = await new Promise<number>((resolve, reject) => {
+  const p = spawn(process.execPath, ['-e', 'setTimeout(() => { console.log(`RSS ${process.memoryUsage.rss() / 1048576}`); }, 5000);'], { stdio: ['ignore', 'pipe', 'inherit'] });
   let text = '';
   p.stdout.on('data', (d) => { text += d; });
   p.once('exit', () => { const m = /RSS (\d+(?:\.\d+)?)/.exec(text); if (m) resolve(Number(m[1])); else reject(new Error(`no RSS from: ${text}`)); });
 });
-const sampleRss = 'const v = (process.memoryUsage.rss() / 1048576).toFixed(1); console.log(`RSS ${v}`); process.exit(0);';
-const cloudState = path.join(dir, 'cloud-alone');
-const cloudAlone = await alone(`const { startLocalCloud } = await import(${JSON.stringify(path.join(installed, 'src/local/cloud/server.js'))}); await startLocalCloud({ stateDir: ${JSON.stringify(cloudState)}, attestationRoots: () => [], kmsProxySocket: ${JSON.stringify(path.join(cloudState, 'kms.sock'))} }); setTimeout(() => { ${sampleRss} }, 5000);`);
-const nodeAlone = await alone(`setTimeout(() => { ${sampleRss} }, 5000);`);
-const line = `idle over ${IDLE_SECONDS} s (1 token, health check every 5 s): agent + local cloud process ${cpu(cpuTicks(agentPid) - a0)}, RSS ${agentRss.toFixed(0)} MiB (node alone ${nodeAlone.toFixed(0)} MiB, the local cloud alone ${cloudAlone.toFixed(0)} MiB: the agent alone about ${(agentRss - (cloudAlone - nodeAlone)).toFixed(0)} MiB); enclave app ${cpu(cpuTicks(enclavePid) - e0)}, RSS ${rssMiB(enclavePid).toFixed(0)} MiB`;
+const line = `idle over ${IDLE_SECONDS} s (1 token, health check every 5 s): the agent alone (the installed JavaScript, a process of its own, the unit's environment: ${Object.entries(unitEnv).map(([k, v]) => `${k}=${v}`).join(' ') || 'none'}) ${agentCpu}, RSS ${agentRss.toFixed(0)} MiB (node alone ${nodeAlone.toFixed(0)} MiB); enclave app ${enclaveCpu}, RSS ${enclaveRssIdle.toFixed(0)} MiB`;
 say(line);
 out.push(line);
 child.kill('SIGTERM');
 await new Promise((r) => child.once('exit', r));
+await tc.stop();
 fs.rmSync(dir, { recursive: true, force: true });
 
 process.stdout.write(`\n## Agent (bench/agent.ts)\n\n${out.map((l) => `- ${l}`).join('\n')}\n`);
