@@ -212,7 +212,7 @@ static int read_frame(struct link *l, uint8_t **msg, size_t *len, const struct t
     /*
      * A recv() that blocks until the reply or the deadline, where a poll() then a
      * recv() took two system calls on every signature (bench/round-trip.c: the
-     * poll cost the caller 1-2 µs of CPU). The socket's timeout never exceeds
+     * poll cost the caller 0.3-5 µs of CPU). The socket's timeout never exceeds
      * what is left of this call; it is set again only when it must shrink to
      * the deadline or an earlier call shrank it, so a call usually sets nothing.
      */

@@ -11,4 +11,9 @@ process.stdout.write(`${JSON.stringify({ identity, endpoint, kmsTlsEndpoint, htt
 process.once('SIGTERM', () => { void cloud.stop().then(() => process.exit(0)); });
 // A parent that was killed sends no SIGTERM: then this process has a new parent, and goes too.
 const parent = process.ppid;
-setInterval(() => { if (process.ppid !== parent) void cloud.stop().then(() => process.exit(0)); }, 1000).unref();
+const watch = setInterval(() => {
+  if (process.ppid === parent) return;
+  clearInterval(watch);
+  void cloud.stop().then(() => process.exit(0));
+}, 1000);
+watch.unref();
