@@ -4,8 +4,9 @@
 // and p11-kit), TLS 1.2 and 1.3, a new
 // connection per request; then sign latency through the module against a direct
 // node:crypto sign, and the floor under any remote key (bench/round-trip.c: a bare
-// request and reply between two processes). All variants in one run, interleaved, quoted as ratios to the
-// key-in-a-file variant. BENCH_SECONDS sets each measurement's length (default 8).
+// request and reply between two processes). All variants in one run, interleaved,
+// quoted as ratios to the key-in-a-file variant. BENCH_SECONDS sets each
+// measurement's length (default 8).
 // BENCH_BASELINE_MODULE=path/to/another/nitro-acm-p11.so adds that build's sign
 // latency, measured in turns with this one's, to compare two builds of the module;
 // BENCH_SIGN_ONLY=1 skips the handshakes (for such a comparison alone);
