@@ -182,7 +182,8 @@ test.serial('a renewal among many is rolled out and reloaded when its own poll s
   await publish(bucket, 'many/last.json', 'last.test');
   const n = 16;
   const object = (i: number) => (i === 0 ? 'first' : i === n - 1 ? 'last' : 'shared');
-  const config = parseConfig(`options:\n  provision_concurrency: 1\ntokens:\n${Array.from({ length: n }, (_, i) => `  - label: m${i}\n    source:\n      S3:\n        uri: "s3://${bucket}/many/${object(i)}.json"\n    target:\n      NginxStanza:\n        path: ${etc}/m${i}.conf\n`).join('')}`, 'acm.yaml');
+  const tokensYaml = `tokens:\n${Array.from({ length: n }, (_, i) => `  - label: m${i}\n    source:\n      S3:\n        uri: "s3://${bucket}/many/${object(i)}.json"\n    target:\n      NginxStanza:\n        path: ${etc}/m${i}.conf\n`).join('')}`;
+  const config = parseConfig(`options:\n  provision_concurrency: 1\n  sync_concurrency: 1\n${tokensYaml}`, 'acm.yaml');
   const reloads: { cause: string; lastPolled: boolean }[] = [];
   let syncStarted = 0;
   let failReload = false;
@@ -224,4 +225,23 @@ test.serial('a renewal among many is rolled out and reloaded when its own poll s
   await t.throwsAsync(agent.sync(), { message: 'reload failed (test)' });
   t.true(fs.readFileSync(`${etc}/m${n - 1}.chain.pem`, 'utf8').startsWith(lastCert.trimEnd()));
   t.is(agent.tokens.get(`m${n - 1}`)!.state, 'serving');
+  await agent.stop();
+
+  // options.sync_concurrency, not provision_concurrency, sets how many polls run at
+  // once: with 80 ms a poll, one at a time spreads the 16 polls' ends over 1.2 s;
+  // 16 at a time ends them together.
+  const spreadOfPolls = async (syncConcurrency: number) => {
+    const a = new Agent({ config: parseConfig(`options:\n  provision_concurrency: 1\n  sync_concurrency: ${syncConcurrency}\n${tokensYaml}`, 'acm.yaml'), enclave: tc.controller(), endpoints: tc.endpoints, reload: async () => {} });
+    try {
+      await a.start();
+      tc.cloud.faults.s3 = { delayMs: 80 };
+      await a.sync();
+      tc.cloud.faults.s3 = undefined;
+      const ends = [...a.tokens.values()].map((x) => x.lastSync!);
+      return Math.max(...ends) - Math.min(...ends);
+    } finally { tc.cloud.faults.s3 = undefined; await a.stop(); }
+  };
+  const oneAtATime = await spreadOfPolls(1), allAtOnce = await spreadOfPolls(16);
+  t.true(oneAtATime >= 15 * 80, `one at a time: the polls ended over ${oneAtATime} ms`);
+  t.true(allAtOnce < oneAtATime / 3, `16 at a time: the polls ended over ${allAtOnce} ms, one at a time over ${oneAtATime} ms`);
 });

@@ -172,6 +172,17 @@ test('enclave.memory_mib below what the image needs: agent --check warns with th
   t.deepEqual(configWarnings(loadConfig(file), file), []);
 });
 
+test('options.sync_concurrency: 48 by default, 1..64, apart from provision_concurrency, a number outside brought into range with a note', (t) => {
+  const d = parseConfig('options:\n  provision_concurrency: 4\n', 'acm.yaml');
+  t.is(d.options.sync_concurrency, 48);
+  t.is(d.options.provision_concurrency, 4);
+  t.is(parseConfig('options:\n  sync_concurrency: 8\n', 'acm.yaml').options.sync_concurrency, 8);
+  const low = parseConfig('options:\n  sync_concurrency: 0\n', 'acm.yaml');
+  t.is(low.options.sync_concurrency, 1);
+  t.deepEqual(low.notes, ['acm.yaml:2: options.sync_concurrency: 0 is outside what nitro-acm works with (1..64); using 1']);
+  t.throws(() => parseConfig('options:\n  sync_concurrency: -3x\n', 'acm.yaml'), { instanceOf: ConfigError, message: /^acm\.yaml:2:21: options\.sync_concurrency: expected an integer/ });
+});
+
 test('options.provision_concurrency: 16 by default, 1..64, a number outside brought into range with a note', (t) => {
   t.is(parseConfig('options:\n  service: nginx\n', 'acm.yaml').options.provision_concurrency, 16);
   t.is(parseConfig('options:\n  provision_concurrency: 4\n', 'acm.yaml').options.provision_concurrency, 4);

@@ -376,7 +376,7 @@ export class Agent {
    * request. Returns the labels renewed (or serving now after a failure), in
    * acm.yaml's order.
    *
-   * S3 sources are polled a few at a time (options.provision_concurrency), and
+   * S3 sources are polled several at a time (options.sync_concurrency), and
    * each result is handled as soon as it arrives, one token at a time: a renewal
    * is rolled out and the web server reloaded when its own poll sees it, not after
    * the polls of every other token (among 1,000 that took most of a second). A
@@ -387,7 +387,7 @@ export class Agent {
     const reload = new CoalescedReload((done) => this.o.reload(`certificate renewed, or serving again after a failure: ${labels(done)}`));
     const rolledOut = (t: TokenState) => { renewed.add(t); reload.add(t.config.label); };
     let handled = Promise.resolve();
-    await eachLimited([...this.tokens.values()].filter((t) => !('FileDb' in t.config.source)), this.o.config.options.provision_concurrency, async (t) => {
+    await eachLimited([...this.tokens.values()].filter((t) => !('FileDb' in t.config.source)), this.o.config.options.sync_concurrency, async (t) => {
       const polled = await fetchBundle(t.config.source as Exclude<TokenConfig['source'], { FileDb: unknown }>, this.ctx!, t.state === 'serving' && t.bundle ? t.etag : undefined)
         .then((r) => ({ r }), (error: Error) => ({ error }));
       handled = handled.then(() => this.afterPoll(t, polled, rolledOut));

@@ -43,7 +43,7 @@ export function describeTarget(t: TokenConfig): string {
 export interface AcmConfig {
   enclave: { cpu_count: number; memory_mib: number; image_path: string; boot_timeout_ms: number; p11kit_port: number; rpc_port: number; attestation_retry_count: number; attestation_check_every: number };
   log: { level: LogLevel; enable_timestamp: boolean };
-  options: { service: 'nginx' | 'httpd'; force_start: boolean; reload_wait_ms: number; sync_interval_secs: number; reload_command?: string; pin_in_config: boolean; restart_for_new_tokens: boolean; openssl: OpenSslSetting; openssl_conf: string; metrics_address?: string; provision_concurrency: number };
+  options: { service: 'nginx' | 'httpd'; force_start: boolean; reload_wait_ms: number; sync_interval_secs: number; reload_command?: string; pin_in_config: boolean; restart_for_new_tokens: boolean; openssl: OpenSslSetting; openssl_conf: string; metrics_address?: string; provision_concurrency: number; sync_concurrency: number };
   tokens: TokenConfig[];
   /** What the file says that AWS's agent accepts but nitro-acm reads differently or ignores, each with file:line. */
   notes: string[];
@@ -63,7 +63,7 @@ export class ConfigError extends Error {
 const DEFAULTS: Omit<AcmConfig, 'tokens' | 'notes'> = {
   enclave: { cpu_count: 2, memory_mib: 256, image_path: '/usr/share/nitro_enclaves/nitro-acm/nitro-acm.eif', boot_timeout_ms: 5000, p11kit_port: DEFAULT_KEY_PORT, rpc_port: DEFAULT_PROVISION_PORT, attestation_retry_count: 5, attestation_check_every: 1 },
   log: { level: 'info', enable_timestamp: false },
-  options: { service: 'nginx', force_start: true, reload_wait_ms: 1000, sync_interval_secs: 600, pin_in_config: false, restart_for_new_tokens: true, openssl: 'auto', openssl_conf: DEFAULT_OPENSSL_CONF, provision_concurrency: 16 },
+  options: { service: 'nginx', force_start: true, reload_wait_ms: 1000, sync_interval_secs: 600, pin_in_config: false, restart_for_new_tokens: true, openssl: 'auto', openssl_conf: DEFAULT_OPENSSL_CONF, provision_concurrency: 16, sync_concurrency: 48 },
 };
 
 /** AWS's agent reads 12 h when refresh_interval_secs is left out. */
@@ -99,6 +99,10 @@ const SCHEMA: Record<'enclave' | 'log' | 'options', Record<string, Field>> = {
     openssl: { kind: 'string', oneOf: [...OPENSSL_SETTINGS] }, openssl_conf: { kind: 'abs-path' },
     // nitro-acm's own: tokens fetched and decrypted into the enclave at once (each waits mostly on S3, KMS and the enclave).
     provision_concurrency: { kind: 'int', min: 1, max: 64, typeMax: U64 },
+    // nitro-acm's own: S3 sources polled at once by each sync. A poll is one conditional
+    // request that waits on S3's latency, so a renewal among many tokens waits for
+    // its turn: 48 stays under the AWS SDK's 50 sockets a client.
+    sync_concurrency: { kind: 'int', min: 1, max: 64, typeMax: U64 },
     // nitro-acm's own: where the agent serves Prometheus metrics (off when absent).
     metrics_address: { kind: 'string', check: (v) => (parseMetricsAddress(v) ? undefined : `"${v}" is not host:port (an address to listen on, such as 127.0.0.1:9633 or [::1]:9633; port 1..65535)`) },
   },
