@@ -7,7 +7,9 @@
 //     through PKCS#11, stanza files): time per token and the enclave app's memory;
 //     then BENCH_RENEWALS renewals of one token among them, a random one each
 //     time (a poll of every source; timed until the one that changed is rolled
-//     out and the web-server reload called). S3 and KMS run in a child process.
+//     out and the web-server reload called). S3 and KMS run in a child process;
+//     BENCH_S3_DELAY_MS makes S3 answer after that long (default 0: at once), and
+//     BENCH_SYNC_CONCURRENCY sets options.sync_concurrency (default: acm.yaml's).
 //     The enclave app runs as the image has it (scripts/build-eif.ts's esbuild
 //     bundle, plus local mode's simulated NSM), not from the TypeScript sources:
 //     tsx in the main thread and in every key worker would double its memory.
@@ -81,7 +83,7 @@ for (const n of TOKEN_COUNTS) {
   // Every token has an object of its own (the same sealed bundle in each), so any one can be renewed below among the others.
   const sealed = await tc.seal(leaf.certPem, leaf.keyPem, imageKey);
   await eachLimited(Array.from({ length: n }, (_, i) => i), 16, (i) => tc.put(tc.cloud.bucket(), `bench/t${i}.json`, sealed));
-  const yaml = `tokens:\n${Array.from({ length: n }, (_, i) => `  - label: t${i}\n    source:\n      S3:\n        uri: "s3://${tc.cloud.bucket()}/bench/t${i}.json"\n    target:\n      NginxStanza:\n        path: ${etc}/t${i}.conf\n`).join('')}`;
+  const yaml = `${process.env.BENCH_SYNC_CONCURRENCY ? `options:\n  sync_concurrency: ${process.env.BENCH_SYNC_CONCURRENCY}\n` : ''}tokens:\n${Array.from({ length: n }, (_, i) => `  - label: t${i}\n    source:\n      S3:\n        uri: "s3://${tc.cloud.bucket()}/bench/t${i}.json"\n    target:\n      NginxStanza:\n        path: ${etc}/t${i}.conf\n`).join('')}`;
   const controller = new LocalEnclaveController({ ...tc.controllerOptions(path.join(dir, 'local-run')), entry: imageEntry });
   atExit(() => killGroup(controller.process?.proc.pid));
   let enclaveReady = 0, emptyRss = 0;

@@ -6,6 +6,10 @@ import { startLocalCloud } from '../../src/local/cloud/server.ts';
 import { testCloudOptions } from './cloud.ts';
 
 const cloud = await startLocalCloud(testCloudOptions(process.argv[2]));
+// BENCH_S3_DELAY_MS (bench/agent.ts): S3 answering after that long, as a real S3 does
+// from an instance, where the local cloud answers in well under a millisecond.
+const s3DelayMs = Number(process.env.BENCH_S3_DELAY_MS ?? 0);
+if (s3DelayMs > 0) cloud.faults.s3 = { delayMs: s3DelayMs };
 const { identity, endpoint, kmsTlsEndpoint, httpsPort, tlsCaPem, kmsHostname } = cloud;
 process.stdout.write(`${JSON.stringify({ identity, endpoint, kmsTlsEndpoint, httpsPort, tlsCaPem, kmsHostname, bucket: cloud.bucket() })}\n`);
 process.once('SIGTERM', () => { void cloud.stop().then(() => process.exit(0)); });
