@@ -85,7 +85,7 @@ for (const n of TOKEN_COUNTS) {
   await eachLimited(Array.from({ length: n }, (_, i) => i), 16, (i) => tc.put(tc.cloud.bucket(), `bench/t${i}.json`, sealed));
   const yaml = `${process.env.BENCH_SYNC_CONCURRENCY ? `options:\n  sync_concurrency: ${process.env.BENCH_SYNC_CONCURRENCY}\n` : ''}tokens:\n${Array.from({ length: n }, (_, i) => `  - label: t${i}\n    source:\n      S3:\n        uri: "s3://${tc.cloud.bucket()}/bench/t${i}.json"\n    target:\n      NginxStanza:\n        path: ${etc}/t${i}.conf\n`).join('')}`;
   const controller = new LocalEnclaveController({ ...tc.controllerOptions(path.join(dir, 'local-run')), entry: imageEntry });
-  atExit(() => killGroup(controller.process?.proc.pid));
+  atExit(() => { const p = controller.process?.proc; if (p && p.exitCode === null && p.signalCode === null) killGroup(p.pid); });
   let enclaveReady = 0, emptyRss = 0;
   const timed = { start: async () => { const ep = await controller.start(); enclaveReady = performance.now(); emptyRss = rssMiB(controller.process!.proc.pid!); return ep; }, running: () => controller.running(), stop: () => controller.stop(), expected: () => controller.expected() };
   const agent = new Agent({ config: parseConfig(yaml, 'bench acm.yaml'), enclave: timed, endpoints: tc.endpoints, reload: async (cause) => { onReload?.(cause); } });
@@ -162,7 +162,8 @@ const started = await new Promise<{ serving: number; enclavePid: number }>((reso
   child.once('exit', (code) => { clearTimeout(t); reject(new Error(`the agent exited (${code}): ${text}`)); });
 });
 if (started.serving !== 1) throw new Error('the idle agent\'s token is not serving');
-atExit(() => killGroup(started.enclavePid));
+// Not this process's child (the agent's): dropped once the agent has stopped it.
+const forgetEnclave = atExit(() => killGroup(started.enclavePid));
 // Let start-up work (JIT, GC, the first health checks) settle before sampling.
 await new Promise((r) => setTimeout(r, 10_000));
 const agentPid = child.pid!, enclavePid = started.enclavePid;
@@ -184,6 +185,7 @@ say(line);
 out.push(line);
 child.kill('SIGTERM');
 await new Promise((r) => child.once('exit', r));
+forgetEnclave();
 await tc.stop();
 fs.rmSync(dir, { recursive: true, force: true });
 

@@ -7,8 +7,15 @@ import os from 'node:os';
 
 const tasks: (() => void)[] = [];
 
-/** Runs `task` (synchronous: nothing waits in an 'exit' handler) when the benchmark ends, however it ends; the last given runs first. */
-export function atExit(task: () => void): void { tasks.push(task); }
+/**
+ * Runs `task` (synchronous: nothing waits in an 'exit' handler) when the benchmark
+ * ends, however it ends; the last given runs first. Returns what drops the task,
+ * for one whose process was stopped already (its pid could be another's by then).
+ */
+export function atExit(task: () => void): () => void {
+  tasks.push(task);
+  return () => { const i = tasks.indexOf(task); if (i >= 0) tasks.splice(i, 1); };
+}
 
 process.once('exit', () => {
   for (const task of tasks.splice(0).reverse()) { try { task(); } catch { /* already gone */ } }
