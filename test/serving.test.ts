@@ -50,7 +50,17 @@ for (const openssl of ['engine', 'provider'] as const) test.serial(`${openssl}: 
   const controller = tc.controller();
   const { service, nginx, httpd, nginxPort, httpdPort, certs, socket } = await serveWithBothServers(t, { tc, dir, openssl, controller, healthIntervalMs: 500, nginxNames: NGINX, httpdNames: HTTPD });
   const portOf = (n: string) => (n.startsWith('n') ? nginxPort : httpdPort);
-  const served = async (n: string) => (await handshake(portOf(n), { servername: `${n}.test`, ca: tc.ca.certPem, timeoutMs: 5000 })).fingerprint256;
+  const serverOf = (n: string) => (n.startsWith('n') ? nginx : httpd);
+  // A handshake that fails says which server it was, whether that server is still
+  // running, and the end of its error log: a flaky failure must explain itself.
+  const served = async (n: string) => {
+    try {
+      return (await handshake(portOf(n), { servername: `${n}.test`, ca: tc.ca.certPem, timeoutMs: 5000 })).fingerprint256;
+    } catch (e) {
+      const s = serverOf(n);
+      throw new Error(`${n} on ${n.startsWith('n') ? 'nginx' : 'httpd'} (pid ${s.pid}, ${s.proc.exitCode === null && s.proc.signalCode === null ? 'running' : `exited: ${s.proc.exitCode ?? s.proc.signalCode}`}): ${(e as Error).message}\n${s.errorLog().slice(-2500)}`);
+    }
+  };
 
   // SNI picks each token's certificate, on both servers.
   for (const n of [...NGINX, ...HTTPD]) t.is(await served(n), fingerprintOf(certs.get(n)!), `${n} serves its own certificate`);
@@ -94,6 +104,7 @@ for (const openssl of ['engine', 'provider'] as const) test.serial(`${openssl}: 
   const pids = [nginx.pid, httpd.pid];
   const targets = [...NGINX, ...HTTPD].map((name) => ({ name, port: portOf(name) }));
   let l = load(targets);
+  t.teardown(() => l.stop()); // a failed assertion must not leave handshakes running forever
   await new Promise((r) => setTimeout(r, 500));
   const renewing = [NGINX[0], HTTPD[1]];
   for (const n of renewing) certs.set(n, await tc.publish(tc.cloud.bucket(), `bundles/${n}.json`, [`${n}.test`]));
