@@ -5,7 +5,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { startEnclave, type EnclaveFixture, type TokenFiles } from './helpers/enclave.ts';
 import { registerWithP11Kit } from '../src/local/p11kit.ts';
-import { startNginx, startHttpd, freePort, handshake, fingerprintOf, type SiteKey, type RunningServer } from '../src/local/webservers.ts';
+import { startNginx, startHttpd, freePort, claimPort, listenerHolders, run, handshake, fingerprintOf, type SiteKey, type RunningServer } from '../src/local/webservers.ts';
 
 let fx: EnclaveFixture;
 
@@ -98,4 +98,36 @@ test.serial('Apache httpd (event MPM, threads): two tokens by SNI, TLS 1.2 and 1
   const r = await untilServing(httpd.port, fx.tokens[1], 15_000);
   t.log(`httpd: serving again ${r.seconds.toFixed(2)} s after the enclave restarted, ${r.failures} failed handshakes meanwhile`);
   t.is(httpd.proc.exitCode, null, 'httpd was not restarted');
+});
+
+// CI once failed with ECONNREFUSED from a server the test had seen listening: test
+// files run in parallel, and a port that was free when picked can be taken by
+// another process before the server binds it. The server then fails to bind
+// (nginx retries for 2.5 s) while the other process answers on its port.
+test('a port another process holds: the server fails at once, naming the holder, and is not left running', async (t) => {
+  const port = await freePort();
+  const holder = (await import('node:net')).createServer();
+  await new Promise<void>((r) => holder.listen(port, '127.0.0.1', () => r()));
+  t.teardown(() => { holder.close(); });
+  const dir = path.join(fx.dir, 'taken');
+  const t0 = Date.now();
+  const e = await t.throwsAsync(startNginx({ dir, port, env: env(), sites: sites('engine:pkcs11:') }));
+  t.regex(e!.message, new RegExp(`port ${port} is already held by another process: pid ${process.pid} \\(node`));
+  t.true(Date.now() - t0 < 2000, `failed after ${Date.now() - t0} ms, not after nginx gave up binding`);
+  await new Promise((r) => setTimeout(r, 200));
+  t.deepEqual(listenerHolders(port).map((h) => h.pid), [process.pid], 'the nginx that could not bind is gone');
+  t.false(fs.readdirSync('/proc').some((d) => { try { return fs.readFileSync(`/proc/${d}/cmdline`, 'utf8').includes(dir); } catch { return false; } }), 'no process runs with its prefix');
+});
+
+test('freePort: below the ephemeral range, and a port one process picked cannot be claimed by another', async (t) => {
+  const lowestEphemeral = Number(fs.readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').split(/\s+/)[0]);
+  const ports = await Promise.all(Array.from({ length: 20 }, () => freePort()));
+  t.is(new Set(ports).size, 20, 'twenty different ports');
+  for (const p of ports) t.true(p >= 20000 && p < lowestEphemeral, `${p} is outside ${lowestEphemeral}..`);
+  t.false(await claimPort(ports[0]), 'this process holds it already');
+  // Another process: the port this one claimed is refused, one nobody claimed is granted.
+  let unclaimed = ports[0] + 1;
+  while (ports.includes(unclaimed)) unclaimed++;
+  const other = await run(process.execPath, ['--import', 'tsx', '-e', `import('${path.resolve('src/local/webservers.ts')}').then(async (w) => console.log(await w.claimPort(${ports[0]}), await w.claimPort(${unclaimed})))`]);
+  t.is(other.out.trim(), 'false true', other.out);
 });

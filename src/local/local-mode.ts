@@ -206,7 +206,7 @@ async function serve(o: LocalOptions, cloud: LocalCloud, nsmDir: string, kmsProx
 
   const hello = 'Hello from nitro-acm local mode: this TLS handshake was signed by the enclave app.\n';
   const launched = serverKind === 'nginx' ? launchLocalNginx(o, prefix, openssl, serverEnv) : startHttpd({ dir: prefix, port: o.port, openssl, env: serverEnv, sites: [{ serverName: 'localhost', include: path.join(o.runtimeDir, `${LABEL}-httpd.conf`) }], body: hello });
-  server = await launched.catch((e: Error) => { throw new Error(`${e.message}\n(is port ${o.port} taken? --port chooses another)`); });
+  server = await launched.catch((e: Error) => { throw new Error(/already held/.test(e.message) ? `${e.message} (--port chooses another)` : `${e.message}\n(is port ${o.port} taken? --port chooses another)`); });
   started.push(() => server!.stop());
   const caPem = fs.readFileSync(ca.caFile, 'utf8');
   const served = async () => (await handshake(o.port, { servername: 'localhost', ca: caPem, timeoutMs: 10_000 })).fingerprint256;

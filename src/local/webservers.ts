@@ -21,14 +21,54 @@ export function run(cmd: string, args: string[], env: NodeJS.ProcessEnv = proces
   });
 }
 
+/**
+ * A loopback port for a server this process is about to start. Test files run
+ * in parallel processes, and a port that is free when asked can be taken before
+ * the server binds it: by another process's freePort(), by any server binding
+ * port 0, or as a connection's source port. So the port is picked below the
+ * kernel's ephemeral range (which port 0 and source ports come from), and
+ * claimed for this process's life by an abstract unix socket named after it,
+ * which another process's freePort() cannot bind (the kernel drops the claim
+ * when the process ends; no file is left).
+ */
 export async function freePort(): Promise<number> {
+  const lowestEphemeral = Number(fs.readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/)[0]);
+  const first = 20000, span = lowestEphemeral - first;
+  for (let attempt = 0; attempt < 100; attempt++) {
+    const port = span >= 1000 ? first + crypto.randomInt(span) : await kernelPort();
+    if (await claimPort(port) && await canListen(port)) return port;
+  }
+  throw new Error('no free loopback port found in 100 tries');
+}
+
+const claimedPorts = new Set<number>();
+
+/** Claims `port` for this process (see freePort); false if any process claimed it already. */
+export function claimPort(port: number): Promise<boolean> {
+  if (claimedPorts.has(port)) return Promise.resolve(false);
+  return new Promise((resolve) => {
+    const claim = net.createServer();
+    claim.once('error', () => resolve(false));
+    claim.listen(`\0nitro-acm-port-${port}`, () => { claim.unref(); claimedPorts.add(port); resolve(true); });
+  });
+}
+
+function canListen(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = net.createServer();
+    s.once('error', () => resolve(false));
+    s.listen(port, '127.0.0.1', () => s.close(() => resolve(true)));
+  });
+}
+
+function kernelPort(): Promise<number> {
   return new Promise((resolve, reject) => {
     const s = net.createServer();
+    s.once('error', reject);
     s.listen(0, '127.0.0.1', () => {
       const port = (s.address() as net.AddressInfo).port;
       s.close(() => resolve(port));
     });
-    s.on('error', reject);
   });
 }
 
@@ -131,7 +171,10 @@ async function supervise(cmd: string[], env: NodeJS.ProcessEnv, dir: string, por
   proc.stdout!.on('data', (d) => { out += d; });
   proc.stderr!.on('data', (d) => { out += d; });
   const errorLog = () => { try { return out + fs.readFileSync(path.join(dir, 'error.log'), 'utf8'); } catch { return out; } };
-  await waitForPort(port, proc, errorLog);
+  await waitForPort(port, proc, errorLog).catch((e: Error) => {
+    try { process.kill(-proc.pid!, 'SIGKILL'); } catch { /* gone */ } // a server that never served is not left behind
+    throw e;
+  });
   return {
     proc, pid: proc.pid!, dir, port, errorLog,
     reload() { process.kill(proc.pid!, signals.reload); },
@@ -160,14 +203,58 @@ function tryConnect(port: number): Promise<boolean> {
   });
 }
 
-/** Waits until something listens on the port; a server process given that exits first fails it at once. */
+/**
+ * Waits until the port answers. Given the server's process, the listening socket
+ * must be that process's own: a port another process holds answers too, while
+ * the server fails to bind it (nginx retries for 2.5 s before it exits), so that
+ * fails at once, naming the holder. A server that exits first fails it too.
+ */
 export async function waitForPort(port: number, proc?: ChildProcess, log: () => string = () => ''): Promise<void> {
   const end = Date.now() + 20_000;
-  while (!(await tryConnect(port))) {
+  for (;;) {
     if (proc && proc.exitCode !== null) throw new Error(`server exited (${proc.exitCode}): ${log()}`);
+    if (await tryConnect(port)) {
+      if (!proc) return;
+      const holders = listenerHolders(port);
+      if (holders.some((h) => h.pid === proc.pid)) return;
+      if (!holders.length) return; // not visible here (another user's, or no /proc): nothing to check
+      if (proc.exitCode !== null) continue;
+      const others = holders.map((h) => `pid ${h.pid} (${h.command})`).join(', ');
+      throw new Error(`port ${port} is already held by another process: ${others}`);
+    }
     if (Date.now() > end) throw new Error(`server did not listen on ${port}: ${log()}`);
     await new Promise((r) => setTimeout(r, 50));
   }
+}
+
+/** The processes holding a socket that listens on this TCP port (from /proc; those this user may see). */
+export function listenerHolders(port: number): { pid: number; command: string }[] {
+  const inodes = new Set<string>();
+  for (const table of ['/proc/net/tcp', '/proc/net/tcp6']) {
+    let text = '';
+    try { text = fs.readFileSync(table, 'utf8'); } catch { continue; }
+    for (const line of text.split('\n').slice(1)) {
+      const f = line.trim().split(/\s+/);
+      // local_address is ADDR:PORT in hex; state 0A is LISTEN; field 9 is the inode.
+      if (f.length > 9 && f[3] === '0A' && parseInt(f[1].split(':')[1], 16) === port) inodes.add(f[9]);
+    }
+  }
+  const holders: { pid: number; command: string }[] = [];
+  if (!inodes.size) return holders;
+  for (const d of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(d)) continue;
+    let fds: string[];
+    try { fds = fs.readdirSync(`/proc/${d}/fd`); } catch { continue; }
+    const holds = fds.some((fd) => {
+      try { const m = /^socket:\[(\d+)\]$/.exec(fs.readlinkSync(`/proc/${d}/fd/${fd}`)); return !!m && inodes.has(m[1]); } catch { return false; }
+    });
+    if (holds) {
+      let command = '?';
+      try { command = fs.readFileSync(`/proc/${d}/comm`, 'utf8').trim(); } catch { /* gone */ }
+      holders.push({ pid: Number(d), command });
+    }
+  }
+  return holders;
 }
 
 /** A virtual host whose certificate lines live in a file of their own (an agent's Conf target). */
