@@ -24,8 +24,15 @@ function sh(cmd: string, args: string[], env: NodeJS.ProcessEnv = {}, cwd = ROOT
 
 test.serial('npm run rpm: the package installs what an operator needs, with the right modes and scriptlets', (t) => {
   const out = path.join(dir, 'rpm');
+  // Other test files run enclave apps from the checkout's addon meanwhile: building
+  // the package must not take it away (node-gyp rebuild deleted the build
+  // directory first, and an enclave app starting then failed to load it).
+  const addon = path.join(ROOT, 'shared/native/build/Release/native.node');
+  const before = fs.statSync(addon);
   const b = sh('bash', ['scripts/build-rpm.sh'], { NITRO_ACM_RPM_DIR: out, NITRO_ACM_EIF_DIR: path.join(dir, 'no-eif') });
   t.is(b.status, 0, b.stderr);
+  const after = fs.statSync(addon);
+  t.deepEqual([after.ino, after.mtimeMs], [before.ino, before.mtimeMs], 'the checkout\'s addon, unchanged since it was built, is left as it was');
   const rpm = b.stdout.trim().split('\n').pop()!;
   t.regex(path.basename(rpm), /^nitro-acm-\d+\.\d+\.\d+-1\.x86_64\.rpm$/);
   t.regex(b.stderr, /WARNING: no enclave image/, 'says clearly that this package has no enclave image');
