@@ -14,6 +14,7 @@ import { IAMClient, GetRoleCommand } from '@aws-sdk/client-iam';
 import { KMSClient, CreateKeyCommand, EncryptCommand, DecryptCommand, PutKeyPolicyCommand, GetKeyPolicyCommand, KMSServiceException, NotFoundException, InvalidCiphertextException, MalformedPolicyDocumentException } from '@aws-sdk/client-kms';
 import { fromInstanceMetadata } from '@aws-sdk/credential-providers';
 import { startLocalCloud, type LocalCloud } from '../src/local/cloud/server.ts';
+import { instanceContext } from '../src/agent/aws.ts';
 import { tmpdir } from './helpers/enclave.ts';
 
 let cloud: LocalCloud;
@@ -38,6 +39,23 @@ test('IAM GetRole returns the role with its path', async (t) => {
   t.is(r.Role?.Arn, cloud.identity.roleArn);
   t.is(r.Role?.Path, '/nitro-acm/');
   await t.throwsAsync(iam.send(new GetRoleCommand({ RoleName: 'nope' })), { name: 'NoSuchEntityException' });
+});
+
+// The agent's own look-up (src/agent/aws.ts): the role ARN from the instance tag
+// where EC2 serves tags, else from iam:GetRole, whose client it loads only then.
+test('instanceContext: the role ARN from the InstanceRoleArn tag, else from iam:GetRole with its path', async (t) => {
+  const tagged = await instanceContext({ imds: cloud.endpoint, iam: cloud.endpoint });
+  t.deepEqual([tagged.roleArn, tagged.region, tagged.instanceId], [cloud.identity.roleArn, cloud.identity.region, cloud.identity.instanceId]);
+  cloud.metadataTags = false;
+  t.teardown(() => { cloud.metadataTags = true; });
+  const tag = await fetch(`${cloud.endpoint}/latest/meta-data/tags/instance/InstanceRoleArn`, { headers: { 'x-aws-ec2-metadata-token': await (await fetch(`${cloud.endpoint}/latest/api/token`, { method: 'PUT', headers: { 'x-aws-ec2-metadata-token-ttl-seconds': '60' } })).text() } });
+  t.is(tag.status, 404, 'no tag served');
+  const looked = await instanceContext({ imds: cloud.endpoint, iam: cloud.endpoint });
+  t.is(looked.roleArn, cloud.identity.roleArn);
+  t.regex(looked.roleArn, /:role\/nitro-acm\/nitro-acm-local-role$/, 'the path is kept');
+  cloud.faults.iam = 'down';
+  t.teardown(() => { delete cloud.faults.iam; });
+  await t.throwsAsync(instanceContext({ imds: cloud.endpoint, iam: cloud.endpoint }), undefined, 'without the tag, IAM is asked');
 });
 
 test('S3: put, get, head; an unchanged object answers If-None-Match with 304; missing keys are NoSuchKey', async (t) => {

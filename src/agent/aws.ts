@@ -2,7 +2,6 @@
 // default credential chain (the instance role). Endpoints are overridable for
 // local mode only; in production they are AWS's.
 import { fromInstanceMetadata } from '@aws-sdk/credential-providers';
-import { IAMClient, GetRoleCommand } from '@aws-sdk/client-iam';
 import type { AwsCredentialIdentity, AwsCredentialIdentityProvider } from '@aws-sdk/types';
 
 /** kms: only nitro-acm assess's probe calls KMS from the parent (the enclave reaches KMS through the vsock proxy). */
@@ -58,6 +57,9 @@ export async function instanceContext(endpoints: Endpoints = {}): Promise<Instan
   let roleArn = await imds(base, '/latest/meta-data/tags/instance/InstanceRoleArn', token);
   if (!roleArn) {
     const roleName = await need('/latest/meta-data/iam/security-credentials/');
+    // Loaded only here: an instance with the InstanceRoleArn tag never needs the
+    // IAM client, which adds several MiB to the agent's memory.
+    const { IAMClient, GetRoleCommand } = await import('@aws-sdk/client-iam');
     const iam = new IAMClient({ region, credentials, endpoint: endpoints.iam });
     roleArn = (await iam.send(new GetRoleCommand({ RoleName: roleName.split('\n')[0] }))).Role?.Arn;
     if (!roleArn) throw new Error(`iam:GetRole ${roleName}: no ARN`);

@@ -17,7 +17,6 @@ import { systemReload, type WebServerState } from './web-server.ts';
 import type { Endpoints } from './aws.ts';
 import { startControlServer, DEFAULT_CONTROL_SOCKET, type ControlHandlers, type ControlServer } from './control.ts';
 import { AgentMetrics } from './metrics.ts';
-import { assess } from './assess.ts';
 import { parseMetricsAddress } from './config.ts';
 
 export interface ServiceOptions {
@@ -168,7 +167,8 @@ export async function startService(o: ServiceOptions): Promise<RunningService> {
   control = socket === false ? undefined : await startControlServer(socket, {
     status: async () => ({ ...(await agent.status()), configFile: o.configFile, webServer: { ...webServer } }),
     sync: async () => ({ renewed: await queue('sync', () => agent.sync()) }),
-    assess: () => assess(agent, config),
+    // Loaded when asked: its KMS client is ~2 MiB an idle agent need not hold.
+    assess: async () => (await import('./assess.ts')).assess(agent, config),
     ...o.controlHandlers?.(service),
   }).catch(async (e) => { await service.stop(); throw e; });
   log.info(`agent running: ${agent.tokens.size} tokens; watching ${o.configFile}${control ? `; status on ${control.path}` : ''}`);

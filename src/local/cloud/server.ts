@@ -46,6 +46,8 @@ export interface LocalCloud {
   identity: LocalIdentity;
   /** Faults to inject, by service (tests of how the agent and the enclave live with an AWS outage). */
   faults: Partial<Record<CloudService, Fault>>;
+  /** Whether IMDS serves the instance's tags (EC2's instance metadata tags setting; on here, off by default on EC2). */
+  metadataTags: boolean;
   endpoint: string; // http://host:port (IMDS, S3, IAM, KMS)
   kmsTlsEndpoint: string; // https://kms.<region>.amazonaws.com:port, resolved to loopback by the caller
   httpsPort: number;
@@ -127,6 +129,8 @@ export async function startLocalCloud(o: LocalCloudOptions): Promise<LocalCloud>
     return keyId === id.instance.accessKeyId ? { arn: id.roleArn, account: id.account } : { arn: id.admin.arn, account: id.account };
   };
 
+  // Filled in once it listens; the IMDS handler reads metadataTags from it as it is now.
+  const cloud = { metadataTags: true } as LocalCloud;
   const imds = (req: http.IncomingMessage, res: http.ServerResponse, url: URL) => {
     if (req.method === 'PUT' && url.pathname === '/latest/api/token') {
       const ttl = Number(req.headers['x-aws-ec2-metadata-token-ttl-seconds']);
@@ -146,7 +150,7 @@ export async function startLocalCloud(o: LocalCloudOptions): Promise<LocalCloud>
       '/latest/meta-data/iam/info': () => JSON.stringify({ Code: 'Success', LastUpdated: new Date().toISOString(), InstanceProfileArn: `arn:aws:iam::${id.account}:instance-profile${id.rolePath}${id.roleName}`, InstanceProfileId: 'AIPALOCAL' }),
       '/latest/meta-data/iam/security-credentials/': () => id.roleName,
       [`/latest/meta-data/iam/security-credentials/${id.roleName}`]: creds,
-      '/latest/meta-data/tags/instance/InstanceRoleArn': () => id.roleArn,
+      ...(cloud.metadataTags ? { '/latest/meta-data/tags/instance/InstanceRoleArn': () => id.roleArn } : {}),
       '/latest/dynamic/instance-identity/document': () => JSON.stringify({ accountId: id.account, instanceId: id.instanceId, region: id.region }),
     };
     const route = routes[url.pathname];
@@ -264,7 +268,7 @@ export async function startLocalCloud(o: LocalCloudOptions): Promise<LocalCloud>
   const port = (plain.address() as net.AddressInfo).port;
   const httpsPort = (secure.address() as net.AddressInfo).port;
   log.info(`local cloud on http://${host}:${port} (IMDS, IAM, S3, KMS) and https://${host}:${httpsPort} (KMS over TLS)${o.kmsProxySocket ? `, KMS proxy on ${o.kmsProxySocket}` : ''}`);
-  return {
+  Object.assign(cloud, {
     identity: id,
     faults,
     endpoint: `http://${host}:${port}`,
@@ -276,5 +280,6 @@ export async function startLocalCloud(o: LocalCloudOptions): Promise<LocalCloud>
     async stop() {
       for (const s of [plain, secure, proxy]) if (s) { s.closeAllConnections?.(); await new Promise<void>((r) => s.close(() => r())); }
     },
-  };
+  });
+  return cloud;
 }
