@@ -6,7 +6,7 @@
 import test from 'ava';
 import fs from 'node:fs';
 import path from 'node:path';
-import { doctor, nginxDirectives } from '../src/commands/doctor.ts';
+import { doctor, nginxDirectives, otherP11kitModules } from '../src/commands/doctor.ts';
 import { processStartedAt } from '../src/agent/process-start.ts';
 import { startControlServer } from '../src/agent/control.ts';
 import { launchNginx, freePort } from '../src/local/webservers.ts';
@@ -263,4 +263,32 @@ test('the provider path: doctor checks pkcs11-provider loads from options.openss
   f = await findings();
   t.is(f['provider config'].verdict, 'fail');
   t.regex(f['provider config'].detail, /does not show pkcs11 active/);
+});
+
+// The tests' own machine had SoftHSM2 and OpenSC registered with p11-kit (Debian's
+// packages do so), so p11-kit-proxy loaded both into every nginx and httpd, and
+// SoftHSM crashed them as they exited (dmesg: segfault in libsofthsm2.so).
+test('other PKCS#11 modules p11-kit loads into the web server are named, with how to keep them out', async (t) => {
+  const pkg = path.join(dir, 'p11-pkg'), sys = path.join(dir, 'p11-sys');
+  for (const [d, files] of [[pkg, {
+    'nitro-acm.module': 'module: /usr/lib64/pkcs11/nitro-acm-p11.so\n',
+    'softhsm2.module': '# a comment\nmodule: /usr/lib/softhsm/libsofthsm2.so\n',
+    'p11-kit-trust.module': 'module: p11-kit-trust.so\ndisable-in: p11-kit-proxy\n',
+    'desktop.module': 'module: desktop.so\nenable-in: gnome-shell seahorse\n',
+    'opensc-pkcs11.module': 'module: opensc-pkcs11.so\n',
+    'for-nginx.module': 'module: fn.so\nenable-in: nginx\n',
+    'README': 'not a module file\n',
+  }], [sys, { 'opensc-pkcs11.module': 'module: opensc-pkcs11.so\ndisable-in: nginx apache2 httpd\n' }]] as const) {
+    fs.mkdirSync(d, { recursive: true });
+    for (const [n, text] of Object.entries(files)) fs.writeFileSync(path.join(d, n), text);
+  }
+  t.deepEqual(otherP11kitModules(['nginx'], [pkg, sys]), ['for-nginx', 'softhsm2'], 'the system directory\'s opensc file overrides the package\'s');
+  t.deepEqual(otherP11kitModules(['httpd', 'apache2'], [pkg, sys]), ['softhsm2']);
+  t.deepEqual(otherP11kitModules(['nginx'], [pkg]), ['for-nginx', 'opensc-pkcs11', 'softhsm2']);
+  const f = (await doctor({ configFile: acmYaml([]), socket: path.join(dir, 'no-agent.sock'), webServerConf: nginxConf('modules', {}), p11kitModuleDirs: [pkg, sys] })).find((x) => x.check === 'p11-kit modules')!;
+  t.is(f.verdict, 'warn');
+  t.regex(f.detail, /^p11-kit-proxy also loads for-nginx, softhsm2 into every nginx process/);
+  t.is(f.fix, 'for each, copy its .module file to /etc/pkcs11/modules/ and add the line "disable-in: nginx"');
+  const clean = (await doctor({ configFile: acmYaml([]), socket: path.join(dir, 'no-agent.sock'), webServerConf: nginxConf('modules', {}), p11kitModuleDirs: [sys] })).find((x) => x.check === 'p11-kit modules')!;
+  t.deepEqual([clean.verdict, clean.detail], ['ok', 'p11-kit loads no module but nitro-acm into nginx']);
 });

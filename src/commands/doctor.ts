@@ -16,6 +16,8 @@ export type Verdict = 'ok' | 'warn' | 'fail';
 export interface Finding { check: string; verdict: Verdict; detail: string; fix?: string }
 
 export interface DoctorOptions {
+  /** Where p11-kit's module files are (default P11KIT_MODULE_DIRS; tests give their own). */
+  p11kitModuleDirs?: string[];
   /** acm.yaml (default: the one the running agent serves, else /etc/nitro_enclaves/acm.yaml). */
   configFile?: string;
   /** The agent's control socket. */
@@ -220,6 +222,48 @@ async function p11kitFinding(): Promise<Finding> {
     : { check: 'p11-kit', verdict: 'fail', detail: 'p11-kit does not list a module named nitro-acm: the OpenSSL engine will not find the enclave tokens', fix: 'reinstall the package (it puts nitro-acm.module in /usr/share/p11-kit/modules), or copy templates/nitro-acm.module to /etc/pkcs11/modules/' };
 }
 
+/** Where p11-kit reads module files: the package's, then the system's, which overrides a file of the same name. */
+export const P11KIT_MODULE_DIRS = ['/usr/share/p11-kit/modules', '/etc/pkcs11/modules'];
+
+/**
+ * The modules other than nitro-acm that p11-kit-proxy loads into a program of
+ * one of these names: a module file's enable-in (if any) must name the program
+ * or p11-kit-proxy, and its disable-in must name neither (pkcs11.conf(5)).
+ */
+export function otherP11kitModules(programs: string[], dirs = P11KIT_MODULE_DIRS): string[] {
+  const files = new Map<string, string>();
+  for (const d of dirs) {
+    let names: string[] = [];
+    try { names = fs.readdirSync(d); } catch { continue; }
+    for (const n of names) if (n.endsWith('.module')) files.set(n.slice(0, -'.module'.length), path.join(d, n));
+  }
+  const loaded: string[] = [];
+  for (const [name, file] of [...files].sort()) {
+    let text = '';
+    try { text = fs.readFileSync(file, 'utf8'); } catch { continue; }
+    const field = (k: string) => { const m = new RegExp(`^\\s*${k}\\s*:(.*)$`, 'm').exec(text); return m ? m[1].trim().split(/[\s,]+/).filter(Boolean) : undefined; };
+    const module = field('module');
+    if (name === 'nitro-acm' || !module?.length || module.some((m) => /nitro-acm-p11\.so$/.test(m))) continue;
+    const names = (list: string[]) => list.some((x) => x === 'p11-kit-proxy' || programs.includes(x));
+    const enableIn = field('enable-in'), disableIn = field('disable-in');
+    if (enableIn && !names(enableIn)) continue;
+    if (disableIn && names(disableIn)) continue;
+    loaded.push(name);
+  }
+  return loaded;
+}
+
+function otherModulesFinding(c: AcmConfig, dirs?: string[]): Finding {
+  const programs = c.options.service === 'nginx' ? ['nginx'] : ['httpd', 'apache2'];
+  const others = otherP11kitModules(programs, dirs);
+  if (!others.length) return { check: 'p11-kit modules', verdict: 'ok', detail: `p11-kit loads no module but nitro-acm into ${programs.join(' or ')}` };
+  return {
+    check: 'p11-kit modules', verdict: 'warn',
+    detail: `p11-kit-proxy also loads ${others.join(', ')} into every ${programs.join(' or ')} process: their code runs in the web server beside nitro-acm's, and a fault in one takes the server down (SoftHSM 2.6 crashes nginx and httpd as they exit, with OpenSSL 3)`,
+    fix: `for each, copy its .module file to /etc/pkcs11/modules/ and add the line "disable-in: ${programs.join(' ')}"`,
+  };
+}
+
 function fileFindings(c: AcmConfig, openssl: OpenSslPath): Finding[] {
   const findings: Finding[] = [];
   for (const t of c.tokens) {
@@ -387,7 +431,7 @@ export async function doctor(given: DoctorOptions): Promise<Finding[]> {
   const openssl = opensslPathFinding(c);
   findings.push(openssl.finding);
   const via = openssl.path ?? 'engine';
-  findings.push(...(via === 'engine' ? await opensslFindings(o) : await providerFindings(c, o)), await p11kitFinding());
+  findings.push(...(via === 'engine' ? await opensslFindings(o) : await providerFindings(c, o)), await p11kitFinding(), otherModulesFinding(c, given.p11kitModuleDirs));
   findings.push(...(c.options.service === 'nginx' ? await nginxFindings(c, o, running, via) : await httpdFindings(c, o, via)));
   findings.push(...referenceUriFindings(c, await configurationTexts(c, o), running));
   findings.push(...fileFindings(c, via), kmsProxyFinding(running, given.proc), ...agentFindings(c, running));
