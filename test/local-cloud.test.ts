@@ -15,6 +15,7 @@ import { KMSClient, CreateKeyCommand, EncryptCommand, DecryptCommand, PutKeyPoli
 import { fromInstanceMetadata } from '@aws-sdk/credential-providers';
 import { startLocalCloud, type LocalCloud } from '../src/local/cloud/server.ts';
 import { instanceContext } from '../src/agent/aws.ts';
+import { fetchBundle } from '../src/agent/source.ts';
 import { tmpdir } from './helpers/enclave.ts';
 
 let cloud: LocalCloud;
@@ -154,4 +155,25 @@ test('4. S3, KMS and IAM verify SigV4: no signature, a wrong secret, a tampered 
   // A request signed 20 minutes ago.
   const stale = new KMSClient({ region: 'us-east-1', endpoint: cloud.endpoint, credentials: admin(), systemClockOffset: -20 * 60 * 1000 });
   await t.throwsAsync(stale.send(new CreateKeyCommand({})), { message: /request time .* too large|RequestTimeTooSkewed|Signature expired/i });
+});
+
+// The agent's S3 client resolves its middleware once (cacheMiddleware: a fifth
+// less CPU per poll); credentials near their expiry must still be asked for
+// again, so that the role's rotated credentials are the ones used.
+test('fetchBundle: polls with If-None-Match; every request signs with the credentials the provider gives now', async (t) => {
+  const ctx = await instanceContext({ imds: cloud.endpoint, iam: cloud.endpoint, s3: cloud.endpoint });
+  const s3 = new S3Client({ region: 'us-east-1', endpoint: cloud.endpoint, forcePathStyle: true, credentials: admin() });
+  await s3.send(new PutObjectCommand({ Bucket: cloud.bucket(), Key: 'poll/x.json', Body: 'not a bundle' }));
+  const real = ctx.credentials;
+  let calls = 0, wrong = false;
+  // Credentials a minute from expiry: the SDK asks its provider again before each request.
+  const counted = { ...ctx, credentials: async () => { calls++; const c = { ...(await real()), expiration: new Date(Date.now() + 60_000) }; return wrong ? { ...c, secretAccessKey: 'not-the-secret' } : c; } };
+  const source = { S3: { uri: `s3://${cloud.bucket()}/poll/x.json` } };
+  const first = await fetchBundle(source, counted).catch((e: Error) => e);
+  t.regex(String(first), /s3:\/\/\S+\/poll\/x\.json: not JSON/, 'fetched and parsed (the body is no bundle)');
+  const etag = (await s3.send(new HeadObjectCommand({ Bucket: cloud.bucket(), Key: 'poll/x.json' }))).ETag!;
+  for (let i = 0; i < 3; i++) t.deepEqual(await fetchBundle(source, counted, etag), { changed: false, etag });
+  t.true(calls >= 4, `the provider was asked ${calls} times for 4 requests`);
+  wrong = true;
+  await t.throwsAsync(fetchBundle(source, counted, etag), { message: /SignatureDoesNotMatch/ }, 'credentials changed after the first requests are used');
 });
