@@ -101,16 +101,15 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
   (void)argc; (void)argv;
   signal(SIGPIPE, SIG_IGN);
-  char *path = socket_path;
   snprintf(socket_path, sizeof socket_path, "/tmp/nitro-acm-fuzz-%d.sock", (int)getpid());
-  unlink(path);
+  unlink(socket_path);
   atexit(remove_socket); /* each run's socket would otherwise stay in /tmp */
   listen_fd = socket(AF_UNIX, SOCK_STREAM, 0);
   struct sockaddr_un a = { .sun_family = AF_UNIX };
-  snprintf(a.sun_path, sizeof a.sun_path, "%s", path);
+  snprintf(a.sun_path, sizeof a.sun_path, "%s", socket_path);
   if (listen_fd < 0 || bind(listen_fd, (struct sockaddr *)&a, sizeof a) || listen(listen_fd, 16)) { perror("fuzz server"); exit(1); }
   char address[160];
-  snprintf(address, sizeof address, "unix:path=%s", path);
+  snprintf(address, sizeof address, "unix:path=%s", socket_path);
   setenv("NITRO_ACM_KEY_ADDRESS", address, 1);
   setenv("NITRO_ACM_TIMEOUT_MS", "10", 1);
   setenv("NITRO_ACM_P11_QUIET", "1", 1);

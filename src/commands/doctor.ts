@@ -116,7 +116,7 @@ async function httpdFindings(c: AcmConfig, o: DoctorOptions, openssl: OpenSslPat
       ? { check: `conf ${t.label}`, verdict: 'ok', detail: `${file} points SSLCertificateKeyFile at the enclave token` }
       : { check: `conf ${t.label}`, verdict: 'fail', detail: `${file} has no SSLCertificateKeyFile line naming ${openssl === 'engine' ? 'a pkcs11: URI' : `the key-URI file ${wanted}`} (the ${openssl} path)`, fix: `make sure ${file} has SSLCertificateKeyFile and SSLCertificateFile lines (any value) inside its VirtualHost; the agent rewrites them` });
   }
-  if (openssl === 'provider') return [...findings, environmentFinding(c, masterPid(['apache2', 'httpd'], o.proc), o.proc)];
+  if (openssl === 'provider') return [...findings, environmentFinding(c, masterPid([...SERVER_PROGRAMS.httpd], o.proc), o.proc)];
   // SSLCryptoDevice pkcs11 somewhere in the server's configuration.
   const dirs = (o.webServerConf ? [path.dirname(o.webServerConf)] : ['/etc/httpd', '/etc/apache2']).filter((d) => fs.existsSync(d));
   const files = dirs.flatMap((d) => (fs.readdirSync(d, { recursive: true }) as string[]).map((f) => path.join(d, f)).filter((f) => f.endsWith('.conf')));
@@ -142,6 +142,9 @@ function opensslPathFinding(c: AcmConfig): { finding: Finding; path?: OpenSslPat
     return { finding: { check: 'openssl path', verdict: 'fail', detail: (e as Error).message, fix: 'install what it names, or set options.openssl to the path this machine has' } };
   }
 }
+
+/** The names a web server's processes run under (httpd is apache2 on Debian and Ubuntu). */
+const SERVER_PROGRAMS = { nginx: ['nginx'], httpd: ['httpd', 'apache2'] } as const;
 
 /** The master process of a web server (its parent is not one of its own), or undefined. */
 function masterPid(names: string[], proc = '/proc'): number | undefined {
@@ -254,7 +257,7 @@ export function otherP11kitModules(programs: string[], dirs = P11KIT_MODULE_DIRS
 }
 
 function otherModulesFinding(c: AcmConfig, dirs?: string[]): Finding {
-  const programs = c.options.service === 'nginx' ? ['nginx'] : ['httpd', 'apache2'];
+  const programs = [...SERVER_PROGRAMS[c.options.service]];
   const others = otherP11kitModules(programs, dirs);
   if (!others.length) return { check: 'p11-kit modules', verdict: 'ok', detail: `p11-kit loads no module but nitro-acm into ${programs.join(' or ')}` };
   return {

@@ -41,15 +41,12 @@ export async function freePort(): Promise<number> {
   throw new Error('no free loopback port found in 100 tries');
 }
 
-const claimedPorts = new Set<number>();
-
-/** Claims `port` for this process (see freePort); false if any process claimed it already. */
+/** Claims `port` for this process (see freePort); false if any process, this one included, claimed it already. */
 export function claimPort(port: number): Promise<boolean> {
-  if (claimedPorts.has(port)) return Promise.resolve(false);
   return new Promise((resolve) => {
     const claim = net.createServer();
     claim.once('error', () => resolve(false));
-    claim.listen(`\0nitro-acm-port-${port}`, () => { claim.unref(); claimedPorts.add(port); resolve(true); });
+    claim.listen(`\0nitro-acm-port-${port}`, () => { claim.unref(); resolve(true); });
   });
 }
 
@@ -171,15 +168,15 @@ async function supervise(cmd: string[], env: NodeJS.ProcessEnv, dir: string, por
   proc.stdout!.on('data', (d) => { out += d; });
   proc.stderr!.on('data', (d) => { out += d; });
   const errorLog = () => { try { return out + fs.readFileSync(path.join(dir, 'error.log'), 'utf8'); } catch { return out; } };
+  const group = (sig: NodeJS.Signals) => { try { process.kill(-proc.pid!, sig); } catch { /* gone */ } };
   await waitForPort(port, proc, errorLog).catch((e: Error) => {
-    try { process.kill(-proc.pid!, 'SIGKILL'); } catch { /* gone */ } // a server that never served is not left behind
+    group('SIGKILL'); // a server that never served is not left behind
     throw e;
   });
   return {
     proc, pid: proc.pid!, dir, port, errorLog,
     reload() { process.kill(proc.pid!, signals.reload); },
     async stop() {
-      const group = (sig: NodeJS.Signals) => { try { process.kill(-proc.pid!, sig); } catch { /* gone */ } };
       if (proc.exitCode === null && proc.signalCode === null) {
         const exited = new Promise((r) => proc.once('exit', r));
         proc.kill(signals.stop);
