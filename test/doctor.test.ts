@@ -278,6 +278,10 @@ test('other PKCS#11 modules p11-kit loads into the web server are named, with ho
     'opensc-pkcs11.module': 'module: opensc-pkcs11.so\n',
     'for-nginx.module': 'module: fn.so\nenable-in: nginx\n',
     'README': 'not a module file\n',
+    // Hostile or broken files are skipped, never thrown on: no module line, an empty one, binary garbage.
+    'empty.module': '',
+    'blank.module': 'module:\n',
+    'garbage.module': '\u0000\u00ff\ufffdmodule\u0000:\n'.repeat(1000),
   }], [sys, { 'opensc-pkcs11.module': 'module: opensc-pkcs11.so\ndisable-in: nginx apache2 httpd\n' }]] as const) {
     fs.mkdirSync(d, { recursive: true });
     for (const [n, text] of Object.entries(files)) fs.writeFileSync(path.join(d, n), text);
