@@ -4,7 +4,8 @@
 // and p11-kit), TLS 1.2 and 1.3, a new
 // connection per request; then sign latency through the module against a direct
 // node:crypto sign, and the floor under any remote key (bench/round-trip.c: a bare
-// request and reply between two processes). All variants in one run, interleaved,
+// request and reply between two processes), and in the nitro layout what a lean TLS
+// client costs (bench/tls-client.c), which bounds the rate there. All variants in one run, interleaved,
 // quoted as ratios to the key-in-a-file variant. BENCH_SECONDS sets each
 // measurement's length (default 8).
 // BENCH_BASELINE_MODULE=path/to/another/nitro-acm-p11.so adds that build's sign
@@ -144,6 +145,13 @@ function cpuStates(cpus: string): { busy: number; idle: number; steal: number } 
 
 interface Measured { rps: number; cpuUs: number; nginxUs: number; restUs: number }
 
+// bench/tls-client.c: a TLS client doing nothing but handshakes, one at a time, by
+// OpenSSL and by GnuTLS; what it costs bounds the nitro layout's rate (see the table).
+const tlsClientBin = path.join(dir, 'tls-client');
+const built = spawnSync('gcc', ['-O2', '-o', tlsClientBin, path.join(import.meta.dirname, 'tls-client.c'), '-lssl', '-lcrypto', '-lgnutls'], { stdio: 'inherit' }).status === 0;
+if (!built) log('gcc could not build bench/tls-client.c: the lean clients are left out of the nitro layout\'s ceiling');
+const leanClientUs: Partial<Record<'TLSv1.2' | 'TLSv1.3', { openssl: number[]; gnutls: number[] }>> = {};
+
 async function measure(variant: Variant, protocol: 'TLSv1.2' | 'TLSv1.3', layout: Layout): Promise<Measured> {
   const cpus = LAYOUTS[layout];
   must('taskset', ['-a', '-p', '-c', cpus.enclave, String(fx.proc.pid)]);
@@ -165,6 +173,13 @@ async function measure(variant: Variant, protocol: 'TLSv1.2' | 'TLSv1.3', layout
   const r = await wrk(SECONDS);
   const after = { nginx: secondsOf(nginxPids), enclave: cpuSecondsOf(fx.proc.pid!), cpus: cpuStates(cpus.rest) };
   const cpuSeconds = after.nginx - before.nginx + after.enclave - before.enclave;
+  // In the nitro layout, what a lean client's handshake costs on the same CPU, against the same nginx.
+  if (layout === 'nitro' && variant === 'file' && built) {
+    for (const lib of ['openssl', 'gnutls'] as const) {
+      const c = JSON.parse(must('taskset', ['-c', cpus.rest, tlsClientBin, lib, String(port), protocol.slice(4), '1000'])) as { cpuUs: number };
+      ((leanClientUs[protocol] ??= { openssl: [], gnutls: [] })[lib]).push(c.cpuUs);
+    }
+  }
   await nginx.stop();
   liveNginx.delete(nginx.pid);
   const rps = Number(/Requests\/sec:\s+([\d.]+)/.exec(r.out)?.[1]);
@@ -398,6 +413,16 @@ if (nitroRows.length) {
     const f = median(n.file);
     const cell = (v: Variant) => !n[v].length ? '—' : `${median(n[v]).toFixed(0)} µs (${(f / median(n[v])).toFixed(2)})`;
     lines.push(`| ${name} | ${f.toFixed(0)} µs (1.00) | ${cell('enclave')} | ${cell('provider')} | ${cell('softhsm2')} | ${median(restResults[name].file).toFixed(0)} µs |`);
+  }
+  // The most any remote key can reach in this layout: nginx's CPU without the signature, and the client's beside it.
+  const sign = callerCpuUs.get(direct)!;
+  lines.push('', `The nitro layout's ceiling: the rate ratio a remote key would reach there if its signature cost nginx nothing at all, (F + C) / (F - S + C), with F nginx's CPU per handshake with the key in a file, S one RSA-2048 signature's CPU (${sign.toFixed(0)} µs, node:crypto in-process, from the sign latency table below) and C the client's CPU per handshake on the same CPU: wrk as measured, or a lean client (bench/tls-client.c, one connection at a time, against the same nginx on the same CPU):`, '', '| layout, protocol | wrk | OpenSSL client | GnuTLS client | no client | nitro-acm, best measured |', '|---|---|---|---|---|---|');
+  for (const name of nitroRows) {
+    const f = median(nginxResults[name].file);
+    const ceiling = (c: number) => `${c.toFixed(0)} µs: ${((f + c) / (f - sign + c)).toFixed(2)}`;
+    const lean = leanClientUs[name.slice('nitro '.length) as 'TLSv1.2' | 'TLSv1.3'];
+    const best = Math.max(...(['enclave', 'provider'] as const).filter((v) => results[name][v].length).map((v) => median(results[name][v]) / median(results[name].file)));
+    lines.push(`| ${name} | ${ceiling(median(restResults[name].file))} | ${lean ? ceiling(median(lean.openssl)) : '—'} | ${lean ? ceiling(median(lean.gnutls)) : '—'} | ${(f / (f - sign)).toFixed(2)} | ${Number.isFinite(best) ? best.toFixed(2) : '—'} |`);
   }
 }
 if (ranHandshakes && VARIANTS.includes('ecFile')) {

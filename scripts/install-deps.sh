@@ -23,7 +23,7 @@ trap '[ "$created_policy" = 1 ] && rm -f /usr/sbin/policy-rc.d' EXIT
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends \
   build-essential pkg-config python3 curl ca-certificates util-linux \
-  libp11-kit-dev libssl-dev p11-kit p11-kit-modules libengine-pkcs11-openssl \
+  libp11-kit-dev libssl-dev libgnutls28-dev p11-kit p11-kit-modules libengine-pkcs11-openssl \
   nginx-light apache2 opensc gnutls-bin softhsm2 wrk systemd rpm cpio clang valgrind gdb >/dev/null
 # pkcs11-provider (the OpenSSL 3 provider path, options.openssl: provider): in
 # main on Debian 13 and Ubuntu 24.04; on Debian 12 only in bookworm-backports,
