@@ -61,12 +61,12 @@ test('C API checks pass under valgrind: no memory errors, no leaks', (t) => {
 
 /** A token list with `n` tokens (fake0, fake1, ... or PREFIX0, ...) holding the same key. */
 let fakePki: { ca: ReturnType<typeof createCA>; leaf: ReturnType<typeof issueServerCert> } | undefined;
-function validList(n = 1, prefix = 'fake'): Buffer {
+function validList(n = 1, prefix = 'fake', firstId = 1): Buffer {
   fakePki ??= (() => { const ca = createCA('fake'); return { ca, leaf: issueServerCert(ca, ['fake.test']) }; })();
   const { ca, leaf } = fakePki;
   const jwk = crypto.createPublicKey(leaf.certPem).export({ format: 'jwk' });
   const certificates = [{ category: 1, der: new crypto.X509Certificate(leaf.certPem).raw }, { category: 2, der: new crypto.X509Certificate(ca.certPem).raw }];
-  return encodeTokenList(Array.from({ length: n }, (_, i) => ({ label: n === 1 ? prefix : `${prefix}${i}`, serial: i.toString(16).padStart(16, '0'), keys: [{ keyType: KeyType.RSA, keyId: 7 + i, flags: 0, ckaId: Buffer.alloc(20, 1 + i), label: 'fake', modulus: Buffer.from(jwk.n!, 'base64url'), publicExponent: Buffer.from(jwk.e!, 'base64url'), certificates }] })));
+  return encodeTokenList(Array.from({ length: n }, (_, i) => ({ label: n === 1 ? prefix : `${prefix}${i}`, serial: i.toString(16).padStart(16, '0'), keys: [{ keyType: KeyType.RSA, keyId: 7 + i, flags: 0, ckaId: Buffer.alloc(20, firstId + i), label: 'fake', modulus: Buffer.from(jwk.n!, 'base64url'), publicExponent: Buffer.from(jwk.e!, 'base64url'), certificates }] })));
 }
 
 type Scenario = (op: number, id: number, list: Buffer) => Buffer | null | 'close';
@@ -110,7 +110,7 @@ async function fakeEnclave(prefix: string, answer: (op: number, id: number) => B
  * The ASan+UBSan api_test in one of its modes against an enclave address.
  * Spawned, not spawnSync: a fake enclave answers from this process's event loop.
  */
-function asanApiTest(mode: '--hostile' | '--growing' | '--many', address: string, env: NodeJS.ProcessEnv = {}, arg = '1234'): Promise<{ status: number | null; out: string }> {
+function asanApiTest(mode: '--hostile' | '--growing' | '--many' | '--renewed', address: string, env: NodeJS.ProcessEnv = {}, arg = '1234'): Promise<{ status: number | null; out: string }> {
   return new Promise((resolve) => {
     let out = '';
     const p = spawn(path.join(ROOT, 'p11-module/build/asan/api_test'), [path.join(ROOT, 'p11-module/build/asan/nitro-acm-p11.so'), mode, arg], {
@@ -178,6 +178,29 @@ test('a token list at the caps is served on every refresh, even when every label
   }
   t.is(lists, 5, `the module asked for the list ${lists} times`);
   t.notRegex(r.out, /ERROR: (AddressSanitizer|LeakSanitizer)|runtime error:|no free slot/, r.out);
+});
+
+// CI, 2026-12-08: two certificates renewed 10 ms apart. httpd's graceful restart
+// for the second one looked for the new key by its CKA_ID within the module's
+// sync interval (20 ms) of the module's last reply, so the module took its list
+// as current, found no such key, and httpd exited ("object not found"). A search
+// that finds nothing now asks the enclave before it answers.
+test('a key renewed just after the module\'s last reply is found by its new CKA_ID (ASan build)', async (t) => {
+  let generation = 1, lists = 0, list = validList();
+  const fake = await fakeEnclave('renewed', (op, id) => {
+    if (op === Op.LIST) lists++;
+    const reply = encodeResponse(op, id, CKR.OK, generation, op === Op.LIST ? list : undefined);
+    // The renewal lands right after this LOGIN's reply: the next search is within the sync interval of it.
+    if (op === Op.LOGIN) { generation++; list = validList(1, 'fake', generation); }
+    return reply;
+  });
+  t.teardown(() => fake.close());
+  const r = await asanApiTest('--renewed', fake.address, {}, '5');
+  const rounds = [...r.out.matchAll(/^round \d+: rv 0x0, (\d+) keys with the new CKA_ID$/gm)].map((m) => Number(m[1]));
+  t.deepEqual(rounds, [1, 1, 1, 1, 1], r.out);
+  t.is(r.status, 0, r.out);
+  t.is(lists, 6, `the module asked for the list ${lists} times: once at the start and once after each renewal`);
+  t.notRegex(r.out, /ERROR: (AddressSanitizer|LeakSanitizer)|runtime error:/, r.out);
 });
 
 for (const [name, body] of [

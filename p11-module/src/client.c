@@ -27,15 +27,15 @@ CK_RV call(kw_buf *req, uint32_t id, kw_response *resp, uint8_t **reply_out)
 }
 
 /*
- * Brings the cache up to date: LIST when it is known to be stale, else (when
- * `ping` and the last contact is old) a PING to learn the generation. Called
- * without M. If the enclave cannot be reached, the last list stays in place.
+ * Brings the cache up to date: LIST when it is known to be stale, else (as
+ * `check` says) a PING to learn the generation. Called without M. If the
+ * enclave cannot be reached, the last list stays in place.
  */
-CK_RV sync_list(int ping)
+CK_RV sync_list(enum sync_check check)
 {
   pthread_mutex_lock(&M);
   int need_list = !have_list || list_dirty;
-  int need_ping = !need_list && ping && ms_since(&last_contact) > SYNC_INTERVAL_MS;
+  int need_ping = !need_list && (check == SYNC_PING_NOW || (check == SYNC_PING_IF_QUIET && ms_since(&last_contact) > SYNC_INTERVAL_MS));
   pthread_mutex_unlock(&M);
   kw_buf req = { 0 };
   kw_response resp;
@@ -96,7 +96,7 @@ CK_RV sync_for_handle(CK_OBJECT_HANDLE h)
     missing = !o || !slots[o->slot].present;
   }
   pthread_mutex_unlock(&M);
-  return stale || missing ? sync_list(missing) : CKR_OK;
+  return stale || missing ? sync_list(missing ? SYNC_PING_IF_QUIET : SYNC_IF_STALE) : CKR_OK;
 }
 
 
@@ -115,7 +115,7 @@ CK_RV sync_for_slot(CK_SLOT_ID id)
   int stale = !have_list || list_dirty;
   int absent = !stale && id >= 1 && id <= nslots && !slots[id - 1].present;
   pthread_mutex_unlock(&M);
-  return stale || absent ? sync_list(absent) : CKR_OK;
+  return stale || absent ? sync_list(absent ? SYNC_PING_IF_QUIET : SYNC_IF_STALE) : CKR_OK;
 }
 
 /* Sends LOGIN for a slot's label; `rv_out` gets the enclave's answer. Called without M. */

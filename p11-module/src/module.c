@@ -245,10 +245,10 @@ CK_RV C_GetSlotList(CK_BBOOL tokenPresent, CK_SLOT_ID_PTR pSlotList, CK_ULONG_PT
   if (!pulCount) return CKR_ARGUMENTS_BAD;
   /* Unreachable enclave: list what we had (or nothing) so p11-kit still serves other modules. */
   if (!pSlotList) {
-    (void)sync_list(1);
+    (void)sync_list(SYNC_PING_IF_QUIET);
     clock_gettime(CLOCK_MONOTONIC, &count_query_at);
   } else if (count_query_at.tv_sec == 0 || ms_since(&count_query_at) > 1000) {
-    (void)sync_list(1);
+    (void)sync_list(SYNC_PING_IF_QUIET);
   }
   pthread_mutex_lock(&M);
   CK_ULONG n = 0;

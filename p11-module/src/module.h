@@ -173,7 +173,13 @@ CK_RV attr_value(struct object *o, CK_ATTRIBUTE_TYPE type, const void **p, CK_UL
 
 /* client.c */
 CK_RV call(kw_buf *req, uint32_t id, kw_response *resp, uint8_t **reply_out);
-CK_RV sync_list(int ping);
+/* What sync_list asks the enclave besides a list it knows to be stale. */
+enum sync_check {
+  SYNC_IF_STALE,      /* nothing: the list is fetched only when a reply said it changed */
+  SYNC_PING_IF_QUIET, /* a PING when the last reply is older than SYNC_INTERVAL_MS */
+  SYNC_PING_NOW,      /* a PING whatever the last reply's age */
+};
+CK_RV sync_list(enum sync_check check);
 CK_RV sync_for_handle(CK_OBJECT_HANDLE h);
 CK_RV sync_for_slot(CK_SLOT_ID id);
 CK_RV send_login(const char *label, const uint8_t *pin, size_t pin_len, CK_RV *rv_out);

@@ -372,6 +372,27 @@ static int matches(struct object *o, const CK_ATTRIBUTE *tmpl, CK_ULONG count)
   return 1;
 }
 
+/*
+ * Fills a search's results from the cached list. A renewed token's previous key
+ * is found only by its own CKA_ID: a search by label alone gets the current key,
+ * while a process still configured with the old key (an httpd child forked
+ * before the graceful restart, which re-finds its key by id after fork) gets the
+ * one it was configured with. Caller holds M.
+ */
+static CK_RV collect_matches(struct session *s, CK_ATTRIBUTE_PTR tmpl, CK_ULONG count)
+{
+  free(s->found);
+  const struct slot *sl = &slots[s->slot];
+  s->found = sl->nobjects ? calloc(sl->nobjects, sizeof *s->found) : NULL;
+  s->nfound = s->found_pos = 0;
+  if (sl->nobjects && !s->found) return CKR_HOST_MEMORY;
+  int by_id = 0;
+  for (CK_ULONG i = 0; i < count; i++) by_id |= tmpl[i].type == CKA_ID;
+  for (size_t i = sl->first_object; i < sl->first_object + sl->nobjects; i++)
+    if (visible(&objects[i], s) && (!objects[i].retired || by_id) && matches(&objects[i], tmpl, count)) s->found[s->nfound++] = objects[i].handle;
+  return CKR_OK;
+}
+
 CK_RV C_FindObjectsInit(CK_SESSION_HANDLE hSession, CK_ATTRIBUTE_PTR pTemplate, CK_ULONG ulCount)
 {
   REQUIRE_INIT();
@@ -379,32 +400,25 @@ CK_RV C_FindObjectsInit(CK_SESSION_HANDLE hSession, CK_ATTRIBUTE_PTR pTemplate, 
   if (!pTemplate && ulCount) return CKR_ARGUMENTS_BAD;
   for (CK_ULONG i = 0; i < ulCount; i++)
     if (!pTemplate[i].pValue && pTemplate[i].ulValueLen) return CKR_ATTRIBUTE_VALUE_INVALID;
-  (void)sync_list(1); /* a renewed key must show up here: engines look for it again on a reload */
-  pthread_mutex_lock(&M);
-  struct session *s = session_get(hSession);
-  CK_RV rv = CKR_OK;
-  if (!s) rv = CKR_SESSION_HANDLE_INVALID;
-  else if (s->finding) rv = CKR_OPERATION_ACTIVE;
-  else {
-    free(s->found);
-    const struct slot *sl = &slots[s->slot];
-    s->found = sl->nobjects ? calloc(sl->nobjects, sizeof *s->found) : NULL;
-    s->nfound = s->found_pos = 0;
-    if (sl->nobjects && !s->found) rv = CKR_HOST_MEMORY;
+  /* A renewed key must show up here: engines look for it again on a reload. */
+  (void)sync_list(SYNC_PING_IF_QUIET);
+  for (int asked = 0;; asked = 1) {
+    pthread_mutex_lock(&M);
+    struct session *s = session_get(hSession);
+    CK_RV rv = !s ? CKR_SESSION_HANDLE_INVALID : s->finding ? CKR_OPERATION_ACTIVE : collect_matches(s, pTemplate, ulCount);
+    int none = rv == CKR_OK && s->nfound == 0;
+    if (rv == CKR_OK && (!none || asked)) s->finding = 1;
+    pthread_mutex_unlock(&M);
+    if (rv != CKR_OK || !none || asked) return rv;
     /*
-     * A renewed token's previous key is found only by its own CKA_ID: a search by
-     * label alone gets the current key, while a process still configured with the
-     * old key (an httpd child forked before the graceful restart, which re-finds
-     * its key by id after fork) gets the one it was configured with.
+     * Nothing matched. The list counts as current within SYNC_INTERVAL_MS of the
+     * last reply, but a key renewed just after that reply is not in it: httpd's
+     * graceful restart for a second renewal 10 ms after the first looked for the
+     * new key's CKA_ID then, was told there was none, and exited. So a search
+     * that finds nothing asks the enclave before it answers.
      */
-    int by_id = 0;
-    for (CK_ULONG i = 0; i < ulCount; i++) by_id |= pTemplate[i].type == CKA_ID;
-    for (size_t i = sl->first_object; rv == CKR_OK && i < sl->first_object + sl->nobjects; i++)
-      if (visible(&objects[i], s) && (!objects[i].retired || by_id) && matches(&objects[i], pTemplate, ulCount)) s->found[s->nfound++] = objects[i].handle;
-    if (rv == CKR_OK) s->finding = 1;
+    (void)sync_list(SYNC_PING_NOW);
   }
-  pthread_mutex_unlock(&M);
-  return rv;
 }
 
 CK_RV C_FindObjects(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE_PTR phObject, CK_ULONG ulMaxObjectCount, CK_ULONG_PTR pulObjectCount)

@@ -308,18 +308,54 @@ static int many(int rounds)
   return 0;
 }
 
+/*
+ * --renewed ROUNDS: what a web server's master does on each reload (httpd's
+ * graceful restart, nginx's HUP): log in, then look for the key its new
+ * configuration names by CKA_ID. A fake enclave renews the token's key as it
+ * answers each LOGIN, so the search comes within the module's sync interval of
+ * its last reply: the new key must be found all the same (two renewals 10 ms
+ * apart made httpd exit with "object not found"). In round R the new key's
+ * CKA_ID is 20 bytes of R + 2.
+ */
+static int renewed(int rounds)
+{
+  if (f->C_Initialize(NULL) != CKR_OK) return 1;
+  int missed = 0;
+  for (int round = 0; round < rounds; round++) {
+    CK_SESSION_HANDLE s;
+    if (f->C_OpenSession(1, CKF_SERIAL_SESSION, NULL, NULL, &s) != CKR_OK) { missed++; continue; }
+    (void)f->C_Login(s, CKU_USER, (CK_UTF8CHAR_PTR)"renew-now", 9);
+    CK_OBJECT_CLASS cls = CKO_PRIVATE_KEY;
+    uint8_t id[20];
+    memset(id, round + 2, sizeof id);
+    CK_ATTRIBUTE tmpl[] = { { CKA_CLASS, &cls, sizeof cls }, { CKA_ID, id, sizeof id } };
+    CK_OBJECT_HANDLE found[4];
+    CK_ULONG nfound = 0;
+    CK_RV rv = f->C_FindObjectsInit(s, tmpl, 2);
+    if (rv == CKR_OK) {
+      rv = f->C_FindObjects(s, found, 4, &nfound);
+      f->C_FindObjectsFinal(s);
+    }
+    printf("round %d: rv 0x%lx, %lu keys with the new CKA_ID\n", round, rv, nfound);
+    if (rv != CKR_OK || nfound != 1) missed++;
+    f->C_CloseSession(s);
+  }
+  f->C_Finalize(NULL);
+  return missed ? 1 : 0;
+}
+
 int main(int argc, char **argv)
 {
-  if (argc == 4 && (strcmp(argv[2], "--hostile") == 0 || strcmp(argv[2], "--growing") == 0 || strcmp(argv[2], "--many") == 0)) {
+  if (argc == 4 && (strcmp(argv[2], "--hostile") == 0 || strcmp(argv[2], "--growing") == 0 || strcmp(argv[2], "--many") == 0 || strcmp(argv[2], "--renewed") == 0)) {
     pin = argv[3];
     void *h = dlopen(argv[1], RTLD_NOW | RTLD_LOCAL);
     CK_C_GetFunctionList gfl = h ? (CK_C_GetFunctionList)dlsym(h, "C_GetFunctionList") : NULL;
     if (!gfl || gfl(&f) != CKR_OK) return 2;
-    int rc = strcmp(argv[2], "--hostile") == 0 ? hostile() : strcmp(argv[2], "--many") == 0 ? many(atoi(argv[3])) : growing();
+    int rc = strcmp(argv[2], "--hostile") == 0 ? hostile() : strcmp(argv[2], "--many") == 0 ? many(atoi(argv[3])) : strcmp(argv[2], "--renewed") == 0 ? renewed(atoi(argv[3])) : growing();
     dlclose(h);
     return rc;
   }
-  if (argc != 4) { fprintf(stderr, "usage: %s MODULE.so TOKEN_LABEL PIN | MODULE.so --hostile PIN | MODULE.so --growing PIN | MODULE.so --many ROUNDS\n", argv[0]); return 2; }
+  if (argc != 4) { fprintf(stderr, "usage: %s MODULE.so TOKEN_LABEL PIN | MODULE.so --hostile PIN | MODULE.so --growing PIN | MODULE.so --many ROUNDS | MODULE.so --renewed ROUNDS\n", argv[0]); return 2; }
   label = argv[2];
   pin = argv[3];
   void *h = dlopen(argv[1], RTLD_NOW | RTLD_LOCAL);
