@@ -197,3 +197,65 @@ esac
   t.is(await servedSteadily(port, { servername: 'second.test', ca: tc.ca.certPem }, fingerprintOf(renewed)), fingerprintOf(renewed));
   t.is(fs.readFileSync(pidFile, 'utf8').trim(), masterAfter, 'reloaded, not restarted');
 });
+
+// CI, 2026-12-08: httpd's graceful restart failed after `systemctl reload` had
+// returned (its parent could not load a renewed key) and httpd exited, while the
+// agent had logged "reloaded". The agent now looks again after a reload: a web
+// server gone since then counts as a failed reload and is started again
+// (force_start, on by default). A stand-in systemctl runs a stand-in httpd whose
+// "graceful restart" ends it, as that one did.
+test.serial('a web server that exits after a reload is noticed, reported and started again', async (t) => {
+  const root = path.join(dir, 'gone');
+  const etc = path.join(root, 'etc');
+  const bin = path.join(root, 'bin');
+  for (const d of [etc, bin]) fs.mkdirSync(d, { recursive: true });
+  await tc.publish(tc.cloud.bucket(), 'gone.json', ['gone.test']);
+  const site = path.join(etc, 'site.conf');
+  fs.writeFileSync(site, 'SSLCertificateFile /nonexistent.pem\nSSLCertificateKeyFile /nonexistent.key\n');
+  const acmYaml = path.join(root, 'acm.yaml');
+  fs.writeFileSync(acmYaml, `options:\n  service: httpd\ntokens:\n  - label: gone\n    source:\n      S3:\n        uri: "s3://${tc.cloud.bucket()}/gone.json"\n    target:\n      Conf:\n        path: ${site}\n`);
+  const calls = path.join(bin, 'calls');
+  const pidFile = path.join(bin, 'httpd.pid');
+  // The main process is a sleep; "reload" ends it, as httpd ends when its graceful restart fails.
+  fs.writeFileSync(path.join(bin, 'systemctl'), `#!/bin/sh
+echo "$*" >> ${calls}
+pid=$(cat ${pidFile} 2>/dev/null)
+case "$1" in
+  show) if [ -n "$pid" ] && ps -o stat= -p "$pid" | grep -qv Z; then echo "$pid"; else echo 0; fi;;
+  reload) kill "$pid";;
+  start|restart) [ -n "$pid" ] && kill "$pid" 2>/dev/null; setsid sleep 600 >/dev/null 2>&1 & echo $! > ${pidFile};;
+  *) exit 1;;
+esac
+`, { mode: 0o755 });
+  fs.writeFileSync(path.join(bin, 'apachectl'), '#!/bin/sh\nexit 0\n', { mode: 0o755 });
+  const path0 = process.env.PATH;
+  process.env.PATH = `${bin}:${path0}`;
+  t.teardown(() => { process.env.PATH = path0; try { process.kill(Number(fs.readFileSync(pidFile, 'utf8'))); } catch { /* gone */ } });
+  const stderr: string[] = [];
+  const write = process.stderr.write.bind(process.stderr);
+  (process.stderr as unknown as { write: (s: string) => boolean }).write = (s: string) => { stderr.push(String(s)); return write(s); };
+  t.teardown(() => { (process.stderr as unknown as { write: typeof write }).write = write; });
+
+  const service = await startService({ configFile: acmYaml, controller: () => tc.controller(), endpoints: tc.endpoints, controlSocket: false, healthIntervalMs: 200 });
+  t.teardown(async () => { await service.stop(); await service.agent.stop(); });
+  // (An orphan that exited stays a zombie until PID 1 reaps it: that is not running.)
+  const running = () => { try { return !/^\d+ \(.*\) Z/.test(fs.readFileSync(`/proc/${fs.readFileSync(pidFile, 'utf8').trim()}/stat`, 'utf8')); } catch { return false; } };
+  t.true(running(), 'started by the agent (force_start)');
+  const first = fs.readFileSync(pidFile, 'utf8').trim();
+
+  // A renewal: the reload "succeeds", and the web server is gone right after.
+  fs.rmSync(calls, { force: true });
+  await tc.publish(tc.cloud.bucket(), 'gone.json', ['gone.test']);
+  t.deepEqual(await service.queue('sync', () => service.agent.sync()), ['gone']);
+  const until = Date.now() + 10_000;
+  while (fs.readFileSync(pidFile, 'utf8').trim() === first && Date.now() < until) await new Promise((r) => setTimeout(r, 50));
+  await service.idle();
+  t.true(running(), 'started again');
+  t.not(fs.readFileSync(pidFile, 'utf8').trim(), first);
+  const log = stderr.join('');
+  t.regex(log, /error httpd is not running since the reload at \S+: its main process exited \(journalctl -u httpd says why\); starting it again\n/);
+  t.regex(log, /reloading the web server: retrying the reload that failed \(httpd stopped after the reload\)\n/);
+  const order = fs.readFileSync(calls, 'utf8').trim().split('\n').filter((c) => !c.startsWith('show'));
+  t.deepEqual(order, ['reload httpd', 'start httpd'], 'reloaded, then started once it was seen gone');
+  t.is(service.agent.counters.reloadFailures, 1);
+});

@@ -13,7 +13,7 @@ import { loadConfig, ConfigError, type AcmConfig } from './config.ts';
 const logNotes = (c: AcmConfig) => { for (const n of c.notes) log.warn(n); };
 import { Agent, type AddedToken } from './agent.ts';
 import type { EnclaveController } from './enclave-controller.ts';
-import { systemReload, type WebServerState } from './web-server.ts';
+import { systemReload, systemWebServerRunning, type WebServerState } from './web-server.ts';
 import type { Endpoints } from './aws.ts';
 import { startControlServer, DEFAULT_CONTROL_SOCKET, type ControlHandlers, type ControlServer } from './control.ts';
 import { AgentMetrics } from './metrics.ts';
@@ -25,6 +25,8 @@ export interface ServiceOptions {
   endpoints?: Endpoints;
   /** Reloads (or starts, or restarts) the web server; default systemReload. */
   reload?: (config: AcmConfig, added: AddedToken[]) => Promise<void>;
+  /** Whether the web server still runs (undefined: cannot tell); default systemWebServerRunning, none with a `reload` of the caller's own. */
+  webServerRunning?: (config: AcmConfig) => Promise<boolean | undefined>;
   healthIntervalMs?: number;
   /** The control socket for `nitro-acm status` (default /run/nitro-acm/agent.sock); false for none. */
   controlSocket?: string | false;
@@ -49,12 +51,17 @@ export async function startService(o: ServiceOptions): Promise<RunningService> {
   configureLog({ level: config.log.level, timestamps: config.log.enable_timestamp });
   logNotes(config);
   const reload = o.reload ?? systemReload;
+  const webServerRunning = o.webServerRunning ?? (o.reload ? undefined : systemWebServerRunning);
   const healthMs = o.healthIntervalMs ?? 5000;
   // A failed reload leaves the web server on its previous files and keys (the
   // enclave keeps a renewed token's old key for a grace period): retried with
   // every health check until it works, and shown by nitro-acm status.
   const webServer: WebServerState = { reloadPending: false, configFile: o.webServerConfig };
   let failedCause = '';
+  // A reload that worked is followed for a while: httpd's graceful restart goes on
+  // after systemctl returns, and if its parent then cannot load a key, httpd exits.
+  const WATCH_AFTER_RELOAD_MS = 60_000;
+  let watchUntil = 0;
   // Each reload is logged with why it happens (AWS's users could not tell why their web servers restarted: aws-nitro-enclaves-acm PR #146).
   const doReload = async (cause: string) => {
     log.info(`reloading the web server: ${cause}`);
@@ -62,12 +69,29 @@ export async function startService(o: ServiceOptions): Promise<RunningService> {
     try {
       await reload(config, agent.addedTokens());
       Object.assign(webServer, { reloadPending: false, lastReload: new Date().toISOString(), error: undefined });
+      watchUntil = Date.now() + WATCH_AFTER_RELOAD_MS;
     } catch (e) {
       agent.counters.reloadFailures++;
       failedCause = cause;
       Object.assign(webServer, { reloadPending: true, error: (e as Error).message });
       log.error(`${(e as Error).message}; the web server keeps its previous configuration; retrying every ${healthMs / 1000} s`);
     }
+  };
+  // A web server gone since the reload counts as a failed reload: retried with the
+  // health checks, which start it again (options.force_start, on by default) or
+  // keep reporting it in nitro-acm status.
+  const checkStillRunning = async () => {
+    if (!webServerRunning || Date.now() > watchUntil || webServer.reloadPending) return;
+    const reloadAt = webServer.lastReload;
+    // (A reload that ended meanwhile makes the answer stale.)
+    if (await webServerRunning(config) !== false || webServer.lastReload !== reloadAt) return;
+    watchUntil = 0;
+    const svc = config.options.service;
+    agent.counters.reloadFailures++;
+    failedCause = `${svc} stopped after the reload`;
+    Object.assign(webServer, { reloadPending: true, error: `${svc} is not running since the reload at ${webServer.lastReload}: its main process exited (journalctl -u ${svc} says why)` });
+    log.error(`${webServer.error}; ${config.options.force_start ? 'starting it again' : 'not starting it: options.force_start is off'}`);
+    checkHealth();
   };
   // One operation at a time: a sync, a refresh, an edit and a health check never interleave.
   let chain: Promise<unknown> = Promise.resolve();
@@ -98,6 +122,7 @@ export async function startService(o: ServiceOptions): Promise<RunningService> {
     if (probing || healthQueued || !started) return;
     probing = true;
     try {
+      await checkStillRunning();
       const answers = await agent.probe();
       if (!started) return; // stopped meanwhile: the enclave was stopped on purpose
       if (answers) {

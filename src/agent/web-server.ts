@@ -39,6 +39,27 @@ export function webServerErrors(stderr: string): string {
     .join('; ');
 }
 
+/** The web server's main process as systemd knows it: 0 when it is not running, undefined when systemctl cannot tell. */
+async function mainPid(svc: string): Promise<number | undefined> {
+  const r = await sh(`systemctl show --property=MainPID --value ${svc}`);
+  return r.ok && /^\d+$/.test(r.stdout) ? Number(r.stdout) : undefined;
+}
+
+/**
+ * Whether httpd still runs, after a reload that reported success: its graceful
+ * restart goes on after systemctl returns, and if its parent then cannot load a
+ * key, httpd exits and nothing else would say so. Undefined where there is
+ * nothing to know: nginx (a reload nginx cannot apply leaves it running on the
+ * previous configuration; and during its in-place upgrade systemd's main PID
+ * moves from one master to the other), an operator's reload_command, or no
+ * systemd.
+ */
+export async function systemWebServerRunning(config: AcmConfig): Promise<boolean | undefined> {
+  if (config.options.service !== 'httpd' || config.options.reload_command) return undefined;
+  const pid = await mainPid(config.options.service);
+  return pid === undefined ? undefined : pid !== 0;
+}
+
 /**
  * `options.reload_command`, else `systemctl reload <service>`: a graceful reload.
  * With `force_start` (AWS's `nginx_force_start`), a web server that is not running
@@ -57,7 +78,7 @@ export async function systemReload(config: AcmConfig, added: AddedToken[] = [], 
   let action: keyof typeof done = 'reload';
   let pid = 0;
   if (!config.options.reload_command) {
-    pid = Number((await sh(`systemctl show --property=MainPID --value ${svc}`)).stdout) || 0;
+    pid = (await mainPid(svc)) ?? 0;
     const startedAt = pid ? processStartedAt(pid) : undefined;
     const unseen = startedAt === undefined ? [] : added.filter((t) => t.addedAt > startedAt).map((t) => t.label);
     if (!pid && config.options.force_start) {
