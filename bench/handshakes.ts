@@ -148,8 +148,8 @@ interface Measured { rps: number; cpuUs: number; nginxUs: number; restUs: number
 // bench/tls-client.c: a TLS client doing nothing but handshakes, one at a time, by
 // OpenSSL and by GnuTLS; what it costs bounds the nitro layout's rate (see the table).
 const tlsClientBin = path.join(dir, 'tls-client');
-const built = spawnSync('gcc', ['-O2', '-o', tlsClientBin, path.join(import.meta.dirname, 'tls-client.c'), '-lssl', '-lcrypto', '-lgnutls'], { stdio: 'inherit' }).status === 0;
-if (!built) log('gcc could not build bench/tls-client.c: the lean clients are left out of the nitro layout\'s ceiling');
+const tlsClientBuilt = spawnSync('gcc', ['-O2', '-o', tlsClientBin, path.join(import.meta.dirname, 'tls-client.c'), '-lssl', '-lcrypto', '-lgnutls'], { stdio: 'inherit' }).status === 0;
+if (!tlsClientBuilt) log('gcc could not build bench/tls-client.c: the lean clients are left out of the nitro layout\'s ceiling');
 const leanClientUs: Partial<Record<'TLSv1.2' | 'TLSv1.3', { openssl: number[]; gnutls: number[] }>> = {};
 
 async function measure(variant: Variant, protocol: 'TLSv1.2' | 'TLSv1.3', layout: Layout): Promise<Measured> {
@@ -174,7 +174,7 @@ async function measure(variant: Variant, protocol: 'TLSv1.2' | 'TLSv1.3', layout
   const after = { nginx: secondsOf(nginxPids), enclave: cpuSecondsOf(fx.proc.pid!), cpus: cpuStates(cpus.rest) };
   const cpuSeconds = after.nginx - before.nginx + after.enclave - before.enclave;
   // In the nitro layout, what a lean client's handshake costs on the same CPU, against the same nginx.
-  if (layout === 'nitro' && variant === 'file' && built) {
+  if (layout === 'nitro' && variant === 'file' && tlsClientBuilt) {
     for (const lib of ['openssl', 'gnutls'] as const) {
       const c = JSON.parse(must('taskset', ['-c', cpus.rest, tlsClientBin, lib, String(port), protocol.slice(4), '1000'])) as { cpuUs: number };
       ((leanClientUs[protocol] ??= { openssl: [], gnutls: [] })[lib]).push(c.cpuUs);

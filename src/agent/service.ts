@@ -85,7 +85,6 @@ export async function startService(o: ServiceOptions): Promise<RunningService> {
     const reloadAt = webServer.lastReload;
     // (A reload that ended meanwhile makes the answer stale.)
     if (await webServerRunning(config) !== false || webServer.lastReload !== reloadAt) return;
-    watchUntil = 0;
     const svc = config.options.service;
     agent.counters.reloadFailures++;
     failedCause = `${svc} stopped after the reload`;
